@@ -1,0 +1,50 @@
+# Vigil: make run (a whole measurement campaign, end to end) and make test (the whole suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all venv test test-fast lint typecheck run lab lab-down bench deps clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# System packages the lab, the broker and the databases need (Debian; no-op when present).
+deps:
+	bash scripts/install-deps.sh
+
+test: deps venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not lab and not slow"
+
+lint: venv
+	$(BIN)/ruff check agent collector tests
+	$(BIN)/mypy
+
+typecheck: venv
+	$(BIN)/mypy
+
+run: deps venv
+	$(BIN)/python -m scripts.run_demo
+
+lab: venv
+	$(BIN)/python -m tests.lab up
+
+lab-down: venv
+	$(BIN)/python -m tests.lab down
+
+bench: venv
+	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
