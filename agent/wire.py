@@ -65,8 +65,18 @@ def encode_record(record: dict[str, Any]) -> bytes:
 
     Verification never re-encodes: it checks the bytes received.  Sorting only makes two
     encodings of the same record by this implementation identical (useful for dedup checks).
+
+    Raises SchemaError for values that have no strict JSON/UTF-8 form (NaN, Infinity, lone
+    surrogates): Python would otherwise emit ``NaN`` (not JSON, which other parsers reject)
+    or fail with a bare UnicodeEncodeError.
     """
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        text = json.dumps(
+            record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        return text.encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise SchemaError(f"record has no strict JSON encoding: {exc}") from None
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -99,22 +109,50 @@ class Envelope:
         return self.signatures[0][0]
 
 
+_URLSAFE_TO_STD = str.maketrans("-_", "+/")
+
+
 def _b64(value: Any, what: str) -> bytes:
+    """Decode base64 as DSSE v1.0 allows it: standard or URL-safe alphabet, padded or not.
+
+    Anything else (whitespace, other characters, impossible lengths) is an EnvelopeError.
+    """
     if not isinstance(value, str):
         raise EnvelopeError(f"{what} is not a base64 string")
+    std = value.translate(_URLSAFE_TO_STD)
+    if len(std) % 4 == 1:
+        raise EnvelopeError(f"{what} is not valid base64 (impossible length)")
+    if "=" not in std:
+        std += "=" * (-len(std) % 4)
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(std, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise EnvelopeError(f"{what} is not valid base64") from exc
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a repeated key is an error, not "last one wins".
+
+    Parsers disagree on duplicates (first wins, last wins, error); an envelope that means
+    different things to different verifiers must be refused by all of them.
+    """
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise EnvelopeError(f"duplicate key {key!r} in envelope")
+        obj[key] = value
+    return obj
 
 
 def parse_envelope(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
     if len(data) > max_bytes:
         raise EnvelopeError(f"envelope is {len(data)} bytes, over the {max_bytes} limit")
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EnvelopeError(f"envelope is not JSON: {exc}") from exc
+    except RecursionError:
+        raise EnvelopeError("envelope is nested too deeply") from None
     if not isinstance(obj, dict):
         raise EnvelopeError("envelope is not a JSON object")
     ptype = obj.get("payloadType")
@@ -126,15 +164,23 @@ def parse_envelope(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope
         raise EnvelopeError("signatures missing")
     parsed: list[tuple[str, bytes]] = []
     for s in sigs[:8]:
-        if not isinstance(s, dict) or not isinstance(s.get("keyid"), str):
-            raise EnvelopeError("signature entry without keyid")
-        parsed.append((s["keyid"], _b64(s.get("sig"), "sig")))
+        # DSSE: keyid is optional and "unset" means "empty"; a verifier looking for a probe's
+        # key then finds no signature by it (SignatureError), which is the right rejection.
+        if not isinstance(s, dict) or not isinstance(s.get("keyid", ""), str):
+            raise EnvelopeError("signature entry is not an object with a string keyid")
+        parsed.append((s.get("keyid", ""), _b64(s.get("sig"), "sig")))
     return Envelope(payload_type=ptype, payload=payload, signatures=tuple(parsed))
 
 
-def verify_envelope(env: Envelope, public_key: Ed25519PublicKey, keyid: str) -> bytes:
-    """Return the payload bytes if a signature by ``keyid`` verifies; raise SignatureError."""
-    if env.payload_type != PAYLOAD_TYPE:
+def verify_envelope(
+    env: Envelope, public_key: Ed25519PublicKey, keyid: str, payload_type: str = PAYLOAD_TYPE
+) -> bytes:
+    """Return the payload bytes if a signature by ``keyid`` verifies; raise SignatureError.
+
+    ``payload_type`` is the type the caller expects (measurements by default; operator
+    commands use their own), so an envelope of one kind is never accepted as the other.
+    """
+    if env.payload_type != payload_type:
         raise EnvelopeError(f"unexpected payloadType {env.payload_type!r}")
     message = pae(env.payload_type, env.payload)
     for kid, sig in env.signatures:

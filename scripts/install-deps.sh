@@ -10,6 +10,8 @@ have tcpdump || [ -x /usr/bin/tcpdump ] || need+=(tcpdump)
 [ -x /usr/sbin/ip ] || have ip || need+=(iproute2)
 have openssl || need+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# systemd-analyze verifies the shipped units (tests/integration/test_systemd_units.py).
+have systemd-analyze || [ -x /usr/bin/systemd-analyze ] || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages: ${need[*]} (run as root or: sudo apt-get install ${need[*]})" >&2

@@ -49,7 +49,12 @@ class Experiment(Protocol):
 _REGISTRY: dict[str, type[Experiment]] = {}
 
 # Built-in experiment modules, imported by load_all(); each registers its class(es).
-BUILTIN_MODULES: tuple[str, ...] = ("agent.experiments.web_connectivity",)
+BUILTIN_MODULES: tuple[str, ...] = (
+    "agent.experiments.web_connectivity",
+    "agent.experiments.throttling",
+    "agent.experiments.connectivity",
+    "agent.experiments.apps",
+)
 
 
 def register(cls: type[Experiment]) -> type[Experiment]:

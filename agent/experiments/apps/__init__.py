@@ -1,0 +1,98 @@
+"""Messaging apps and circumvention tools: ``telegram``, ``whatsapp``, ``signal``,
+``facebook_messenger``, ``tor`` and ``vpn``.
+
+One experiment per app, all sharing the same machinery: an endpoint list (``spec.py``; bundled
+in ``agent/data/apps/``, replaced by files in the directories named by ``[apps] directories``,
+default ``/etc/vigil/apps``), endpoint checks from the probe and from the control helper
+(``measure.py``) and a pure verdict per app (``analysis.py``).  The input is ignored (apps are
+not URLs); the record's ``input`` is whatever the scheduler passed, usually None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agent.errors import ConfigError
+from agent.experiments import Outcome, Target, register
+
+DEFAULT_DIRECTORIES = (Path("/etc/vigil/apps"),)
+
+
+def directories(ctx: Any) -> tuple[Path, ...]:
+    config = getattr(ctx, "config", None)
+    if config is None:
+        return DEFAULT_DIRECTORIES
+    section: Mapping[str, Any] = config.section("apps")
+    unknown = set(section) - {"directories"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [apps]: {', '.join(sorted(unknown))}")
+    raw = section.get("directories")
+    if raw is None:
+        return DEFAULT_DIRECTORIES
+    if not isinstance(raw, list) or not all(isinstance(d, str) for d in raw):
+        raise ConfigError("[apps] directories must be a list of paths")
+    base = config.path.parent if getattr(config, "path", None) is not None else Path(".")
+    return tuple(Path(d) if Path(d).is_absolute() else base / d for d in raw)
+
+
+class _AppExperiment:
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0.1.0"
+
+    @classmethod
+    def default_targets(cls) -> list[Target]:
+        """One run per app: the endpoint list is the input, not a URL."""
+        return [Target(input=None)]
+
+    async def run(self, target: Target, ctx: Any) -> Outcome:
+        from agent.experiments.apps.analysis import analyze
+        from agent.experiments.apps.measure import measure
+        from agent.experiments.apps.spec import load_specs
+
+        specs = load_specs(directories(ctx))
+        spec = specs.get(self.name)
+        if spec is None:
+            raise ConfigError(f"no endpoint list for {self.name!r}")
+        results, control_failure = await measure(spec, ctx)
+        verdict, groups = analyze(results, [g.name for g in spec.groups])
+        keys = {
+            "app": spec.name,
+            "list_updated": spec.updated,
+            "list_source": spec.source,
+            "endpoints": [r.to_json() for r in results],
+            "groups": {name: gv.to_json() for name, gv in groups.items()},
+            "control_failure": control_failure,
+        }
+        return Outcome(test_keys=keys, verdict=verdict)
+
+
+@register
+class Telegram(_AppExperiment):
+    name: ClassVar[str] = "telegram"
+
+
+@register
+class WhatsApp(_AppExperiment):
+    name: ClassVar[str] = "whatsapp"
+
+
+@register
+class Signal(_AppExperiment):
+    name: ClassVar[str] = "signal"
+
+
+@register
+class FacebookMessenger(_AppExperiment):
+    name: ClassVar[str] = "facebook_messenger"
+
+
+@register
+class Tor(_AppExperiment):
+    name: ClassVar[str] = "tor"
+
+
+@register
+class VPN(_AppExperiment):
+    name: ClassVar[str] = "vpn"

@@ -1,0 +1,47 @@
+"""throttling: is this host's traffic slowed down on purpose, by name (SNI) or by address?
+
+``measure.py`` does the I/O (bulk-endpoint rounds, address transfers, the helper's own
+download) into ``model.ThrottlingObservations``; ``analysis.py`` decides without I/O using the
+statistics in ``stats.py`` (a two-sample KS test and Wehe's normalised difference of means), so
+a stored measurement can be re-analysed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from agent.errors import VigilError
+from agent.experiments import Outcome, Target, register
+
+_locks: dict[int, asyncio.Lock] = {}
+
+
+def _serial_lock() -> asyncio.Lock:
+    """One throttling measurement at a time per event loop: concurrent bulk downloads would
+    share the access link and blur every comparison."""
+    loop_id = id(asyncio.get_running_loop())
+    if loop_id not in _locks:
+        _locks.clear()
+        _locks[loop_id] = asyncio.Lock()
+    return _locks[loop_id]
+
+
+@register
+class Throttling:
+    name: ClassVar[str] = "throttling"
+    version: ClassVar[str] = "0.1.0"
+
+    async def run(self, target: Target, ctx: Any) -> Outcome:
+        if not target.input:
+            raise VigilError("throttling needs a URL or a host name as input")
+        from agent.experiments.throttling.analysis import analyze
+        from agent.experiments.throttling.measure import measure, settings_from
+
+        settings = settings_from(ctx)
+        async with _serial_lock():
+            obs = await measure(target.input, ctx, settings)
+        verdict, details = analyze(obs, settings.thresholds)
+        keys = obs.to_test_keys()
+        keys["analysis"] = details
+        return Outcome(test_keys=keys, verdict=verdict)

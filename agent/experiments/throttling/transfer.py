@@ -1,0 +1,275 @@
+"""One timed download over TLS, with cumulative bytes sampled on a memoryless timer (I/O).
+
+The TLS layer is driven through memory BIOs on a raw socket (as ``agent.net.tls`` does for
+handshakes) so a censor's FIN, RST and silence stay distinguishable, and so the byte counter
+sees every body byte the moment the kernel hands it over.
+
+Sampling: a separate task wakes after exponentially distributed intervals (mean
+``sample_mean`` seconds) and records ``(t, cumulative body bytes)``.  Poisson sampling sees
+time averages (PASTA), so a shaper's periodic token refills cannot alias with the sampler as
+they could with a fixed period; ndt7 (and OONI with it) samples the same way.  One sample is
+also taken at the first byte of the answer and one at the end.
+
+Bytes are counted on the wire (TLS records as they arrive from the socket, after the request
+was sent), not as decrypted plaintext: a 16 kB TLS record takes a second to arrive at
+130 kbit/s, so counting plaintext would see a throttled flow in one-second lumps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.experiments.throttling.model import Sample, Transfer
+from agent.net import failures
+from agent.net.tcp import connect
+
+_RECV = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSpec:
+    kind: str
+    round: int
+    ip: str
+    port: int
+    server_name: str  # SNI
+    host_header: str
+    path: str
+    context: ssl.SSLContext
+    max_bytes: int
+    max_seconds: float
+    sample_mean: float = 0.01
+    connect_timeout: float = 10.0
+    tls_timeout: float = 10.0
+
+
+class _TLS:
+    """A TLS client over a connected non-blocking socket, through memory BIOs."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        obj: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        on_bytes: Callable[[int], None] | None,
+    ) -> None:
+        self.sock = sock
+        self.obj = obj
+        self.incoming = incoming
+        self.outgoing = outgoing
+        self.on_bytes = on_bytes
+        self.loop = asyncio.get_running_loop()
+        self.wire_in = 0  # ciphertext bytes received from the socket
+        self.on_wire: Callable[[int], None] | None = None
+
+    @classmethod
+    def wrap(cls, sock: socket.socket, context: ssl.SSLContext, server_name: str,
+             on_bytes: Callable[[int], None] | None) -> _TLS:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+        return cls(sock, obj, incoming, outgoing, on_bytes)
+
+    async def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            await self.loop.sock_sendall(self.sock, data)
+            if self.on_bytes is not None:
+                self.on_bytes(len(data))
+
+    async def _fill(self) -> bool:
+        data = await self.loop.sock_recv(self.sock, _RECV)
+        if not data:
+            return False
+        self.wire_in += len(data)
+        if self.on_wire is not None:
+            self.on_wire(len(data))
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+        self.incoming.write(data)
+        return True
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._fill():
+                    raise EOFError("peer closed the connection during the handshake") from None
+        await self._flush()
+
+    async def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        await self._flush()
+
+    async def recv(self) -> bytes:
+        """Application bytes, b"" at a clean or abrupt end of stream after the handshake."""
+        while True:
+            try:
+                return self.obj.read(_RECV)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._fill():
+                    self.incoming.write_eof()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+
+def _parse_head(head: bytes) -> tuple[int | None, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+async def download(
+    spec: TransferSpec,
+    *,
+    origin: float,
+    on_bytes: Callable[[int], None] | None = None,
+    note_local: Callable[[str | None], None] | None = None,
+    rng: random.Random | None = None,
+) -> tuple[Transfer, int | None]:
+    """Run one transfer; returns the observation and the HTTP status (None if none)."""
+    loop = asyncio.get_running_loop()
+    rnd = rng or random.Random()
+    t0 = loop.time()
+    state = {"bytes": 0}
+    samples: list[Sample] = []
+    first_byte: float | None = None
+    failure: str | None = None
+    stop = "failure"
+    status: int | None = None
+    cert: str | None = None
+    echoed: str | None = None
+
+    def rel() -> float:
+        return round(loop.time() - t0, 6)
+
+    conn = await connect(spec.ip, spec.port, timeout=spec.connect_timeout, origin=origin)
+    if note_local is not None:
+        note_local(conn.local_ip)
+    sampler: asyncio.Task[None] | None = None
+    try:
+        if conn.sock is None:
+            failure = conn.failure
+            raise _Done
+        tls = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
+        try:
+            async with asyncio.timeout(spec.tls_timeout):
+                await tls.handshake()
+        except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+            failure = failures.classify(exc)
+            raise _Done from None
+        der = tls.obj.getpeercert(binary_form=True)
+        cert = None if der is None else hashlib.sha256(der).hexdigest()
+        request = (
+            f"GET {spec.path} HTTP/1.1\r\nHost: {spec.host_header}\r\n"
+            "User-Agent: Mozilla/5.0\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        deadline = loop.time() + spec.max_seconds
+
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(rnd.expovariate(1.0 / spec.sample_mean))
+                if state["bytes"] > 0:
+                    samples.append(Sample(rel(), state["bytes"]))
+
+        def on_wire(n: int) -> None:
+            nonlocal first_byte
+            if first_byte is None:
+                first_byte = rel()
+                samples.append(Sample(first_byte, n))
+            state["bytes"] += n
+
+        tls.on_wire = on_wire
+        buf = b""
+        try:
+            async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
+                await tls.send(request.encode("ascii", "replace"))
+                sampler = asyncio.create_task(sample())
+                while b"\r\n\r\n" not in buf:
+                    chunk = await tls.recv()
+                    if not chunk:
+                        raise EOFError("connection closed before the response head")
+                    buf += chunk
+                    if len(buf) > 65536:
+                        raise ValueError("response head too large")
+        except (OSError, EOFError, TimeoutError, ssl.SSLError, ValueError) as exc:
+            failure = failures.classify(exc)
+            raise _Done from None
+        head, _, body = buf.partition(b"\r\n\r\n")
+        status, headers = _parse_head(head)
+        echoed = headers.get("x-vigil-sni")
+        limit = spec.max_bytes
+        if "content-length" in headers and headers["content-length"].isdigit():
+            limit = min(limit, int(headers["content-length"]))
+        plain = len(body)
+        stop = "eof"
+        try:
+            while plain < limit:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    stop = "time"
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        chunk = await tls.recv()
+                except TimeoutError:
+                    stop = "time"
+                    break
+                if not chunk:
+                    stop = "eof"
+                    break
+                plain += len(chunk)
+            else:
+                stop = "bytes" if limit == spec.max_bytes else "eof"
+        except (OSError, EOFError, ssl.SSLError) as exc:
+            failure = failures.classify(exc)
+            stop = "failure"
+    except _Done:
+        pass
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        conn.close()
+    end = rel()
+    if state["bytes"] > 0 and (not samples or samples[-1].t < end):
+        samples.append(Sample(end, state["bytes"]))
+    transfer = Transfer(
+        kind=spec.kind,
+        round=spec.round,
+        server_name=spec.server_name,
+        address=f"{spec.ip}:{spec.port}",
+        failure=failure,
+        t0=round(t0 - origin, 6),
+        t=round(loop.time() - origin, 6),
+        bytes=state["bytes"],
+        first_byte_t=first_byte,
+        stop=stop,
+        samples=tuple(samples),
+        peer_certificate_sha256=cert,
+        echoed_server_name=echoed,
+    )
+    return transfer, status
+
+
+class _Done(Exception):
+    """Internal: leave the transfer early (the failure is already recorded)."""

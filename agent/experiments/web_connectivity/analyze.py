@@ -1,0 +1,798 @@
+"""The verdict of one web_connectivity measurement: a pure function of observations.
+
+``analyze(obs, fingerprints)`` reads what ``measure()`` recorded (``WebObservations``) and the
+control helper's view, and returns a ``Verdict`` (GUIDE.md §3).  No I/O, no clock, no
+randomness: a stored measurement re-analysed later gives the same answer, and every rule is a
+table row in tests/unit/test_analyze.py.
+
+Precedence: the first row whose condition holds decides (h11-style: one function per row,
+``RULES`` below lists them in this order).  ``[c]`` marks confirmed verdicts.
+
+  #  rule              condition                                  status/blocking: reasons
+  -- ----------------- ------------------------------------------ ----------------------------
+  1  control_failed    no usable answer from the control helper   inconclusive: control.failed
+  2  dns_fingerprint   a DNS answer (any reply) is a known         blocked/dns [c]:
+                       blockpage address or CNAME, neither the       dns.injected | dns.bogon |
+                       control's nor TLS-validated for the host      dns.blockpage_ip |
+                                                                     dns.blockpage_cname
+  3  dns_injected      two replies to one query disagree, one of   blocked/dns: dns.injected
+                       them inconsistent with the control
+  4  dns_failed        the system resolver gave no address:
+                         control resolved the name                 blocked/dns: dns.nxdomain |
+                                                                     dns.servfail | dns.refused |
+                                                                     dns.no_answer
+                         resolver timed out / other failure        inconclusive: dns.timeout |
+                                                                     dns.failure
+                         control could not resolve it either       down: site.down
+  5  http_fingerprint  an unauthenticated response matches a       blocked/dns [c] (as row 2)
+                       blockpage fingerprint (dns when it came     or blocked/http-diff [c]:
+                       from a suspect answer)                        http.blockpage
+  6  https_loaded      the page loaded over TLS valid for the site ok: ok.https
+  7  dns_bogon         an answer is a bogon while the control      blocked/dns: dns.bogon
+                       sees a different public address
+  8  tcp               every connect to the resolved addresses failed:
+                         the control reached those addresses       blocked/tcp_ip: tcp.timeout |
+                                                                     tcp.reset | tcp.unreachable |
+                                                                     tcp.failure
+                         suspect answers, dead from everywhere     blocked/dns: dns.inconsistent
+                         otherwise                                 down: site.down
+  9  tls               (https inputs) no handshake with SNI=host succeeded:
+                         certificate not valid, suspect answer     blocked/dns: dns.blockpage_ip
+                         certificate not valid, control's TLS ok   blocked/tls: tls.mitm
+                         failed, benign-SNI retry to the same      blocked/tls: tls.sni_reset |
+                         address succeeded, control's TLS ok         tls.sni_timeout |
+                                                                     tls.sni_failure
+                         failed, no SNI proof, control's TLS ok    blocked/tls: tls.reset |
+                                                                     tls.timeout | tls.failure
+                         suspect answers only, site up elsewhere   blocked/dns: dns.inconsistent
+                         control's TLS failed too                  down: site.down
+  10 http_failed       every fetch failed (TCP/TLS were fine):
+                         control could not fetch either            down: site.down
+                         a redirect hop failed at DNS, TCP or a    blocked/dns, tcp_ip, tls:
+                         certificate                                 dns.* | tcp.* | tls.mitm
+                         reset/eof, timeout, other                 blocked/http-failure:
+                                                                     http.reset | http.timeout |
+                                                                     http.failure
+  11 http_page         a plain-HTTP page was fetched:
+                         from a suspect answer, unlike control's   blocked/dns: dns.blockpage_ip
+                         strongly unlike the control's page        blocked/http-diff: http.diff
+                         otherwise (slow pages, dynamic pages)     ok: ok.http
+  12 (after the table) nothing fetched, nothing failed             inconclusive: probe.incomplete
+
+Why this order:
+
+* The control comes first because differential evidence without a reference is guesswork
+  (GUIDE §3: a failed control is inconclusive, never blocked).  This holds even when a
+  fingerprint matched: the raw evidence is kept and can be re-analysed.
+* Fingerprints (2, 5) come before every heuristic: they are the only *confirmed* evidence.
+* DNS evidence that does not depend on what happened next (injection, no answer) precedes
+  ``https_loaded``; evidence that a valid certificate can refute (bogon answers, answers unlike
+  the control's: CDNs, split-horizon DNS) comes after it.  "An HTTPS page that loads fully is
+  ok" is therefore true except when the resolver demonstrably lied about the name.
+* Then the layers in the order a browser meets them, so when several fail the earliest one that
+  explains the failure is reported (a blockpage address that also fails TLS is ``dns``).
+* Every layer compares with the control at the same layer: what fails from the control's
+  uncensored vantage too is ``down``, not ``blocked``.
+
+Terms used above:
+
+* *suspect answer*: an address from the system resolver that is neither among the control's
+  addresses nor validated by TLS for the host (by the probe's handshake or the control's
+  handshake to that very address).  A different answer is not evidence by itself: CDNs and load
+  balancers answer differently per vantage point, which caused most of OONI's and Censored
+  Planet's false positives.
+* *bogon*: a private, loopback, link-local, reserved, multicast or otherwise non-global address.
+  198.18.0.0/15 (and its IPv6 twin 2001:2::/48), the benchmarking ranges, are *not* bogons here:
+  Python calls them private, but labs (ours included) number whole "internets" in them.
+  A bogon answer counts only when the control sees a different, public answer.
+* *authenticated response*: it ended on https:// on the same site (the host or a parent/child
+  name), or every hop of its redirect chain was https://.  Its content came through TLS
+  validated for the site, so it is the site's own and is neither fingerprinted nor compared.
+  A plain-HTTP hop to another site may be a censor's injected redirect, so it is not trusted.
+* TLS failures decide only for https:// inputs; for http:// inputs a valid handshake (if
+  measure() made one) still serves as proof that a different DNS answer is genuine.
+* *strongly unlike* (http.diff): no distinctive response header shared with the control, and
+  either the status code differs plus the title or the body length differs, or the titles differ
+  and the body is less than 30% (or more than 3.3x) of the control's.  Lengths within 30% count
+  as equal, so a dynamic page whose length varies 20% is never a difference.  Conservative on
+  purpose: OONI's http-diff false positives came from exactly this comparison.
+
+The reasons emitted are listed in ``REASONS``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from functools import cached_property
+from typing import Final
+from urllib.parse import urlsplit
+
+from agent.experiments.web_connectivity.model import (
+    ControlResponse,
+    HTTPRequest,
+    TCPConnect,
+    TLSHandshake,
+    WebObservations,
+)
+from agent.fingerprints import Fingerprint, Fingerprints, Matches, canonical_dns_value
+from agent.model import Blocking, Status, Verdict
+
+__all__ = ["REASONS", "RULES", "analyze", "explain", "is_bogon"]
+
+# ---- OONI failure strings (GUIDE.md §3) ----------------------------------------------------
+CONNECTION_REFUSED: Final = "connection_refused"
+CONNECTION_RESET: Final = "connection_reset"
+EOF_ERROR: Final = "eof_error"
+TIMEOUT: Final = "generic_timeout_error"
+HOST_UNREACHABLE: Final = "host_unreachable"
+NETWORK_UNREACHABLE: Final = "network_unreachable"
+DNS_NXDOMAIN: Final = "dns_nxdomain_error"
+DNS_NO_ANSWER: Final = "dns_no_answer"
+DNS_SERVFAIL: Final = "dns_servfail_error"
+DNS_REFUSED: Final = "dns_refused_error"
+CERT_FAILURES: Final = frozenset(
+    {"ssl_invalid_hostname", "ssl_invalid_certificate", "ssl_unknown_authority"}
+)
+
+# ---- reasons ---------------------------------------------------------------------------------
+REASONS: Final = frozenset(
+    {
+        "control.failed",
+        "dns.nxdomain", "dns.servfail", "dns.refused", "dns.no_answer",
+        "dns.timeout", "dns.failure",
+        "dns.injected", "dns.bogon", "dns.blockpage_ip", "dns.blockpage_cname",
+        "dns.inconsistent",
+        "tcp.timeout", "tcp.reset", "tcp.unreachable", "tcp.failure",
+        "tls.sni_reset", "tls.sni_timeout", "tls.sni_failure",
+        "tls.reset", "tls.timeout", "tls.failure", "tls.mitm",
+        "http.blockpage", "http.diff", "http.reset", "http.timeout", "http.failure",
+        "site.down",
+        "ok.https", "ok.http",
+        "probe.incomplete",
+    }
+)
+
+# Benchmarking ranges (RFC 2544 / RFC 5180): not bogons here, see the module docstring.
+_BENCHMARK_NETS: Final = (
+    ipaddress.ip_network("198.18.0.0/15"),
+    ipaddress.ip_network("2001:2::/48"),
+)
+
+# Response headers nearly every server sends: sharing them says nothing about the origin.
+_COMMON_HEADERS: Final = frozenset(
+    {
+        "date", "content-type", "content-length", "server", "connection", "cache-control",
+        "vary", "set-cookie", "location", "expires", "x-powered-by", "content-encoding",
+        "last-modified", "accept-ranges", "pragma", "x-frame-options", "etag",
+        "x-content-type-options", "age", "via", "p3p", "x-xss-protection", "content-language",
+        "cf-ray", "strict-transport-security", "link", "x-varnish", "keep-alive",
+        "transfer-encoding", "referrer-policy", "content-security-policy", "alt-svc",
+    }
+)
+
+_LENGTH_EQUAL_RATIO: Final = 0.7  # bodies within 30% are "the same length" (dynamic pages)
+_LENGTH_FAR_RATIO: Final = 0.3  # below this, bodies are different documents
+
+
+# ---- small pure helpers ----------------------------------------------------------------------
+def _canon(ip: str) -> str:
+    return canonical_dns_value(ip)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(_canon(text))
+    except ValueError:
+        return None
+
+
+def is_bogon(address: str) -> bool:
+    """Is ``address`` a bogon (not routable on the public internet)?  False if not an IP.
+
+    The benchmarking ranges 198.18.0.0/15 and 2001:2::/48 are deliberately not bogons (labs
+    use them as their public internet); 10.10.34.35 (Iran's filter) is one.
+    """
+    addr = _ip(address)
+    if addr is None:
+        return False
+    if any(addr in net for net in _BENCHMARK_NETS):
+        return False
+    return not addr.is_global or addr.is_multicast or addr.is_reserved
+
+
+def _split_endpoint(text: str | None) -> tuple[str, int | None]:
+    """``ip:port`` or ``[ip]:port`` (or a bare ip) -> (canonical ip, port); tolerant."""
+    if not text:
+        return "", None
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    return _canon(host), int(port) if port.isdigit() else None
+
+
+def _endpoint_key(ip: str, port: int | None) -> str:
+    ip = _canon(ip)
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _final_url(r: HTTPRequest) -> str:
+    return r.redirects[-1] if r.redirects else r.url
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def _url_port(url: str) -> int | None:
+    try:
+        parts = urlsplit(url)
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return ""
+
+
+def _same_site(a: str, b: str) -> bool:
+    """Same host, or one a subdomain of the other (www.example.org ~ example.org)."""
+    a, b = a.removeprefix("www."), b.removeprefix("www.")
+    return bool(a) and (a == b or a.endswith("." + b) or b.endswith("." + a))
+
+
+def _title(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _titles_differ(a: str, b: str) -> bool:
+    return _title(a) != _title(b)
+
+
+def _length_ratio(a: int | None, b: int | None) -> float | None:
+    if a is None or b is None or a < 0 or b < 0:
+        return None
+    big = max(a, b)
+    return 1.0 if big == 0 else min(a, b) / big
+
+
+def _uncommon_headers(headers: dict[str, str]) -> frozenset[str]:
+    return frozenset(k.lower() for k in headers if k.lower() not in _COMMON_HEADERS)
+
+
+def _failure_kind(failure: str | None) -> str:
+    """reset | timeout | unreachable | failure: the part of a reason after the layer."""
+    if failure in (CONNECTION_RESET, CONNECTION_REFUSED, EOF_ERROR):
+        return "reset"
+    if failure == TIMEOUT:
+        return "timeout"
+    if failure in (HOST_UNREACHABLE, NETWORK_UNREACHABLE):
+        return "unreachable"
+    return "failure"
+
+
+_DNS_FAILURE_REASON: Final = {
+    DNS_NXDOMAIN: "dns.nxdomain",
+    DNS_SERVFAIL: "dns.servfail",
+    DNS_REFUSED: "dns.refused",
+    DNS_NO_ANSWER: "dns.no_answer",
+    TIMEOUT: "dns.timeout",
+}
+# when several queries failed differently, the most telling failure speaks
+_DNS_FAILURE_RANK: Final = (DNS_NXDOMAIN, DNS_REFUSED, DNS_SERVFAIL, DNS_NO_ANSWER, TIMEOUT)
+
+
+def _blocked(blocking: Blocking, reason: str, fingerprint: Fingerprint | None = None) -> Verdict:
+    return Verdict(
+        status=Status.BLOCKED,
+        blocking=blocking,
+        reason=reason,
+        confirmed=fingerprint is not None,
+        fingerprint=None if fingerprint is None else fingerprint.name,
+    )
+
+
+_DOWN: Final = Verdict(status=Status.DOWN, reason="site.down")
+_INCOMPLETE: Final = Verdict(status=Status.INCONCLUSIVE, reason="probe.incomplete")
+
+
+# ---- the evidence, computed once per measurement ---------------------------------------------
+class _Evidence:
+    """Views of the observations every rule needs (addresses canonical, control indexed)."""
+
+    def __init__(self, obs: WebObservations, fingerprints: Fingerprints) -> None:
+        self.obs = obs
+        self.fps = fingerprints
+        self.hostname = obs.hostname.rstrip(".").lower()
+        self.scheme = _scheme(obs.input)
+        self.port = _url_port(obs.input)
+        self.control: ControlResponse | None = (
+            obs.control if obs.control_failure is None else None
+        )
+        self._matches: dict[int, Matches] = {}  # id(request) -> fingerprints (obs is frozen)
+
+    # -- control ----------------------------------------------------------------------------
+    @cached_property
+    def control_addrs(self) -> frozenset[str]:
+        if self.control is None or self.control.dns.failure is not None:
+            return frozenset()
+        return frozenset(_canon(a) for a in self.control.dns.addrs)
+
+    @property
+    def control_dns_ok(self) -> bool:
+        return bool(self.control_addrs)
+
+    @cached_property
+    def control_http_ok(self) -> bool:
+        """The control fetched the page (a 5xx from the site is not a page)."""
+        if self.control is None:
+            return False
+        http = self.control.http_request
+        return http.failure is None and http.status_code is not None and http.status_code < 500
+
+    @cached_property
+    def _control_tcp(self) -> dict[str, bool]:
+        if self.control is None:
+            return {}
+        return {
+            _endpoint_key(*_split_endpoint(k)): v.status and v.failure is None
+            for k, v in self.control.tcp_connect.items()
+        }
+
+    @cached_property
+    def _control_tls(self) -> dict[str, bool]:
+        if self.control is None:
+            return {}
+        return {
+            _endpoint_key(*_split_endpoint(k)): v.status and v.failure is None
+            for k, v in self.control.tls_handshake.items()
+        }
+
+    def control_tcp(self, ip: str, port: int | None) -> bool | None:
+        return self._control_tcp.get(_endpoint_key(ip, port))
+
+    def control_tls(self, ip: str, port: int | None) -> bool | None:
+        return self._control_tls.get(_endpoint_key(ip, port))
+
+    @cached_property
+    def control_site_ok(self) -> bool:
+        """The site works from outside: the control fetched it or reached one of its addresses."""
+        if self.control_http_ok:
+            return True
+        return any(
+            ok and _split_endpoint(k)[0] in self.control_addrs
+            for k, ok in self._control_tcp.items()
+        )
+
+    # -- DNS --------------------------------------------------------------------------------
+    @cached_property
+    def ip_literal(self) -> bool:
+        return _ip(self.hostname) is not None
+
+    @cached_property
+    def probe_addrs(self) -> tuple[str, ...]:
+        """The addresses a browser would use: the first reply of each query (or the literal)."""
+        if self.ip_literal:
+            return (_canon(self.hostname),)
+        seen: dict[str, None] = {}
+        for q in self.obs.dns:
+            for a in q.addrs:
+                seen[_canon(a)] = None
+        return tuple(seen)
+
+    @cached_property
+    def validated(self) -> frozenset[str]:
+        """Addresses proven to serve the host: a TLS handshake valid for it (probe or control)."""
+        ok = {
+            _split_endpoint(h.address)[0]
+            for h in self.obs.tls_handshakes
+            if h.purpose == "target" and h.cert_valid_for_host is True
+        }
+        ok.update(_split_endpoint(k)[0] for k, v in self._control_tls.items() if v)
+        if self.ip_literal:
+            ok.add(_canon(self.hostname))
+        return frozenset(ok)
+
+    def consistent(self, ip: str) -> bool:
+        ip = _canon(ip)
+        return ip in self.control_addrs or ip in self.validated
+
+    def suspect(self, ip: str) -> bool:
+        return not self.consistent(ip)
+
+    @cached_property
+    def control_has_public_answer(self) -> bool:
+        probe = set(self.probe_addrs)
+        return any(not is_bogon(a) and a not in probe for a in self.control_addrs)
+
+    def bogon_evidence(self, ip: str) -> bool:
+        """A bogon answer is evidence only when the control sees a different, public one."""
+        return is_bogon(ip) and self.suspect(ip) and self.control_has_public_answer
+
+    @cached_property
+    def injected(self) -> bool:
+        """Two replies to one query that disagree, one of them inconsistent with the control."""
+        for q in self.obs.dns:
+            if len(q.replies) < 2:
+                continue
+            views = [
+                (
+                    r.rcode.upper(),
+                    frozenset(
+                        _canon(a.value) for a in r.answers if a.answer_type in ("A", "AAAA")
+                    ),
+                )
+                for r in q.replies
+            ]
+            if not _replies_disagree(views):
+                continue
+            good_exists = any(
+                rcode == "NOERROR" and addrs and all(self.consistent(a) for a in addrs)
+                for rcode, addrs in views
+            )
+            for rcode, addrs in views:
+                if rcode != "NOERROR" or not addrs:
+                    if self.control_dns_ok:
+                        return True
+                elif any(self.bogon_evidence(a) for a in addrs) or (
+                    good_exists and all(self.suspect(a) for a in addrs)
+                ):
+                    return True
+        return False
+
+    # -- TCP / TLS --------------------------------------------------------------------------
+    @cached_property
+    def tcp_records(self) -> tuple[TCPConnect, ...]:
+        """Connects to the resolver's addresses (measure() may also try the control's)."""
+        wanted = set(self.probe_addrs)
+        mine = [c for c in self.obs.tcp_connect if _canon(c.ip) in wanted]
+        mine = [c for c in mine if c.port == self.port] or mine  # the URL's own port first
+        preferred = [c for c in mine if c.origin in ("dns", "both")]
+        return tuple(preferred or mine)
+
+    @cached_property
+    def target_handshakes(self) -> tuple[TLSHandshake, ...]:
+        wanted = set(self.probe_addrs)
+        connected = {_canon(c.ip) for c in self.tcp_records if c.failure is None}
+        out = []
+        for h in self.obs.tls_handshakes:
+            ip = _split_endpoint(h.address)[0]
+            if h.purpose != "target" or ip not in wanted:
+                continue
+            if self.tcp_records and ip not in connected and h.failure is not None:
+                continue  # the TCP layer already accounts for this address
+            out.append(h)
+        return tuple(out)
+
+    def benign_sni_succeeded(self, address: str) -> bool:
+        ip, port = _split_endpoint(address)
+        return any(
+            h.purpose == "benign_sni"
+            and h.failure is None
+            and _split_endpoint(h.address) == (ip, port)
+            for h in self.obs.tls_handshakes
+        )
+
+    # -- HTTP -------------------------------------------------------------------------------
+    @cached_property
+    def requests(self) -> tuple[HTTPRequest, ...]:
+        """Fetches on the browser's path: not through an address only the control knew."""
+        probe = set(self.probe_addrs)
+        control_only = self.control_addrs - probe
+        return tuple(
+            r
+            for r in self.obs.requests
+            if not (r.address and _split_endpoint(r.address)[0] in control_only)
+        )
+
+    def authenticated(self, r: HTTPRequest) -> bool:
+        """Every byte of this response came through TLS validated for the site.
+
+        The final URL is https, and either it is on the same site or every hop of the redirect
+        chain was https too (the genuine site sent us elsewhere).  A plain-HTTP hop to another
+        site could be a censor's injected redirect, so that case is compared, not trusted.
+        """
+        final = _final_url(r)
+        if _scheme(final) != "https":
+            return False
+        if _same_site(_host(final), self.hostname):
+            return True
+        return all(_scheme(u) == "https" for u in (r.url, *r.redirects))
+
+    def from_suspect_answer(self, r: HTTPRequest) -> bool:
+        """Did this response come from a suspect answer of the resolver for *this* host?"""
+        if _host(_final_url(r)) not in ("", self.hostname):
+            return False  # redirected elsewhere: the address is not this name's answer
+        ip = _split_endpoint(r.address)[0]
+        if ip:
+            return ip in self.probe_addrs and self.suspect(ip)
+        return bool(self.probe_addrs) and all(self.suspect(a) for a in self.probe_addrs)
+
+    def http_matches(self, r: HTTPRequest) -> Matches:
+        """Fingerprints matching a response (memoised: several rules ask)."""
+        key = id(r)
+        if key not in self._matches:
+            length = r.body_length
+            complete = length is not None and len(r.body_head.encode("utf-8", "replace")) >= length
+            self._matches[key] = self.fps.match_http(
+                body=r.body_head,
+                headers=r.headers,
+                title=r.title,
+                redirects=r.redirects,
+                body_complete=complete,
+            )
+        return self._matches[key]
+
+    def differs(self, r: HTTPRequest) -> bool:
+        """Plainly not the control's page (used when another signal already points at it)."""
+        if self.control is None or not self.control_http_ok:
+            return False
+        c = self.control.http_request
+        if _uncommon_headers(r.headers) & _uncommon_headers(c.headers):
+            return False  # a distinctive header both saw (x-request-id...): the same origin
+        ratio = _length_ratio(r.body_length, c.body_length)
+        length_differs = ratio is not None and ratio < _LENGTH_EQUAL_RATIO
+        return r.status_code != c.status_code or (
+            _titles_differ(r.title, c.title) and length_differs
+        )
+
+    def differs_strongly(self, r: HTTPRequest) -> bool:
+        """Unlike the control's page beyond what dynamic content explains (http.diff)."""
+        if self.control is None or not self.control_http_ok:
+            return False
+        c = self.control.http_request
+        if _uncommon_headers(r.headers) & _uncommon_headers(c.headers):
+            return False
+        ratio = _length_ratio(r.body_length, c.body_length)
+        titles = _titles_differ(r.title, c.title)
+        length_differs = ratio is not None and ratio < _LENGTH_EQUAL_RATIO
+        far = ratio is not None and ratio < _LENGTH_FAR_RATIO
+        status = r.status_code != c.status_code
+        return (status and (titles or length_differs)) or (titles and far)
+
+
+def _replies_disagree(views: list[tuple[str, frozenset[str]]]) -> bool:
+    for i, (rc_a, a) in enumerate(views):
+        for rc_b, b in views[i + 1 :]:
+            if rc_a != rc_b or bool(a) != bool(b) or (a and b and a.isdisjoint(b)):
+                return True
+    return False
+
+
+def _http_ok(r: HTTPRequest) -> bool:
+    return r.failure is None and r.status_code is not None
+
+
+def _tls_ok(h: TLSHandshake) -> bool:
+    return h.failure is None and h.cert_valid_for_host is not False
+
+
+# ---- the rules, in precedence order ----------------------------------------------------------
+Rule = Callable[[_Evidence], Verdict | None]
+
+
+def _rule_control_failed(ev: _Evidence) -> Verdict | None:
+    if ev.control is None:
+        return Verdict(status=Status.INCONCLUSIVE, reason="control.failed")
+    return None
+
+
+def _dns_technique(ev: _Evidence, ip: str | None) -> str:
+    """Which DNS technique explains a bad answer: injection > bogon > blockpage address."""
+    if ev.injected:
+        return "dns.injected"
+    if ip is not None and is_bogon(ip):
+        return "dns.bogon"
+    return "dns.blockpage_ip"
+
+
+def _rule_dns_fingerprint(ev: _Evidence) -> Verdict | None:
+    loaded_https = any(_http_ok(r) and ev.authenticated(r) for r in ev.requests)
+    for q in ev.obs.dns:
+        for reply in q.replies:
+            for answer in reply.answers:
+                is_addr = answer.answer_type in ("A", "AAAA")
+                if is_addr and ev.consistent(answer.value):
+                    continue  # the control's own answer, or proven to serve the host
+                if not is_addr and loaded_https:
+                    continue  # the page loaded authenticated: the CNAME is the site's
+                fp = ev.fps.match_dns(answer.value).blockpage
+                if fp is None:
+                    continue
+                if is_addr:
+                    return _blocked(Blocking.DNS, _dns_technique(ev, answer.value), fp)
+                reason = "dns.injected" if ev.injected else "dns.blockpage_cname"
+                return _blocked(Blocking.DNS, reason, fp)
+    return None
+
+
+def _rule_dns_injected(ev: _Evidence) -> Verdict | None:
+    return _blocked(Blocking.DNS, "dns.injected") if ev.injected else None
+
+
+def _rule_dns_failed(ev: _Evidence) -> Verdict | None:
+    if ev.probe_addrs:
+        return None
+    if not ev.obs.dns:
+        return _INCOMPLETE
+    failures = [q.failure if q.failure is not None else DNS_NO_ANSWER for q in ev.obs.dns]
+    failure = next((f for f in _DNS_FAILURE_RANK if f in failures), failures[0])
+    if not ev.control_dns_ok:
+        return _DOWN
+    reason = _DNS_FAILURE_REASON.get(failure, "dns.failure")
+    if reason in ("dns.timeout", "dns.failure"):
+        # A resolver that does not answer says more about a flaky link than about censorship.
+        return Verdict(status=Status.INCONCLUSIVE, reason=reason)
+    if reason == "dns.no_answer":
+        asked = {q.query_type.upper() for q in ev.obs.dns}
+        families = {"A" if ":" not in a else "AAAA" for a in ev.control_addrs}
+        if not asked & families:
+            return Verdict(status=Status.INCONCLUSIVE, reason=reason)
+    return _blocked(Blocking.DNS, reason)
+
+
+def _rule_http_fingerprint(ev: _Evidence) -> Verdict | None:
+    for r in ev.requests:
+        if r.status_code is None or ev.authenticated(r):
+            continue  # no response, or the site's own authenticated content
+        matches = ev.http_matches(r)
+        fp = matches.strong
+        if fp is None:
+            weak = matches.weak
+            if weak is None or not ev.differs(r):
+                continue  # vague words on a page like the control's: the site's own text
+            fp = weak
+        if ev.from_suspect_answer(r):
+            ip = _split_endpoint(r.address)[0] or None
+            return _blocked(Blocking.DNS, _dns_technique(ev, ip), fp)
+        return _blocked(Blocking.HTTP_DIFF, "http.blockpage", fp)
+    return None
+
+
+def _rule_https_loaded(ev: _Evidence) -> Verdict | None:
+    if any(_http_ok(r) and ev.authenticated(r) for r in ev.requests):
+        return Verdict(status=Status.OK, reason="ok.https")
+    return None
+
+
+def _rule_dns_bogon(ev: _Evidence) -> Verdict | None:
+    if any(ev.bogon_evidence(a) for a in ev.probe_addrs):
+        return _blocked(Blocking.DNS, "dns.bogon")
+    return None
+
+
+def _rule_tcp(ev: _Evidence) -> Verdict | None:
+    records = ev.tcp_records
+    if not records or any(c.failure is None for c in records):
+        return None
+    for c in records:
+        if ev.control_tcp(c.ip, c.port):
+            return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(c.failure)}")
+    if all(ev.suspect(c.ip) for c in records):
+        # The resolver's answers lead nowhere, from anywhere; the control's addresses work.
+        return _blocked(Blocking.DNS, "dns.inconsistent") if ev.control_site_ok else _DOWN
+    unknown = [c for c in records if ev.control_tcp(c.ip, c.port) is None and ev.consistent(c.ip)]
+    if unknown and ev.control_http_ok:
+        # The control did not test these addresses itself, but they are its own and it
+        # fetched the page: they work from outside.
+        return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(unknown[0].failure)}")
+    return _DOWN
+
+
+def _rule_tls(ev: _Evidence) -> Verdict | None:
+    if ev.scheme != "https":
+        return None  # a plain-HTTP input: TLS is not on the browser's path (still validates)
+    handshakes = ev.target_handshakes
+    if not handshakes or any(_tls_ok(h) for h in handshakes):
+        return None
+    dns_verdict: Verdict | None = None
+    tls_verdict: Verdict | None = None
+    for h in handshakes:
+        ip, port = _split_endpoint(h.address)
+        ctl = ev.control_tls(ip, port)
+        control_ok = ctl is True or (ctl is None and ev.control_http_ok and ev.consistent(ip))
+        if h.failure in CERT_FAILURES or (h.failure is None and h.cert_valid_for_host is False):
+            if ev.suspect(ip):
+                dns_verdict = dns_verdict or _blocked(Blocking.DNS, _dns_technique(ev, ip))
+            elif control_ok:
+                tls_verdict = tls_verdict or _blocked(Blocking.TLS, "tls.mitm")
+            continue
+        kind = _failure_kind(h.failure)
+        kind = "failure" if kind == "unreachable" else kind
+        sni_control_ok = ctl is True or (ctl is None and ev.control_http_ok)
+        if ev.benign_sni_succeeded(h.address) and sni_control_ok:
+            tls_verdict = tls_verdict or _blocked(Blocking.TLS, f"tls.sni_{kind}")
+        elif control_ok:
+            tls_verdict = tls_verdict or _blocked(Blocking.TLS, f"tls.{kind}")
+    if dns_verdict or tls_verdict:
+        return dns_verdict or tls_verdict
+    if all(ev.suspect(_split_endpoint(h.address)[0]) for h in handshakes) and ev.control_site_ok:
+        # Answers unlike the control's that do not speak TLS for the host, with no other
+        # explanation, while the site works from outside: the resolver's answer is the problem.
+        return _blocked(Blocking.DNS, "dns.inconsistent")
+    return _DOWN
+
+
+def _rule_http_failed(ev: _Evidence) -> Verdict | None:
+    requests = ev.requests
+    if not requests or any(_http_ok(r) for r in requests):
+        return None
+    r = requests[0]
+    failure = r.failure or "unknown_failure: no response"
+    if not ev.control_http_ok:
+        return _DOWN
+    # Failures that can only happen while opening a new connection belong to an earlier layer
+    # (typically a redirect hop to another host).
+    if failure in _DNS_FAILURE_REASON and failure != TIMEOUT:
+        return _blocked(Blocking.DNS, _DNS_FAILURE_REASON[failure])
+    if failure in (CONNECTION_REFUSED, HOST_UNREACHABLE, NETWORK_UNREACHABLE):
+        return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(failure)}")
+    if failure in CERT_FAILURES:
+        if ev.from_suspect_answer(r):
+            ip = _split_endpoint(r.address)[0] or None
+            return _blocked(Blocking.DNS, _dns_technique(ev, ip))
+        return _blocked(Blocking.TLS, "tls.mitm")
+    kind = _failure_kind(failure)
+    return _blocked(Blocking.HTTP_FAILURE, f"http.{'failure' if kind == 'unreachable' else kind}")
+
+
+def _rule_http_page(ev: _Evidence) -> Verdict | None:
+    fetched = [r for r in ev.requests if _http_ok(r)]
+    if not fetched:
+        return None
+    r = fetched[0]
+    if ev.authenticated(r):
+        return Verdict(status=Status.OK, reason="ok.https")
+    if ev.http_matches(r).false_positive is not None:
+        return Verdict(status=Status.OK, reason="ok.http")  # a known ordinary page
+    if ev.from_suspect_answer(r) and ev.differs(r):
+        ip = _split_endpoint(r.address)[0] or None
+        return _blocked(Blocking.DNS, _dns_technique(ev, ip))
+    if ev.differs_strongly(r):
+        return _blocked(Blocking.HTTP_DIFF, "http.diff")
+    return Verdict(status=Status.OK, reason="ok.http")
+
+
+#: The precedence table above, as code: (name, rule) in order.
+RULES: Final[tuple[tuple[str, Rule], ...]] = (
+    ("control_failed", _rule_control_failed),
+    ("dns_fingerprint", _rule_dns_fingerprint),
+    ("dns_injected", _rule_dns_injected),
+    ("dns_failed", _rule_dns_failed),
+    ("http_fingerprint", _rule_http_fingerprint),
+    ("https_loaded", _rule_https_loaded),
+    ("dns_bogon", _rule_dns_bogon),
+    ("tcp", _rule_tcp),
+    ("tls", _rule_tls),
+    ("http_failed", _rule_http_failed),
+    ("http_page", _rule_http_page),
+)  # then row 12: nothing decided -> inconclusive, probe.incomplete
+
+
+def analyze(obs: WebObservations, fingerprints: Fingerprints) -> Verdict:
+    """The verdict for one measurement (see the precedence table at the top of the module)."""
+    return explain(obs, fingerprints)[1]
+
+
+def explain(obs: WebObservations, fingerprints: Fingerprints) -> tuple[str, Verdict]:
+    """Like ``analyze`` but also names the rule that decided (for logs and debugging)."""
+    ev = _Evidence(obs, fingerprints)
+    for name, rule in RULES:
+        verdict = rule(ev)
+        if verdict is not None:
+            return name, verdict
+    return "incomplete", _INCOMPLETE
+
+

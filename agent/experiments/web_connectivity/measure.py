@@ -1,0 +1,329 @@
+"""web_connectivity, the I/O half: DNS → control → TCP → TLS → HTTP into WebObservations.
+
+For one URL::
+
+    DNS (system resolver, A [+AAAA]; listening on after the first reply)
+      │ first reply's addresses
+      ├──► control helper (the uncensored view)  ──► TCP [+TLS] to addresses only it knows
+      └──► TCP to the system addresses ──► TLS with SNI = host (verified; on failure a second
+           handshake with a benign SNI: success proves SNI filtering) ──► HTTP GET pinned to
+           the addresses that worked, Host/SNI = host, redirects followed
+    then the DNS linger window closes and every reply is recorded.
+
+The two branches run concurrently, so the control's latency hides behind our own.  Nothing here
+decides anything: ``analyze()`` (pure) reads the observations and the verdict comes from it.
+An exception means the experiment could not run at all (bad input); censorship never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from agent.errors import ControlError, VigilError
+from agent.experiments.web_connectivity.model import (
+    ControlResponse,
+    DNSQuery,
+    HTTPRequest,
+    TCPConnect,
+    TLSHandshake,
+    WebObservations,
+)
+from agent.net import failures
+from agent.net import tcp as tcpnet
+from agent.net import tls as tlsnet
+from agent.net.addr import endpoint, is_ip
+from agent.net.dns import PendingQuery, resolve_first, start_query
+from agent.net.http import FetchLimits, fetch
+
+if TYPE_CHECKING:
+    from agent.runner import MeasureContext
+
+NO_CONTROL = failures.unknown("no control helper configured")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass
+class _Endpoint:
+    """What was learnt about one ip:port."""
+
+    ip: str
+    tcp: TCPConnect | None = None
+    tls: list[TLSHandshake] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Connected and, for HTTPS, the real handshake verified: a browser would get here."""
+        if self.tcp is None or self.tcp.failure is not None:
+            return False
+        return not self.tls or self.tls[0].failure is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    host: str
+    port: int
+    https: bool
+
+
+def parse_target(url: str) -> _Target:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise VigilError(f"cannot measure {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise VigilError(f"cannot measure {url!r}: web_connectivity needs an http(s) URL")
+    return _Target(url=url, host=host, port=port or _DEFAULT_PORTS[scheme], https=scheme == "https")
+
+
+def _usable_family(ip: str, ipv6: bool) -> bool:
+    try:
+        return ipv6 or ipaddress.ip_address(ip).version == 4
+    except ValueError:
+        return False
+
+
+def _first_unique(values: Sequence[str], limit: int) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+        if len(out) >= limit:
+            break
+    return out
+
+
+class Measurement:
+    """State of one web_connectivity measurement (one URL)."""
+
+    def __init__(self, url: str, ctx: MeasureContext) -> None:
+        self.target = parse_target(url)
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.origin = self.loop.time()
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.system_addrs: list[str] = []
+        self.control: ControlResponse | None = None
+        self.control_failure: str | None = None
+        self.request: HTTPRequest | None = None
+        self.extra: dict[str, Any] = {}
+
+    # ---- top level --------------------------------------------------------------------------
+    async def run(self) -> WebObservations:
+        queries = await self._start_dns()
+        try:
+            await self._first_answers(queries)
+            own = asyncio.create_task(self._own_branch())
+            ctl = asyncio.create_task(self._control_branch())
+            try:
+                await asyncio.gather(own, ctl)
+            finally:
+                for task in (own, ctl):
+                    task.cancel()
+                await asyncio.gather(own, ctl, return_exceptions=True)
+            dns_results = tuple([await q.result() for q in queries])
+        finally:
+            for q in queries:
+                await q.aclose()
+        ignored = sum(q.ignored for q in queries)
+        if ignored:
+            self.extra["dns_ignored_datagrams"] = ignored
+        return self._observations(dns_results)
+
+    # ---- DNS ---------------------------------------------------------------------------------
+    async def _start_dns(self) -> list[PendingQuery]:
+        if is_ip(self.target.host):
+            self.system_addrs = [self.target.host.strip("[]")]
+            return []
+        net = self.ctx.net
+        types = ["A", "AAAA"] if net.ipv6 else ["A"]
+        queries: list[PendingQuery] = []
+        try:
+            for qtype in types:
+                queries.append(
+                    start_query(
+                        self.target.host, qtype, self.ctx.resolver, origin=self.origin,
+                        timeout=net.dns_timeout, linger=net.dns_linger, retries=net.dns_retries,
+                        on_bytes=self.ctx.on_bytes,
+                    )
+                )
+        except Exception as exc:  # dnspython rejects names it cannot encode (bad input)
+            for q in queries:
+                await q.aclose()
+            raise VigilError(f"cannot query DNS for {self.target.host!r}: {exc}") from None
+        return queries
+
+    async def _first_answers(self, queries: Sequence[PendingQuery]) -> None:
+        if not queries:
+            return
+        replies = await asyncio.gather(*(q.first() for q in queries))
+        addrs: list[str] = []
+        for reply in replies:
+            if reply is None:
+                continue
+            addrs.extend(
+                a.value for a in reply.answers if a.answer_type in ("A", "AAAA")
+            )
+        usable = [a for a in addrs if _usable_family(a, self.ctx.net.ipv6)]
+        self.system_addrs = _first_unique(usable, self.ctx.net.max_addresses)
+
+    # ---- branch 1: our own view -------------------------------------------------------------
+    async def _own_branch(self) -> None:
+        await asyncio.gather(*(self._endpoint(ip, "dns") for ip in self.system_addrs))
+        working = [ip for ip in self.system_addrs if self.endpoints[ip].usable]
+        if working:
+            await self._http(working)
+
+    async def _http(self, addrs: list[str]) -> None:
+        net = self.ctx.net
+        resolver = self.ctx.resolver
+
+        async def lookup(host: str) -> tuple[str, ...]:
+            return await resolve_first(
+                host, resolver, timeout=net.dns_timeout, on_bytes=self.ctx.on_bytes
+            )
+
+        fetched = await fetch(
+            self.target.url,
+            pins={self.target.host: addrs},
+            lookup=lookup,
+            ssl_context=self.ctx.tls.verify,
+            limits=FetchLimits(
+                connect_timeout=net.connect_timeout,
+                read_timeout=net.read_timeout,
+                total_timeout=net.http_timeout,
+                max_body_bytes=net.max_body_bytes,
+                max_redirects=net.max_redirects,
+            ),
+            origin=self.origin,
+            body_budget=self.ctx.budget.remaining(),
+            on_bytes=self.ctx.on_bytes,
+        )
+        self.request = fetched.request
+        if fetched.body_truncated:
+            self.extra["body_truncated"] = True
+
+    # ---- branch 2: the control's view --------------------------------------------------------
+    async def _control_branch(self) -> None:
+        if self.ctx.control is None:
+            self.control_failure = NO_CONTROL
+            return
+        port = self.target.port
+        try:
+            self.control = await self.ctx.control.control(
+                self.target.url, [endpoint(ip, port) for ip in self.system_addrs]
+            )
+        except ControlError as exc:
+            self.control_failure = getattr(exc, "failure", None) or failures.unknown(str(exc))
+            return
+        self.ctx.observe_client(self.control.client)
+        extra = [
+            ip for ip in self.control.dns.addrs
+            if _usable_family(ip, self.ctx.net.ipv6) and ip not in self.system_addrs
+        ]
+        extra = _first_unique(extra, self.ctx.net.max_addresses)
+        await asyncio.gather(*(self._endpoint(ip, "control") for ip in extra))
+
+    # ---- one address: TCP, then TLS on the same connection ---------------------------------
+    async def _endpoint(self, ip: str, origin: str) -> None:
+        ep = self.endpoints.setdefault(ip, _Endpoint(ip))
+        net = self.ctx.net
+        port = self.target.port
+        conn = await tcpnet.connect(ip, port, timeout=net.connect_timeout, origin=self.origin)
+        self.ctx.note_local_address(conn.local_ip)
+        ep.tcp = TCPConnect(ip=ip, port=port, failure=conn.failure, t0=conn.t0, t=conn.t,
+                            origin=origin)
+        if conn.sock is None or not self.target.https:
+            conn.close()
+            return
+        try:
+            hs = await tlsnet.handshake(
+                conn.sock, self.target.host, self.ctx.tls.verify, timeout=net.tls_timeout,
+                origin=self.origin, on_bytes=self.ctx.on_bytes,
+            )
+        finally:
+            conn.close()
+        sha = hs.peer_certificate_sha256
+        if failures.is_certificate_failure(hs.failure):
+            sha = await tlsnet.leaf_fingerprint(
+                ip, port, self.target.host, self.ctx.tls, connect_timeout=net.connect_timeout,
+                tls_timeout=net.tls_timeout, on_bytes=self.ctx.on_bytes,
+            )
+        ep.tls.append(self._handshake_record(ip, hs, "target", sha))
+        if hs.failure is not None and not failures.is_certificate_failure(hs.failure):
+            await self._benign_retry(ep)
+
+    async def _benign_retry(self, ep: _Endpoint) -> None:
+        """Same address, harmless SNI: if this works, the target's name was what got blocked."""
+        net = self.ctx.net
+        conn, hs = await tlsnet.connect_and_handshake(
+            ep.ip, self.target.port, net.benign_sni, self.ctx.tls.insecure,
+            connect_timeout=net.connect_timeout, tls_timeout=net.tls_timeout,
+            origin=self.origin, on_bytes=self.ctx.on_bytes,
+        )
+        self.ctx.note_local_address(conn.local_ip)
+        if hs is None:  # could not even connect again (residual blocking of the address)
+            hs = tlsnet.Handshake(net.benign_sni, conn.failure, None, None, None, conn.t0, conn.t)
+        ep.tls.append(self._handshake_record(ep.ip, hs, "benign_sni", hs.peer_certificate_sha256))
+
+    def _handshake_record(
+        self, ip: str, hs: tlsnet.Handshake, purpose: str, sha: str | None
+    ) -> TLSHandshake:
+        if purpose != "target":
+            valid: bool | None = None
+        elif hs.failure is None:
+            valid = True
+        elif failures.is_certificate_failure(hs.failure):
+            valid = False
+        else:
+            valid = None  # no certificate was seen: the handshake never got that far
+        return TLSHandshake(
+            address=endpoint(ip, self.target.port),
+            server_name=hs.server_name,
+            purpose=purpose,
+            failure=hs.failure,
+            tls_version=hs.tls_version,
+            cipher_suite=hs.cipher_suite,
+            peer_certificate_sha256=sha,
+            cert_valid_for_host=valid,
+            t0=hs.t0,
+            t=hs.t,
+        )
+
+    # ---- result -------------------------------------------------------------------------------
+    def _observations(self, dns: tuple[DNSQuery, ...]) -> WebObservations:
+        control_addrs = set(self.control.dns.addrs) if self.control is not None else set()
+        tcp: list[TCPConnect] = []
+        tls: list[TLSHandshake] = []
+        for ep in self.endpoints.values():
+            if ep.tcp is not None:
+                record = ep.tcp
+                if record.origin == "dns" and ep.ip in control_addrs:
+                    record = TCPConnect(ip=record.ip, port=record.port, failure=record.failure,
+                                        t0=record.t0, t=record.t, origin="both")
+                tcp.append(record)
+            tls.extend(ep.tls)
+        return WebObservations(
+            input=self.target.url,
+            hostname=self.target.host,
+            dns=dns,
+            tcp_connect=tuple(tcp),
+            tls_handshakes=tuple(tls),
+            requests=() if self.request is None else (self.request,),
+            control=self.control,
+            control_failure=self.control_failure,
+            extra=self.extra,
+        )
+
+
+async def measure(url: str, ctx: MeasureContext) -> WebObservations:
+    """Measure one URL (all the I/O of web_connectivity)."""
+    return await Measurement(url, ctx).run()

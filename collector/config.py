@@ -1,0 +1,192 @@
+"""The collector's configuration: a TOML file (configs/collector.example.toml) into frozen
+dataclasses, with command-line flags overriding file values.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and the broker
+password can come from a file or the VIGIL_BROKER_PASSWORD environment variable so it need not
+sit in the config file or the process list.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from collector.verify import VerifyPolicy
+
+PASSWORD_ENV = "VIGIL_BROKER_PASSWORD"
+_POLICY = VerifyPolicy()
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8885
+    tls: bool = True
+    ca_file: str | None = None  # None: the system trust store
+    cert_file: str | None = None  # client certificate (optional)
+    key_file: str | None = None
+    username: str | None = "vigil-collector"
+    password: str | None = None
+    password_file: str | None = None
+    # Unique per collector process: the broker keeps this session (and its queued messages)
+    # across restarts of the process.
+    client_id: str = field(default_factory=lambda: f"vigil-collector-{socket.gethostname()}")
+    session_expiry_s: int = 7 * 86400
+    keepalive_s: int = 30
+    # MQTT v5 Receive Maximum: unacknowledged messages the broker may send us at once.  Must
+    # exceed what the ingest pipeline holds (batch_size x (pipeline_depth + 2)).
+    receive_maximum: int = 2000
+    share_group: str = "collectors"
+    connect_timeout_s: float = 10.0
+
+    def resolved_password(self) -> str | None:
+        if self.password is not None:
+            return self.password
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text("utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read password_file {self.password_file}: {exc}"
+                ) from None
+        return os.environ.get(PASSWORD_ENV)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = ""
+    busy_timeout_ms: int = 5000  # SQLite: wait this long for a lock before "unavailable"
+    connect_timeout_s: int = 10  # PostgreSQL
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    batch_size: int = 500  # messages per store transaction
+    batch_wait_ms: float = 20.0  # flush a partial batch after this long
+    pipeline_depth: int = 3  # batches verified ahead of the one being stored
+    verify_workers: int = 1  # threads verifying (Ed25519 releases the GIL)
+    key_refresh_s: float = 5.0  # reload enrolled keys (revocations take effect within this)
+    retry_initial_s: float = 0.5  # store/broker retry backoff
+    retry_max_s: float = 30.0
+    stats_interval_s: float = 30.0  # log a line of counters this often (0: never)
+    drain_timeout_s: float = 30.0  # on shutdown, wait this long to store what is in flight
+    max_message_bytes: int = _POLICY.max_bytes
+    max_future_s: float = _POLICY.max_future_s
+    max_age_days: float = _POLICY.max_age_s / 86400
+
+    def policy(self) -> VerifyPolicy:
+        return VerifyPolicy(
+            max_bytes=self.max_message_bytes,
+            max_future_s=self.max_future_s,
+            max_age_s=self.max_age_days * 86400,
+        )
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def validate(self) -> CollectorConfig:
+        b, i = self.broker, self.ingest
+        if not self.store.url:
+            raise ConfigError("no store URL: set [store] url or pass --store")
+        if not 1 <= b.port <= 65535:
+            raise ConfigError(f"broker port {b.port} out of range")
+        if (b.cert_file is None) != (b.key_file is None):
+            raise ConfigError("broker cert_file and key_file go together")
+        if i.batch_size < 1 or i.pipeline_depth < 1 or i.verify_workers < 1:
+            raise ConfigError("batch_size, pipeline_depth and verify_workers must be >= 1")
+        needed = i.batch_size * (i.pipeline_depth + 2)
+        if not 1 <= b.receive_maximum <= 65535:
+            raise ConfigError("receive_maximum must be between 1 and 65535")
+        if b.receive_maximum < i.batch_size:
+            raise ConfigError(
+                f"receive_maximum {b.receive_maximum} is below batch_size {i.batch_size}: "
+                f"batches could never fill (use at least {needed})"
+            )
+        if not b.client_id or len(b.client_id) > 128:
+            raise ConfigError("broker client_id must be 1-128 characters")
+        return self
+
+
+def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{where}] {name} must be true or false")
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"[{where}] {name} must be a number")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise ConfigError(f"[{where}] {name} must be an integer")
+        elif (isinstance(default, str) or default is None) and not isinstance(value, str):
+            raise ConfigError(f"[{where}] {name} must be a string")
+        values[name] = value
+    return cls(**values)
+
+
+def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
+    unknown = sorted(set(data) - {"broker", "store", "ingest"})
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
+    return CollectorConfig(
+        broker=_section(BrokerConfig, data.get("broker", {}), "broker"),
+        store=_section(StoreConfig, data.get("store", {}), "store"),
+        ingest=_section(IngestConfig, data.get("ingest", {}), "ingest"),
+    )
+
+
+def load_config(path: Path | None) -> CollectorConfig:
+    """Read a TOML file (None: all defaults).  Raises ConfigError with the file's name."""
+    if path is None:
+        return CollectorConfig()
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def override(config: CollectorConfig, section: str, **values: Any) -> CollectorConfig:
+    """Replace the non-None ``values`` in one section (command-line flags win over the file)."""
+    changes = {k: v for k, v in values.items() if v is not None}
+    if not changes:
+        return config
+    return replace(config, **{section: replace(getattr(config, section), **changes)})
+
+
+STORE_ENV = "VIGIL_STORE"
+
+
+def store_url_from(store: str | None, config: Path | None) -> tuple[str, StoreConfig]:
+    """The store URL for a command: --store (or $VIGIL_STORE), else the config file's."""
+    cfg = load_config(config).store
+    url = store or cfg.url
+    if not url:
+        raise ConfigError(
+            f"no store given: pass --store URL, set ${STORE_ENV} or [store] url in --config"
+        )
+    return url, cfg

@@ -1,0 +1,293 @@
+"""The storage contract every backend implements (SQLite embedded, PostgreSQL for scale).
+
+The interface is synchronous on purpose: both backends are blocking drivers, and the ingest
+loop runs every store call on one dedicated thread (``collector.store.aio.AsyncStore``) so
+the event loop keeps reading the broker while a batch commits.  Keeping one interface and no
+backend-specific calls outside ``collector/store/`` is what lets an operator move from one
+file to a database server without touching the rest of the collector.
+
+Failures the caller can do something about are typed:
+
+    StoreError
+    ├── StoreUnavailable    the database cannot be reached or written right now: retry later
+    │                       (the ingest keeps the messages unacknowledged meanwhile)
+    ├── ProbeExists         enrolling a probe id that is already enrolled (maybe with another key)
+    └── UnknownProbe        revoking a probe id that was never enrolled
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from agent.errors import UsageError, VigilError
+
+# A quarantined message keeps at most this many raw bytes (plus its full length and SHA-256):
+# an attacker sending huge messages must not be able to fill the collector's disk.
+QUARANTINE_MAX_RAW = 65_536
+
+
+class StoreError(VigilError):
+    """Something went wrong in the storage layer."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or written now; the operation may succeed later."""
+
+
+class ProbeExists(StoreError, UsageError):
+    """The probe id is already enrolled."""
+
+
+class UnknownProbe(StoreError, UsageError):
+    """The probe id is not enrolled."""
+
+
+class Dimension(enum.StrEnum):
+    """What ``count_by`` can group on; the values are the CLI/API names."""
+
+    VERDICT = "verdict"  # verdict status: ok, blocked, throttled, down, inconclusive
+    BLOCKING = "blocking"  # dns, tcp_ip, tls, ... ("" when not blocked)
+    COUNTRY = "country"  # probe_cc
+    NETWORK = "network"  # probe_asn
+    DOMAIN = "domain"  # host of the tested URL
+    PROBE = "probe"  # probe_id
+    TEST = "test"  # test_name
+
+
+def utc_from_ts(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRecord:
+    """An enrolled probe.  ``public_key`` is the raw 32-byte Ed25519 key."""
+
+    probe_id: str
+    public_key: bytes
+    note: str
+    enrolled_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementRow:
+    """A verified measurement ready to store: indexed columns plus the signed bytes.
+
+    ``payload`` are the record bytes exactly as signed and ``signature`` the raw Ed25519
+    signature, so an exported row can be re-verified by anyone (agent.wire.pae).
+    """
+
+    measurement_id: str
+    probe_id: str
+    test_name: str
+    input: str | None
+    domain: str | None
+    category_code: str | None
+    probe_cc: str
+    probe_asn: str
+    probe_network_name: str
+    status: str
+    blocking: str | None
+    reason: str
+    confirmed: bool
+    start_ts: float  # measurement_start_time, Unix seconds
+    received_ts: float  # when the collector accepted it, Unix seconds
+    payload_type: str
+    payload: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A probe's status message ("online" with counters, or its Last Will "offline")."""
+
+    probe_id: str
+    state: str  # "online", "offline" or "unknown"
+    payload: bytes
+    received_ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineItem:
+    """A rejected message, raw bytes kept (up to QUARANTINE_MAX_RAW) so nothing is lost."""
+
+    reason: str
+    detail: str
+    topic: str
+    raw: bytes
+    received_ts: float
+    probe_id: str | None = None  # the probe the topic names, if any (not proof of origin)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    id: int
+    reason: str
+    detail: str
+    topic: str
+    probe_id: str | None
+    size: int
+    sha256: str
+    raw: bytes  # possibly truncated: compare len(raw) with size
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """Outcome of inserting a batch: how many rows were new, which ids were already stored.
+
+    ``conflicts`` are duplicates whose stored bytes differ from the new ones (same
+    measurement_id, different content): never overwritten, and quarantined by write_batch.
+    """
+
+    new: int
+    duplicates: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBatch:
+    """Everything one ingest batch writes, committed in one transaction."""
+
+    measurements: Sequence[MeasurementRow] = ()
+    statuses: Sequence[StatusUpdate] = ()
+    rejections: Sequence[QuarantineItem] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Restricts queries; every field is optional and they combine with AND."""
+
+    since: datetime | None = None  # measurement_start_time >= since
+    until: datetime | None = None  # measurement_start_time < until
+    probe_cc: str | None = None
+    probe_asn: str | None = None
+    domain: str | None = None
+    status: str | None = None
+    probe_id: str | None = None
+    test_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementSummary:
+    """One stored measurement as listed by queries (without the raw bytes)."""
+
+    measurement_id: str
+    probe_id: str
+    test_name: str
+    input: str | None
+    domain: str | None
+    probe_cc: str
+    probe_asn: str
+    status: str
+    blocking: str | None
+    reason: str
+    confirmed: bool
+    start_time: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMeasurement:
+    """A stored measurement with the signed bytes, for export and re-verification."""
+
+    summary: MeasurementSummary
+    payload_type: str
+    payload: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeActivity:
+    """When each probe was last heard from: the raw material of outage detection."""
+
+    probe_id: str
+    revoked: bool
+    last_measurement_start: datetime | None
+    last_received_at: datetime | None
+    measurements: int
+    status: str | None = None
+    status_at: datetime | None = None
+    probe_cc: str | None = None  # from the probe's latest measurement
+    probe_asn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSighting:
+    """A sign of life or death at collector time ``t`` (Unix seconds), for outage detection.
+
+    ``kind``: "heartbeat" (a status message), "measurement" (at most one per probe per bucket)
+    or "offline" (the probe's Last Will or clean disconnect on the status topic).
+    """
+
+    probe_id: str
+    t: float
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineBucket:
+    """Measurements per time bucket and group (e.g. per hour per network)."""
+
+    bucket_start: datetime
+    key: str
+    total: int
+    blocked: int  # status blocked or throttled
+    down: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    measurements: int
+    probes: int
+    quarantined: int
+    rejections: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One storage backend.  Not thread-safe: use it from one thread at a time."""
+
+    url: str
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...
+
+    # ---- probes -------------------------------------------------------------------------
+    def add_probe(self, probe_id: str, public_key: bytes, note: str = "") -> ProbeRecord: ...
+    def list_probes(self) -> list[ProbeRecord]: ...
+    def revoke_probe(self, probe_id: str) -> ProbeRecord: ...
+    def get_probe(self, probe_id: str) -> ProbeRecord | None: ...
+
+    # ---- ingest -------------------------------------------------------------------------
+    def insert_measurements(self, rows: Sequence[MeasurementRow]) -> InsertResult: ...
+    def quarantine(self, items: Sequence[QuarantineItem]) -> None: ...
+    def count_rejections(self, counts: Mapping[str, int]) -> None: ...
+    def write_batch(self, batch: IngestBatch) -> InsertResult: ...
+
+    # ---- queries ------------------------------------------------------------------------
+    def rejection_counts(self) -> dict[str, int]: ...
+    def recent(self, limit: int = 20, where: Filter | None = None) -> list[MeasurementSummary]: ...
+    def count_by(
+        self, dimension: Dimension, where: Filter | None = None, limit: int = 50
+    ) -> list[tuple[str, int]]: ...
+    def measurement_count(self, where: Filter | None = None) -> int: ...
+    def get_measurement(self, measurement_id: str) -> StoredMeasurement | None: ...
+    def quarantined(self, limit: int = 20, reason: str | None = None) -> list[QuarantinedRow]: ...
+    def last_seen(self) -> list[ProbeActivity]: ...
+    def timeline(
+        self, bucket_seconds: int, dimension: Dimension, where: Filter | None = None
+    ) -> list[TimelineBucket]: ...
+    def sightings(
+        self, since: datetime, until: datetime, bucket_seconds: int = 60
+    ) -> list[ProbeSighting]: ...
+    def overview(self) -> Overview: ...

@@ -1,0 +1,383 @@
+"""The PostgreSQL store (psycopg 3), for operators who outgrow one machine.
+
+Several collector processes may write concurrently: dedup relies on the primary key and
+``INSERT ... ON CONFLICT DO NOTHING RETURNING``, so two collectors racing on the same
+measurement store it once.  A batch is inserted with one statement over ``unnest`` arrays
+(one round trip per batch).  Migrations take an advisory lock so two collectors starting at
+once do not both migrate.
+
+A lost connection is reported as :class:`StoreUnavailable` and re-opened on the next call:
+the ingest keeps its batch unacknowledged and retries, so a database restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from collector.store.base import (
+    InsertResult,
+    MeasurementRow,
+    QuarantineItem,
+    StatusUpdate,
+    StoreError,
+    StoreUnavailable,
+)
+from collector.store.sqlbase import (
+    Activity,
+    Migration,
+    SqlStore,
+    pending_migrations,
+    quarantine_params,
+    sighting_kinds,
+)
+
+_MIGRATION_LOCK = 0x76696769  # "vigi": pg_advisory_xact_lock key for schema migrations
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "probes, measurements, activity, status, rejections, quarantine",
+        (
+            """CREATE TABLE probes (
+                probe_id    text PRIMARY KEY,
+                public_key  bytea NOT NULL,
+                note        text NOT NULL DEFAULT '',
+                enrolled_at timestamptz NOT NULL,
+                revoked_at  timestamptz
+            )""",
+            """CREATE TABLE measurements (
+                measurement_id     uuid PRIMARY KEY,
+                probe_id           text NOT NULL,
+                test_name          text NOT NULL,
+                input              text,
+                domain             text,
+                category_code      text,
+                probe_cc           text NOT NULL,
+                probe_asn          text NOT NULL,
+                probe_network_name text NOT NULL,
+                status             text NOT NULL,
+                blocking           text,
+                reason             text NOT NULL,
+                confirmed          boolean NOT NULL,
+                start_time         timestamptz NOT NULL,
+                received_at        timestamptz NOT NULL,
+                payload_type       text NOT NULL,
+                payload            bytea NOT NULL,
+                signature          bytea NOT NULL
+            )""",
+            "CREATE INDEX measurements_received ON measurements (received_at)",
+            "CREATE INDEX measurements_probe_time ON measurements (probe_id, start_time)",
+            "CREATE INDEX measurements_cc_time ON measurements (probe_cc, start_time)",
+            "CREATE INDEX measurements_asn_time ON measurements (probe_asn, start_time)",
+            "CREATE INDEX measurements_domain ON measurements (domain, start_time)",
+            """CREATE TABLE probe_activity (
+                probe_id      text PRIMARY KEY,
+                last_start    timestamptz NOT NULL,
+                last_received timestamptz NOT NULL,
+                measurements  bigint NOT NULL,
+                probe_cc      text,
+                probe_asn     text
+            )""",
+            """CREATE TABLE probe_status (
+                probe_id    text PRIMARY KEY,
+                state       text NOT NULL,
+                payload     bytea NOT NULL,
+                received_at timestamptz NOT NULL
+            )""",
+            """CREATE TABLE probe_sightings (
+                probe_id text NOT NULL,
+                t        timestamptz NOT NULL,
+                kind     text NOT NULL
+            )""",
+            "CREATE INDEX probe_sightings_t ON probe_sightings (t)",
+            """CREATE TABLE rejections (
+                reason  text PRIMARY KEY,
+                count   bigint NOT NULL,
+                last_at timestamptz NOT NULL
+            )""",
+            """CREATE TABLE quarantine (
+                id          bigserial PRIMARY KEY,
+                received_at timestamptz NOT NULL,
+                reason      text NOT NULL,
+                detail      text NOT NULL,
+                topic       text NOT NULL,
+                probe_id    text,
+                size        integer NOT NULL,
+                sha256      text NOT NULL,
+                raw         bytea NOT NULL
+            )""",
+            "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
+        ),
+    ),
+)
+
+_INSERT_MEASUREMENTS = """
+INSERT INTO measurements (measurement_id, probe_id, test_name, input, domain, category_code,
+    probe_cc, probe_asn, probe_network_name, status, blocking, reason, confirmed, start_time,
+    received_at, payload_type, payload, signature)
+SELECT m, p, t, i, d, c, cc, asn, nn, st, bl, rs, cf, to_timestamp(s), to_timestamp(r), pt, pl, sg
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
+            %s::float8[], %s::float8[], %s::text[], %s::bytea[], %s::bytea[])
+     AS u(m, p, t, i, d, c, cc, asn, nn, st, bl, rs, cf, s, r, pt, pl, sg)
+ON CONFLICT (measurement_id) DO NOTHING
+RETURNING measurement_id
+"""
+
+
+def _unavailable(exc: Exception) -> bool:
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class PostgresStore(SqlStore):
+    """Store in a PostgreSQL database.  Open with :func:`collector.store.open_store`."""
+
+    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        try:
+            self._migrate()
+        except BaseException:
+            self._drop()
+            raise
+
+    # ---- connection ---------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._drop()
+        try:
+            self._conn = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+                options="-c timezone=UTC",
+                # Notice a dead server or network within seconds, not the kernel's 2 hours.
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,
+            )
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
+                conn.close()
+
+    def _fail(self, exc: psycopg.Error) -> StoreError:
+        if _unavailable(exc):
+            self._drop()
+            return StoreUnavailable(f"PostgreSQL unavailable: {_describe(exc)}")
+        return StoreError(f"PostgreSQL error: {_describe(exc)}")
+
+    def _migrate(self) -> None:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                    "description text NOT NULL, applied_at timestamptz NOT NULL)"
+                )
+                row = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+                ).fetchone()
+                for m in pending_migrations(MIGRATIONS, int(row[0]) if row else 0):
+                    for statement in m.statements:
+                        conn.execute(statement.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (%s, %s, now())",
+                        (m.version, m.description),
+                    )
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    def schema_version(self) -> int:
+        return int(self._query("SELECT MAX(version) FROM schema_migrations")[0][0])
+
+    def close(self) -> None:
+        self._drop()
+
+    # ---- backend hooks ------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                yield _Cursor(cur)
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = self._connection()
+        try:
+            return conn.execute(self._sql(sql).encode(), tuple(params)).fetchall()
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    def _ts(self, value: datetime) -> datetime:
+        return value
+
+    def _dt(self, value: Any) -> datetime:
+        if not isinstance(value, datetime):
+            raise StoreError(f"expected a timestamp from PostgreSQL, got {value!r}")
+        return value.astimezone(UTC)
+
+    def _now_param(self, ts: float) -> datetime:
+        return datetime.fromtimestamp(ts, UTC)
+
+    def _blob(self, value: Any) -> bytes:
+        return bytes(value)
+
+    def _bucket_expr(self, bucket_seconds: int, column: str = "start_time") -> str:
+        b = int(bucket_seconds)
+        return f"(floor(extract(epoch FROM {column}) / {b}) * {b})"
+
+    def _epoch(self, column: str) -> str:
+        return f"extract(epoch FROM {column})"
+
+    def get_measurement(self, measurement_id: str) -> Any:
+        try:
+            uuid.UUID(measurement_id)
+        except ValueError:
+            return None
+        return super().get_measurement(measurement_id)
+
+    def _insert_measurements(self, cur: Any, rows: Sequence[MeasurementRow]) -> InsertResult:
+        if not rows:
+            return InsertResult(new=0)
+        cols: list[list[Any]] = [[] for _ in range(18)]
+        for r in rows:
+            for col, value in zip(
+                cols,
+                (
+                    r.measurement_id,
+                    r.probe_id,
+                    r.test_name,
+                    r.input,
+                    r.domain,
+                    r.category_code,
+                    r.probe_cc,
+                    r.probe_asn,
+                    r.probe_network_name,
+                    r.status,
+                    r.blocking,
+                    r.reason,
+                    r.confirmed,
+                    r.start_ts,
+                    r.received_ts,
+                    r.payload_type,
+                    r.payload,
+                    r.signature,
+                ),
+                strict=True,
+            ):
+                col.append(value)
+        cur.execute(_INSERT_MEASUREMENTS, cols)
+        inserted = {str(row[0]) for row in cur.fetchall()}
+        dups = [r for r in rows if r.measurement_id not in inserted]
+        conflicts: list[str] = []
+        if dups:
+            cur.execute(
+                "SELECT measurement_id, payload FROM measurements "
+                "WHERE measurement_id = ANY(%s::uuid[])",
+                ([r.measurement_id for r in dups],),
+            )
+            stored = {str(mid): bytes(p) for mid, p in cur.fetchall()}
+            conflicts = [
+                r.measurement_id for r in dups if stored.get(r.measurement_id) != r.payload
+            ]
+        return InsertResult(
+            new=len(inserted),
+            duplicates=tuple(r.measurement_id for r in dups),
+            conflicts=tuple(conflicts),
+        )
+
+    def _upsert_activity(self, cur: Any, acts: Sequence[Activity]) -> None:
+        cur.executemany(
+            "INSERT INTO probe_activity (probe_id, last_start, last_received, measurements, "
+            "probe_cc, probe_asn) VALUES (%s, to_timestamp(%s), to_timestamp(%s), %s, %s, %s) "
+            "ON CONFLICT (probe_id) DO UPDATE SET "
+            "probe_cc = CASE WHEN excluded.last_start >= probe_activity.last_start "
+            "THEN excluded.probe_cc ELSE probe_activity.probe_cc END, "
+            "probe_asn = CASE WHEN excluded.last_start >= probe_activity.last_start "
+            "THEN excluded.probe_asn ELSE probe_activity.probe_asn END, "
+            "last_start = GREATEST(probe_activity.last_start, excluded.last_start), "
+            "last_received = GREATEST(probe_activity.last_received, excluded.last_received), "
+            "measurements = probe_activity.measurements + excluded.measurements",
+            [
+                (a.probe_id, a.last_start, a.last_received, a.count, a.probe_cc, a.probe_asn)
+                for a in sorted(acts, key=lambda a: a.probe_id)  # fixed lock order: no deadlock
+            ],
+        )
+
+    def _upsert_status(self, cur: Any, statuses: Sequence[StatusUpdate]) -> None:
+        cur.executemany(
+            "INSERT INTO probe_status (probe_id, state, payload, received_at) "
+            "VALUES (%s, %s, %s, to_timestamp(%s)) ON CONFLICT (probe_id) DO UPDATE SET "
+            "state = excluded.state, payload = excluded.payload, "
+            "received_at = excluded.received_at "
+            "WHERE excluded.received_at >= probe_status.received_at",
+            [
+                (s.probe_id, s.state, s.payload, s.received_ts)
+                for s in sorted(statuses, key=lambda s: (s.probe_id, s.received_ts))
+            ],
+        )
+        cur.executemany(
+            "INSERT INTO probe_sightings (probe_id, t, kind) VALUES (%s, to_timestamp(%s), %s)",
+            [(s.probe_id, s.received_ts, kind) for s, kind in sighting_kinds(statuses)],
+        )
+
+    def _add_rejections(self, cur: Any, counts: Mapping[str, int], now: float) -> None:
+        cur.executemany(
+            "INSERT INTO rejections (reason, count, last_at) VALUES (%s, %s, to_timestamp(%s)) "
+            "ON CONFLICT (reason) DO UPDATE SET count = rejections.count + excluded.count, "
+            "last_at = excluded.last_at",
+            [(reason, n, now) for reason, n in sorted(counts.items())],
+        )
+
+    def _insert_quarantine(self, cur: Any, items: Sequence[QuarantineItem]) -> None:
+        cur.executemany(
+            "INSERT INTO quarantine (reason, detail, topic, probe_id, size, sha256, raw, "
+            "received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))",
+            [(*quarantine_params(item), item.received_ts) for item in items],
+        )
+
+
+class _Cursor:
+    """A psycopg cursor that accepts the shared ``?``-placeholder SQL of SqlStore."""
+
+    def __init__(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cur.execute(sql.replace("?", "%s").encode(), tuple(params))
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self._cur.executemany(sql.replace("?", "%s").encode(), params)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cur.fetchall()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"

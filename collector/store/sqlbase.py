@@ -1,0 +1,555 @@
+"""What the SQLite and PostgreSQL stores share: the queries, written once.
+
+Backends differ in connection handling, column types (SQLite keeps times as Unix seconds in
+REAL columns, PostgreSQL as timestamptz), migrations and the bulk insert; everything else is
+the same SQL text with ``?`` placeholders (rewritten to ``%s`` for psycopg).  Keeping the
+queries in one place keeps both backends answering the same questions the same way, which
+the parametrised store tests check.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from collector.store.base import (
+    QUARANTINE_MAX_RAW,
+    Dimension,
+    Filter,
+    IngestBatch,
+    InsertResult,
+    MeasurementRow,
+    MeasurementSummary,
+    Overview,
+    ProbeActivity,
+    ProbeExists,
+    ProbeRecord,
+    ProbeSighting,
+    QuarantinedRow,
+    QuarantineItem,
+    StatusUpdate,
+    StoredMeasurement,
+    StoreError,
+    TimelineBucket,
+    UnknownProbe,
+    utc_from_ts,
+)
+
+DIMENSION_COLUMNS: Mapping[Dimension, str] = {
+    Dimension.VERDICT: "status",
+    Dimension.BLOCKING: "COALESCE(blocking, '')",
+    Dimension.COUNTRY: "probe_cc",
+    Dimension.NETWORK: "probe_asn",
+    Dimension.DOMAIN: "COALESCE(domain, '')",
+    Dimension.PROBE: "probe_id",
+    Dimension.TEST: "test_name",
+}
+
+SUMMARY_COLUMNS = (
+    "measurement_id, probe_id, test_name, input, domain, probe_cc, probe_asn, status, "
+    "blocking, reason, confirmed, start_time, received_at"
+)
+
+MEASUREMENT_COLUMNS = (
+    "measurement_id",
+    "probe_id",
+    "test_name",
+    "input",
+    "domain",
+    "category_code",
+    "probe_cc",
+    "probe_asn",
+    "probe_network_name",
+    "status",
+    "blocking",
+    "reason",
+    "confirmed",
+    "start_time",
+    "received_at",
+    "payload_type",
+    "payload",
+    "signature",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step.  Versions only grow; a released migration is never edited."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def pending_migrations(migrations: Sequence[Migration], current: int) -> list[Migration]:
+    """The steps after ``current``; refuses a database newer than this code."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError("migrations must have unique, increasing versions")
+    latest = versions[-1] if versions else 0
+    if current > latest:
+        raise StoreError(
+            f"database schema version {current} is newer than this collector knows "
+            f"({latest}): upgrade vigil before using this database"
+        )
+    return [m for m in migrations if m.version > current]
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Per-probe aggregate of one batch, folded into the probe_activity table."""
+
+    probe_id: str
+    last_start: float
+    last_received: float
+    count: int
+    probe_cc: str
+    probe_asn: str
+
+
+def fold_activity(rows: Sequence[MeasurementRow]) -> list[Activity]:
+    """Latest times and counts per probe in a batch (the newest measurement names cc/asn)."""
+    acc: dict[str, Activity] = {}
+    for r in rows:
+        a = acc.get(r.probe_id)
+        if a is None:
+            acc[r.probe_id] = Activity(
+                r.probe_id, r.start_ts, r.received_ts, 1, r.probe_cc, r.probe_asn
+            )
+            continue
+        newer = r.start_ts >= a.last_start
+        acc[r.probe_id] = Activity(
+            r.probe_id,
+            max(a.last_start, r.start_ts),
+            max(a.last_received, r.received_ts),
+            a.count + 1,
+            r.probe_cc if newer else a.probe_cc,
+            r.probe_asn if newer else a.probe_asn,
+        )
+    return list(acc.values())
+
+
+def split_batch_duplicates(
+    rows: Sequence[MeasurementRow],
+) -> tuple[list[MeasurementRow], list[str], list[str]]:
+    """Drop repeats inside one batch: (unique rows, duplicate ids, conflicting ids)."""
+    seen: dict[str, MeasurementRow] = {}
+    dups: list[str] = []
+    conflicts: list[str] = []
+    for r in rows:
+        first = seen.get(r.measurement_id)
+        if first is None:
+            seen[r.measurement_id] = r
+        elif first.payload == r.payload:
+            dups.append(r.measurement_id)
+        else:
+            conflicts.append(r.measurement_id)
+    return list(seen.values()), dups, conflicts
+
+
+def quarantine_params(item: QuarantineItem) -> tuple[Any, ...]:
+    """Columns of one quarantine row: the raw bytes capped, their full size and hash kept."""
+    digest = hashlib.sha256(item.raw).hexdigest()
+    raw = item.raw[:QUARANTINE_MAX_RAW]
+    return (item.reason, item.detail[:1000], item.topic[:512], item.probe_id, len(item.raw),
+            digest, raw)
+
+
+def sighting_kinds(statuses: Sequence[StatusUpdate]) -> list[tuple[StatusUpdate, str]]:
+    """Which status messages are sightings: "offline" is a death notice, a cleared retained
+    status is nothing, anything else from an enrolled probe is a sign of life."""
+    out: list[tuple[StatusUpdate, str]] = []
+    for s in statuses:
+        if s.state == "offline":
+            out.append((s, "offline"))
+        elif s.state != "cleared":
+            out.append((s, "heartbeat"))
+    return out
+
+
+def rejection_totals(items: Sequence[QuarantineItem], extra: Mapping[str, int]) -> dict[str, int]:
+    counts: dict[str, int] = dict(extra)
+    for item in items:
+        counts[item.reason] = counts.get(item.reason, 0) + 1
+    return {k: v for k, v in counts.items() if v > 0}
+
+
+class SqlStore(abc.ABC):
+    """Queries common to both backends; subclasses own the connection and the inserts."""
+
+    url: str
+
+    # ---- backend hooks ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction; yields a cursor-like object with execute/executemany."""
+
+    @abc.abstractmethod
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (``?`` placeholders) and return all rows."""
+
+    @abc.abstractmethod
+    def _ts(self, value: datetime) -> Any:
+        """A datetime as the backend stores times."""
+
+    @abc.abstractmethod
+    def _dt(self, value: Any) -> datetime:
+        """A stored time back to an aware UTC datetime."""
+
+    @abc.abstractmethod
+    def _now_param(self, ts: float) -> Any:
+        """A Unix timestamp as a time parameter."""
+
+    @abc.abstractmethod
+    def _bucket_expr(self, bucket_seconds: int, column: str = "start_time") -> str:
+        """SQL for a time column rounded down to the bucket, as Unix seconds."""
+
+    @abc.abstractmethod
+    def _epoch(self, column: str) -> str:
+        """SQL for a time column as Unix seconds."""
+
+    @abc.abstractmethod
+    def _insert_measurements(self, cur: Any, rows: Sequence[MeasurementRow]) -> InsertResult:
+        """Insert inside an open transaction; dedup on measurement_id."""
+
+    @abc.abstractmethod
+    def _upsert_activity(self, cur: Any, acts: Sequence[Activity]) -> None: ...
+
+    @abc.abstractmethod
+    def _upsert_status(self, cur: Any, statuses: Sequence[StatusUpdate]) -> None: ...
+
+    @abc.abstractmethod
+    def _add_rejections(self, cur: Any, counts: Mapping[str, int], now: float) -> None: ...
+
+    @abc.abstractmethod
+    def _insert_quarantine(self, cur: Any, items: Sequence[QuarantineItem]) -> None: ...
+
+    @abc.abstractmethod
+    def _blob(self, value: Any) -> bytes: ...
+
+    # ---- probes -------------------------------------------------------------------------
+    def _probe(self, row: tuple[Any, ...]) -> ProbeRecord:
+        return ProbeRecord(
+            probe_id=row[0],
+            public_key=self._blob(row[1]),
+            note=row[2],
+            enrolled_at=self._dt(row[3]),
+            revoked_at=None if row[4] is None else self._dt(row[4]),
+        )
+
+    def get_probe(self, probe_id: str) -> ProbeRecord | None:
+        rows = self._query(
+            "SELECT probe_id, public_key, note, enrolled_at, revoked_at FROM probes "
+            "WHERE probe_id = ?",
+            (probe_id,),
+        )
+        return self._probe(rows[0]) if rows else None
+
+    def list_probes(self) -> list[ProbeRecord]:
+        rows = self._query(
+            "SELECT probe_id, public_key, note, enrolled_at, revoked_at FROM probes "
+            "ORDER BY enrolled_at, probe_id"
+        )
+        return [self._probe(r) for r in rows]
+
+    def add_probe(self, probe_id: str, public_key: bytes, note: str = "") -> ProbeRecord:
+        with self._transaction() as cur:
+            cur.execute(self._sql("SELECT public_key FROM probes WHERE probe_id = ?"), (probe_id,))
+            existing = cur.fetchone()
+            if existing is not None:
+                same = self._blob(existing[0]) == bytes(public_key)
+                raise ProbeExists(
+                    f"probe {probe_id} is already enrolled"
+                    + ("" if same else " with a different key")
+                )
+            cur.execute(
+                self._sql(
+                    "INSERT INTO probes (probe_id, public_key, note, enrolled_at) "
+                    "VALUES (?, ?, ?, ?)"
+                ),
+                (probe_id, bytes(public_key), note, self._now_param(time.time())),
+            )
+        record = self.get_probe(probe_id)
+        if record is None:  # pragma: no cover - we just inserted it
+            raise UnknownProbe(f"probe {probe_id} vanished after enrolment")
+        return record
+
+    def revoke_probe(self, probe_id: str) -> ProbeRecord:
+        """Revoke a probe's key (idempotent: revoking twice keeps the first time)."""
+        with self._transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE probes SET revoked_at = ? WHERE probe_id = ? AND revoked_at IS NULL"
+                ),
+                (self._now_param(time.time()), probe_id),
+            )
+        record = self.get_probe(probe_id)
+        if record is None:
+            raise UnknownProbe(f"probe {probe_id} is not enrolled")
+        return record
+
+    # ---- ingest -------------------------------------------------------------------------
+    def insert_measurements(self, rows: Sequence[MeasurementRow]) -> InsertResult:
+        """Insert rows (dedup on measurement_id); duplicates are counted, nothing else."""
+        return self.write_batch(IngestBatch(measurements=rows))
+
+    def quarantine(self, items: Sequence[QuarantineItem]) -> None:
+        """Keep rejected messages and count them under their reasons."""
+        self.write_batch(IngestBatch(rejections=items))
+
+    def count_rejections(self, counts: Mapping[str, int]) -> None:
+        counts = {k: v for k, v in counts.items() if v > 0}
+        if counts:
+            with self._transaction() as cur:
+                self._add_rejections(cur, counts, time.time())
+
+    def write_batch(self, batch: IngestBatch) -> InsertResult:
+        """One transaction: new measurements, probe activity, statuses, rejections.
+
+        Duplicates are counted under ``duplicate``; a duplicate id whose bytes differ from the
+        stored ones is also quarantined (it may be a forgery or a buggy probe) and never
+        overwrites what was stored first.
+        """
+        now = time.time()
+        with self._transaction() as cur:
+            result = InsertResult(new=0)
+            rows = batch.measurements
+            quarantine = list(batch.rejections)
+            if rows:
+                unique, dups, conflicts = split_batch_duplicates(rows)
+                stored = self._insert_measurements(cur, unique)
+                result = InsertResult(
+                    new=stored.new,
+                    duplicates=(*stored.duplicates, *dups, *conflicts),
+                    conflicts=(*stored.conflicts, *conflicts),
+                )
+                already = set(stored.duplicates)
+                fresh = [r for r in unique if r.measurement_id not in already]
+                if fresh:
+                    self._upsert_activity(cur, fold_activity(fresh))
+                if result.conflicts:
+                    by_id = {r.measurement_id: r for r in rows}
+                    for mid in dict.fromkeys(result.conflicts):
+                        r = by_id[mid]
+                        quarantine.append(
+                            QuarantineItem(
+                                reason="duplicate",
+                                detail=f"measurement_id {mid} already stored with other bytes",
+                                topic=f"vigil/v1/probes/{r.probe_id}/measurements",
+                                raw=r.payload,
+                                received_ts=r.received_ts,
+                                probe_id=r.probe_id,
+                            )
+                        )
+            if batch.statuses:
+                self._upsert_status(cur, batch.statuses)
+            if quarantine:
+                self._insert_quarantine(cur, quarantine)
+            plain_dups = len(result.duplicates) - len(result.conflicts)
+            counts = rejection_totals(quarantine, {"duplicate": plain_dups})
+            if counts:
+                self._add_rejections(cur, counts, now)
+        return result
+
+    # ---- queries ------------------------------------------------------------------------
+    def _where(self, where: Filter | None) -> tuple[str, list[Any]]:
+        if where is None:
+            return "", []
+        clauses: list[str] = []
+        params: list[Any] = []
+        if where.since is not None:
+            clauses.append("start_time >= ?")
+            params.append(self._ts(where.since))
+        if where.until is not None:
+            clauses.append("start_time < ?")
+            params.append(self._ts(where.until))
+        for column, value in (
+            ("probe_cc", where.probe_cc),
+            ("probe_asn", where.probe_asn),
+            ("domain", where.domain),
+            ("status", where.status),
+            ("probe_id", where.probe_id),
+            ("test_name", where.test_name),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def _summary(self, r: tuple[Any, ...]) -> MeasurementSummary:
+        return MeasurementSummary(
+            measurement_id=str(r[0]),
+            probe_id=r[1],
+            test_name=r[2],
+            input=r[3],
+            domain=r[4],
+            probe_cc=r[5],
+            probe_asn=r[6],
+            status=r[7],
+            blocking=r[8],
+            reason=r[9],
+            confirmed=bool(r[10]),
+            start_time=self._dt(r[11]),
+            received_at=self._dt(r[12]),
+        )
+
+    def recent(self, limit: int = 20, where: Filter | None = None) -> list[MeasurementSummary]:
+        """Most recently received measurements first."""
+        clause, params = self._where(where)
+        rows = self._query(
+            f"SELECT {SUMMARY_COLUMNS} FROM measurements{clause} "
+            "ORDER BY received_at DESC, measurement_id DESC LIMIT ?",
+            [*params, int(limit)],
+        )
+        return [self._summary(r) for r in rows]
+
+    def count_by(
+        self, dimension: Dimension, where: Filter | None = None, limit: int = 50
+    ) -> list[tuple[str, int]]:
+        column = DIMENSION_COLUMNS[Dimension(dimension)]
+        clause, params = self._where(where)
+        rows = self._query(
+            f"SELECT {column} AS k, COUNT(*) AS n FROM measurements{clause} "
+            "GROUP BY k ORDER BY n DESC, k LIMIT ?",
+            [*params, int(limit)],
+        )
+        return [(str(k), int(n)) for k, n in rows]
+
+    def measurement_count(self, where: Filter | None = None) -> int:
+        clause, params = self._where(where)
+        rows = self._query(f"SELECT COUNT(*) FROM measurements{clause}", params)
+        return int(rows[0][0])
+
+    def get_measurement(self, measurement_id: str) -> StoredMeasurement | None:
+        rows = self._query(
+            f"SELECT {SUMMARY_COLUMNS}, payload_type, payload, signature FROM measurements "
+            "WHERE measurement_id = ?",
+            (measurement_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredMeasurement(
+            summary=self._summary(r[:13]),
+            payload_type=r[13],
+            payload=self._blob(r[14]),
+            signature=self._blob(r[15]),
+        )
+
+    def rejection_counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._query("SELECT reason, count FROM rejections")}
+
+    def quarantined(self, limit: int = 20, reason: str | None = None) -> list[QuarantinedRow]:
+        sql = "SELECT id, reason, detail, topic, probe_id, size, sha256, raw, received_at " \
+              "FROM quarantine"
+        params: list[Any] = []
+        if reason is not None:
+            sql += " WHERE reason = ?"
+            params.append(reason)
+        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", [*params, int(limit)])
+        return [
+            QuarantinedRow(
+                id=int(r[0]),
+                reason=r[1],
+                detail=r[2],
+                topic=r[3],
+                probe_id=r[4],
+                size=int(r[5]),
+                sha256=r[6],
+                raw=self._blob(r[7]),
+                received_at=self._dt(r[8]),
+            )
+            for r in rows
+        ]
+
+    def last_seen(self) -> list[ProbeActivity]:
+        """Every enrolled probe with its latest measurement and status (O(probes))."""
+        rows = self._query(
+            "SELECT p.probe_id, p.revoked_at, a.last_start, a.last_received, "
+            "COALESCE(a.measurements, 0), s.state, s.received_at, a.probe_cc, a.probe_asn "
+            "FROM probes p "
+            "LEFT JOIN probe_activity a ON a.probe_id = p.probe_id "
+            "LEFT JOIN probe_status s ON s.probe_id = p.probe_id "
+            "ORDER BY p.probe_id"
+        )
+        return [
+            ProbeActivity(
+                probe_id=r[0],
+                revoked=r[1] is not None,
+                last_measurement_start=None if r[2] is None else self._dt(r[2]),
+                last_received_at=None if r[3] is None else self._dt(r[3]),
+                measurements=int(r[4]),
+                status=r[5],
+                status_at=None if r[6] is None else self._dt(r[6]),
+                probe_cc=r[7],
+                probe_asn=r[8],
+            )
+            for r in rows
+        ]
+
+    def timeline(
+        self, bucket_seconds: int, dimension: Dimension, where: Filter | None = None
+    ) -> list[TimelineBucket]:
+        """Measurements per time bucket (by measurement_start_time) and group."""
+        if bucket_seconds <= 0:
+            raise ValueError("bucket_seconds must be positive")
+        column = DIMENSION_COLUMNS[Dimension(dimension)]
+        bucket = self._bucket_expr(int(bucket_seconds))
+        clause, params = self._where(where)
+        rows = self._query(
+            f"SELECT {bucket} AS b, {column} AS k, COUNT(*), "
+            "SUM(CASE WHEN status IN ('blocked', 'throttled') THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN status = 'down' THEN 1 ELSE 0 END) "
+            f"FROM measurements{clause} GROUP BY b, k ORDER BY b, k",
+            params,
+        )
+        return [
+            TimelineBucket(utc_from_ts(float(b)), str(k), int(n), int(bl or 0), int(dn or 0))
+            for b, k, n, bl, dn in rows
+        ]
+
+    def sightings(
+        self, since: datetime, until: datetime, bucket_seconds: int = 60
+    ) -> list[ProbeSighting]:
+        """Status messages (each one) and measurement receipts (the last per probe and
+        bucket, so a busy probe does not flood the detector) with since <= t < until."""
+        if bucket_seconds <= 0:
+            raise ValueError("bucket_seconds must be positive")
+        lo, hi = self._ts(since), self._ts(until)
+        status = self._query(
+            f"SELECT probe_id, {self._epoch('t')}, kind FROM probe_sightings "
+            "WHERE t >= ? AND t < ?",
+            (lo, hi),
+        )
+        bucket = self._bucket_expr(int(bucket_seconds), "received_at")
+        receipts = self._query(
+            f"SELECT probe_id, MAX({self._epoch('received_at')}) FROM measurements "
+            f"WHERE received_at >= ? AND received_at < ? GROUP BY probe_id, {bucket}",
+            (lo, hi),
+        )
+        out = [ProbeSighting(str(p), float(t), str(k)) for p, t, k in status]
+        out.extend(ProbeSighting(str(p), float(t), "measurement") for p, t in receipts)
+        out.sort(key=lambda s: (s.t, s.probe_id))
+        return out
+
+    def overview(self) -> Overview:
+        measurements = int(self._query("SELECT COUNT(*) FROM measurements")[0][0])
+        probes = int(self._query("SELECT COUNT(*) FROM probes")[0][0])
+        quarantined = int(self._query("SELECT COUNT(*) FROM quarantine")[0][0])
+        return Overview(measurements, probes, quarantined, self.rejection_counts())
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        """Placeholders in the backend's style (``?`` by default)."""
+        return sql
+
+
+def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
