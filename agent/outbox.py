@@ -328,7 +328,15 @@ class Outbox:
         payload = wire.encode_record(record.to_json())
         envelope = self.sign(payload)
         now = self._clock()
-        with self._lock, self._tx() as db:
+        with self._lock:  # the totals change with the commit, never without it
+            seq, self._count, self._bytes = self._enqueue_tx(record, envelope, now)
+        return seq
+
+    def _enqueue_tx(
+        self, record: MeasurementRecord, envelope: bytes, now: float
+    ) -> tuple[int, int, int]:
+        """Insert (and evict) in one transaction; (seq, count, bytes) once committed."""
+        with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO outbox (kind, measurement_id, start_time, created_at, size, "
                 "envelope) VALUES (?, ?, ?, ?, ?, ?)",
@@ -346,10 +354,7 @@ class Outbox:
             count, size = self._count + 1, self._bytes + len(envelope)
             if count > self.limits.max_count or size > self.limits.max_bytes:
                 count, size = self._evict(db, record, now, count, size, protect=seq)
-            # Still under the lock: the commit happens when the block exits, and an exception
-            # there leaves the in-memory totals stale only until the next open.
-            self._count, self._bytes = count, size
-        return seq
+        return seq, count, size
 
     def _evict(
         self,
@@ -514,20 +519,23 @@ class Outbox:
         seqs = list(seqs)
         if not seqs:
             return 0
-        deleted = 0
-        with self._lock, self._tx() as db:
-            for i in range(0, len(seqs), 500):  # stay under SQLite's variable limit
-                chunk = seqs[i : i + 500]
-                q = ",".join("?" * len(chunk))
-                count, size = db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox WHERE seq IN ({q})",
-                    chunk,
-                ).fetchone()
-                db.execute(f"DELETE FROM outbox WHERE seq IN ({q})", chunk)
-                deleted += int(count)
-                self._count -= int(count)
-                self._bytes -= int(size)
-            self._bump(db, {"published": deleted})
+        deleted = freed = 0
+        with self._lock:  # the totals change with the commit, never without it
+            with self._tx() as db:
+                for i in range(0, len(seqs), 500):  # stay under SQLite's variable limit
+                    chunk = seqs[i : i + 500]
+                    q = ",".join("?" * len(chunk))
+                    count, size = db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox "
+                        f"WHERE seq IN ({q})",
+                        chunk,
+                    ).fetchone()
+                    db.execute(f"DELETE FROM outbox WHERE seq IN ({q})", chunk)
+                    deleted += int(count)
+                    freed += int(size)
+                self._bump(db, {"published": deleted})
+            self._count -= deleted
+            self._bytes -= freed
         return deleted
 
     def refused(self, seq: int, reason_code: int, why: str) -> None:
@@ -579,6 +587,14 @@ class Outbox:
             ).fetchone()
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             return OutboxStats(self._count, self._bytes, None if row is None else row[0], counters)
+
+    def has_ready(self) -> bool:
+        """Whether some row may be offered now (read-only, unlike take())."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE +not_before <= ? LIMIT 1", (self._clock(),)
+            ).fetchone()
+        return row is not None
 
     def next_ready_at(self) -> float | None:
         """When the earliest deferred row becomes ready (None when nothing is deferred)."""

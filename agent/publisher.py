@@ -261,10 +261,15 @@ class MqttSession:
         # aiomqtt's own callbacks (callback API v2), called for everything not ours.
         self._inner_on_publish: Any = self._paho.on_publish
         self._inner_on_disconnect: Any = self._paho.on_disconnect
-        self._inner_handle_puback: Any = self._paho._handle_pubackcomp
         self._paho.on_publish = self._on_publish
         self._paho.on_disconnect = self._on_disconnect
-        self._paho._handle_pubackcomp = self._handle_pubackcomp  # type: ignore[method-assign]
+        # paho internals (2.x): if a future paho lacks them, refusals with out-of-spec codes
+        # degrade to "connection lost" (the row is still kept), nothing else changes.
+        self._inner_handle_puback: Any = getattr(self._paho, "_handle_pubackcomp", None)
+        if self._inner_handle_puback is not None and hasattr(self._paho, "_in_packet"):
+            self._paho._handle_pubackcomp = self._handle_pubackcomp  # type: ignore[method-assign]
+        else:
+            log.warning("paho-mqtt internals changed: out-of-spec PUBACK codes not decoded")
 
     # -- paho callbacks (event loop thread) --
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
@@ -410,7 +415,8 @@ class Publisher:
         while not stop.is_set():
             try:
                 await self._session(stop, until_drained=False)
-            except (aiomqtt.MqttError, PublishError, OSError, TimeoutError) as exc:
+            except (aiomqtt.MqttError, PublishError, OutboxError, OSError, TimeoutError) as exc:
+                # OutboxError: the disk refused an ack or a deferral; rows stay, retry later.
                 self._log_failure(exc)
             if stop.is_set():
                 break

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import ssl
 import tempfile
 import time
@@ -83,6 +84,7 @@ class BulkConfig:
     rate_limit_bps: int = 0  # aggregate cap in bit/s, 0 = none
     idle_timeout: float = 10.0
     max_seconds: float = 60.0  # a stream longer than this is cut (a throttled client at 1 kB/s)
+    jitter_ms: float = 0.0  # benchmarks only: a random pause of up to this before each chunk
 
 
 class _TokenBucket:
@@ -90,7 +92,7 @@ class _TokenBucket:
 
     def __init__(self, rate_bytes: float) -> None:
         self.rate = rate_bytes
-        self.capacity = max(rate_bytes * 0.25, CHUNK)
+        self.capacity = max(rate_bytes * 0.02, CHUNK)  # a 20 ms burst at most
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
@@ -333,6 +335,8 @@ class BulkServer:
             n = min(CHUNK, length - sent)
             if self._bucket is not None:
                 await self._bucket.take(n)
+            if self.config.jitter_ms > 0:
+                await asyncio.sleep(random.uniform(0.0, self.config.jitter_ms) / 1000.0)
             pos = sent % len(block)
             chunk = block[pos : pos + n]
             if len(chunk) < n:

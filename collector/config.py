@@ -41,7 +41,7 @@ class BrokerConfig:
     keepalive_s: int = 30
     # MQTT v5 Receive Maximum: unacknowledged messages the broker may send us at once.  Must
     # exceed what the ingest pipeline holds (batch_size x (pipeline_depth + 2)).
-    receive_maximum: int = 2000
+    receive_maximum: int = 3000
     share_group: str = "collectors"
     connect_timeout_s: float = 10.0
 
@@ -89,10 +89,38 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """``vigil-collector serve``'s HTTP side (JSON API, dashboard, /metrics)."""
+
+    # Loopback by default: operators publish the API through a reverse proxy (TLS, caching,
+    # rate limits) rather than exposing aiohttp directly.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # On SIGTERM, wait this long for open requests (exports) before closing them; together
+    # with the ingest drain it must fit in the unit's TimeoutStopSec (30 s).
+    shutdown_timeout_s: float = 5.0
+    stats_cache_s: float = 5.0  # /api/v1/stats answers are reused this long (dashboards poll)
+
+
+@dataclass(frozen=True)
+class OutagesConfig:
+    """The outage detector ``serve`` runs in the background (collector.outagewatch)."""
+
+    enabled: bool = True
+    heartbeat_s: float = 60.0  # the agents' status (heartbeat) interval
+    window_s: float = 86400.0  # baseline window: the recent median
+    alert_fraction: float = 0.5
+    min_probes: float = 1.0
+    webhooks: tuple[str, ...] = ()  # POST opened/closed events here (http(s) URLs)
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    outages: OutagesConfig = field(default_factory=OutagesConfig)
 
     def validate(self) -> CollectorConfig:
         b, i = self.broker, self.ingest
@@ -114,7 +142,26 @@ class CollectorConfig:
             )
         if not b.client_id or len(b.client_id) > 128:
             raise ConfigError("broker client_id must be 1-128 characters")
+        self._validate_serve()
         return self
+
+    def _validate_serve(self) -> None:
+        a, o = self.api, self.outages
+        if not 1 <= a.port <= 65535:
+            raise ConfigError(f"api port {a.port} out of range")
+        if a.shutdown_timeout_s < 0 or a.stats_cache_s < 0:
+            raise ConfigError("api shutdown_timeout_s and stats_cache_s must be >= 0")
+        if not 1 <= o.heartbeat_s <= 3600:
+            raise ConfigError("outages heartbeat_s must be between 1 and 3600")
+        if not 60 <= o.window_s <= 30 * 86400:
+            raise ConfigError("outages window_s must be between 60 and 2592000")
+        if not 0 < o.alert_fraction < 1:
+            raise ConfigError("outages alert_fraction must be between 0 and 1")
+        if o.min_probes < 0.5:
+            raise ConfigError("outages min_probes must be >= 0.5")
+        for url in o.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"outages webhook {url!r} must be an http(s) URL")
 
 
 def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
@@ -136,18 +183,24 @@ def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
                 raise ConfigError(f"[{where}] {name} must be an integer")
         elif (isinstance(default, str) or default is None) and not isinstance(value, str):
             raise ConfigError(f"[{where}] {name} must be a string")
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[{where}] {name} must be a list of strings")
+            value = tuple(value)
         values[name] = value
     return cls(**values)
 
 
 def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
-    unknown = sorted(set(data) - {"broker", "store", "ingest"})
+    unknown = sorted(set(data) - {"broker", "store", "ingest", "api", "outages"})
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
     return CollectorConfig(
         broker=_section(BrokerConfig, data.get("broker", {}), "broker"),
         store=_section(StoreConfig, data.get("store", {}), "store"),
         ingest=_section(IngestConfig, data.get("ingest", {}), "ingest"),
+        api=_section(ApiConfig, data.get("api", {}), "api"),
+        outages=_section(OutagesConfig, data.get("outages", {}), "outages"),
     )
 
 

@@ -414,12 +414,21 @@ def redact_addresses(text: str) -> str:
     return _V6_RE.sub(sub, _V4_RE.sub(sub, text))
 
 
+OPERATOR_CONFIG = {"vigil_operator_config": True}
+
+
 class RedactAddresses(logging.Filter):
-    """Rewrites log records so no IP address survives, whatever library emitted them."""
+    """Rewrites log records so no IP address survives, whatever library emitted them.
+
+    The one exception is a record logged with ``extra=OPERATOR_CONFIG``: the helper's own
+    settings (bind address, allowed ranges) at startup, which are the operator's, not a caller's.
+    """
 
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "vigil_operator_config", False) and record.exc_info is None:
+            return True
         message = record.getMessage()
         redacted = redact_addresses(message)
         if redacted != message or record.args:

@@ -96,9 +96,8 @@ def parse_control_request(obj: Any, *, max_addresses: int) -> ControlRequest:
 
     if not isinstance(obj, dict):
         raise bad("body must be a JSON object")
-    unknown = set(obj) - {"url", "tcp_connect"}
-    if unknown:
-        raise bad(f"unknown fields: {', '.join(sorted(unknown))[:200]}")
+    # Other fields are ignored (a newer probe must still get answers from an older helper);
+    # nothing else in the body can influence what the helper sends.
     raw_url = obj.get("url")
     if not isinstance(raw_url, str) or not raw_url:
         raise bad("url must be a non-empty string")

@@ -339,7 +339,9 @@ def issue5_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) -
                 raise Refusal(TARGET_FORBIDDEN, "every address of the host is refused")
             async with state.gate.slot(request[CLIENT].key):
                 result = await measure_throughput(
-                    allowed[0], port, host, parts.path or "/", tls=parts.scheme == "https",
+                    allowed[0], port, host,
+                    (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                    tls=parts.scheme == "https",
                     ssl_context=verify_ctx, policy_socket=guarded(allowed[0]),
                     max_bytes=max_bytes, max_seconds=max_seconds,
                     connect_timeout=limits.connect_timeout,

@@ -85,7 +85,7 @@ def securesystemslib_envelope(payload: bytes, key: Ed25519PrivateKey, keyid: str
     """(envelope bytes, PAE bytes, raw signature, producer) made by securesystemslib alone."""
     import securesystemslib
     from securesystemslib.dsse import Envelope
-    from securesystemslib.signer import CryptoSigner, SSlibKey
+    from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 
     public = SSlibKey.from_crypto(key.public_key(), keyid=keyid)
     signer = CryptoSigner(key, public)

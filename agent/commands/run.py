@@ -43,6 +43,7 @@ from agent.runner import (
     RunSummary,
     open_context,
 )
+from agent.uplink import publishing
 
 log = logging.getLogger("vigil.run")
 
@@ -263,7 +264,9 @@ async def run_once(
             measurement_timeout=config.run.measurement_timeout,
         )
         try:
-            summary = await Runner(ctx, sink, limits, reporter).run(jobs)
+            # With a broker in the config, records also go to the outbox and get published.
+            async with publishing(config, identity, sink) as run_sink:
+                summary = await Runner(ctx, run_sink, limits, reporter).run(jobs)
         finally:
             reporter.close()
             sink.close()

@@ -49,6 +49,7 @@ from aiohttp import web
 from agent.errors import ConfigError
 from collector.helper import (
     HELPER_STATE,
+    OPERATOR_CONFIG,
     HelperConfig,
     Limits,
     PrivacyAccessLogger,
@@ -376,6 +377,7 @@ def _log_startup(
         "control helper: %s://%s:%d, mode %s, %d ipdb ranges, %d requests/min per client, %r",
         "https" if tls else "http", serve.host, serve.port, config.mode, len(state.ipdb),
         config.per_client_per_minute, state.policy,
+        extra=OPERATOR_CONFIG,
     )
     if config.mode == "open":
         log.warning("open mode: anyone may use this helper (rate limits still apply)")
@@ -383,6 +385,7 @@ def _log_startup(
         log.warning(
             "serving plain HTTP on %s: probes cannot authenticate the helper's answers; "
             "use --tls-cert/--tls-key or a TLS-terminating proxy", serve.host,
+            extra=OPERATOR_CONFIG,
         )
 
 

@@ -174,6 +174,7 @@ class Filter:
     status: str | None = None
     probe_id: str | None = None
     test_name: str | None = None
+    blocking: str | None = None  # "dns", "tls", ...; "" matches measurements without blocking
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,16 @@ class Store(Protocol):
     ) -> list[tuple[str, int]]: ...
     def measurement_count(self, where: Filter | None = None) -> int: ...
     def get_measurement(self, measurement_id: str) -> StoredMeasurement | None: ...
+    def measurements_page(
+        self,
+        where: Filter | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        descending: bool = True,
+    ) -> list[MeasurementSummary]: ...
+    def export_page(
+        self, where: Filter | None = None, limit: int = 500, after: str | None = None
+    ) -> list[StoredMeasurement]: ...
     def quarantined(self, limit: int = 20, reason: str | None = None) -> list[QuarantinedRow]: ...
     def last_seen(self) -> list[ProbeActivity]: ...
     def timeline(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -50,6 +51,9 @@ DIMENSION_COLUMNS: Mapping[Dimension, str] = {
     Dimension.PROBE: "probe_id",
     Dimension.TEST: "test_name",
 }
+
+# measurement_id as the schema writes it: lower-case UUID (pages are keyed on it).
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 SUMMARY_COLUMNS = (
     "measurement_id, probe_id, test_name, input, domain, probe_cc, probe_asn, status, "
@@ -369,6 +373,11 @@ class SqlStore(abc.ABC):
         if where.until is not None:
             clauses.append("start_time < ?")
             params.append(self._ts(where.until))
+        if where.blocking == "":
+            clauses.append("blocking IS NULL")
+        elif where.blocking is not None:
+            clauses.append("blocking = ?")
+            params.append(where.blocking)
         for column, value in (
             ("probe_cc", where.probe_cc),
             ("probe_asn", where.probe_asn),
@@ -441,6 +450,63 @@ class SqlStore(abc.ABC):
             payload=self._blob(r[14]),
             signature=self._blob(r[15]),
         )
+
+    def _keyset(
+        self, where: Filter | None, after: str | None, descending: bool
+    ) -> tuple[str, list[Any]]:
+        """WHERE clause of a keyset page: the filter plus "measurement_id after the cursor".
+
+        Pages are keyed on ``measurement_id`` alone: a UUIDv7 is unique and sorts by the
+        time the probe created it, so a cursor is one id, pages never skip or repeat rows
+        however many arrive meanwhile, and each page is one index range scan.
+        """
+        clause, params = self._where(where)
+        if after is not None:
+            if not UUID_RE.match(after):
+                raise ValueError(f"cursor {after!r} is not a lower-case UUID")
+            clause += (" AND " if clause else " WHERE ") + (
+                "measurement_id < ?" if descending else "measurement_id > ?"
+            )
+            params.append(after)
+        return clause, params
+
+    def measurements_page(
+        self,
+        where: Filter | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        descending: bool = True,
+    ) -> list[MeasurementSummary]:
+        """Up to ``limit`` measurements ordered by measurement_id (newest first by default),
+        strictly after the cursor ``after`` (the last id of the previous page)."""
+        clause, params = self._keyset(where, after, descending)
+        order = "DESC" if descending else "ASC"
+        rows = self._query(
+            f"SELECT {SUMMARY_COLUMNS} FROM measurements{clause} "
+            f"ORDER BY measurement_id {order} LIMIT ?",
+            [*params, int(limit)],
+        )
+        return [self._summary(r) for r in rows]
+
+    def export_page(
+        self, where: Filter | None = None, limit: int = 500, after: str | None = None
+    ) -> list[StoredMeasurement]:
+        """Like measurements_page (oldest first) with the signed bytes, for streaming export."""
+        clause, params = self._keyset(where, after, False)
+        rows = self._query(
+            f"SELECT {SUMMARY_COLUMNS}, payload_type, payload, signature FROM measurements"
+            f"{clause} ORDER BY measurement_id ASC LIMIT ?",
+            [*params, int(limit)],
+        )
+        return [
+            StoredMeasurement(
+                summary=self._summary(r[:13]),
+                payload_type=r[13],
+                payload=self._blob(r[14]),
+                signature=self._blob(r[15]),
+            )
+            for r in rows
+        ]
 
     def rejection_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._query("SELECT reason, count FROM rejections")}

@@ -149,22 +149,24 @@ def mqtt_connect_check(
     variable = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 10)
     body = variable + payload
     packet = b"\x10" + _remaining_length(len(body)) + body
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        with ctx.wrap_socket(raw, server_hostname=host) as s:
-            s.sendall(packet)
-            head = b""
-            while len(head) < 4:
-                chunk = s.recv(4 - len(head))
-                if not chunk:
-                    raise ConnectionError("broker closed the connection before CONNACK")
-                head += chunk
-            if head[0] != 0x20:
-                raise ConnectionError(f"unexpected packet {head!r} instead of CONNACK")
-            rc = head[3]
-            if rc == 0:
-                with contextlib.suppress(OSError):
-                    s.sendall(b"\xe0\x00")  # DISCONNECT
-            return rc
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as s,
+    ):
+        s.sendall(packet)
+        head = b""
+        while len(head) < 4:
+            chunk = s.recv(4 - len(head))
+            if not chunk:
+                raise ConnectionError("broker closed the connection before CONNACK")
+            head += chunk
+        if head[0] != 0x20:
+            raise ConnectionError(f"unexpected packet {head!r} instead of CONNACK")
+        rc = head[3]
+        if rc == 0:
+            with contextlib.suppress(OSError):
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+        return rc
 
 
 class MosquittoBroker:
@@ -361,7 +363,9 @@ class MosquittoBroker:
                 last = exc
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"mosquitto not ready after {READY_TIMEOUT}s ({last!r}):\n{self.log_text()}")
+        raise RuntimeError(
+            f"mosquitto not ready after {READY_TIMEOUT}s ({last!r}):\n{self.log_text()}"
+        )
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (Mosquitto saves its persistence file), SIGKILL after ``timeout``."""

@@ -398,7 +398,7 @@ async def test_two_collectors_share_the_load_exactly_once(
     envelopes = {p.probe_id: [p.envelope() for _ in range(100)] for p in probes}
     async with in_process(broker.info, url, "c1") as a, in_process(broker.info, url, "c2") as b:
         await asyncio.gather(*(
-            publish(broker.info, p.probe_id, ((p.topic, e) for e in envelopes[p.probe_id]))
+            publish(broker.info, p.probe_id, [(p.topic, e) for e in envelopes[p.probe_id]])
             for p in probes
         ))
         await wait_for(lambda: count(url) == 400, "400 measurements")

@@ -480,6 +480,8 @@ async def test_agent_sigkilled_mid_campaign_loses_nothing(
         finally:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+            # It kept measuring while we read: everything it printed was committed.
+            produced += (await proc.stdout.read()).decode().split()
             err = (await proc.stderr.read()).decode()
         assert len(produced) >= 400, err
         status = await retained_status(info, ident.probe_id)
@@ -497,3 +499,62 @@ async def test_agent_sigkilled_mid_campaign_loses_nothing(
     assert len(col.received) - len(produced) <= 1  # one committed, killed before printing
     print(f"produced {len(produced)}, backlog after kill {backlog}, "
           f"duplicates {sum(c - 1 for c in col.received.values())}")
+
+
+# ---- one-shot runs (vigil-agent run --once) -----------------------------------------------------
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[str] = []
+
+    async def put(self, record: Any) -> None:
+        self.records.append(record.measurement_id)
+
+
+def once_config(state: Path, mqtt: dict[str, Any]) -> Any:
+    from agent.config import from_mapping
+
+    return from_mapping({"agent": {"state_dir": str(state)}, "mqtt": mqtt})
+
+
+async def test_once_run_publishes_through_the_outbox(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    from agent.uplink import publishing
+
+    ident = new_probe(tmp_path, broker, "p")
+    info = broker.info
+    (tmp_path / "pw").write_text(info.probes[ident.probe_id].password + "\n")
+    config = once_config(tmp_path / "p", {
+        "host": info.host, "port": info.probe_port, "ca_file": str(info.ca_file),
+        "password_file": str(tmp_path / "pw"),
+    })
+    out = ListSink()
+    recs = [make_record(ident.probe_id, i) for i in range(25)]
+    async with Collector(info, {ident.probe_id: ident}) as col:
+        async with publishing(config, ident, out) as sink:
+            assert sink is not out
+            for r in recs:
+                await sink.put(r)
+        await wait_until(lambda: len(col.received) == 25, 10, "published during the run")
+    assert out.records == [r.measurement_id for r in recs]
+    with Outbox(tmp_path / "p", ident) as ob:
+        assert len(ob) == 0 and ob.stats().counters["published"] == 25
+
+
+async def test_once_run_without_broker_or_with_busy_outbox_only_writes_its_output(
+    tmp_path: Path,
+) -> None:
+    from agent.config import from_mapping
+    from agent.uplink import publishing
+
+    ident = identity.create(tmp_path / "p")
+    out = ListSink()
+    plain = from_mapping({"agent": {"state_dir": str(tmp_path / "p")}})
+    async with publishing(plain, ident, out) as sink:
+        assert sink is out
+    busy = once_config(tmp_path / "p", {"host": "127.0.0.1", "port": 1, "password": "x"})
+    with Outbox(tmp_path / "p", ident):  # the daemon holds it
+        async with publishing(busy, ident, out) as sink:
+            assert sink is out
+            await sink.put(make_record(ident.probe_id))
+    assert len(out.records) == 1

@@ -121,7 +121,14 @@ class Lab:
 
     @property
     def scale_list_file(self) -> Path:
+        """Scale mode: the generated sites only (every one must come out ok)."""
         return self.dir / "scale.csv"
+
+    @property
+    def scale_mixed_list_file(self) -> Path:
+        """Scale mode: the generated sites plus the web_connectivity scenario rows (whose
+        expected verdicts are in ``self.scenarios``)."""
+        return self.dir / "scale-mixed.csv"
 
     @property
     def control_url(self) -> str:
@@ -248,9 +255,10 @@ class Lab:
         _write_list(self.list_file, [(s.url, s.category) for s in self.scenarios.measured])
         if self.plan.scale_hosts:
             rows = [(f"https://{h}/", "CTRL") for h in self.plan.scale_hosts]
+            _write_list(self.scale_list_file, rows)
             rows += [(s.url, s.category) for s in self.scenarios.measured
                      if s.control == "helper" and s.test == "web_connectivity"]
-            _write_list(self.scale_list_file, rows)
+            _write_list(self.scale_mixed_list_file, rows)
 
     def _censor(self) -> None:
         isp, inet = self.ns("isp"), self.ns("inet")
@@ -544,6 +552,8 @@ class Lab:
             "ipdb": str(self.ipdb_file),
             "list": str(self.list_file),
             "scale_list": str(self.scale_list_file) if self.plan.scale_hosts else None,
+            "scale_mixed_list": (str(self.scale_mixed_list_file) if self.plan.scale_hosts
+                                 else None),
             "scenarios": len(self.scenarios.scenarios),
             "measured": len(self.scenarios.measured),
             "scale_sites": len(self.plan.scale_hosts),

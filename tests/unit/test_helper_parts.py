@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from agent.errors import ConfigError
 from collector.commands.helper import parse_config_data, parse_resolver
-from collector.helper import RedactAddresses, redact_addresses
+from collector.helper import PrivacyAccessLogger, RedactAddresses, redact_addresses
 from collector.helpercontrol import endpoint_key, parse_control_request, parse_endpoint
 from collector.helpererrors import STATUS, Refusal
 from collector.helperlimits import ClientHasher, RateLimiter, client_label
@@ -40,6 +40,12 @@ def test_parse_control_request() -> None:
                                                    "1.2.3.4:80"]
 
 
+def test_unknown_fields_are_ignored() -> None:
+    req = parse_control_request({"url": "http://a.example/", "headers": {"X-Evil": "1"}},
+                                max_addresses=4)
+    assert req.tcp_connect == ()
+
+
 def test_idna_host_is_encoded() -> None:
     req = parse_control_request({"url": "http://bücher.de/"}, max_addresses=4)
     assert req.host == "xn--bcher-kva.de"
@@ -61,7 +67,6 @@ def test_idna_host_is_encoded() -> None:
         {"url": "https://example.org/", "tcp_connect": ["1.2.3.4:22"]},  # not a web port
         {"url": "https://example.org/", "tcp_connect": ["1.2.3.4:443"] * 5},
         {"url": "https://example.org/", "tcp_connect": ["example.org:443"]},
-        {"url": "https://example.org/", "headers": {"X": "y"}},  # nothing else is accepted
     ],
 )
 def test_bad_control_requests(body: object) -> None:
@@ -201,6 +206,11 @@ def test_redacting_filter_rewrites_records() -> None:
                                "Error handling request from %s", ("198.51.100.4",), None)
     assert RedactAddresses().filter(record)
     assert record.getMessage() == "Error handling request from <addr>"
+    own = logging.LogRecord("vigil.helper", logging.INFO, __file__, 1, "listening on %s",
+                            ("192.0.2.1",), None)
+    own.vigil_operator_config = True  # what extra=OPERATOR_CONFIG sets
+    assert RedactAddresses().filter(own)
+    assert own.getMessage() == "listening on 192.0.2.1"
 
 
 # ---- command configuration ----------------------------------------------------------------------
@@ -247,3 +257,21 @@ def test_parse_config_data() -> None:
 def test_bad_config_data(helper: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         parse_config_data({"helper": helper})
+
+
+def test_access_log_line_has_no_remote_address(caplog: pytest.LogCaptureFixture) -> None:
+    from unittest import mock
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = ("198.51.100.23", 40000)
+    request = make_mocked_request("GET", "/api/v1/whoami", transport=transport,
+                                  headers={"User-Agent": "probe 198.51.100.23",
+                                           "X-Forwarded-For": "198.51.100.23"})
+    assert request.remote == "198.51.100.23"
+    logger = logging.getLogger("test.helper.access")  # no redaction filter on this one
+    caplog.set_level(logging.INFO, logger=logger.name)
+    PrivacyAccessLogger(logger, "").log(request, web.Response(status=200), 0.0123)
+    assert caplog.messages == ["GET /api/v1/whoami 200 0B 12.3ms"]

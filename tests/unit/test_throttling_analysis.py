@@ -128,11 +128,30 @@ def test_throttled_details_carry_rates_ratio_and_ks() -> None:
     assert sni["normalised_difference"] > 0.9
 
 
-def test_two_rounds_are_not_enough_for_a_positive() -> None:
-    o = obs(rounds(130e3, 10 * MBIT, 2))
+def test_two_rounds_are_not_enough_for_a_moderate_positive() -> None:
+    o = obs(rounds(2 * MBIT, 10 * MBIT, 2))  # fivefold: needs a third round
     assert sni_test(o).decision == "unknown"
     assert not decided(o)
     assert analyze(o)[0].status == Status.INCONCLUSIVE
+    assert sni_test(obs(rounds(2 * MBIT, 10 * MBIT, 3))).decision == "throttled"
+
+
+def test_two_rounds_suffice_for_an_overwhelming_positive() -> None:
+    o = obs(rounds(130e3, 10 * MBIT, 2))  # seventyfold
+    assert sni_test(o).decision == "throttled"
+    assert decided(o)
+    assert sni_test(obs(rounds(130e3, 10 * MBIT, 1))).decision == "unknown"
+
+
+def test_few_samples_need_an_overwhelming_effect() -> None:
+    # fast link: the benign transfers end within a couple of samples each
+    o = obs(rounds(130e3, 500 * MBIT, 3))
+    detail = sni_test(o).detail
+    assert detail["samples"]["benign"] < 6 and detail["significant"]
+    assert sni_test(o).decision == "throttled"
+    slow = obs(rounds(60 * MBIT, 500 * MBIT, 3))  # ratio 0.12: not overwhelming
+    assert sni_test(slow).detail["significant"] is False
+    assert sni_test(slow).decision == "unknown"
 
 
 def test_one_contradicting_round_clears() -> None:

@@ -345,3 +345,19 @@ def test_uuid7_now_is_current_and_sorts_by_time() -> None:
     ids = [wire.uuid7(1_700_000_000_000 + i) for i in range(50)]
     assert sorted(ids) == ids
     assert len({wire.uuid7(5) for _ in range(100)}) == 100  # random bits differ within one ms
+
+
+def test_the_specs_example_verifier_accepts_the_vectors_and_refuses_a_forgery() -> None:
+    """docs/envelope-spec.md's standalone verifier must keep working (docs that cannot rot)."""
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "envelope-spec.md").read_text("utf-8")
+    block = spec.split("<!-- verify-example -->", 1)[1].split("```python", 1)[1]
+    namespace: dict[str, Any] = {}
+    exec(block.split("```", 1)[0], namespace)
+    verify = namespace["verify"]
+    for v in VECTORS["vectors"]:
+        record = verify(v["envelope"].encode(), VECTORS["key"]["public_key_b64"])
+        assert record["probe_id"] == PROBE_ID
+    forged = envelope_dict()
+    forged["payload"] = _flip(forged["payload"], 3)
+    with pytest.raises(ValueError, match="no valid signature"):
+        verify(dumps(forged), VECTORS["key"]["public_key_b64"])

@@ -8,9 +8,10 @@ most three paired rounds, never flag an unthrottled lossy, jittery path":
    sides alike; within a round the ratio ``q = rate(target) / rate(benign)`` is paired.
 2. Throttled only when **all three** hold:
    * **consistency**: ``q <= max_round_ratio`` (0.5) in *every* paired round, with at least
-     ``min_rounds_positive`` (3) rounds: one lossy round (a retransmission timeout costs a short
-     transfer hundreds of milliseconds) cannot make a verdict, while a real throttle slows every
-     round by 10-100x;
+     ``min_rounds_positive`` (3) rounds, or ``min_rounds_strong`` (2) when the pooled ratio is
+     overwhelming (at most ``strong_ratio``, 0.1, a tenfold slowdown): one lossy round (a
+     retransmission timeout costs a short transfer hundreds of milliseconds) cannot make a
+     verdict, while a real throttle slows every round by 10-100x;
    * **effect size**: pooled ``rate(target) / rate(benign) <= max_ratio`` (0.35), i.e. Wehe's
      normalised difference of means ``(benign - target) / benign >= 0.65``;
    * **significance**: a two-sample KS test of the per-interval rates (``stats.ks_2samp``)
@@ -50,6 +51,7 @@ class Thresholds:
     max_round_ratio: float = 0.5
     max_ratio: float = 0.35
     min_rounds_positive: int = 3
+    min_rounds_strong: int = 2  # enough rounds when the pooled ratio is under strong_ratio
     min_rounds_negative: int = 2
     min_samples: int = 6  # per side, for the KS test
     strong_ratio: float = 0.1  # decisive without the KS test when samples are too few
@@ -190,7 +192,8 @@ def sni_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -
             return TestResult("not_throttled", detail)
         detail["why"] = "too_few_rounds"
         return TestResult("unknown", detail)
-    if len(usable) < th.min_rounds_positive:
+    needed = th.min_rounds_strong if ratio <= th.strong_ratio else th.min_rounds_positive
+    if len(usable) < needed:
         detail["why"] = "too_few_rounds"
         return TestResult("unknown", detail)
     if ratio <= th.max_ratio and significant:

@@ -52,7 +52,7 @@ BASELINE_MAX_AGE = 7 * 86400.0
 class ThrottlingSettings:
     data_budget_mb: float = 2.0
     max_rounds: int = 4
-    transfer_max_seconds: float = 1.5
+    transfer_max_seconds: float = 1.0
     sample_mean_s: float = 0.01
     address_test: bool = True
     address_transfers: int = 2
