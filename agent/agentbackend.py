@@ -18,19 +18,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from agent import experiments as registry
 from agent import lists as testlists
 from agent.campaign import commands_topic, country_topic
 from agent.config import AgentConfig
-from agent.errors import ConfigError, VigilError
+from agent.errors import VigilError
 from agent.experiments import Experiment, Target
 from agent.identity import Identity
 from agent.identity import load as load_identity
 from agent.model import MeasurementRecord
-from agent.outbox import Outbox, OutboxSink
-from agent.publisher import Publisher, PublisherSettings
+from agent.outbox import Outbox, OutboxSink, limits_from_config
+from agent.publisher import Publisher, PublisherSettings, settings_from_config
 from agent.runner import DataBudget, Job, MeasureContext, RunLimits, Runner, open_context
 from agent.schedconfig import Settings
 from agent.scheduler import CommandHandler, LinkStatus, Measurer
@@ -41,39 +40,10 @@ CONTEXT_MAX_AGE = 6 * 3600.0  # seconds: re-ask the helper which network we are 
 
 
 def broker_settings(config: AgentConfig) -> PublisherSettings | None:
-    """``[mqtt]`` of the agent config: host, port, ca_file, and a password (or password_file)
-    or a client certificate (cert_file + key_file).  None when no host is configured."""
-    table = dict(config.section("mqtt"))
-    if not table.get("host"):
-        return None
-    where = str(config.path or "config")
-    password_file = table.pop("password_file", None)
-    if password_file is not None:
-        path = _path(password_file, config)
-        try:
-            table["password"] = path.read_text("utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: mqtt.password_file {path}: {exc.strerror}") from None
-    for key in ("ca_file", "cert_file", "key_file"):
-        if key in table:
-            table[key] = _path(table[key], config)
-    known = set(PublisherSettings.__dataclass_fields__)
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) in [mqtt]: {', '.join(unknown)}")
-    try:
-        return PublisherSettings(**table)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: [mqtt]: {exc}") from None
-
-
-def _path(value: object, config: AgentConfig) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError("[mqtt] paths must be strings")
-    p = Path(value).expanduser()
-    if not p.is_absolute() and config.path is not None:
-        p = config.path.parent / p
-    return p
+    """``[mqtt]`` of the agent config (None when no host): the publisher's own parser, with
+    paths relative to the config file."""
+    base = None if config.path is None else config.path.parent
+    return settings_from_config(config.section("mqtt"), base)
 
 
 def experiments_for(kind: str) -> list[type[Experiment]]:
@@ -118,7 +88,9 @@ class RealBackend:
         self.settings = s
         self.identity = identity
         self.probe_id = identity.probe_id
-        self.outbox = Outbox(config.state_dir, identity)
+        self.outbox = Outbox(
+            config.state_dir, identity, limits_from_config(config.section("outbox"))
+        )
         self.publisher: Publisher | None = None
         self.sink = OutboxSink(self.outbox, on_commit=self._notify)
         self._stack: contextlib.AsyncExitStack | None = None
