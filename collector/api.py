@@ -81,7 +81,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-_STREAMING = "vigil_streaming"
+_STREAMING = web.RequestKey("vigil_streaming", bool)  # set once an export has begun
 
 
 # ---- plumbing --------------------------------------------------------------------------------

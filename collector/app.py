@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from agent.errors import VigilError
 from collector.config import CollectorConfig
 from collector.ingest import Ingest
 from collector.metrics import Metrics, OutageLoopStats
@@ -73,13 +74,18 @@ class Runtime:
     events: OutageEventStore | None = None  # outage events, on the API's store connection
     stops: list[asyncio.Event] = field(default_factory=list)
     failure: str | None = None  # why a background task died
+    error: BaseException | None = None  # and the exception, if it raised one
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     events_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def fail(self, what: str, exc: BaseException | None) -> None:
         detail = f"{type(exc).__name__}: {exc}" if exc is not None else "stopped unexpectedly"
         self.failure = f"{what}: {detail}"
-        log.error("%s died: %s", what, detail, exc_info=exc)
+        self.error = exc
+        # A VigilError is an explained failure (bad config, refused subscription): no
+        # traceback.  Anything else is a bug: keep the traceback for the report.
+        log.error("%s died: %s", what, detail,
+                  exc_info=None if isinstance(exc, VigilError) else exc)
         self.failed.set()
 
     def stop_background(self) -> None:
