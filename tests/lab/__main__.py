@@ -75,14 +75,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from tests.lab.runner import run_scenarios
 
-    lab = Lab.up(args.scenarios or None, helper=True)
+    # a kept lab must outlive this process: detached from the start (its servers would
+    # otherwise see their owner exit and stop)
+    lab = Lab.up(args.scenarios or None, helper=True, detached=args.keep)
     try:
         report = run_scenarios(lab)
         print(report.render())
         return 0 if report.right == report.total else 1
     finally:
         if args.keep:
-            lab.state.record("owner", None)
+            lab.state.record("session", os.getsid(0))
             print(f"kept lab {lab.prefix} (python -m tests.lab down {lab.prefix})")
         else:
             lab.down()

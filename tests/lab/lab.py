@@ -17,6 +17,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -156,7 +157,16 @@ class Lab:
         state = nsctl.State.create(owner=owner, deadline=time.time() + life)
         lab = cls(state, sset, plan, None)
         try:
-            state.record("scenario_files", [str(f) for f in files])
+            # keep the files as they were: `attach` must see this lab's plan even if the
+            # originals are edited while it runs
+            saved = state.directory / "scenario-files"
+            saved.mkdir()
+            copies = []
+            for i, f in enumerate(files):
+                copy = saved / f"{i}-{Path(f).name}"
+                shutil.copyfile(f, copy)
+                copies.append(str(copy))
+            state.record("scenario_files", copies)
             state.record("scale", scale)
             lab._build(helper=helper)
             state.record("ready", True)
@@ -208,7 +218,7 @@ class Lab:
         nsctl.ETC_NETNS.mkdir(mode=0o755, exist_ok=True)
         for role, resolver in (("probe", A.ISP_RESOLVER), ("inet", A.OPEN_RESOLVER)):
             d = nsctl.ETC_NETNS / self.ns(role)
-            d.mkdir(mode=0o755, exist_ok=True)
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)  # another run may rmdir the parent
             (d / "resolv.conf").write_text(
                 f"# vigil lab {self.prefix}\nnameserver {resolver}\noptions timeout:2 attempts:2\n",
                 encoding="utf-8")

@@ -167,3 +167,20 @@ def test_confusion_table_counts() -> None:
     table = confusion_table(outcomes)
     assert "(missing)" in table and "expected \\ got" in table
     assert outcomes[0].right and not outcomes[2].right
+
+
+# ---- privilege handling ---------------------------------------------------------------------
+
+
+def test_unprivileged_runs_skip_but_ci_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.lab import conftest
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    reason = conftest.lab_unavailable()
+    assert reason is not None and "root" in reason
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="root"):
+        conftest.require_lab()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        conftest.require_lab()

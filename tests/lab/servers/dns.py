@@ -47,7 +47,7 @@ class DNSLogic:
         overrides = cfg.get("overrides", {})
         # longest pattern first, so a rule for a subdomain beats one for its parent
         self.overrides = sorted(overrides.items(), key=lambda kv: -len(kv[0]))
-        self.upstream = cfg.get("upstream")
+        self.upstream = str(cfg.get("upstream", ""))
         self.source = cfg.get("source")
         self.timeout = float(cfg.get("upstream_timeout", 2.0))
 
@@ -58,6 +58,7 @@ class DNSLogic:
             return None  # garbage: real servers drop it too
         if not query.question:
             return None
+        response: dns.message.Message | None
         if self.role == "authoritative":
             response = self._authoritative(query, client)
         else:
