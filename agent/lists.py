@@ -29,6 +29,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from agent.errors import ListError
 from agent.experiments import Target
+from agent.net.addr import is_ip
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -63,8 +64,6 @@ def _valid_host(host: str) -> bool:
     if not host or len(host) > 253:
         return False
     if host.startswith("[") or ":" in host:
-        from agent.net.addr import is_ip
-
         return is_ip(host)
     try:
         ascii_host = host.encode("idna").decode("ascii")

@@ -29,6 +29,7 @@ from typing import IO, Protocol
 from urllib.parse import urlsplit
 
 from agent import SOFTWARE_NAME, __version__
+from agent import slots as slot_binding
 from agent.config import AgentConfig, NetConfig
 from agent.control import Authenticator, ControlClient, WhoAmI
 from agent.errors import ConfigError, ControlError, OutboxError, SchemaError
@@ -44,6 +45,7 @@ from agent.wire import encode_record, uuid7, validate_record
 log = logging.getLogger("vigil.runner")
 
 _HOST_SCAN = 256  # how far the dispatcher looks past busy hosts for a free one
+_LINGER_FACTOR = 4  # jobs alive (lingering included) per concurrency slot
 
 
 # ---- services shared by experiments ------------------------------------------------------------
@@ -351,25 +353,90 @@ class Runner:
         self._started = 0.0
 
     async def run(self, plan: Sequence[Job]) -> RunSummary:
+        """Measure ``plan``; returns when every started job ended (or a sink failed).
+
+        ``concurrency`` slots bound the measurements doing network work; a job that only
+        waits (agent.slots.release_slot) gives its slot back early, and at most
+        ``_LINGER_FACTOR`` x ``concurrency`` jobs exist at once, lingering ones included.
+        """
         loop = asyncio.get_running_loop()
         self._started = loop.time()
         self._pending = collections.deque(plan)
         summary = RunSummary(planned=len(plan))
-        workers = [
-            asyncio.create_task(self._worker(summary), name=f"vigil worker {i}")
-            for i in range(min(self.limits.concurrency, max(1, len(plan))))
-        ]
+        slots = asyncio.Semaphore(self.limits.concurrency)
+        alive = asyncio.Semaphore(self.limits.concurrency * _LINGER_FACTOR)
+        tasks: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
         try:
-            await asyncio.gather(*workers)
+            while not failure:
+                await alive.acquire()
+                await slots.acquire()
+                job = await self._next()
+                if job is None or failure:
+                    slots.release()
+                    alive.release()
+                    if job is not None:
+                        self._pending.appendleft(job)
+                        await self._release(job)
+                    break
+                task = asyncio.create_task(
+                    self._job(job, summary, slots, alive, failure), name=f"vigil {job.host}"
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks))
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+        if failure:
+            raise failure[0]
         summary.skipped = len(self._pending)
         summary.stopped = self._stop
         summary.elapsed = loop.time() - self._started
         summary.bytes_used = self.ctx.budget.used
         return summary
+
+    async def _job(
+        self,
+        job: Job,
+        summary: RunSummary,
+        slots: asyncio.Semaphore,
+        alive: asyncio.Semaphore,
+        failure: list[BaseException],
+    ) -> None:
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+
+        slot_binding.bind(release)
+        try:
+            try:
+                record, error = await self.measure(job)
+            finally:
+                release()
+                await self._release(job)
+            if record is not None:
+                await self.sink.put(record)  # a sink failure ends the run: nothing is dropped
+                summary.measured += 1
+                summary.by_status[str(record.verdict.status)] += 1
+            else:
+                summary.errors += 1
+            if self.observer is not None:
+                self.observer(record, job, error)
+        except Exception as exc:  # the sink or the observer: stop scheduling, report it
+            if not failure:
+                failure.append(exc)
+            async with self._cond:
+                self._stop = self._stop or f"{type(exc).__name__}: {exc}"
+                self._cond.notify_all()
+        finally:
+            alive.release()
 
     def _check_budgets(self) -> None:
         if self._stop is not None:
@@ -401,26 +468,6 @@ class Runner:
             if self._busy[job.host] <= 0:
                 del self._busy[job.host]
             self._cond.notify_all()
-
-    async def _worker(self, summary: RunSummary) -> None:
-        while True:
-            job = await self._next()
-            if job is None:
-                async with self._cond:
-                    self._cond.notify_all()  # let waiting workers see the stop too
-                return
-            try:
-                record, error = await self.measure(job)
-            finally:
-                await self._release(job)
-            if record is not None:
-                await self.sink.put(record)  # a sink failure ends the run: nothing is dropped
-                summary.measured += 1
-                summary.by_status[str(record.verdict.status)] += 1
-            else:
-                summary.errors += 1
-            if self.observer is not None:
-                self.observer(record, job, error)
 
     async def measure(self, job: Job) -> tuple[MeasurementRecord | None, str | None]:
         """One job → (record, None), or (None, why it could not run)."""

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 TARGET_RATE = 25.0
@@ -35,9 +34,11 @@ def _run_agent(lab: Any, concurrency: int, extra: list[str]) -> dict[str, Any]:
     argv = lab.agent_argv([lab.scale_list_file], output,
                           extra=["--concurrency", str(concurrency), *extra])
     env = {**os.environ, **lab.agent_env()}
+    log = lab.dir / f"bench-{concurrency}.stderr"
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    with open(log, "w") as err:  # a file, not a pipe: one log line per URL would fill a pipe
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                stdin=subprocess.DEVNULL)
     # `ip netns exec` execs the agent in place, so wait4() on this pid is the agent itself.
     deadline = started + AGENT_TIMEOUT_S
     status = rusage = None
@@ -52,9 +53,7 @@ def _run_agent(lab: Any, concurrency: int, extra: list[str]) -> dict[str, Any]:
         proc.wait()
         raise SystemExit(f"agent did not finish within {AGENT_TIMEOUT_S} s")
     proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read() if proc.stderr is not None else ""
-    if proc.stderr is not None:
-        proc.stderr.close()
+    stderr = log.read_text(errors="replace")
     records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
     statuses = Counter(r["verdict"]["status"] for r in records)
     runtimes = sorted(r["test_runtime"] for r in records)

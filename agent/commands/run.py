@@ -47,6 +47,7 @@ from agent.uplink import publishing
 
 log = logging.getLogger("vigil.run")
 
+WEB = "web_connectivity"
 STATUS_ORDER = ("ok", "blocked", "throttled", "down", "inconclusive")
 
 
@@ -158,10 +159,18 @@ def _setup_logging(stream: TextIO, tty: bool) -> None:
 
 # ---- planning ---------------------------------------------------------------------------------
 def select_tests(names: Sequence[str]) -> list[type[Experiment]]:
-    """The requested experiments (all registered ones when none are named)."""
+    """The requested experiments; without names, the ones enabled by default.
+
+    Enabled by default: web_connectivity (on the lists) and every test that brings its own
+    inputs (``default_targets``: apps, connectivity).  A test that would take the URL list as
+    input otherwise (throttling: megabytes per host) runs only when named.
+    """
     available = registry.load_all()
     if not names:
-        return [available[n] for n in sorted(available)]
+        return [
+            cls for name, cls in sorted(available.items())
+            if name == WEB or callable(getattr(cls, "default_targets", None))
+        ]
     chosen: list[type[Experiment]] = []
     for name in names:
         cls = registry.get(name)  # UsageError naming the known tests
@@ -184,15 +193,19 @@ def plan_jobs(
     list_targets: Sequence[Target],
     explicit_lists: bool,
 ) -> list[RunJob]:
-    """URL-taking tests get the list; tests with their own inputs (``default_targets``) get
-    those unless lists were named explicitly on the command line."""
+    """web_connectivity measures the lists; tests with their own inputs (``default_targets``)
+    use those unless lists were named; other tests measure the lists only when named (the
+    default lists are too many hosts for a throughput test)."""
     jobs: list[RunJob] = []
     for cls in classes:
         own = getattr(cls, "default_targets", None)
-        if callable(own) and not explicit_lists and cls.name != "web_connectivity":
-            targets: Sequence[Target] = list(own())
+        if cls.name == WEB or explicit_lists:
+            targets: Sequence[Target] = list_targets
+        elif callable(own):
+            targets = list(own())
         else:
-            targets = list_targets
+            raise UsageError(f"{cls.name} measures the hosts of the lists you name: "
+                             "pass --list FILE.csv")
         experiment = cls()
         jobs.extend(RunJob(experiment, t) for t in targets)
     return jobs
@@ -250,7 +263,10 @@ async def run_once(
         parsed = testlists.read_files(paths)
         for problem in parsed.problems:
             log.warning("skipped list row %s", problem)
-        jobs = plan_jobs(classes, parsed.targets, explicit or bool(config.lists.files))
+        # tests with their own inputs (apps, connectivity) take the list's URLs only when named
+        # on the command line: a default run over a 1,700-URL list must not run them 1,700 times
+        jobs = plan_jobs(classes, parsed.targets,
+                         (explicit or bool(config.lists.files)) and bool(test_names))
         if not jobs:
             raise UsageError(f"nothing to measure in {', '.join(str(p) for p in paths)}")
         if parsed.duplicates:

@@ -29,7 +29,7 @@ import dns.rdatatype
 
 from agent.experiments.web_connectivity.model import DNSAnswer, DNSQuery, DNSReply
 from agent.net import failures
-from agent.net.addr import endpoint
+from agent.net.addr import endpoint, split_endpoint
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 value: avoids fragmentation, rarely truncates
 MAX_REPLIES = 16  # bound the memory a flood of forged replies can take
@@ -69,8 +69,6 @@ def parse_resolver(text: str) -> ResolverAddress:
         return ResolverAddress(str(ipaddress.ip_address(text)))
     except ValueError:
         pass
-    from agent.net.addr import split_endpoint
-
     ip, port = split_endpoint(text)
     return ResolverAddress(ip, port)
 

@@ -293,3 +293,92 @@ async def test_lists_update_unreachable_source(tmp_path: Path,
     assert code == 1
     assert "global.csv" in capsys.readouterr().err
     assert lists_dir(tmp_path / "state") == bundled_dir()
+
+
+# ---- presentation and flag plumbing ------------------------------------------------------------
+def _record(status: str, blocking: str | None, reason: str) -> Any:
+    from agent.experiments import Target
+    from agent.model import Blocking, MeasurementRecord, Status, Verdict
+    from agent.runner import Job
+
+    verdict = Verdict(Status(status), None if blocking is None else Blocking(blocking), reason)
+    record = MeasurementRecord(
+        measurement_id="0190a000-0000-7000-8000-000000000000", test_name="web_connectivity",
+        test_version="0.1.0", input="https://x.test/", category_code="NEWS", probe_id="a" * 26,
+        probe_asn="AS1", probe_cc="IR", probe_network_name="n", resolver_asn="AS0",
+        measurement_start_time="2026-01-01T00:00:00.000000Z", test_runtime=0.5,
+        software_name="vigil-agent", software_version="0.1.0", test_keys={}, verdict=verdict,
+    )
+    class _Exp:
+        name = "web_connectivity"
+
+    return record, Job(_Exp(), Target("https://x.test/"))  # type: ignore[arg-type]
+
+
+def test_reporter_structured_lines_and_progress_bar() -> None:
+    import io
+
+    from agent.commands.run import Reporter
+    from agent.runner import RunSummary
+
+    plain = io.StringIO()
+    rep = Reporter(2, plain, tty=False)
+    rec, job = _record("blocked", "dns", "dns.nxdomain")
+    rep(rec, job, None)
+    rep(None, job, "could not run: boom")
+    lines = plain.getvalue().splitlines()
+    assert lines[0].split()[1:7] == ["level=info", "event=measurement", "test=web_connectivity",
+                                     "input=https://x.test/", "status=blocked", "blocking=dns"]
+    assert 'error="could not run: boom"' in lines[1]
+    summary = RunSummary(planned=2, measured=1, errors=1, elapsed=2.0)
+    summary.by_status["blocked"] = 1
+    rep.summary(summary, "out.jsonl")
+    text = plain.getvalue()
+    assert "measured 1 of 2" in text and "blocked 1" in text and "dns.nxdomain" in text
+
+    term = io.StringIO()
+    bar = Reporter(3, term, tty=True)
+    bar(*_record("ok", None, "ok")[:1], job, None)
+    bar(*_record("blocked", "tls", "tls.sni_reset")[:1], job, None)
+    bar.close()
+    assert "ok=1 blocked=1" in term.getvalue()
+    assert "event=" not in term.getvalue()
+
+
+def test_flags_override_config(tmp_path: Path) -> None:
+    from agent.commands.run import _with_overrides, parse_tests_flag
+    from agent.config import AgentConfig
+    from agent.errors import UsageError
+
+    cfg = _with_overrides(AgentConfig(state_dir=tmp_path), ca_file=tmp_path / "ca.pem",
+                          control_url="http://h.test", concurrency=4, max_runtime=60.0,
+                          data_budget=2.5)
+    assert cfg.net.ca_file == tmp_path / "ca.pem" and cfg.control.url == "http://h.test"
+    assert (cfg.run.concurrency, cfg.run.max_runtime, cfg.run.data_budget_bytes) == (
+        4, 60.0, 2_500_000)
+    with pytest.raises(UsageError, match=r"control\.url"):
+        _with_overrides(AgentConfig(state_dir=tmp_path), ca_file=None, control_url="h.test",
+                        concurrency=None, max_runtime=None, data_budget=None)
+    assert parse_tests_flag("web_connectivity, throttling,web_connectivity") == (
+        "web_connectivity", "throttling")
+    with pytest.raises(UsageError):
+        parse_tests_flag(" , ")
+
+
+def test_default_test_selection_and_planning() -> None:
+    from agent.commands.run import plan_jobs, select_tests
+    from agent.errors import UsageError
+    from agent.experiments import Target
+
+    chosen = [cls.name for cls in select_tests(())]
+    assert "web_connectivity" in chosen
+    assert "throttling" not in chosen  # megabytes per host: only when named
+    for cls in select_tests(()):
+        assert cls.name == "web_connectivity" or callable(getattr(cls, "default_targets", None))
+    listed = [Target("https://a.test/", "NEWS"), Target("https://b.test/", "NEWS")]
+    web, throttling = select_tests(("web_connectivity", "throttling"))
+    assert [j.target.input for j in plan_jobs([web], listed, explicit_lists=False)] == [
+        "https://a.test/", "https://b.test/"]
+    assert len(plan_jobs([throttling], listed, explicit_lists=True)) == 2
+    with pytest.raises(UsageError, match="pass --list"):
+        plan_jobs([throttling], listed, explicit_lists=False)

@@ -39,6 +39,7 @@ from agent.net import tls as tlsnet
 from agent.net.addr import endpoint, is_ip
 from agent.net.dns import PendingQuery, resolve_first, start_query
 from agent.net.http import FetchLimits, fetch
+from agent.slots import release_slot
 
 if TYPE_CHECKING:
     from agent.runner import MeasureContext
@@ -129,6 +130,8 @@ class Measurement:
                 for task in (own, ctl):
                     task.cancel()
                 await asyncio.gather(own, ctl, return_exceptions=True)
+            # Only the DNS linger window is left: listening, not using the network.
+            release_slot()
             dns_results = tuple([await q.result() for q in queries])
         finally:
             for q in queries:
