@@ -114,6 +114,8 @@ def _summary(rows: list[dict[str, Any]], want: str) -> dict[str, Any]:
         "max_seconds": max((r["seconds"] for r in rows), default=0.0),
         "mean_seconds": round(sum(r["seconds"] for r in rows) / max(1, len(rows)), 2),
         "max_ratio_when_throttled": max((r["ratio"] or 0 for r in hits), default=None),
+        "rounds": {str(k): sum(1 for r in rows if r["rounds"] == k)
+                   for k in sorted({r["rounds"] for r in rows})},
     }
 
 

@@ -280,17 +280,14 @@ def issue5_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) -
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
 
-        def guarded(ip: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        def guarded(ip: str) -> socket.socket:
+            """A TCP socket for ``ip``, created only if the target policy allows it."""
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             try:
-                if kind == socket.SOCK_STREAM:
-                    return guarded_socket(state.policy, family, ip)
+                return guarded_socket(state.policy, family, ip)
             except ForbiddenAddress:
-                raise Refusal(TARGET_FORBIDDEN, "the address is refused by the target policy") \
-                    from None
-            if not state.policy.allows(ip):
-                raise Refusal(TARGET_FORBIDDEN, "the address is refused by the target policy")
-            return socket.socket(family, kind)
+                raise Refusal(TARGET_FORBIDDEN,
+                              "the address is refused by the target policy") from None
 
         async def handle_bulk(request: web.Request) -> web.Response:
             if bulk is None:
@@ -315,9 +312,14 @@ def issue5_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) -
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise Refusal(BAD_REQUEST, "url must be http(s)://host/...")
-            max_bytes = min(int(body.get("max_bytes", 262_144)), limits.throughput_max_bytes)
-            max_seconds = min(float(body.get("max_seconds", 3.0)), limits.throughput_max_seconds)
-            if max_bytes <= 0 or max_seconds <= 0:
+            try:
+                max_bytes = min(int(body.get("max_bytes", 262_144)),
+                                limits.throughput_max_bytes)
+                max_seconds = min(float(body.get("max_seconds", 3.0)),
+                                  limits.throughput_max_seconds)
+            except (TypeError, ValueError):
+                raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be numbers") from None
+            if max_bytes <= 0 or not max_seconds > 0:
                 raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be positive")
             host = parts.hostname
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -378,7 +380,8 @@ def issue5_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) -
                     res["reply"] = base64.b64encode(reply).decode("ascii")
             else:
                 payload = _payload(check, "wireguard" if kind == "wireguard" else "openvpn")
-                guarded(ip, socket.SOCK_DGRAM).close()
+                if not state.policy.allows(ip):  # checked for all before; again, just before
+                    raise Refusal(TARGET_FORBIDDEN, "the address is refused by the target policy")
                 reply, hs_f = await udp_exchange(ip, port, payload, limits.udp_timeout)
                 res["handshake_failure"] = hs_f
                 if reply is not None:

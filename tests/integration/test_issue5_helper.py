@@ -251,3 +251,11 @@ async def test_vpn_app_ok_and_down(helper: Helper, tmp_path: Path,
     # nobody answers, from here or from the helper: down, not blocked
     assert outcome.verdict.status == Status.DOWN, outcome.test_keys
     assert all(e["control_ok"] is False for e in outcome.test_keys["endpoints"])
+
+
+async def test_throughput_route_refuses_bad_numbers(helper: Helper) -> None:
+    with pytest.raises(ControlFailed, match="bad_request"):
+        await helper.client.request_json("POST", "/api/v1/throughput",
+                                          {"url": "https://127.0.0.1/", "max_bytes": "lots"})
+    with pytest.raises(ControlFailed, match="bad_request"):
+        await helper.client.request_json("POST", "/api/v1/throughput", {"url": "ftp://x/"})

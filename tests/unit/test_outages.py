@@ -103,7 +103,7 @@ def test_no_alert_without_history() -> None:
 
 
 def test_probe_enrolled_later_is_not_missing_before() -> None:
-    ps = probes(4) + [Probe("late", "AS64500", "IR", enrolled_at=5000.0)]
+    ps = [*probes(4), Probe("late", "AS64500", "IR", enrolled_at=5000.0)]
     s = heartbeats(ps[:4], 0, 7200) + heartbeats([ps[4]], 5000.0, 7200)
     assert run(ps, s, 7200) == []
 

@@ -155,8 +155,8 @@ def test_few_samples_need_an_overwhelming_effect() -> None:
 
 
 def test_one_contradicting_round_clears() -> None:
-    tr = rounds(130e3, 10 * MBIT, 2) + [
-        transfer("benign_sni", 2, 10 * MBIT), transfer("target_sni", 2, 10 * MBIT)]
+    tr = [*rounds(130e3, 10 * MBIT, 2),
+          transfer("benign_sni", 2, 10 * MBIT), transfer("target_sni", 2, 10 * MBIT)]
     o = obs(tr)
     assert sni_test(o).decision == "not_throttled"
     assert decided(o)
@@ -253,3 +253,19 @@ def test_test_keys_round_trip() -> None:
     back = ThrottlingObservations.from_test_keys(o.input, o.to_test_keys())
     assert back == o
     assert analyze(back)[0] == analyze(o)[0]
+
+
+def test_target_selection_prefers_configured_names_and_prone_categories() -> None:
+    from agent.experiments import Target
+    from agent.experiments.throttling.targets import select_targets
+
+    listed = [
+        Target("https://twitter.com/home", "GRP"),
+        Target("https://twitter.com/other", "GRP"),  # same host: once
+        Target("https://bank.example/", "ECON"),  # not throttling-prone
+        Target("https://news.example/", "NEWS"),
+    ]
+    chosen = select_targets(listed, names=["Telegram.org."], limit=10)
+    assert [t.input for t in chosen] == [
+        "https://telegram.org/", "https://twitter.com/home", "https://news.example/"]
+    assert len(select_targets(listed, limit=1)) == 1

@@ -96,3 +96,4 @@ class Tor(_AppExperiment):
 @register
 class VPN(_AppExperiment):
     name: ClassVar[str] = "vpn"
+    default_enabled: ClassVar[bool] = False  # needs the operator's endpoints (vpn.toml)

@@ -31,6 +31,7 @@ def _serial_lock() -> asyncio.Lock:
 class Throttling:
     name: ClassVar[str] = "throttling"
     version: ClassVar[str] = "0.1.0"
+    default_enabled: ClassVar[bool] = False  # up to 2 MB per host: only when asked for
 
     async def run(self, target: Target, ctx: Any) -> Outcome:
         if not target.input:
