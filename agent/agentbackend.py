@@ -115,14 +115,28 @@ class RealBackend:
             return []
         out: list[tuple[str, Target]] = []
         for cls in exps:
+            if cls.name != kind and not getattr(cls, "default_enabled", True):
+                # an opt-in member of a family (vpn needs the operator's endpoint list):
+                # scheduled only when named on its own
+                continue
             if inputs is not None:
                 targets = list(inputs)
             elif cls.name == "web_connectivity":
                 targets = self._list_targets()
+            elif cls.name == "throttling":
+                targets = self._throttling_targets()
             else:
                 targets = default_targets(cls)
             out += [(cls.name, t) for t in targets]
         return out
+
+    def _throttling_targets(self) -> list[Target]:
+        """Hosts worth a bulk transfer: the operator's names, then throttling-prone categories."""
+        from agent.experiments.throttling.measure import ThrottlingSettings
+        from agent.experiments.throttling.targets import select_targets
+
+        names = ThrottlingSettings.from_section(self.config.section("throttling")).names
+        return select_targets(self._list_targets(), names)
 
     def _list_targets(self) -> list[Target]:
         if self.config.lists.files:
