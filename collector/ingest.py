@@ -1,6 +1,8 @@
 """MQTT ingest: receive, verify, store, and only then acknowledge.
 
-    broker --PUBLISH--> paho (manual ack) --> batch --> verify (worker thread)
+    broker --PUBLISH--> paho (manual ack) --> batch --> verify: envelope, key (event loop)
+                                                        -> Ed25519 (event loop or threads)
+                                                        -> payload, schema (event loop)
            <--PUBACK--- ack after commit  <-- store (store thread, one transaction per batch)
 
 Guarantees:
@@ -47,14 +49,31 @@ from paho.mqtt.properties import Properties
 from agent.errors import ConfigError, VigilError
 from collector.config import BrokerConfig, IngestConfig
 from collector.store.aio import AsyncStore
-from collector.store.base import IngestBatch, InsertResult, StoreError, StoreUnavailable
-from collector.verify import Accepted, KeyTable, Outcome, Rejected, StatusReceived, Verifier
+from collector.store.base import (
+    IngestBatch,
+    InsertResult,
+    QuarantineItem,
+    StoreError,
+    StoreUnavailable,
+)
+from collector.verify import (
+    Accepted,
+    KeyTable,
+    Outcome,
+    Prepared,
+    Reason,
+    Rejected,
+    Signed,
+    StatusReceived,
+    Verifier,
+)
 
 log = logging.getLogger("vigil.collector.ingest")
 
 MEASUREMENT_FILTER = "vigil/v1/probes/+/measurements"
 STATUS_FILTER = "vigil/v1/probes/+/status"
 UNKNOWN_RECHECK_S = 30.0
+GROUP_COMMIT_BATCHES = 4  # at most this many queued batches share one transaction
 
 
 class IngestError(VigilError):
@@ -120,7 +139,9 @@ class _Msg:
 class _Pending:
     generation: int
     messages: list[_Msg]
-    outcomes: asyncio.Future[list[Outcome]]
+    prepared: list[Prepared]
+    signatures: asyncio.Future[list[bytes | None]]  # crypto stage, maybe on another thread
+    received: float
 
 
 def _split(outcomes: list[Outcome]) -> IngestBatch:
@@ -149,8 +170,10 @@ class Ingest:
         self._paho: paho.Client | None = None  # the current connection's client
         self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
         self._pipeline: asyncio.Queue[_Pending | None] = asyncio.Queue(ingest.pipeline_depth)
-        self._verify_pool = ThreadPoolExecutor(
-            max_workers=ingest.verify_workers, thread_name_prefix="vigil-verify"
+        self._verify_pool = (
+            ThreadPoolExecutor(ingest.verify_workers, thread_name_prefix="vigil-verify")
+            if ingest.verify_workers > 0
+            else None
         )
         self._keys_loaded_at = 0.0
         self._unknown: dict[str, float] = {}  # probe id -> when a reload confirmed it unknown
@@ -170,7 +193,8 @@ class Ingest:
             for task in (refresher, reporter, writer):
                 task.cancel()
             await asyncio.gather(refresher, reporter, writer, return_exceptions=True)
-            self._verify_pool.shutdown(wait=True)
+            if self._verify_pool is not None:
+                self._verify_pool.shutdown(wait=True)
             log.info("ingest stopped: %s", self.stats.line())
 
     async def _finish(self, writer: asyncio.Task[None]) -> None:
@@ -289,7 +313,7 @@ class Ingest:
                     log.info("connected to %s:%d as %s (session resumed or new)",
                              self.broker.host, self.broker.port, self.broker.client_id)
                     self.connected.set()
-                    await self._consume(client, stop)
+                    await self._consume(client, stop, writer)
                     await self._finish(writer)  # stopping: ack what gets stored, then leave
                     self.connected.clear()
             except aiomqtt.MqttCodeError as exc:
@@ -321,7 +345,9 @@ class Ingest:
                 if value < 1:
                     raise IngestError(f"broker downgraded {topic_filter} to QoS 0")
 
-    async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _consume(
+        self, client: aiomqtt.Client, stop: asyncio.Event, writer: asyncio.Task[None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         messages = client.messages
         stopping = asyncio.ensure_future(stop.wait())
@@ -339,13 +365,30 @@ class Ingest:
                 self.stats.received += len(batch)
                 await self._keys_for(batch)
                 now = time.time()
-                work = [(m.topic, m.payload) for m in batch]
-                fut = loop.run_in_executor(self._verify_pool, self.verifier.check_batch, work, now)
-                await self._pipeline.put(_Pending(self._generation, batch, fut))
+                prepared = self.verifier.prepare_batch([(m.topic, m.payload) for m in batch], now)
+                signed = [p for p in prepared if isinstance(p, Signed)]
+                fut: asyncio.Future[list[bytes | None]]
+                if self._verify_pool is None:  # inline: see IngestConfig.verify_workers
+                    fut = loop.create_future()
+                    fut.set_result(self.verifier.crypto(signed))
+                else:  # only the Ed25519 calls leave the event loop (they release the GIL)
+                    fut = loop.run_in_executor(self._verify_pool, self.verifier.crypto, signed)
+                await self._submit(_Pending(self._generation, batch, prepared, fut, now), writer)
         finally:
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping
+
+    async def _submit(self, pending: _Pending, writer: asyncio.Task[None]) -> None:
+        """Queue a batch for the writer (waiting while the pipeline is full), unless the
+        writer died: then fail loudly instead of waiting forever."""
+        put = asyncio.ensure_future(self._pipeline.put(pending))
+        await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+        if writer.done():
+            exc = None if writer.cancelled() else writer.exception()
+            raise IngestError(f"the store writer stopped: {exc!r}") from exc
 
     @staticmethod
     def _msg(m: aiomqtt.Message) -> _Msg:
@@ -370,22 +413,60 @@ class Ingest:
 
     # ---- store --------------------------------------------------------------------------
     async def _writer(self) -> None:
-        while True:
-            pending = await self._pipeline.get()
-            if pending is None:
+        """Store batches in arrival order, then ack them.
+
+        Group commit: batches that queued up while the previous commit ran are written in one
+        transaction (one fsync), so a slow disk or a busy machine makes batches bigger rather
+        than the queue longer.
+        """
+        done = False
+        while not done:
+            first = await self._pipeline.get()
+            if first is None:
                 return
-            outcomes = await pending.outcomes
+            group = [first]
+            limit = self.cfg.batch_size * GROUP_COMMIT_BATCHES
+            total = len(first.messages)
+            while total < limit:
+                try:
+                    nxt = self._pipeline.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    done = True
+                    break
+                group.append(nxt)
+                total += len(nxt.messages)
+            outcomes: list[Outcome] = []
+            for pending in group:
+                signatures = await pending.signatures
+                outcomes += self.verifier.finish_batch(
+                    pending.prepared, signatures, pending.received
+                )
             if outcomes:
                 result = await self._store(_split(outcomes))
                 self._count(outcomes, result)
-            self._ack(pending)
+            for pending in group:
+                self._ack(pending)
 
     async def _store(self, batch: IngestBatch) -> InsertResult:
+        """Commit the batch, retrying with backoff while the database is unavailable.
+
+        An error that is not an outage (the database refused the data) is isolated row by
+        row, so one poisoned measurement is quarantined (``internal_error``) instead of
+        blocking everything behind it.
+        """
         delay = self.cfg.retry_initial_s
         store = self.store.store
         while True:
             try:
-                return await self.store.call(store.write_batch, batch)
+                try:
+                    return await self.store.call(store.write_batch, batch)
+                except StoreUnavailable:
+                    raise
+                except StoreError as exc:
+                    log.error("store refused a batch (%s); isolating the bad rows", exc)
+                    return await self._store_isolating(batch)
             except StoreError as exc:
                 kind = "unavailable" if isinstance(exc, StoreUnavailable) else "failed"
                 self.stats.store_retries += 1
@@ -395,6 +476,32 @@ class Ingest:
                             + len(batch.statuses), delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.cfg.retry_max_s)
+
+    async def _store_isolating(self, batch: IngestBatch) -> InsertResult:
+        store = self.store.store
+        await self.store.call(
+            store.write_batch, IngestBatch(statuses=batch.statuses, rejections=batch.rejections)
+        )
+        new = 0
+        dups: list[str] = []
+        conflicts: list[str] = []
+        for row in batch.measurements:
+            try:
+                r = await self.store.call(store.write_batch, IngestBatch(measurements=[row]))
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                self.stats.rejected[str(Reason.INTERNAL_ERROR)] += 1
+                await self.store.call(store.write_batch, IngestBatch(rejections=[
+                    QuarantineItem(str(Reason.INTERNAL_ERROR), f"store refused the row: {exc}",
+                                   f"vigil/v1/probes/{row.probe_id}/measurements",
+                                   row.payload, row.received_ts, row.probe_id)
+                ]))
+                continue
+            new += r.new
+            dups += r.duplicates
+            conflicts += r.conflicts
+        return InsertResult(new=new, duplicates=tuple(dups), conflicts=tuple(conflicts))
 
     def _count(self, outcomes: list[Outcome], result: InsertResult) -> None:
         s = self.stats

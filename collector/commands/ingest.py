@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from collector.config import CollectorConfig, load_config, override
-from collector.ingest import Ingest
+from collector.ingest import Ingest, tls_context
 from collector.store import describe_url
 from collector.store.aio import AsyncStore
 from collector.store.base import StoreUnavailable
@@ -88,7 +88,8 @@ async def run_ingest(cfg: CollectorConfig) -> None:
 @click.option("--client-id", default=None, help="unique per collector process")
 @click.option("--share-group", default=None, help="shared-subscription group (collectors)")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=None)
-@click.option("--verify-workers", type=click.IntRange(1, 64), default=None)
+@click.option("--verify-workers", type=click.IntRange(0, 64), default=None,
+              help="0: verify on the event loop (default); N: N threads")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def ingest(config_path: Path | None, store_url: str | None, broker_host: str | None,
@@ -108,6 +109,7 @@ def ingest(config_path: Path | None, store_url: str | None, broker_host: str | N
     cfg = override(cfg, "ingest", batch_size=batch_size, verify_workers=verify_workers)
     cfg.validate()
     cfg.broker.resolved_password()  # a missing password file is a config error, up front
+    tls_context(cfg.broker)  # so are unreadable TLS files
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

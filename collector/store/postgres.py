@@ -117,15 +117,26 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-_INSERT_MEASUREMENTS = """
+# A batch is COPYed (binary) into a per-connection temporary table, then moved with one
+# INSERT ... ON CONFLICT DO NOTHING RETURNING: psycopg's C copy path adapts the rows, where
+# executemany or unnest arrays spent most of the store thread's time (and the GIL) in Python.
+_INCOMING = """
+CREATE TEMPORARY TABLE IF NOT EXISTS vigil_incoming (
+    m text, p text, t text, i text, d text, c text, cc text, asn text, nn text, st text,
+    bl text, rs text, cf boolean, s float8, r float8, pt text, pl bytea, sg bytea
+) ON COMMIT DELETE ROWS
+"""
+_INCOMING_TYPES = (
+    ["text"] * 12 + ["bool", "float8", "float8", "text", "bytea", "bytea"]
+)
+_COPY_INCOMING = "COPY vigil_incoming FROM STDIN (FORMAT BINARY)"
+_MOVE_INCOMING = """
 INSERT INTO measurements (measurement_id, probe_id, test_name, input, domain, category_code,
     probe_cc, probe_asn, probe_network_name, status, blocking, reason, confirmed, start_time,
     received_at, payload_type, payload, signature)
-SELECT m, p, t, i, d, c, cc, asn, nn, st, bl, rs, cf, to_timestamp(s), to_timestamp(r), pt, pl, sg
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
-            %s::float8[], %s::float8[], %s::text[], %s::bytea[], %s::bytea[])
-     AS u(m, p, t, i, d, c, cc, asn, nn, st, bl, rs, cf, s, r, pt, pl, sg)
+SELECT m::uuid, p, t, i, d, c, cc, asn, nn, st, bl, rs, cf, to_timestamp(s), to_timestamp(r),
+       pt, pl, sg
+FROM vigil_incoming
 ON CONFLICT (measurement_id) DO NOTHING
 RETURNING measurement_id
 """
@@ -261,34 +272,33 @@ class PostgresStore(SqlStore):
     def _insert_measurements(self, cur: Any, rows: Sequence[MeasurementRow]) -> InsertResult:
         if not rows:
             return InsertResult(new=0)
-        cols: list[list[Any]] = [[] for _ in range(18)]
-        for r in rows:
-            for col, value in zip(
-                cols,
-                (
-                    r.measurement_id,
-                    r.probe_id,
-                    r.test_name,
-                    r.input,
-                    r.domain,
-                    r.category_code,
-                    r.probe_cc,
-                    r.probe_asn,
-                    r.probe_network_name,
-                    r.status,
-                    r.blocking,
-                    r.reason,
-                    r.confirmed,
-                    r.start_ts,
-                    r.received_ts,
-                    r.payload_type,
-                    r.payload,
-                    r.signature,
-                ),
-                strict=True,
-            ):
-                col.append(value)
-        cur.execute(_INSERT_MEASUREMENTS, cols)
+        cur.execute(_INCOMING)
+        with cur.copy(_COPY_INCOMING) as copy:
+            copy.set_types(_INCOMING_TYPES)
+            for r in rows:
+                copy.write_row(
+                    (
+                        r.measurement_id,
+                        r.probe_id,
+                        r.test_name,
+                        r.input,
+                        r.domain,
+                        r.category_code,
+                        r.probe_cc,
+                        r.probe_asn,
+                        r.probe_network_name,
+                        r.status,
+                        r.blocking,
+                        r.reason,
+                        r.confirmed,
+                        r.start_ts,
+                        r.received_ts,
+                        r.payload_type,
+                        r.payload,
+                        r.signature,
+                    )
+                )
+        cur.execute(_MOVE_INCOMING)
         inserted = {str(row[0]) for row in cur.fetchall()}
         dups = [r for r in rows if r.measurement_id not in inserted]
         conflicts: list[str] = []
@@ -367,6 +377,9 @@ class _Cursor:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._cur.execute(sql.replace("?", "%s").encode(), tuple(params))
+
+    def copy(self, statement: str) -> Any:
+        return self._cur.copy(statement.encode())
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._cur.executemany(sql.replace("?", "%s").encode(), params)

@@ -176,3 +176,6 @@ def test_ingest_rejects_bad_flags_before_connecting(
     assert code == 2 and "password_file" in err
     code, _, err = run(capsys, "ingest", "--config", str(tmp_path / "nope.toml"))
     assert code == 2 and "not found" in err
+    code, _, err = run(capsys, "ingest", "--store", f"sqlite://{tmp_path}/x.db",
+                       "--password", "pw", "--ca-file", str(tmp_path / "no-ca.pem"))
+    assert code == 2 and "TLS" in err
