@@ -34,7 +34,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 run: deps venv
-	$(BIN)/python -m scripts.run_demo
+	$(BIN)/python -m scripts.run_demo $(RUN_ARGS)
 
 lab: venv
 	$(BIN)/python -m tests.lab up

@@ -56,7 +56,7 @@ def test_make_run_stores_every_measurement(tmp_path: Path) -> None:
     assert len(results) == produced
     from collector.store import Dimension, open_store
 
-    store = open_store(f"sqlite:///{run_dir / 'collector.db'}")
+    store = open_store(f"sqlite://{run_dir / 'collector.db'}")
     try:
         assert store.measurement_count() == produced
         by_status = dict(store.count_by(Dimension.VERDICT))
