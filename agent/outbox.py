@@ -554,19 +554,14 @@ class Outbox:
 
     def unrouted(self, seqs: Iterable[int], delay: float) -> None:
         """PUBACK 0x10 (no matching subscribers): the broker would drop them.  Keep, retry later."""
-        seqs = list(seqs)
-        if not seqs:
-            return
-        with self._tx() as db:
-            db.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, not_before = ? "
-                "WHERE seq = ?",
-                [("16: no matching subscribers", self._clock() + delay, s) for s in seqs],
-            )
-            self._bump(db, {"unrouted": len(seqs)})
+        self._retry_later(seqs, "16: no matching subscribers", delay, "unrouted")
 
     def failed(self, seqs: Iterable[int], why: str, delay: float = 0.0) -> None:
         """Publishing ended without an ack (connection lost, timeout): keep; count."""
+        self._retry_later(seqs, why[:200], delay, "publish_errors")
+
+    def _retry_later(self, seqs: Iterable[int], error: str, delay: float, counter: str) -> None:
+        """Keep the records, note the attempt and ``error``, hold them back ``delay`` seconds."""
         seqs = list(seqs)
         if not seqs:
             return
@@ -574,9 +569,9 @@ class Outbox:
             db.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, not_before = ? "
                 "WHERE seq = ?",
-                [(why[:200], self._clock() + delay, s) for s in seqs],
+                [(error, self._clock() + delay, s) for s in seqs],
             )
-            self._bump(db, {"publish_errors": len(seqs)})
+            self._bump(db, {counter: len(seqs)})
 
     # ---- looking -----------------------------------------------------------------------------
     def stats(self) -> OutboxStats:

@@ -48,6 +48,7 @@ from collector.apiparams import (
     query_string,
 )
 from collector.app import METRICS, RUNTIME, SETTINGS, STORE, events_store
+from collector.jsonview import quarantine_json, summary_json
 from collector.metrics import StoreSnapshot, store_snapshot
 from collector.store.base import (
     Dimension,
@@ -196,24 +197,6 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 
 # ---- representations -------------------------------------------------------------------------
-def summary_json(m: MeasurementSummary) -> dict[str, Any]:
-    return {
-        "measurement_id": m.measurement_id,
-        "probe_id": m.probe_id,
-        "test_name": m.test_name,
-        "input": m.input,
-        "domain": m.domain,
-        "probe_cc": m.probe_cc,
-        "probe_asn": m.probe_asn,
-        "status": m.status,
-        "blocking": m.blocking,
-        "reason": m.reason,
-        "confirmed": m.confirmed,
-        "measurement_start_time": iso(m.start_time),
-        "received_at": iso(m.received_at),
-    }
-
-
 def envelope_json(m: StoredMeasurement) -> dict[str, Any]:
     """The DSSE envelope as the probe signed it: same payload bytes, same signature."""
     return {
@@ -246,21 +229,6 @@ def probe_json(p: ProbeRecord, a: ProbeActivity | None) -> dict[str, Any]:
         "measurements": a.measurements if a else 0,
         "probe_cc": a.probe_cc if a else None,
         "probe_asn": a.probe_asn if a else None,
-    }
-
-
-def quarantine_json(q: QuarantinedRow) -> dict[str, Any]:
-    """Metadata only: the raw bytes are attacker-controlled; operators read them with
-    ``vigil-collector query --quarantine``."""
-    return {
-        "id": q.id,
-        "reason": q.reason,
-        "detail": q.detail,
-        "topic": q.topic,
-        "probe_id": q.probe_id,
-        "size": q.size,
-        "sha256": q.sha256,
-        "received_at": iso(q.received_at),
     }
 
 

@@ -20,7 +20,7 @@ failing the scrape.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -97,24 +97,21 @@ class _VigilCollector(Collector):
         self.sources = sources
 
     def collect(self) -> Iterable[Metric]:
-        info = GaugeMetricFamily("vigil_collector_info", "Collector version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
+        yield _by_label(GaugeMetricFamily, "vigil_collector_info", "Collector version",
+                        "version", {__version__: 1})
         yield from self._ingest()
         yield from self._store()
         yield from self._outages()
 
     def _ingest(self) -> Iterable[Metric]:
         live = self.sources.ingest()
-        enabled = GaugeMetricFamily("vigil_ingest_enabled", "1 if this process runs the ingest")
-        enabled.add_metric([], 1 if live is not None else 0)
-        yield enabled
+        yield _one(GaugeMetricFamily, "vigil_ingest_enabled",
+                   "1 if this process runs the ingest", 1 if live is not None else 0)
         if live is None:
             return
         stats, connected = live
-        up = GaugeMetricFamily("vigil_ingest_connected", "1 while subscribed to the broker")
-        up.add_metric([], 1 if connected else 0)
-        yield up
+        yield _one(GaugeMetricFamily, "vigil_ingest_connected",
+                   "1 while subscribed to the broker", 1 if connected else 0)
         for name, value, doc in (
             ("received", stats.received, "MQTT messages received by this process"),
             ("stored", stats.stored, "new measurements stored by this process"),
@@ -124,70 +121,61 @@ class _VigilCollector(Collector):
             ("store_retries", stats.store_retries, "store writes retried (database down)"),
             ("connections", stats.connections, "broker connections made"),
         ):
-            c = CounterMetricFamily(f"vigil_ingest_{name}", doc)
-            c.add_metric([], value)
-            yield c
-        rejected = CounterMetricFamily(
-            "vigil_ingest_rejected", "messages rejected by this process, by reason",
-            labels=["reason"],
-        )
-        for reason, n in sorted(stats.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
+            yield _one(CounterMetricFamily, f"vigil_ingest_{name}", doc, value)
+        yield _by_label(CounterMetricFamily, "vigil_ingest_rejected",
+                        "messages rejected by this process, by reason", "reason",
+                        stats.rejected)
 
     def _store(self) -> Iterable[Metric]:
         snap = self.sources.snapshot
-        up = GaugeMetricFamily("vigil_store_up", "1 if the store answered this scrape")
-        up.add_metric([], 1 if snap.ok else 0)
-        yield up
+        yield _one(GaugeMetricFamily, "vigil_store_up", "1 if the store answered this scrape",
+                   1 if snap.ok else 0)
         if not snap.ok:
             return
-        stored = GaugeMetricFamily("vigil_measurements_stored", "measurements in the store")
-        stored.add_metric([], snap.measurements)
-        yield stored
-        probes = GaugeMetricFamily(
-            "vigil_probes", "enrolled probes by last reported status", labels=["status"]
-        )
-        for state, n in sorted(snap.probes.items()):
-            probes.add_metric([state], n)
-        yield probes
-        revoked = GaugeMetricFamily("vigil_probes_revoked", "revoked probe keys")
-        revoked.add_metric([], snap.revoked)
-        yield revoked
-        rejections = CounterMetricFamily(
-            "vigil_rejections", "messages rejected by all collectors (persisted), by reason",
-            labels=["reason"],
-        )
-        for reason, n in sorted(snap.rejections.items()):
-            rejections.add_metric([reason], n)
-        yield rejections
+        yield _one(GaugeMetricFamily, "vigil_measurements_stored", "measurements in the store",
+                   snap.measurements)
+        yield _by_label(GaugeMetricFamily, "vigil_probes",
+                        "enrolled probes by last reported status", "status", snap.probes)
+        yield _one(GaugeMetricFamily, "vigil_probes_revoked", "revoked probe keys", snap.revoked)
+        yield _by_label(CounterMetricFamily, "vigil_rejections",
+                        "messages rejected by all collectors (persisted), by reason", "reason",
+                        snap.rejections)
 
     def _outages(self) -> Iterable[Metric]:
         o = self.sources.outages()
-        enabled = GaugeMetricFamily(
-            "vigil_outage_detector_enabled", "1 if this process runs the outage detector"
-        )
-        enabled.add_metric([], 1 if o.enabled else 0)
-        yield enabled
+        yield _one(GaugeMetricFamily, "vigil_outage_detector_enabled",
+                   "1 if this process runs the outage detector", 1 if o.enabled else 0)
         if not o.enabled:
             return
         for name, value, doc in (
             ("passes", o.passes, "outage detection passes run"),
             ("failures", o.failures, "outage detection passes that failed"),
         ):
-            c = CounterMetricFamily(f"vigil_outage_detector_{name}", doc)
-            c.add_metric([], value)
-            yield c
-        ongoing = GaugeMetricFamily("vigil_outages_ongoing", "outage events still open")
-        ongoing.add_metric([], o.ongoing)
-        yield ongoing
+            yield _one(CounterMetricFamily, f"vigil_outage_detector_{name}", doc, value)
+        yield _one(GaugeMetricFamily, "vigil_outages_ongoing", "outage events still open",
+                   o.ongoing)
         if o.last_success is not None:
-            last = GaugeMetricFamily(
-                "vigil_outage_detector_last_success_timestamp_seconds",
-                "when the last detection pass succeeded",
-            )
-            last.add_metric([], o.last_success)
-            yield last
+            yield _one(GaugeMetricFamily, "vigil_outage_detector_last_success_timestamp_seconds",
+                       "when the last detection pass succeeded", o.last_success)
+
+
+_Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+
+def _one(family: _Family, name: str, doc: str, value: float) -> Metric:
+    """A metric with a single unlabelled sample."""
+    metric = family(name, doc)
+    metric.add_metric([], value)
+    return metric
+
+
+def _by_label(family: _Family, name: str, doc: str, label: str,
+              counts: Mapping[str, float]) -> Metric:
+    """One sample per key of ``counts`` (sorted, so scrapes list them in a stable order)."""
+    metric = family(name, doc, labels=[label])
+    for key, value in sorted(counts.items()):
+        metric.add_metric([key], value)
+    return metric
 
 
 class Metrics:

@@ -36,7 +36,6 @@ import logging
 import signal
 import ssl
 import sys
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from ipaddress import ip_address
@@ -47,6 +46,7 @@ import click
 from aiohttp import web
 
 from agent.errors import ConfigError
+from collector.config import load_toml
 from collector.helper import (
     HELPER_STATE,
     OPERATOR_CONFIG,
@@ -176,19 +176,7 @@ def _parse_limits(table: Any) -> Limits:
 
 
 def load_config_file(path: Path) -> tuple[HelperConfig, ServeOptions]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    try:
-        return parse_config_data(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_toml(path, parse_config_data)
 
 
 def server_ssl_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:

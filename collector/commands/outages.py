@@ -18,14 +18,17 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from agent.errors import UsageError
-from collector.config import STORE_ENV, store_url_from
+from collector.commands.storeargs import config_option, open_command_store, store_option
 from collector.outages import DetectorConfig, OutageEvent
-from collector.store import open_store
+from collector.store import Store
+
+if TYPE_CHECKING:
+    from collector.outagewatch import Watcher
 
 
 def _fmt(ts: float | None) -> str:
@@ -54,12 +57,15 @@ def _detector(heartbeat: float, window: float, alert: float, min_probes: float
                           alert_fraction=alert, min_expected_probes=min_probes)
 
 
-_COMMON = [
-    click.option("--store", "store_url", envvar=STORE_ENV, default=None, metavar="URL",
-                 help="sqlite:///path/to/collector.db or postgresql://user@host/db"),
-    click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-                 default=None, help="collector.toml (its [store] url)"),
-]
+def _watcher(store: Store, heartbeat: float, window: float, alert: float, min_probes: float,
+             webhooks: tuple[str, ...]) -> Watcher:
+    """The detector both ``check`` and ``watch`` run (imported late: the CLI starts fast)."""
+    from collector.outagewatch import WatchConfig, Watcher
+
+    return Watcher(store, WatchConfig(_detector(heartbeat, window, alert, min_probes), webhooks))
+
+
+_COMMON = [store_option, config_option]
 _DETECT = [
     click.option("--heartbeat", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
                  help="the agents' status (heartbeat) interval, seconds"),
@@ -97,15 +103,10 @@ def check(store_url: str | None, config_path: Path | None, heartbeat: float, win
           alert_fraction: float, min_probes: float, webhooks: tuple[str, ...],
           as_json: bool) -> None:
     """One detection pass now: save events, notify new ones, print them."""
-    from collector.outagewatch import WatchConfig, Watcher
-
     _check_urls(webhooks)
-    url, cfg = store_url_from(store_url, config_path)
-    store = open_store(url, busy_timeout_ms=cfg.busy_timeout_ms,
-                       connect_timeout=cfg.connect_timeout_s)
+    store = open_command_store(store_url, config_path)
     try:
-        watcher = Watcher(store, WatchConfig(
-            _detector(heartbeat, window, alert_fraction, min_probes), webhooks))
+        watcher = _watcher(store, heartbeat, window, alert_fraction, min_probes, webhooks)
 
         async def once() -> list[OutageEvent]:
             import aiohttp
@@ -127,15 +128,10 @@ def watch(store_url: str | None, config_path: Path | None, heartbeat: float, win
           alert_fraction: float, min_probes: float, webhooks: tuple[str, ...],
           passes: int) -> None:
     """Detect continuously (every quarter heartbeat) until SIGTERM."""
-    from collector.outagewatch import WatchConfig, Watcher
-
     _check_urls(webhooks)
-    url, cfg = store_url_from(store_url, config_path)
-    store = open_store(url, busy_timeout_ms=cfg.busy_timeout_ms,
-                       connect_timeout=cfg.connect_timeout_s)
+    store = open_command_store(store_url, config_path)
     try:
-        watcher = Watcher(store, WatchConfig(
-            _detector(heartbeat, window, alert_fraction, min_probes), webhooks))
+        watcher = _watcher(store, heartbeat, window, alert_fraction, min_probes, webhooks)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -166,9 +162,7 @@ def list_(store_url: str | None, config_path: Path | None, since: str | None,
             since_ts = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise UsageError(f"--since {since!r} is not an ISO 8601 time") from None
-    url, cfg = store_url_from(store_url, config_path)
-    store = open_store(url, busy_timeout_ms=cfg.busy_timeout_ms,
-                       connect_timeout=cfg.connect_timeout_s)
+    store = open_command_store(store_url, config_path)
     try:
         events = OutageEventStore(store).list(since=since_ts, group=group, ongoing=ongoing)
     finally:

@@ -23,23 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.errors import UsageError
 from agent.wire import probe_id_for
-from collector.config import STORE_ENV, store_url_from
-from collector.store import ProbeRecord, Store, open_store
-
-_store_option = click.option(
-    "--store", "store_url", envvar=STORE_ENV, default=None, metavar="URL",
-    help="sqlite:///path/to/collector.db or postgresql://user@host/db",
-)
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    help="collector.toml (its [store] url)",
-)
-
-
-def _open(store_url: str | None, config_path: Path | None) -> Store:
-    url, cfg = store_url_from(store_url, config_path)
-    return open_store(url, busy_timeout_ms=cfg.busy_timeout_ms,
-                      connect_timeout=cfg.connect_timeout_s)
+from collector.commands.storeargs import config_option, open_command_store, store_option
+from collector.store import ProbeRecord
 
 
 def parse_public_key(text: str) -> bytes:
@@ -77,8 +62,8 @@ def probes() -> None:
 @click.argument("probe_id")
 @click.argument("public_key")
 @click.option("--note", default="", help="free text: where, who, which hardware")
-@_store_option
-@_config_option
+@store_option
+@config_option
 def add(probe_id: str, public_key: str, note: str, store_url: str | None,
         config_path: Path | None) -> None:
     """Enrol PROBE_ID with its base64 Ed25519 PUBLIC_KEY (as printed by `vigil-agent init`)."""
@@ -88,7 +73,7 @@ def add(probe_id: str, public_key: str, note: str, store_url: str | None,
         raise UsageError(
             f"probe id {probe_id!r} does not match the key (the key's probe id is {derived})"
         )
-    store = _open(store_url, config_path)
+    store = open_command_store(store_url, config_path)
     try:
         record = store.add_probe(probe_id, raw, note)
     finally:
@@ -98,11 +83,11 @@ def add(probe_id: str, public_key: str, note: str, store_url: str | None,
 
 @probes.command("list")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@_store_option
-@_config_option
+@store_option
+@config_option
 def list_(as_json: bool, store_url: str | None, config_path: Path | None) -> None:
     """List enrolled probes (revoked ones included, marked)."""
-    store = _open(store_url, config_path)
+    store = open_command_store(store_url, config_path)
     try:
         records = store.list_probes()
     finally:
@@ -123,11 +108,11 @@ def list_(as_json: bool, store_url: str | None, config_path: Path | None) -> Non
 
 @probes.command("revoke")
 @click.argument("probe_id")
-@_store_option
-@_config_option
+@store_option
+@config_option
 def revoke(probe_id: str, store_url: str | None, config_path: Path | None) -> None:
     """Revoke PROBE_ID's key: its messages are rejected (and quarantined) from now on."""
-    store = _open(store_url, config_path)
+    store = open_command_store(store_url, config_path)
     try:
         record = store.revoke_probe(probe_id)
     finally:

@@ -12,7 +12,6 @@ listing the latest quarantined messages.  Filters (--cc, --asn, --domain, --stat
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import Any
 import click
 
 from agent.errors import UsageError
-from collector.config import STORE_ENV, store_url_from
-from collector.store import describe_url, open_store
-from collector.store.base import Dimension, Filter, MeasurementSummary, QuarantinedRow, Store
+from collector.commands.storeargs import config_option, open_command_store, store_option
+from collector.jsonview import quarantine_json, summary_json
+from collector.store import describe_url
+from collector.store.base import Dimension, Filter, Store
 
 COUNTED = (Dimension.VERDICT, Dimension.COUNTRY, Dimension.NETWORK, Dimension.DOMAIN)
 
@@ -39,39 +39,6 @@ def parse_time(text: str | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _summary_json(m: MeasurementSummary) -> dict[str, Any]:
-    return {
-        "measurement_id": m.measurement_id,
-        "probe_id": m.probe_id,
-        "test_name": m.test_name,
-        "input": m.input,
-        "domain": m.domain,
-        "probe_cc": m.probe_cc,
-        "probe_asn": m.probe_asn,
-        "status": m.status,
-        "blocking": m.blocking,
-        "reason": m.reason,
-        "confirmed": m.confirmed,
-        "measurement_start_time": m.start_time.isoformat(),
-        "received_at": m.received_at.isoformat(),
-    }
-
-
-def _quarantine_json(q: QuarantinedRow) -> dict[str, Any]:
-    return {
-        "id": q.id,
-        "reason": q.reason,
-        "detail": q.detail,
-        "topic": q.topic,
-        "probe_id": q.probe_id,
-        "size": q.size,
-        "sha256": q.sha256,
-        "raw_b64": base64.b64encode(q.raw).decode("ascii"),
-        "truncated": len(q.raw) < q.size,
-        "received_at": q.received_at.isoformat(),
-    }
-
-
 def gather(store: Store, where: Filter, limit: int, top: int, quarantine: int) -> dict[str, Any]:
     overview = store.overview()
     return {
@@ -82,10 +49,13 @@ def gather(store: Store, where: Filter, limit: int, top: int, quarantine: int) -
             "probes": overview.probes,
             "quarantined": overview.quarantined,
         },
-        "recent": [_summary_json(m) for m in store.recent(limit, where)],
+        "recent": [summary_json(m, time=datetime.isoformat) for m in store.recent(limit, where)],
         "counts": {str(d): dict(store.count_by(d, where, top)) for d in COUNTED},
         "rejections": dict(sorted(overview.rejections.items())),
-        "quarantine": [_quarantine_json(q) for q in store.quarantined(quarantine)]
+        "quarantine": [
+            quarantine_json(q, time=datetime.isoformat, raw=True)
+            for q in store.quarantined(quarantine)
+        ]
         if quarantine
         else [],
     }
@@ -138,10 +108,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.option("--store", "store_url", envvar=STORE_ENV, default=None, metavar="URL",
-              help="sqlite:///path/to/collector.db or postgresql://user@host/db")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, help="collector.toml (its [store] url)")
+@store_option
+@config_option
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(0, 10_000),
               help="recent measurements to list")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(1, 10_000),
@@ -171,9 +139,7 @@ def query(store_url: str | None, config_path: Path | None, limit: int, top: int,
         status=status,
         probe_id=probe,
     )
-    url, cfg = store_url_from(store_url, config_path)
-    store = open_store(url, busy_timeout_ms=cfg.busy_timeout_ms,
-                       connect_timeout=cfg.connect_timeout_s)
+    store = open_command_store(store_url, config_path)
     try:
         report = gather(store, where, limit, top, quarantine)
     finally:

@@ -104,6 +104,34 @@ class MeasurementRow:
     payload: bytes
     signature: bytes
 
+    def column_values(self, *, confirmed_as_int: bool = False) -> tuple[object, ...]:
+        """The row's values in the ``measurements`` column order both stores write.
+
+        One place keeps the order, so the SQLite insert and the PostgreSQL COPY cannot
+        drift apart. ``confirmed_as_int`` stores the flag as 0/1 for SQLite, which has no
+        boolean type; PostgreSQL's binary COPY wants a real bool.
+        """
+        return (
+            self.measurement_id,
+            self.probe_id,
+            self.test_name,
+            self.input,
+            self.domain,
+            self.category_code,
+            self.probe_cc,
+            self.probe_asn,
+            self.probe_network_name,
+            self.status,
+            self.blocking,
+            self.reason,
+            (1 if self.confirmed else 0) if confirmed_as_int else self.confirmed,
+            self.start_ts,
+            self.received_ts,
+            self.payload_type,
+            self.payload,
+            self.signature,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:

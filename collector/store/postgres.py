@@ -276,28 +276,7 @@ class PostgresStore(SqlStore):
         with cur.copy(_COPY_INCOMING) as copy:
             copy.set_types(_INCOMING_TYPES)
             for r in rows:
-                copy.write_row(
-                    (
-                        r.measurement_id,
-                        r.probe_id,
-                        r.test_name,
-                        r.input,
-                        r.domain,
-                        r.category_code,
-                        r.probe_cc,
-                        r.probe_asn,
-                        r.probe_network_name,
-                        r.status,
-                        r.blocking,
-                        r.reason,
-                        r.confirmed,
-                        r.start_ts,
-                        r.received_ts,
-                        r.payload_type,
-                        r.payload,
-                        r.signature,
-                    )
-                )
+                copy.write_row(r.column_values())
         cur.execute(_MOVE_INCOMING)
         inserted = {str(row[0]) for row in cur.fetchall()}
         dups = [r for r in rows if r.measurement_id not in inserted]

@@ -276,29 +276,7 @@ class SqliteStore(SqlStore):
         if fresh:
             cur.executemany(
                 _INSERT_MEASUREMENT,
-                [
-                    (
-                        r.measurement_id,
-                        r.probe_id,
-                        r.test_name,
-                        r.input,
-                        r.domain,
-                        r.category_code,
-                        r.probe_cc,
-                        r.probe_asn,
-                        r.probe_network_name,
-                        r.status,
-                        r.blocking,
-                        r.reason,
-                        1 if r.confirmed else 0,
-                        r.start_ts,
-                        r.received_ts,
-                        r.payload_type,
-                        r.payload,
-                        r.signature,
-                    )
-                    for r in fresh
-                ],
+                [r.column_values(confirmed_as_int=True) for r in fresh],
             )
         dups = tuple(r.measurement_id for r in rows if r.measurement_id in stored)
         conflicts = tuple(

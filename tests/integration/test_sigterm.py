@@ -245,22 +245,38 @@ async def terminate(proc: subprocess.Popen[bytes], setup: Setup) -> float:
     return time.monotonic() - t0
 
 
+@contextlib.asynccontextmanager
+async def collecting(setup: Setup, got: Collector) -> AsyncIterator[None]:
+    """A collector subscribed (and ready) for the probe's records while the block runs."""
+    ready = asyncio.Event()
+    sub = asyncio.create_task(collect(setup.broker, setup.ident, got, ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        yield
+    finally:
+        sub.cancel()
+        await asyncio.gather(sub, return_exceptions=True)
+
+
+async def start_until(setup: Setup, cond: object, what: str) -> subprocess.Popen[bytes]:
+    """Start the agent and wait (60 s at most) for ``cond``; kill it if that fails."""
+    proc = setup.start()
+    try:
+        await wait_for(cond, 60, what, setup)
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+    return proc
+
+
 # ---- the tests ---------------------------------------------------------------------------------
 async def test_sigterm_mid_campaign_loses_nothing(tmp_path: Path, broker_factory: object) -> None:
     got = Collector()
     async with slow_server(delay=0.3) as port:
         setup = await make_setup(tmp_path, broker_factory, 40, "d", port, grace=5.0)
-        ready = asyncio.Event()
-        sub = asyncio.create_task(collect(setup.broker, setup.ident, got, ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 15)
-            proc = setup.start()
-            try:
-                await wait_for(lambda: len(got.nonces) >= 3, 60, "3 measurements", setup)
-            except BaseException:
-                proc.kill()
-                proc.wait(5)
-                raise
+        async with collecting(setup, got):
+            proc = await start_until(setup, lambda: len(got.nonces) >= 3, "3 measurements")
             took = await terminate(proc, setup)
             started, done = journal(setup.journal)
             boxed = outbox_nonces(tmp_path / "state", setup.ident)
@@ -292,9 +308,6 @@ async def test_sigterm_mid_campaign_loses_nothing(tmp_path: Path, broker_factory
             assert started2 == done2
             await asyncio.sleep(0.5)
             assert done2 == set(got.nonces) | set(outbox_nonces(tmp_path / "state", setup.ident))
-        finally:
-            sub.cancel()
-            await asyncio.gather(sub, return_exceptions=True)
 
 
 async def test_sigterm_abandons_a_stuck_measurement_without_a_record(
@@ -303,17 +316,8 @@ async def test_sigterm_abandons_a_stuck_measurement_without_a_record(
     got = Collector()
     async with slow_server(delay=30.0) as port:
         setup = await make_setup(tmp_path, broker_factory, 5, "stuck", port, grace=1.0)
-        ready = asyncio.Event()
-        sub = asyncio.create_task(collect(setup.broker, setup.ident, got, ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 15)
-            proc = setup.start()
-            try:
-                await wait_for(lambda: journal(setup.journal)[0], 60, "a measurement", setup)
-            except BaseException:
-                proc.kill()
-                proc.wait(5)
-                raise
+        async with collecting(setup, got):
+            proc = await start_until(setup, lambda: journal(setup.journal)[0], "a measurement")
             took = await terminate(proc, setup)
             started, done = journal(setup.journal)
             assert len(started) == 1 and not done
@@ -321,6 +325,3 @@ async def test_sigterm_abandons_a_stuck_measurement_without_a_record(
             assert outbox_nonces(tmp_path / "state", setup.ident) == {}
             assert got.nonces == {}
             assert "abandoning in-flight measurement" in setup.log()
-        finally:
-            sub.cancel()
-            await asyncio.gather(sub, return_exceptions=True)

@@ -27,11 +27,6 @@ HEADER = "url,category_code,category_description,date_added,source,notes\n"
 PUBLIC_IP = "203.0.113.9"
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 class Lab:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp

@@ -32,11 +32,6 @@ from agent.net.tls import make_contexts
 PAGE = b"<html><head><title> Hello &amp; welcome </title></head><body>" + b"x" * 2000 + b"</body>"
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def verify_ctx(ca: trustme.CA, tmp_path: Path) -> ssl.SSLContext:
     path = tmp_path / "ca.pem"

@@ -27,18 +27,6 @@ from agent.net.tls import (
 from tests.net_support import RawTLSPeer, closed_port
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 @pytest.fixture
 def contexts(ca_file: Path) -> TLSContexts:
     return make_contexts(ca_file)

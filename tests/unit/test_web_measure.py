@@ -61,18 +61,6 @@ def control_json(addrs: list[str], port: int, *, status: int = 200) -> dict[str,
     }
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 @pytest.fixture
 async def https_site(ca: trustme.CA) -> AsyncIterator[int]:
     async def index(request: web.Request) -> web.Response:

@@ -214,7 +214,12 @@ def _query_json(q: DNSQuery) -> dict[str, Any]:
         "answers": [] if first is None else [asdict(a) for a in first.answers],
         "rcode": None if first is None else first.rcode,
         "replies": [
-            {"t": r.t, "rcode": r.rcode, "source": r.source, "answers": [asdict(a) for a in r.answers]}
+            {
+                "t": r.t,
+                "rcode": r.rcode,
+                "source": r.source,
+                "answers": [asdict(a) for a in r.answers],
+            }
             for r in q.replies
         ],
         "t0": q.t0,
@@ -280,7 +285,10 @@ def _request_from(d: dict[str, Any]) -> HTTPRequest:
 
 
 def control_from_json(d: dict[str, Any]) -> ControlResponse:
-    """Parse the control helper's JSON answer (raises KeyError/TypeError/ValueError if malformed)."""
+    """Parse the control helper's JSON answer.
+
+    Raises KeyError, TypeError or ValueError if it is malformed.
+    """
     return _control_from(d)
 
 
