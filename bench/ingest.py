@@ -226,10 +226,24 @@ def stored(url: str) -> int:
         store.close()
 
 
+def descendants(pids: list[int]) -> list[int]:
+    """``pids`` and all their live child processes (a collector's verification workers)."""
+    out: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of ``pids`` and their live children (a forkserver and its workers count)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
+    for pid in descendants(pids):
         with contextlib.suppress(OSError):
             fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields_[11]) + int(fields_[12])) / tick
@@ -404,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--verify-workers", type=int, default=None)
+    ap.add_argument("--verify-processes", type=int, default=None,
+                    help="verification processes per collector (-1: the config default, auto)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--profile", type=Path, default=None,
                     help="directory for py-spy stacks of the throughput runs (pip install py-spy)")
@@ -414,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["batch_size"] = args.batch_size
     if args.verify_workers is not None:
         extra["verify_workers"] = args.verify_workers
+    if args.verify_processes is not None:
+        extra["verify_processes"] = args.verify_processes
     stores = [s for s in args.stores.split(",") if s]
     if "postgres" in stores and (reason := pg_unavailable()):
         print(f"skipping PostgreSQL: {reason}")

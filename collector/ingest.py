@@ -1,7 +1,7 @@
 """MQTT ingest: receive, verify, store, and only then acknowledge.
 
     broker --PUBLISH--> paho (manual ack) --> batch --> verify: envelope, key (event loop)
-                                                        -> Ed25519 (event loop or threads)
+                                                        -> Ed25519 (a worker process, loop, threads)
                                                         -> payload, schema (event loop)
            <--PUBACK--- ack after commit  <-- store (store thread, one transaction per batch)
 
@@ -26,6 +26,8 @@ Guarantees:
 
 Load is shared between collector processes by the MQTT v5 shared subscription
 ``$share/<group>/vigil/v1/probes/+/measurements``; each process needs its own client id.
+On a multi-core machine the Ed25519 calls run by default in one worker process
+(``IngestConfig.verify_processes``): a collector is then one process plus one verify worker.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import random
 import ssl
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -66,6 +71,10 @@ from collector.verify import (
     Signed,
     StatusReceived,
     Verifier,
+    crypto_jobs,
+    crypto_results,
+    init_verify_worker,
+    verify_jobs,
 )
 
 log = logging.getLogger("vigil.collector.ingest")
@@ -175,6 +184,8 @@ class Ingest:
             if ingest.verify_workers > 0
             else None
         )
+        self._verify_processes = ingest.verify_process_count()
+        self._verify_procs: ProcessPoolExecutor | None = None  # started by run()
         self._keys_loaded_at = 0.0
         self._unknown: dict[str, float] = {}  # probe id -> when a reload confirmed it unknown
         self.connected = asyncio.Event()  # set while subscribed (tests and health checks)
@@ -183,6 +194,7 @@ class Ingest:
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until ``stop`` is set, then store and acknowledge what is in flight."""
         await self._initial_keys(stop)
+        await self._start_verify_processes()
         writer = asyncio.create_task(self._writer(), name="vigil-ingest-writer")
         refresher = asyncio.create_task(self._refresh_keys(stop), name="vigil-key-refresh")
         reporter = asyncio.create_task(self._report(stop), name="vigil-ingest-stats")
@@ -195,6 +207,9 @@ class Ingest:
             await asyncio.gather(refresher, reporter, writer, return_exceptions=True)
             if self._verify_pool is not None:
                 self._verify_pool.shutdown(wait=True)
+            if self._verify_procs is not None:
+                self._verify_procs.shutdown(wait=True, cancel_futures=True)
+                self._verify_procs = None
             log.info("ingest stopped: %s", self.stats.line())
 
     async def _finish(self, writer: asyncio.Task[None]) -> None:
@@ -368,7 +383,9 @@ class Ingest:
                 prepared = self.verifier.prepare_batch([(m.topic, m.payload) for m in batch], now)
                 signed = [p for p in prepared if isinstance(p, Signed)]
                 fut: asyncio.Future[list[bytes | None]]
-                if self._verify_pool is None:  # inline: see IngestConfig.verify_workers
+                if self._verify_procs is not None and signed:  # IngestConfig.verify_processes
+                    fut = asyncio.ensure_future(self._verify_in_process(self._verify_procs, signed))
+                elif self._verify_pool is None:  # inline: see IngestConfig.verify_workers
                     fut = loop.create_future()
                     fut.set_result(self.verifier.crypto(signed))
                 else:  # only the Ed25519 calls leave the event loop (they release the GIL)
@@ -378,6 +395,59 @@ class Ingest:
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping
+
+    # ---- verification processes ---------------------------------------------------------
+    def _new_process_pool(self) -> ProcessPoolExecutor:
+        """Spawned workers: not fork (this process has threads and a loop), not forkserver
+        (systemd's SIGTERM to the whole group would kill the server, and with it the pool's
+        view of its workers, while the collector drains; spawned workers ignore it)."""
+        return ProcessPoolExecutor(
+            self._verify_processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_verify_worker,
+            initargs=(os.getpid(),),  # the worker exits with this process, even on SIGKILL
+        )
+
+    async def _start_verify_processes(self) -> None:
+        """Start (and warm up) the verification processes before the first batch arrives;
+        if they cannot start, verify on the event loop instead."""
+        if self._verify_processes <= 0 or self._verify_procs is not None:
+            return
+        pool = self._new_process_pool()
+        loop = asyncio.get_running_loop()
+        try:  # one call per worker: each submit starts at most one process
+            await asyncio.gather(*(loop.run_in_executor(pool, verify_jobs, [])
+                                   for _ in range(self._verify_processes)))
+        except Exception as exc:
+            log.error("cannot start verification processes (%r): verifying on the event loop",
+                      exc)
+            pool.shutdown(wait=False, cancel_futures=True)
+            return
+        self._verify_procs = pool
+        log.info("verifying signatures in %d worker process(es)", self._verify_processes)
+
+    async def _verify_in_process(
+        self, pool: ProcessPoolExecutor, signed: list[Signed]
+    ) -> list[bytes | None]:
+        """The crypto stage of one batch in a worker process: one pickle each way.
+
+        A worker that dies (killed, out of memory) breaks the pool: this batch is then
+        verified here on the event loop, so nothing is lost or acknowledged early, and a new
+        pool is started for the next batches.
+        """
+        jobs = crypto_jobs(signed)
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(pool, verify_jobs, jobs)
+            return crypto_results(signed, ok)
+        except BrokenProcessPool as exc:
+            if self._verify_procs is pool:
+                log.error("a verification process died (%s): verifying its batches on the "
+                          "event loop and starting a new pool", exc)
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._verify_procs = self._new_process_pool()
+        except Exception as exc:  # e.g. a pickling failure: a bug, but the batch must go on
+            log.exception("verification process failed (%r): verifying on the event loop", exc)
+        return self.verifier.crypto(signed)
 
     async def _submit(self, pending: _Pending, writer: asyncio.Task[None]) -> None:
         """Queue a batch for the writer (waiting while the pipeline is full), unless the

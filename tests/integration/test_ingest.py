@@ -207,15 +207,23 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite://{tmp_path}/collector.db"
 
 
+def one_probe_on_sqlite(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> tuple[TestProbe, MosquittoBroker, str]:
+    """The common setup: one probe, a broker that knows it, a SQLite store it is enrolled in."""
+    probe = TestProbe.new()
+    broker = broker_factory(probe_ids=[probe.probe_id])
+    url = sqlite_url(tmp_path)
+    enrol(url, probe)
+    return probe, broker, url
+
+
 # ---- exactly once across collector crashes and restarts ------------------------------------------
 @pytest.mark.slow
 async def test_exactly_once_across_collector_kill_and_restart(
     tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
 ) -> None:
-    probe = TestProbe.new()
-    broker = broker_factory(probe_ids=[probe.probe_id])
-    url = sqlite_url(tmp_path)
-    enrol(url, probe)
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
     envelopes = [probe.envelope() for _ in range(1500)]
     expected = {_mid(e) for e in envelopes}
     assert len(expected) == 1500
@@ -254,10 +262,7 @@ def _mid(envelope: bytes) -> str:
 async def test_broker_restart_reconnects_and_loses_nothing(
     tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
 ) -> None:
-    probe = TestProbe.new()
-    broker = broker_factory(probe_ids=[probe.probe_id])
-    url = sqlite_url(tmp_path)
-    enrol(url, probe)
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
     before = [probe.envelope() for _ in range(300)]
     after = [probe.envelope() for _ in range(300)]
     async with in_process(broker.info, url, "c1") as ingest:
@@ -279,10 +284,7 @@ async def test_plain_subscription_survives_a_broker_restart_while_collector_is_d
 ) -> None:
     """A single collector with share_group = "" subscribes without $share; Mosquitto restores
     that subscription from persistence, so it queues for us across its own restart."""
-    probe = TestProbe.new()
-    broker = broker_factory(probe_ids=[probe.probe_id])
-    url = sqlite_url(tmp_path)
-    enrol(url, probe)
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
     async with in_process(broker.info, url, "solo", share_group=""):
         pass  # creates the persistent session and its subscription
     await asyncio.to_thread(broker.restart)
@@ -334,10 +336,7 @@ async def test_postgres_unreachable_for_a_while_loses_nothing(
 async def test_sqlite_locked_for_a_while_loses_nothing(
     tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
 ) -> None:
-    probe = TestProbe.new()
-    broker = broker_factory(probe_ids=[probe.probe_id])
-    url = sqlite_url(tmp_path)
-    enrol(url, probe)
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
     async with collector_proc(tmp_path, broker.info, url, "c1") as c:
         c.start()
         await c.wait_connected()
@@ -439,8 +438,9 @@ async def test_two_collectors_share_the_load_exactly_once(
     url = sqlite_url(tmp_path)
     enrol(url, *probes)
     envelopes = {p.probe_id: [p.envelope() for _ in range(100)] for p in probes}
-    # c1 verifies on the event loop (default), c2 with a thread pool: both paths are covered.
-    async with in_process(broker.info, url, "c1") as a, \
+    # c1 verifies on the event loop, c2 with a thread pool: both paths are covered (the
+    # verification-process default is covered below).
+    async with in_process(broker.info, url, "c1", verify_processes=0) as a, \
             in_process(broker.info, url, "c2", verify_workers=2) as b:
         await asyncio.gather(*(
             publish(broker.info, p.probe_id, [(p.topic, e) for e in envelopes[p.probe_id]])
@@ -478,3 +478,136 @@ def test_store_is_reachable_helper(tmp_path: Path) -> None:
     finally:
         store.close()
     assert count(url) == 0 and rejections(url) == {} and stored_ids(url) == set()
+
+
+# ---- verification in a worker process -----------------------------------------------------------
+async def test_verification_process_stores_exactly_once_and_rejects_forgery(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
+    forger = TestProbe.new()
+    good = [probe.envelope() for _ in range(120)]
+    forged = wire.sign_envelope(wire.encode_record(probe.record()), forger.key, probe.probe_id)
+    items = [(probe.topic, e) for e in good[:60]] + [(probe.topic, forged)]
+    items += [(probe.topic, e) for e in good[60:]] + [(probe.topic, good[0])]  # + a replay
+    async with in_process(broker.info, url, "c1", verify_processes=1) as ingest:
+        procs = ingest._verify_procs
+        assert procs is not None  # the batches really went to a worker process
+        await publish(broker.info, probe.probe_id, items)
+        await wait_for(lambda: count(url) == 120 and sum(rejections(url).values()) == 2,
+                       "120 stored and 2 rejected")
+        stats = ingest.stats
+        assert len(procs._processes) == 1  # the pool's one worker
+    assert rejections(url) == {"bad_signature": 1, "duplicate": 1}
+    assert stored_ids(url) == {_mid(e) for e in good}
+    assert stats.received == stats.acked == 122
+    assert ingest._verify_procs is None  # shut down with the ingest
+
+
+async def test_dead_verification_process_loses_nothing(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed mid-run: its batches are verified on the event loop, a new pool starts,
+    and every measurement is stored once (and the forgery still rejected)."""
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
+    forger = TestProbe.new()
+    first = [probe.envelope() for _ in range(50)]
+    later = [probe.envelope() for _ in range(50)]
+    forged = wire.sign_envelope(wire.encode_record(probe.record()), forger.key, probe.probe_id)
+    async with in_process(broker.info, url, "c1", verify_processes=1) as ingest:
+        await publish(broker.info, probe.probe_id, [(probe.topic, e) for e in first])
+        await wait_for(lambda: count(url) == 50, "the first 50")
+        pool = ingest._verify_procs
+        assert pool is not None
+        workers = list(pool._processes.values())
+        for w in workers:
+            assert w.pid is not None
+            os.kill(w.pid, signal.SIGKILL)
+        await wait_for(lambda: not any(w.is_alive() for w in workers), "the worker to die", 10)
+        await publish(broker.info, probe.probe_id,
+                      [(probe.topic, forged)] + [(probe.topic, e) for e in later])
+        await wait_for(lambda: count(url) == 100 and rejections(url) == {"bad_signature": 1},
+                       "100 stored and the forgery rejected")
+        replaced = ingest._verify_procs
+        stats = ingest.stats
+    assert replaced is not None and replaced is not pool
+    assert "verification process died" in caplog.text
+    assert stored_ids(url) == {_mid(e) for e in first + later}
+    assert stats.received == stats.acked == 101
+
+
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{todo.pop()}/task").iterdir():
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out.update(kids)
+                todo += kids
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+async def test_verification_workers_exit_when_the_collector_is_killed(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    """SIGKILL gives the collector no chance to shut its pool down: the workers (its child
+    processes) must notice and exit rather than wait for work forever."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to find the collector's child processes")
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
+    async with collector_proc(tmp_path, broker.info, url, "c1", verify_processes=1) as c:
+        c.start()
+        await c.wait_connected()
+        assert c.proc is not None
+        await wait_for(lambda: "verifying signatures in 1 worker" in c.log_text(),
+                       "the verification worker", 30)
+        children = _descendants(c.proc.pid)
+        assert children  # the spawned worker
+        await publish(broker.info, probe.probe_id, [(probe.topic, probe.envelope())])
+        await wait_for(lambda: count(url) == 1, "the measurement")
+        c.kill()
+        try:
+            await wait_for(lambda: all(_gone(p) for p in children), "the workers to exit", 15)
+        finally:
+            for pid in children:  # never leave them behind, even if the test fails
+                with contextlib.suppress(OSError):
+                    if not _gone(pid):
+                        os.kill(pid, signal.SIGKILL)
+
+
+async def test_sigterm_to_the_whole_group_drains_with_the_worker(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    """systemd's stop signals every process of the service: the worker must outlive the
+    collector's drain (no broken pool), and nothing is lost across the restart."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to find the collector's child processes")
+    probe, broker, url = one_probe_on_sqlite(tmp_path, broker_factory)
+    envelopes = [probe.envelope() for _ in range(300)]
+    async with collector_proc(tmp_path, broker.info, url, "c1", verify_processes=1) as c:
+        c.start()
+        await c.wait_connected()
+        assert c.proc is not None
+        await wait_for(lambda: "verifying signatures in 1 worker" in c.log_text(),
+                       "the verification worker", 30)
+        group = [c.proc.pid, *_descendants(c.proc.pid)]
+        await publish(broker.info, probe.probe_id, [(probe.topic, e) for e in envelopes])
+        for pid in group:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        assert c.proc.wait(30) == 0, c.log_text()
+        assert "verification process died" not in c.log_text()
+        await wait_for(lambda: all(_gone(p) for p in group), "the worker to exit", 15)
+        c.start()  # the rest (if any) was left unacknowledged: the broker redelivers it
+        await c.wait_connected()
+        await wait_for(lambda: count(url) == 300, "all 300 measurements")
+    assert stored_ids(url) == {_mid(e) for e in envelopes}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,11 +23,16 @@ from collector.verify import (
     ProbeKey,
     Reason,
     Rejected,
+    Signed,
     StatusReceived,
     Verifier,
     VerifyPolicy,
+    crypto_jobs,
+    crypto_results,
     domain_of,
+    init_verify_worker,
     status_state,
+    verify_jobs,
 )
 from tests.collector_support import TestProbe, iso
 
@@ -343,3 +350,63 @@ def test_domain_of(value: str | None, domain: str | None) -> None:
 def test_iso_helper_round_trips() -> None:
     ts = 1_700_000_000.25
     assert datetime.fromisoformat(iso(ts)).timestamp() == ts
+
+
+# ---- crypto as plain data (the verification-process path) --------------------------------------
+def _job(probe: TestProbe, payload: bytes, signer: TestProbe | None = None) -> tuple[
+    bytes, bytes, bytes
+]:
+    message = wire.pae(wire.PAYLOAD_TYPE, payload)
+    return probe.public_raw, message, (signer or probe).key.sign(message)
+
+
+def test_verify_jobs_valid_forged_and_wrong_key(probe: TestProbe, other: TestProbe) -> None:
+    payload = wire.encode_record(probe.record())
+    raw, message, sig = _job(probe, payload)
+    forged = _job(probe, payload, signer=other)  # other's signature claiming to be probe's
+    tampered = (raw, message.replace(b'"IR"', b'"US"'), sig)
+    wrong_key = (other.public_raw, message, sig)  # probe's signature, checked under other's key
+    not_a_key = (b"\x00" * 31, message, sig)
+    jobs = [(raw, message, sig), forged, tampered, wrong_key, not_a_key, (raw, message, sig)]
+    assert verify_jobs(jobs) == [True, False, False, False, False, True]
+    assert verify_jobs([]) == []
+
+
+def test_verify_jobs_runs_in_a_spawned_worker(probe: TestProbe, other: TestProbe) -> None:
+    """Plain data in, bools out: picklable both ways, importable by a fresh interpreter."""
+    payload = wire.encode_record(probe.record())
+    jobs = [_job(probe, payload), _job(probe, payload, signer=other)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=init_verify_worker) as pool:
+        assert pool.submit(verify_jobs, jobs).result(timeout=60) == [True, False]
+
+
+def test_crypto_jobs_round_trip_matches_inline_crypto(
+    verifier: Verifier, probe: TestProbe, other: TestProbe
+) -> None:
+    """crypto_jobs -> verify_jobs -> crypto_results gives exactly what Verifier.crypto does,
+    including envelopes with several signatures by the same keyid (the first valid wins)."""
+    payload = wire.encode_record(probe.record())
+    good_sig = probe.key.sign(wire.pae(wire.PAYLOAD_TYPE, payload))
+    bad_sig = other.key.sign(wire.pae(wire.PAYLOAD_TYPE, payload))
+    env = json.loads(probe.envelope())
+    env["payload"] = base64.b64encode(payload).decode()
+    env["signatures"] = [
+        {"keyid": other.probe_id, "sig": base64.b64encode(bad_sig).decode()},
+        {"keyid": probe.probe_id, "sig": base64.b64encode(bad_sig).decode()},
+        {"keyid": probe.probe_id, "sig": base64.b64encode(good_sig).decode()},
+    ]
+    multi = json.dumps(env).encode()
+    forged = wire.sign_envelope(payload, other.key, probe.probe_id)
+    msgs = [(probe.topic, probe.envelope()), (probe.topic, forged), (probe.topic, multi),
+            (other.topic, other.envelope())]
+    prepared = verifier.prepare_batch(msgs, NOW)
+    signed = [p for p in prepared if isinstance(p, Signed)]
+    assert len(signed) == 4
+    jobs = crypto_jobs(signed)
+    assert len(jobs) == 5  # one per signature by the signer's keyid
+    via_jobs = crypto_results(signed, verify_jobs(jobs))
+    assert via_jobs == Verifier.crypto(signed)
+    assert via_jobs[1] is None and via_jobs[2] == good_sig
+    kinds = [type(o).__name__ for o in verifier.finish_batch(prepared, via_jobs, NOW)]
+    assert kinds == ["Accepted", "Rejected", "Accepted", "Accepted"]
