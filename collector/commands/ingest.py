@@ -89,7 +89,9 @@ async def run_ingest(cfg: CollectorConfig) -> None:
 @click.option("--share-group", default=None, help="shared-subscription group (collectors)")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=None)
 @click.option("--verify-workers", type=click.IntRange(0, 64), default=None,
-              help="0: verify on the event loop (default); N: N threads")
+              help="verification threads (default 0; see --verify-processes)")
+@click.option("--verify-processes", type=click.IntRange(-1, 64), default=None,
+              help="-1: one worker process on multi-core machines (default); 0: none; N")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def ingest(config_path: Path | None, store_url: str | None, broker_host: str | None,
@@ -97,7 +99,7 @@ def ingest(config_path: Path | None, store_url: str | None, broker_host: str | N
            cert_file: str | None, key_file: str | None, username: str | None,
            password: str | None, password_file: str | None, client_id: str | None,
            share_group: str | None, batch_size: int | None, verify_workers: int | None,
-           log_level: str) -> None:
+           verify_processes: int | None, log_level: str) -> None:
     """Receive probe measurements from the broker, verify them and store them."""
     cfg = load_config(config_path)
     cfg = override(cfg, "store", url=store_url)
@@ -106,7 +108,10 @@ def ingest(config_path: Path | None, store_url: str | None, broker_host: str | N
         cert_file=cert_file, key_file=key_file, username=username, password=password,
         password_file=password_file, client_id=client_id, share_group=share_group,
     )
-    cfg = override(cfg, "ingest", batch_size=batch_size, verify_workers=verify_workers)
+    cfg = override(
+        cfg, "ingest", batch_size=batch_size, verify_workers=verify_workers,
+        verify_processes=verify_processes,
+    )
     cfg.validate()
     cfg.broker.resolved_password()  # a missing password file is a config error, up front
     tls_context(cfg.broker)  # so are unreadable TLS files
