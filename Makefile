@@ -37,10 +37,10 @@ run: deps venv
 	$(BIN)/python -m scripts.run_demo $(RUN_ARGS)
 
 lab: venv
-	$(BIN)/python -m tests.lab up
+	$(BIN)/python -m lab up
 
 lab-down: venv
-	$(BIN)/python -m tests.lab down
+	$(BIN)/python -m lab down
 
 bench: venv
 	$(BIN)/python -m bench.engine

@@ -1,7 +1,8 @@
 """The probe's Ed25519 identity: created once, kept in the state directory, never logged.
 
 The private key is stored as unencrypted PKCS#8 PEM in ``<state>/probe.key`` with mode 0600;
-the probe id is derived from the public key (agent.wire.probe_id_for), so it cannot be claimed
+the probe id is derived from the public key (agent.wire.envelope.probe_id_for), so it cannot be
+claimed
 without the key.
 """
 
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from agent.errors import IdentityError
-from agent.wire import probe_id_for, raw_public_key
+from agent.wire.envelope import probe_id_for, raw_public_key
 
 KEY_FILE = "probe.key"
 

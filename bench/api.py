@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.api --rows 200000 --store postgresql://postgres@127.0.0.1/x
 
 Fills a store through the store interface (records signed by test probes, checked by
-collector.verify, written with write_batch, as the ingest does), then runs the real app on
+collector.ingest.verify, written with write_batch, as the ingest does), then runs the real app on
 loopback (aiohttp TestServer) and measures:
 
 1. ``/api/v1/measurements`` page latency (limit 100), unfiltered and filtered by country
@@ -30,13 +30,13 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent import wire
-from collector.app import ServeSettings, create_app
+from agent.wire import envelope as wire
 from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
+from collector.ingest.verify import Accepted, KeyTable, Verifier
+from collector.service import ServeSettings, create_app
 from collector.store import open_store
 from collector.store.base import IngestBatch
-from collector.verify import Accepted, KeyTable, Verifier
-from tests.collector_support import TestProbe
+from lab.probes import TestProbe
 
 NETS = (("IR", "AS44244"), ("IR", "AS197207"), ("IQ", "AS50710"), ("PK", "AS17557"))
 URLS = ("https://twitter.com/", "https://www.bbc.com/persian", "https://telegram.org/",

@@ -6,10 +6,10 @@ Brings up the namespace lab in scale mode (``--scale`` generated HTTPS sites wit
 server delay, plus the scenario table's censored ones), then runs the real agent
 (``vigil-agent run --once``) in the probe namespace against the real control helper on the
 scale list, once per ``--concurrency`` value, and reports URLs/s and the agent's peak RSS (from
-``wait4()``: the agent process only, not the lab).  Targets (issue 2, this 2-core machine):
+``wait4()``: the agent process only, not the lab).  Targets (this 2-core machine):
 at least 25 URLs/s and at most 80 MB.  Needs root; nothing leaves the machine (198.18.0.0/15
 inside namespaces).  ``--attach`` reuses a lab brought up with
-``python -m tests.lab up --scale N``.
+``python -m lab up --scale N``.
 """
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench.engine needs root (network namespaces)", file=sys.stderr)
         return 2
-    from tests.lab import Lab
+    from lab import Lab
 
     lab = Lab.attach(args.attach) if args.attach else Lab.up(scale=args.scale)
     try:
         if not lab.plan.scale_hosts:
-            print("this lab has no scale sites (python -m tests.lab up --scale N)",
+            print("this lab has no scale sites (python -m lab up --scale N)",
                   file=sys.stderr)
             return 2
         results = [_run_agent(lab, c, list(args.agent_arg)) for c in args.concurrency]

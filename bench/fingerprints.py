@@ -30,7 +30,7 @@ from agent.experiments.web_connectivity.model import (
     TCPConnect,
     WebObservations,
 )
-from agent.fingerprints import DEFAULT_FILE, Fingerprints, parse_csv
+from agent.inputs.fingerprints import DEFAULT_FILE, Fingerprints, parse_csv
 
 HOST = "www.example.org"
 BODY = (

@@ -32,11 +32,11 @@ import trustme
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.helperauth import sign_request
 from agent.identity import Identity
-from agent.wire import probe_id_for
-from collector.helper import HelperConfig, Limits, create_app, make_runner
-from collector.ipdb import load
+from agent.wire.envelope import probe_id_for
+from agent.wire.helper_auth import sign_request
+from collector.helper.app import HelperConfig, Limits, create_app, make_runner
+from collector.helper.ipdb import load
 
 
 def peak_rss_mb() -> float:

@@ -17,11 +17,11 @@ What it measures, in one run:
    collector runs; each message's end-to-end latency is the time from its publish call to the
    moment its row is visible in the store (committed), polled every 20 ms.
 
-Targets (issue 4): one process >= 5,000 msg/s and >= 40 % of the yardstick, two processes
+Targets: one process >= 5,000 msg/s and >= 40 % of the yardstick, two processes
 >= 1.6x one, p99 latency < 1 s at half load.  The broker, the load generator and the
 collectors share this machine's cores: the numbers are for the whole system on one box.
 
-Uses the test broker fixture (tests/integration/broker.py) and loopback only.
+Uses the test broker fixture (lab/broker.py) and loopback only.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from typing import Any
 import aiomqtt
 import psycopg
 
-from agent import wire
+from agent.wire import envelope as wire
 from collector.store import open_store
-from tests.collector_support import TestProbe
-from tests.integration.broker import BrokerInfo, MosquittoBroker
-from tests.integration.pg import pg_unavailable, temporary_database
+from lab.broker import BrokerInfo, MosquittoBroker
+from lab.pg import pg_unavailable, temporary_database
+from lab.probes import TestProbe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,9 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent import identity, wire
-from agent.outbox import Outbox, OutboxLimits
-from tests.agent_records import make_record
+from agent import identity
+from agent.uplink.outbox import Outbox, OutboxLimits
+from agent.wire import envelope as wire
+from lab.records import make_record
 
 
 def rate(n: int, seconds: float) -> str:
@@ -61,9 +62,9 @@ def bench_local(tmp: Path, n: int, pad: int) -> None:
 
 
 async def bench_broker(tmp: Path, n: int, pad: int) -> None:
-    from agent.publisher import Publisher, PublisherSettings
-    from tests.integration.broker import MosquittoBroker, mosquitto_available
-    from tests.integration.test_publisher import Collector
+    from agent.uplink.publisher import Publisher, PublisherSettings
+    from lab.broker import MosquittoBroker, mosquitto_available
+    from lab.mini_collector import Collector
 
     if reason := mosquitto_available():
         print(f"broker drain: skipped ({reason})")

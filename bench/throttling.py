@@ -45,8 +45,8 @@ censor = [{ kind = "sni_throttle", rate_kbit = 130 }]
 
 # ---- inside the inet namespace: the bulk endpoint ----------------------------------------------
 async def serve(cfg: dict[str, Any]) -> None:
-    from collector.bulk import BulkConfig, BulkServer
-    from tests.lab.servers.common import Lifetime, mark_ready
+    from collector.helper.bulk import BulkConfig, BulkServer
+    from lab.servers.common import Lifetime, mark_ready
 
     life = Lifetime(cfg)
     server = BulkServer(BulkConfig(BENCH_ADDR, BULK_PORT, jitter_ms=float(cfg["jitter_ms"])))
@@ -79,11 +79,11 @@ async def probe(cfg: dict[str, Any]) -> None:
     import secrets
 
     from agent.config import NetConfig
+    from agent.engine.runner import MeasureContext
     from agent.experiments.throttling.analysis import analyze
     from agent.experiments.throttling.measure import ThrottlingSettings, measure
     from agent.net.dns import parse_resolver
     from agent.net.tls import make_contexts
-    from agent.runner import MeasureContext
 
     ctx = MeasureContext(net=NetConfig(), tls=make_contexts(None),
                          resolver=parse_resolver("198.18.1.53"),
@@ -135,7 +135,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("the benchmark builds a namespace lab: run it as root", file=sys.stderr)
         return 2
-    from tests.lab.lab import Lab
+    from lab.lab import Lab
 
     with tempfile.TemporaryDirectory() as tmp:
         scen = Path(tmp) / "bench.toml"

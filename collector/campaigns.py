@@ -1,6 +1,6 @@
 """Operator side of signed campaigns: the operator key, building, signing and publishing.
 
-The payload format and its checks live in ``agent.campaign`` (the wire contract, shared with
+The payload format and its checks live in ``agent.wire.commands`` (the wire contract, shared with
 the agent, which verifies what this module signs).  The operator key is an Ed25519 key kept as
 PKCS#8 PEM with mode 0600, like a probe key; its public half, base64, goes into every agent's
 config (``[campaigns] operator_keys``).
@@ -30,7 +30,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from agent.campaign import (
+from agent.errors import IdentityError, PublishError, UsageError
+from agent.experiments import Target
+from agent.wire.commands import (
     COMMAND_PAYLOAD_TYPE,
     MAX_COMMAND_BYTES,
     Audience,
@@ -42,9 +44,7 @@ from agent.campaign import (
     key_id_for,
     parse_command,
 )
-from agent.errors import IdentityError, PublishError, UsageError
-from agent.experiments import Target
-from agent.wire import encode_record, parse_envelope, raw_public_key, sign_envelope, uuid7
+from agent.wire.envelope import encode_record, parse_envelope, raw_public_key, sign_envelope, uuid7
 
 
 # ---- operator key ------------------------------------------------------------------------------

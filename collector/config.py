@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import ConfigError
-from collector.verify import VerifyPolicy
+from collector.ingest.verify import VerifyPolicy
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class OutagesConfig:
-    """The outage detector ``serve`` runs in the background (collector.outagewatch)."""
+    """The outage detector ``serve`` runs in the background (collector.outages.watch)."""
 
     enabled: bool = True
     heartbeat_s: float = 60.0  # the agents' status (heartbeat) interval

@@ -2,7 +2,7 @@
 
 Three sources, each read when Prometheus scrapes, never on the hot path:
 
-* the ingest's in-process counters (:class:`collector.ingest.IngestStats`): what this
+* the ingest's in-process counters (:class:`collector.ingest.pipeline.IngestStats`): what this
   process received, stored, acknowledged and rejected since it started;
 * the store, through a snapshot the ``/metrics`` handler takes just before rendering:
   persisted rejection counters (all processes, all time), enrolled probes by last status and
@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from collector import __version__
-from collector.ingest import IngestStats
+from collector.ingest.pipeline import IngestStats
 from collector.store.base import Store
 
 PROBE_STATES = ("online", "offline", "unknown", "never")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from agent.fingerprints import DEFAULT_FILE, Fingerprints, to_csv
+from agent.inputs.fingerprints import DEFAULT_FILE, Fingerprints, to_csv
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "agent" / "data" / "fingerprints"
 UPSTREAM_FILES = ("fingerprints_dns.csv", "fingerprints_http.csv")

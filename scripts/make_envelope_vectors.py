@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m scripts.make_envelope_vectors [--check] [--markdown]`
 Two producers sign the same record with the same published key (RFC 8032 section 7.1,
 TEST 1):
 
-* ``agent.wire`` (Vigil's own implementation), and
+* ``agent.wire.envelope`` (Vigil's own implementation), and
 * securesystemslib's ``dsse.Envelope`` + ``CryptoSigner`` (an independent DSSE
   implementation: its own PAE, base64 and envelope serialisation).
 
@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent import wire
+from agent.wire import envelope as wire
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "envelope_vectors.json"
 
@@ -113,7 +113,7 @@ def build() -> dict[str, Any]:
 
     ss_env, ss_pae, ss_sig, producer = securesystemslib_envelope(payload, key, probe_id)
     if ss_pae != pae or ss_sig != our_sig:
-        raise SystemExit("securesystemslib and agent.wire disagree on PAE or signature")
+        raise SystemExit("securesystemslib and agent.wire.envelope disagree on PAE or signature")
 
     other = dict(record, measurement_id="01910b8c-3c01-7def-9abc-ba9876543210",
                  input="https://www.example.org/",

@@ -1,7 +1,7 @@
 """Render Vigil's Mosquitto configuration from ``configs/mosquitto/`` into a directory.
 
 Used by operators (``python -m scripts.mosquitto_conf --help``), by ``make run`` and by the
-test fixture (tests/integration/broker.py), so the broker under test runs the shipped config.
+test fixture (lab/broker.py), so the broker under test runs the shipped config.
 
 The template uses ``${name}`` placeholders (string.Template); rendering fails loudly when a
 placeholder has no value, so a half-filled config can never be started.
@@ -27,7 +27,7 @@ COLLECTORS_ACL = CONFIG_DIR / "collectors.acl"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 
 # Production defaults; see configs/mosquitto/README.md for the sizing.
-DEFAULT_MESSAGE_SIZE_LIMIT = 1_048_576  # = agent.wire.MAX_ENVELOPE_BYTES
+DEFAULT_MESSAGE_SIZE_LIMIT = 1_048_576  # = agent.wire.envelope.MAX_ENVELOPE_BYTES
 DEFAULT_MAX_QUEUED_MESSAGES = 1_000_000
 DEFAULT_MAX_QUEUED_BYTES = 2_147_483_648  # 2 GiB per collector session
 DEFAULT_MAX_INFLIGHT = 100

@@ -73,8 +73,8 @@ class Interrupted(BaseException):
 def preflight() -> str | None:
     """None when this machine can run the demo, else a one-line reason."""
     try:
-        from tests.integration.broker import mosquitto_available
-        from tests.lab.conftest import agent_unavailable, lab_unavailable
+        from lab.broker import mosquitto_available
+        from lab.preflight import agent_unavailable, lab_unavailable
     except ImportError as exc:  # the lab and the broker fixture come with the dev extras
         return f"{exc} (use `make run`, or pip install -e '.[dev]' first)"
     why = lab_unavailable()
@@ -192,7 +192,7 @@ class Delivery:
 
 class Demo:
     """One deployment in one lab.  Every process it starts is recorded in the lab's state,
-    so the lab's teardown (``Lab.down`` / ``python -m tests.lab down PREFIX``) stops it."""
+    so the lab's teardown (``Lab.down`` / ``python -m lab down PREFIX``) stops it."""
 
     def __init__(self, run_dir: Path, keep: bool, tests: Sequence[str] = ()) -> None:
         self.run_dir = run_dir
@@ -211,7 +211,7 @@ class Demo:
 
     # ---- bring-up ----------------------------------------------------------------------
     def up(self) -> None:
-        from tests.lab.lab import Lab
+        from lab.lab import Lab
 
         say("lab: building namespaces, sites, censor and control helper ...")
         self.lab = Lab.up(detached=self.keep)
@@ -240,14 +240,14 @@ class Demo:
     def start_broker(self, probe_pw: str, collector_pw: str) -> None:
         import trustme
 
+        from lab import addressing as A
+        from lab.broker import MOSQUITTO_BIN
         from scripts.mosquitto_conf import (
             BrokerSettings,
             install_acls,
             render,
             write_password_file,
         )
-        from tests.integration.broker import MOSQUITTO_BIN
-        from tests.lab import addressing as A
 
         d = self.broker_dir
         (d / "data").mkdir(parents=True)
@@ -279,7 +279,7 @@ class Demo:
             f":{BROKER_CERT_PORT} (probes, client cert), :{COLLECTOR_BROKER_PORT} (collectors)")
 
     def start_collector(self, collector_pw: str) -> None:
-        from tests.lab import addressing as A
+        from lab import addressing as A
 
         pw_file = self.run_dir / "collector-broker.password"
         _write_secret(pw_file, collector_pw)
@@ -304,7 +304,7 @@ class Demo:
             "(inside the lab)")
 
     def _ingest_connected(self) -> bool:
-        from tests.lab import addressing as A
+        from lab import addressing as A
 
         code = ("import json, urllib.request; print(urllib.request.urlopen("
                 f"'http://{A.COLLECTOR_ADDR}:{API_PORT}/healthz', timeout=2).read().decode())")
@@ -324,13 +324,13 @@ class Demo:
                "child_pid_file": str(self.lab.dir / f"{name}.child.pid")}
         path = self.lab.dir / f"{name}.json"
         path.write_text(json.dumps(cfg), encoding="utf-8")
-        self.lab._spawn(name, "inet", [sys.executable, "-m", "tests.lab.servers.guard",
+        self.lab._spawn(name, "inet", [sys.executable, "-m", "lab.servers.guard",
                                        str(path)])
         self.lab._wait_ready([name])
 
     def configure_agent(self, probe_pw: str) -> None:
         """Add ``[mqtt]`` to the lab agent's config: ``run --once`` then publishes."""
-        from tests.lab import addressing as A
+        from lab import addressing as A
 
         pw_file = self.run_dir / "agent-broker.password"
         _write_secret(pw_file, probe_pw)
@@ -347,7 +347,7 @@ class Demo:
 
     # ---- the campaign ------------------------------------------------------------------
     def campaign(self) -> None:
-        from tests.lab.runner import DEAD_CONTROL_URL, run_scenarios
+        from lab.runner import DEAD_CONTROL_URL, run_scenarios
 
         rows = [s for s in self.lab.scenarios.measured if s.expect is not None
                 and (s.test in self.tests or not self.tests)]
@@ -380,7 +380,7 @@ class Demo:
 
     def wait_stored(self) -> Delivery:
         """Wait (bounded) until the store has every produced measurement."""
-        from agent.outbox import read_stats
+        from agent.uplink.outbox import read_stats
         from collector.store import open_store
 
         produced = self.produced_ids()
@@ -578,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
                 p = demo.lab.prefix
                 say(f"\nkept running (lab {p}): API {demo.api_url} (dashboard /, /api/v1/stats);"
                     f" inside the lab: broker 198.19.0.30, collector 198.19.0.31\n"
-                    f"  stop it with:  {_rel(BIN)}/python -m tests.lab down {p}"
+                    f"  stop it with:  {_rel(BIN)}/python -m lab down {p}"
                     "   (or `make lab-down` from this terminal)")
             else:
                 try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from agent.model import Verdict
+from agent.wire.record import Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class Experiment(Protocol):
     version: ClassVar[str]  # semver; bump when test_keys or analysis changes
 
     async def run(self, target: Target, ctx: Any) -> Outcome:
-        """Measure ``target`` using the services in ``ctx`` (agent.runner.MeasureContext)."""
+        """Measure ``target`` using the services in ``ctx`` (agent.engine.runner.MeasureContext)."""
         ...
 
 

@@ -82,7 +82,7 @@ class MeasurementRow:
     """A verified measurement ready to store: indexed columns plus the signed bytes.
 
     ``payload`` are the record bytes exactly as signed and ``signature`` the raw Ed25519
-    signature, so an exported row can be re-verified by anyone (agent.wire.pae).
+    signature, so an exported row can be re-verified by anyone (agent.wire.envelope.pae).
     """
 
     measurement_id: str

@@ -1,4 +1,4 @@
-"""Enrolled probe keys from the store, for the control helper (collector.helperauth.ProbeKeys).
+"""Enrolled probe keys from the store, for the control helper (collector.helper.auth.ProbeKeys).
 
 The helper checks a key per request; asking the database each time would make it the helper's
 bottleneck and its single point of failure.  Answers are cached for ``ttl_s`` seconds (so a
@@ -14,9 +14,9 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from collector.ingest.verify import KeyTable
 from collector.store.aio import AsyncStore
 from collector.store.base import StoreError
-from collector.verify import KeyTable
 
 log = logging.getLogger("vigil.collector.keys")
 

@@ -1,6 +1,6 @@
 """Shared fixtures for integration tests.
 
-Broker fixtures (tests/integration/broker.py has the full API):
+Broker fixtures (lab/broker.py has the full API):
 
 ``broker``
     A started :class:`MosquittoBroker` running configs/mosquitto/ with no probe users yet;
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.broker import MosquittoBroker, mosquitto_available
+from lab.broker import MosquittoBroker, mosquitto_available
 
 BROKER_FIXTURES = {"broker", "broker_factory"}
 
@@ -76,7 +76,7 @@ def pg_url() -> Iterator[str]:
 
     Skips without a server, except under CI=true where it fails.
     """
-    from tests.integration.pg import pg_unavailable, temporary_database
+    from lab.pg import pg_unavailable, temporary_database
 
     reason = pg_unavailable()
     if reason is not None:

@@ -1,7 +1,7 @@
 """The real long-running agent with one extra experiment, for tests/integration/test_sigterm.py.
 
 ``python -m tests.integration.sigterm_agent CONFIG JOURNAL`` registers ``slow_fetch`` (an HTTP
-GET to a loopback server that answers slowly) and runs ``agent.scheduler.run_forever`` with the
+GET to a loopback server that answers slowly) and runs ``agent.daemon.loop.run_forever`` with the
 real backend: runner, outbox, publisher, campaign handling.  The experiment appends
 ``start <nonce> <url>`` and ``done <nonce> <url>`` to JOURNAL (fsync'd) so the test knows which
 measurements finished and can check that each one is in the outbox or at the collector.
@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from agent.experiments import Outcome, Target, register
-from agent.model import Status, Verdict
+from agent.wire.record import Status, Verdict
 
 JOURNAL = Path(os.environ.get("VIGIL_TEST_JOURNAL", "/dev/null"))
 
@@ -61,7 +61,7 @@ register(SlowFetch)
 
 def main(argv: list[str]) -> int:
     from agent.config import load
-    from agent.scheduler import run_forever
+    from agent.daemon.loop import run_forever
 
     return run_forever(load(Path(argv[0])))
 

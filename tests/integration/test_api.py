@@ -1,7 +1,7 @@
 """The collector's HTTP API against real stores (SQLite; PostgreSQL with the postgres marker).
 
 The store is filled the way the ingest fills it: records signed by test probes with the
-agent's wire format, checked by collector.verify, written with ``Store.write_batch``.  Every
+agent's wire format, checked by collector.ingest.verify, written with ``Store.write_batch``.  Every
 expected number is computed from that dataset, never typed in.  The ``serve`` command is then
 run for real against a real Mosquitto (broker marker).
 """
@@ -31,17 +31,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import wire
 from agent.errors import SignatureError
-from collector import api as api_module
-from collector.app import STORE, ServeSettings, create_app
+from agent.wire import envelope as wire
+from collector.api import routes as api_module
 from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
-from collector.outages import OutageEvent
-from collector.outagestore import OutageEventStore
+from collector.ingest.verify import Accepted, KeyTable, Rejected, StatusReceived, Verifier
+from collector.outages.detector import OutageEvent
+from collector.outages.store import OutageEventStore
+from collector.service import STORE, ServeSettings, create_app
 from collector.store import open_store
 from collector.store.base import IngestBatch, StoreUnavailable
-from collector.verify import Accepted, KeyTable, Rejected, StatusReceived, Verifier
-from tests.collector_support import TestProbe
+from lab.probes import TestProbe
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86400.0
@@ -684,7 +684,7 @@ async def test_healthz_and_dashboard(client: TestClient[Any, Any]) -> None:
         assert "//cdn" not in text and "fonts.googleapis" not in text
         assert not [u for u in _urls(text) if not u.startswith(("https://www.example.com",
                                                                   "https://ops.example"))]
-    assert api_module.__name__ == "collector.api"
+    assert api_module.__name__ == "collector.api.routes"
 
 
 def _urls(text: str) -> list[str]:
@@ -712,7 +712,7 @@ def free_port() -> int:
 
 
 def test_serve_config_errors_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from collector.cli import main
+    from collector.cli.main import main
 
     monkeypatch.delenv("VIGIL_STORE", raising=False)
     assert main(["serve", "--no-ingest"]) == 2  # no store at all
@@ -724,7 +724,7 @@ def test_serve_config_errors_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_serve_runtime_failures_exit_1(tmp_path: Path) -> None:
-    from collector.cli import main
+    from collector.cli.main import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from collector.cli import main
+from collector.cli.main import main
 from collector.config import load_config, parse_config
+from collector.ingest.verify import Accepted, KeyTable, Verifier
 from collector.store import IngestBatch, QuarantineItem, open_store
-from collector.verify import Accepted, KeyTable, Verifier
-from tests.collector_support import TestProbe
+from lab.probes import TestProbe
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,14 +17,14 @@ import pytest
 from aiohttp import web
 
 from agent.config import NetConfig, from_mapping
-from agent.control import ControlClient
+from agent.engine.helper_client import ControlClient
+from agent.engine.runner import Job, MeasureContext, build_record
 from agent.experiments import Target
 from agent.experiments.connectivity import STATE_FILE, Connectivity, parse_anchor
-from agent.model import ProbeInfo, Status
 from agent.net.dns import parse_resolver
 from agent.net.tls import make_contexts
-from agent.runner import Job, MeasureContext, build_record
-from agent.wire import validate_record
+from agent.wire.envelope import validate_record
+from agent.wire.record import ProbeInfo, Status
 
 
 class _DNS(asyncio.DatagramProtocol):

@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from yarl import URL
 
 from agent.experiments.web_connectivity.model import control_from_json
-from agent.helperauth import sign_request
 from agent.identity import Identity
-from agent.wire import probe_id_for, raw_public_key
-from collector.helper import (
+from agent.wire.envelope import probe_id_for, raw_public_key
+from agent.wire.helper_auth import sign_request
+from collector.helper.app import (
     HELPER_STATE,
     HelperConfig,
     Limits,
@@ -43,11 +43,11 @@ from collector.helper import (
     make_runner,
     reload_data,
 )
-from collector.helpercontrol import ControlLimits
-from collector.helpererrors import Refusal
-from collector.helpernet import DNSOutcome, Fetcher, FetchLimits
-from collector.ipdb import parse_lines
-from collector.targetpolicy import TargetPolicy
+from collector.helper.control import ControlLimits
+from collector.helper.errors import Refusal
+from collector.helper.fetch import DNSOutcome, Fetcher, FetchLimits
+from collector.helper.ipdb import parse_lines
+from collector.helper.policy import TargetPolicy
 
 PAGE = b"<html><head><title>Vigil test page</title></head><body>" + b"x" * 1000 + b"</body></html>"
 BIG = 256 * 1024
@@ -363,7 +363,7 @@ async def test_healthz_is_public(lab: Lab) -> None:
     assert body["status"] == "ok"
 
 
-# ---- the target policy (issue 7) ----------------------------------------------------------------
+# ---- the target policy --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url",
     [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from collector import cli
-from collector.commands import helper as helper_command
+from collector.cli import helper as helper_command
+from collector.cli import main as cli
 
 
 @pytest.mark.parametrize(

@@ -23,14 +23,14 @@ from urllib.parse import urlsplit
 import aiomqtt
 import pytest
 
-from agent import wire
+from agent.wire import envelope as wire
 from collector.config import BrokerConfig, IngestConfig
-from collector.ingest import Ingest
+from collector.ingest.pipeline import Ingest
 from collector.store import Store, open_store
 from collector.store.aio import AsyncStore
-from tests.collector_support import TestProbe
-from tests.integration.broker import BrokerInfo, MosquittoBroker
-from tests.integration.tcpproxy import TcpProxy
+from lab.broker import BrokerInfo, MosquittoBroker
+from lab.probes import TestProbe
+from lab.tcpproxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # upper bound for any "until stored" wait

@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from collector.outages import DetectorConfig
-from collector.outagestore import OutageEventStore
-from collector.outagewatch import WatchConfig, Watcher
+from collector.outages.detector import DetectorConfig
+from collector.outages.store import OutageEventStore
+from collector.outages.watch import WatchConfig, Watcher
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow, StatusUpdate
 
@@ -128,7 +128,7 @@ def test_agent_records_confirm(store: Any) -> None:
               "end": time.strftime(iso, time.gmtime(t0 + 415.0)),
               "states": ["offline"], "failed": [], "checks": 2, "last_ok": None}
     store.write_batch(IngestBatch(measurements=[_row("pa", t0 + 430.0, 99, outage)]))
-    from collector.outagewatch import detect_now
+    from collector.outages.watch import detect_now
 
     events = detect_now(store, t0 + 500.0, CFG)
     (e,) = [x for x in events if x.group == "asn:AS64500"]
@@ -142,13 +142,13 @@ def test_cli_check_and_list(tmp_path: Path) -> None:
     try:
         populate(s, ["pa", "pb", "pc"], t0, t0 + 300.0, t0 + 9999.0, t0 + 400.0)
         events = Watcher(s, WatchConfig(CFG)).events_store
-        from collector.outagewatch import detect_now
+        from collector.outages.watch import detect_now
 
         for e in detect_now(s, t0 + 400.0, CFG):
             events.save(e)
     finally:
         s.close()
-    from collector.cli import main
+    from collector.cli.main import main
 
     runner = CliRunner()
     res = runner.invoke(main_cmd(), ["check", "--store", url, "--heartbeat", str(HB),
@@ -166,6 +166,6 @@ def test_cli_check_and_list(tmp_path: Path) -> None:
 
 
 def main_cmd() -> Any:
-    from collector.commands.outages import outages
+    from collector.cli.outages import outages
 
     return outages

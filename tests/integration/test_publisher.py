@@ -16,19 +16,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from agent import identity, wire
+from agent import identity
 from agent.identity import Identity
-from agent.outbox import Outbox
-from agent.publisher import (
+from agent.uplink.outbox import Outbox
+from agent.uplink.publisher import (
     RC_NOT_AUTHORIZED,
     RC_PACKET_TOO_LARGE,
     MqttSession,
@@ -37,8 +34,9 @@ from agent.publisher import (
     measurements_topic,
     status_topic,
 )
-from tests.agent_records import make_record
-from tests.integration.broker import BrokerInfo, MosquittoBroker
+from lab.broker import BrokerInfo, MosquittoBroker
+from lab.mini_collector import Collector
+from lab.records import make_record
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = "$share/collectors/vigil/v1/probes/+/measurements"
@@ -67,88 +65,6 @@ async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-class Collector:
-    """A minimal collector: persistent session, shared subscription, verifies every message.
-
-    Reconnects (bounded by the test's stop) so it rides out broker restarts.
-    """
-
-    def __init__(self, info: BrokerInfo, keys: dict[str, Identity], client_id: str = "tc1"):
-        self.info = info
-        self.keys = keys
-        self.client_id = client_id
-        self.received: Counter[str] = Counter()
-        self.by_topic: Counter[str] = Counter()
-        self.bad: list[str] = []
-        self.subscribed = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self.subscribed.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await asyncio.wait_for(self._task, 10)
-
-    async def _run(self) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600
-        for _ in range(400):
-            if self._stop.is_set():
-                return
-            client = aiomqtt.Client(
-                self.info.host, self.info.collector_port,
-                username=self.info.collector.username, password=self.info.collector.password,
-                tls_context=self.info.tls_context(), protocol=V5, identifier=self.client_id,
-                clean_start=False, properties=props, timeout=5,
-            )
-            try:
-                async with client:
-                    await client.subscribe(SHARED, qos=1)
-                    self.subscribed.set()
-                    stop = asyncio.create_task(self._stop.wait())
-                    try:
-                        it = client.messages.__aiter__()
-                        while not self._stop.is_set():
-                            nxt = asyncio.ensure_future(it.__anext__())
-                            done, _ = await asyncio.wait({nxt, stop}, return_when="FIRST_COMPLETED")
-                            if nxt not in done:
-                                nxt.cancel()
-                                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                                    await nxt
-                                break
-                            self._check(nxt.result())
-                    finally:
-                        stop.cancel()
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.1)
-            finally:
-                for name in ("_connected", "_disconnected"):
-                    fut = getattr(client, name)
-                    if fut.done() and not fut.cancelled():
-                        fut.exception()
-
-    def _check(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        self.by_topic[topic] += 1
-        probe_id = topic.split("/")[3]
-        payload = message.payload
-        assert isinstance(payload, bytes | bytearray)
-        try:
-            env = wire.parse_envelope(bytes(payload))
-            ident = self.keys[probe_id]
-            record = json.loads(wire.verify_envelope(env, ident.public_key, ident.probe_id))
-            wire.validate_record(record)
-            assert record["probe_id"] == probe_id
-            self.received[record["measurement_id"]] += 1
-        except Exception as exc:  # collected, asserted by the tests
-            self.bad.append(f"{topic}: {exc!r}")
 
 
 @contextlib.asynccontextmanager
@@ -427,9 +343,9 @@ AGENT = textwrap.dedent(
     import asyncio, json, sys
     from pathlib import Path
     from agent import identity
-    from agent.outbox import Outbox, OutboxSink
-    from agent.publisher import Publisher, PublisherSettings
-    from tests.agent_records import make_record
+    from agent.uplink.outbox import Outbox, OutboxSink
+    from agent.uplink.publisher import Publisher, PublisherSettings
+    from lab.records import make_record
 
     state, conf = Path(sys.argv[1]), json.loads(sys.argv[2])
     conf["ca_file"] = Path(conf["ca_file"])
@@ -519,7 +435,7 @@ def once_config(state: Path, mqtt: dict[str, Any]) -> Any:
 async def test_once_run_publishes_through_the_outbox(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    from agent.uplink import publishing
+    from agent.uplink.oneshot import publishing
 
     ident = new_probe(tmp_path, broker, "p")
     info = broker.info
@@ -545,7 +461,7 @@ async def test_once_run_without_broker_or_with_busy_outbox_only_writes_its_outpu
     tmp_path: Path,
 ) -> None:
     from agent.config import from_mapping
-    from agent.uplink import publishing
+    from agent.uplink.oneshot import publishing
 
     ident = identity.create(tmp_path / "p")
     out = ListSink()

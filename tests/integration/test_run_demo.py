@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import agent_unavailable, lab_unavailable, skip_or_fail
+from lab.preflight import agent_unavailable, lab_unavailable
+from tests.lab.conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TIMEOUT_S = 240.0  # the demo itself takes ~80 s here; its own waits are all bounded
@@ -28,12 +29,12 @@ def test_make_run_stores_every_measurement(tmp_path: Path) -> None:
     why = lab_unavailable() or agent_unavailable()
     if why:
         skip_or_fail(why)
-    from tests.integration.broker import mosquitto_available
+    from lab.broker import mosquitto_available
 
     if reason := mosquitto_available():
         skip_or_fail(reason)
-    from tests.lab.lab import default_scenario_files
-    from tests.lab.scenarios import load_files
+    from lab.lab import default_scenario_files
+    from lab.scenarios import load_files
 
     expected = sum(s.expect is not None for s in load_files(default_scenario_files()).measured)
 
@@ -68,7 +69,7 @@ def test_make_run_stores_every_measurement(tmp_path: Path) -> None:
     # torn down: no namespace, state directory or process of this run's lab is left
     prefix = re.search(r"^lab (vl[0-9a-f]{8}):", out, re.M)
     assert prefix, out[:2000]
-    from tests.lab import nsctl
+    from lab import nsctl
 
     assert not [ns for ns in nsctl.list_netns() if ns.startswith(prefix.group(1))]
     assert not (nsctl.STATE_ROOT / prefix.group(1)).exists()

@@ -1,6 +1,6 @@
 """SIGTERM during an operator campaign loses nothing.
 
-The real agent process (agent.scheduler.run_forever with the real runner, outbox and
+The real agent process (agent.daemon.loop.run_forever with the real runner, outbox and
 publisher) runs a signed campaign received through the real broker (configs/mosquitto/),
 measuring a slow loopback HTTP server.  We SIGTERM it mid-campaign and check:
 
@@ -30,9 +30,9 @@ import aiomqtt
 import pytest
 
 from agent import identity as agent_identity
-from agent.campaign import Audience
-from agent.outbox import Outbox
-from agent.wire import parse_envelope, verify_envelope
+from agent.uplink.outbox import Outbox
+from agent.wire.commands import Audience
+from agent.wire.envelope import parse_envelope, verify_envelope
 from collector.campaigns import (
     BrokerTarget,
     CampaignSpec,
@@ -43,7 +43,7 @@ from collector.campaigns import (
     sign_command,
     topic_for,
 )
-from tests.integration.broker import MosquittoBroker
+from lab.broker import MosquittoBroker
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

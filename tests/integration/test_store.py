@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from agent.errors import ConfigError
+from collector.ingest.verify import Accepted, KeyTable, Verifier
 from collector.store import (
     IngestBatch,
     ProbeExists,
@@ -30,8 +31,7 @@ from collector.store import (
 from collector.store.aio import AsyncStore
 from collector.store.base import QUARANTINE_MAX_RAW, Dimension, Filter, MeasurementRow
 from collector.store.keys import StoreProbeKeys
-from collector.verify import Accepted, KeyTable, Verifier
-from tests.collector_support import TestProbe
+from lab.probes import TestProbe
 
 NOW = time.time()
 

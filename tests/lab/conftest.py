@@ -6,35 +6,15 @@ every verdict is proven, and a silently skipped lab proves nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from lab.preflight import lab_unavailable
+
 _REPORTS: list[str] = []
-
-
-def lab_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root (network namespaces, nftables, tc); run as root"
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = [t for t in ("ip", "nft", "tc", "tcpdump", "sysctl")
-               if shutil.which(t, path=path) is None]
-    if missing:
-        return f"the lab needs {', '.join(missing)} (run `make deps`)"
-    if not os.path.isdir("/proc/self/ns") or not os.path.exists("/proc/self/ns/net"):
-        return "this kernel has no network namespaces"
-    return None
-
-
-def agent_unavailable() -> str | None:
-    for module in ("agent.commands.run", "collector.commands.helper"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} does not exist yet (the agent or helper is not built)"
-    return None
 
 
 def skip_or_fail(reason: str) -> None:
@@ -52,7 +32,7 @@ def require_lab() -> None:
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Any]:
     require_lab()
-    from tests.lab.lab import Lab
+    from lab.lab import Lab
 
     built = Lab.up()
     try:

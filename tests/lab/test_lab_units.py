@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import addressing as A
-from tests.lab import packets as P
-from tests.lab.lab import default_scenario_files
-from tests.lab.plan import build_plan, render_censor_nft, tc_commands
-from tests.lab.runner import Outcome, confusion_table
-from tests.lab.scenarios import ScenarioError, load_files, parse_file, validate_set
+from lab import addressing as A
+from lab import packets as P
+from lab.lab import default_scenario_files
+from lab.plan import build_plan, render_censor_nft, tc_commands
+from lab.runner import Outcome, confusion_table
+from lab.scenarios import ScenarioError, load_files, parse_file, validate_set
 
 # ---- scenario files -----------------------------------------------------------------------
 
@@ -31,7 +31,7 @@ def test_shipped_files_load_and_are_consistent() -> None:
 def _one(row: str) -> None:
     import tomllib
 
-    from tests.lab.scenarios import ScenarioSet
+    from lab.scenarios import ScenarioSet
 
     validate_set(ScenarioSet((parse_file("t.toml", tomllib.loads(row)),)))
 
@@ -77,7 +77,7 @@ def test_several_files_are_cross_checked(tmp_path: Path) -> None:
 def test_plan_shares_addresses_and_renders_the_censor() -> None:
     import tomllib
 
-    from tests.lab.scenarios import ScenarioSet
+    from lab.scenarios import ScenarioSet
 
     data = tomllib.loads("""
 [[scenario]]

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.lab.conftest import add_report, agent_unavailable, skip_or_fail
-from tests.lab.lab import default_scenario_files
-from tests.lab.scenarios import load_files
+from lab.lab import default_scenario_files
+from lab.preflight import agent_unavailable
+from lab.scenarios import load_files
+from tests.lab.conftest import add_report, skip_or_fail
 
 pytestmark = pytest.mark.lab
 
@@ -27,7 +28,7 @@ def report(lab: Any) -> Any:
         skip_or_fail(why)
     if not lab.helper_running:
         skip_or_fail(f"the control helper did not start:\n{lab.log_tail('helper')}")
-    from tests.lab.runner import run_scenarios
+    from lab.runner import run_scenarios
 
     result = run_scenarios(lab)
     add_report(result.render())

@@ -1,6 +1,6 @@
 """Self-checks: every censor behaviour (and every benign case) manifests on the wire.
 
-They use a small client of their own (tests/lab/client.py), never the agent, and compare the
+They use a small client of their own (lab/client.py), never the agent, and compare the
 probe's view with the uncensored view from the internet side, so an agent test that passes
 cannot be an artefact of a broken lab.
 """
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.lab import addressing as A
-from tests.lab import nsctl
-from tests.lab.plan import DEFAULT_SITE_DELAY_MS
+from lab import addressing as A
+from lab import nsctl
+from lab.plan import DEFAULT_SITE_DELAY_MS
 
 pytestmark = pytest.mark.lab
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab import nsctl, procinfo
+from lab import nsctl, procinfo
 from tests.lab.conftest import require_lab
 
 pytestmark = pytest.mark.lab
@@ -57,7 +57,7 @@ def _pids(state_dir: Path) -> list[tuple[int, int | None]]:
 
 def test_down_leaves_nothing_and_is_idempotent(small_file: Path) -> None:
     require_lab()
-    from tests.lab.lab import Lab
+    from lab.lab import Lab
 
     lab = Lab.up([small_file], helper=False, reap=False)
     pids = _pids(lab.dir)
@@ -70,7 +70,7 @@ def test_down_leaves_nothing_and_is_idempotent(small_file: Path) -> None:
 
 def test_parallel_labs_do_not_collide(small_file: Path) -> None:
     require_lab()
-    from tests.lab.lab import Lab
+    from lab.lab import Lab
 
     first = Lab.up([small_file], helper=False, reap=False)
     try:
@@ -92,7 +92,7 @@ def test_parallel_labs_do_not_collide(small_file: Path) -> None:
 
 CRASHER = """
 import os, sys
-from tests.lab.lab import Lab
+from lab.lab import Lab
 lab = Lab.up([sys.argv[1]], helper=False, reap=False)
 print(lab.prefix, flush=True)
 sys.stdin.read()  # wait to be killed
@@ -122,7 +122,7 @@ def test_a_crashed_owner_is_cleaned_up(small_file: Path) -> None:
         time.sleep(0.1)
     assert not any(procinfo.alive(*p) for p in pids)
     assert prefix in nsctl.stale_prefixes()
-    down = subprocess.run([sys.executable, "-m", "tests.lab", "down", "--all-stale"],
+    down = subprocess.run([sys.executable, "-m", "lab", "down", "--all-stale"],
                           cwd=str(REPO), capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert down.returncode == 0, down.stderr
@@ -131,7 +131,7 @@ def test_a_crashed_owner_is_cleaned_up(small_file: Path) -> None:
 
 
 def test_cli_status_lists_labs(lab: Any) -> None:
-    out = subprocess.run([sys.executable, "-m", "tests.lab", "status"], cwd=str(REPO),
+    out = subprocess.run([sys.executable, "-m", "lab", "status"], cwd=str(REPO),
                          capture_output=True, text=True, timeout=30, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     labs = json.loads(out.stdout)["labs"]

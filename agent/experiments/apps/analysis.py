@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import Blocking, Status, Verdict
+from agent.wire.record import Blocking, Status, Verdict
 
 STAGES = ("dns", "tcp", "tls", "http", "handshake")
 

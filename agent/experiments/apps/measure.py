@@ -19,10 +19,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import ControlError
-from agent.experiments.apps import handshakes as hs
 from agent.experiments.apps.analysis import EndpointResult
 from agent.experiments.apps.spec import AppSpec, Endpoint
 from agent.net import failures
+from agent.net import handshakes as hs
 from agent.net.dns import resolve_first
 from agent.net.tcp import connect
 from agent.net.tls import handshake

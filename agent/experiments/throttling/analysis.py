@@ -42,7 +42,7 @@ from typing import Any
 
 from agent.experiments.throttling.model import ThrottlingObservations, Transfer
 from agent.experiments.throttling.stats import ks_2samp, median, normalised_difference
-from agent.model import Blocking, Status, Verdict
+from agent.wire.record import Blocking, Status, Verdict
 
 
 @dataclass(frozen=True, slots=True)

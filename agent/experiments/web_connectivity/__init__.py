@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from agent.errors import VigilError
 from agent.experiments import Outcome, Target, register
 from agent.experiments.web_connectivity.model import WebObservations
-from agent.model import Verdict
+from agent.wire.record import Verdict
 
 if TYPE_CHECKING:
-    from agent.fingerprints import Fingerprints
+    from agent.inputs.fingerprints import Fingerprints
 
 Analyzer = Callable[[WebObservations, "Fingerprints"], Verdict]
 
@@ -41,7 +41,7 @@ class WebConnectivity:
 
             self._analyzer = analyze
         if self._fingerprints is None:
-            from agent.fingerprints import Fingerprints
+            from agent.inputs.fingerprints import Fingerprints
 
             self._fingerprints = Fingerprints.load_default()
         return self._analyzer, self._fingerprints

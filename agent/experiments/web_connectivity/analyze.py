@@ -1,7 +1,7 @@
 """The verdict of one web_connectivity measurement: a pure function of observations.
 
 ``analyze(obs, fingerprints)`` reads what ``measure()`` recorded (``WebObservations``) and the
-control helper's view, and returns a ``Verdict`` (GUIDE.md §3).  No I/O, no clock, no
+control helper's view, and returns a ``Verdict`` (docs/design.md, Contracts).  No I/O, no clock, no
 randomness: a stored measurement re-analysed later gives the same answer, and every rule is a
 table row in tests/unit/test_analyze.py.
 
@@ -62,7 +62,7 @@ Precedence: the first row whose condition holds decides (h11-style: one function
 Why this order:
 
 * The control comes first because differential evidence without a reference is guesswork
-  (GUIDE §3: a failed control is inconclusive, never blocked).  This holds even when a
+  (docs/design.md, Contracts: a failed control is inconclusive, never blocked).  This holds even when a
   fingerprint matched: the raw evidence is kept and can be re-analysed.
 * Fingerprints (2, 5) come before every heuristic: they are the only *confirmed* evidence.
 * DNS evidence that does not depend on what happened next (injection, no answer) precedes
@@ -115,12 +115,12 @@ from agent.experiments.web_connectivity.model import (
     TLSHandshake,
     WebObservations,
 )
-from agent.fingerprints import Fingerprint, Fingerprints, Matches, canonical_dns_value
-from agent.model import Blocking, Status, Verdict
+from agent.inputs.fingerprints import Fingerprint, Fingerprints, Matches, canonical_dns_value
+from agent.wire.record import Blocking, Status, Verdict
 
 __all__ = ["REASONS", "RULES", "analyze", "explain", "is_bogon"]
 
-# ---- OONI failure strings (GUIDE.md §3) ----------------------------------------------------
+# ---- OONI failure strings (docs/design.md, Contracts) ----------------------------------------------------
 CONNECTION_REFUSED: Final = "connection_refused"
 CONNECTION_RESET: Final = "connection_reset"
 EOF_ERROR: Final = "eof_error"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from agent.engine.slots import release_slot
 from agent.errors import ControlError, VigilError
 from agent.experiments.web_connectivity.model import (
     ControlResponse,
@@ -39,10 +40,9 @@ from agent.net import tls as tlsnet
 from agent.net.addr import endpoint, is_ip
 from agent.net.dns import PendingQuery, resolve_first, start_query
 from agent.net.http import FetchLimits, fetch
-from agent.slots import release_slot
 
 if TYPE_CHECKING:
-    from agent.runner import MeasureContext
+    from agent.engine.runner import MeasureContext
 
 NO_CONTROL = failures.unknown("no control helper configured")
 _DEFAULT_PORTS = {"http": 80, "https": 443}

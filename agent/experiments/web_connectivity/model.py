@@ -5,7 +5,7 @@ with OONI's key names so analysts can compare with OONI data; ``from_test_keys``
 so a stored measurement can be re-analysed later with better rules.
 
 Times are seconds: ``t0`` since the start of the measurement, ``t`` when the operation ended.
-Failures are OONI failure strings (GUIDE.md §3) or None for success.
+Failures are OONI failure strings (docs/design.md, Contracts) or None for success.
 """
 
 from __future__ import annotations

@@ -1,0 +1,278 @@
+"""``vigil-agent doctor``: check this probe's setup and say in plain words what to fix.
+
+Checks, in order (a later check is skipped when it depends on a failed one):
+
+  config       the config file parses, every section is valid
+  state dir    exists and is writable by this user
+  key          the probe key exists, is private (0600) and loads
+  clock        the system clock is plausible and, when the helper answers, agrees with it
+  broker       the MQTT broker's TLS endpoint answers and its certificate is trusted
+  helper       the control helper answers ``whoami`` (signed with the probe key)
+  agent        the long-running agent's last state (running? connected? errors?)
+
+The broker check stops after the TLS handshake on purpose: the broker forces the client id to
+the probe id, so a full MQTT login from here would kick the running agent off.  Whether the
+login works is what ``agent`` reports (from the agent's own connection).
+
+Exit code 1 when anything FAILed; warnings alone exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import click
+
+from agent import identity
+from agent.config import AgentConfig
+from agent.config import load as load_config
+from agent.engine.state import read_state
+from agent.errors import IdentityError, VigilError
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+MIN_PLAUSIBLE = datetime(2025, 1, 1, tzinfo=UTC)  # a Pi without RTC boots in 1970
+MAX_SKEW = 300.0  # seconds; operator commands tolerate 5 minutes
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    level: str
+    message: str
+    fix: str = ""
+
+
+def check_clock(now: datetime, reference: datetime | None) -> Check:
+    if now < MIN_PLAUSIBLE:
+        return Check(
+            "clock",
+            FAIL,
+            f"the system clock says {now:%Y-%m-%d}",
+            "enable time sync: sudo timedatectl set-ntp true (a Pi has no battery clock)",
+        )
+    if reference is not None:
+        skew = (now - reference).total_seconds()
+        if abs(skew) > MAX_SKEW:
+            return Check(
+                "clock",
+                FAIL,
+                f"the clock is {skew:+.0f}s off the control helper's",
+                "enable time sync: sudo timedatectl set-ntp true; check with timedatectl",
+            )
+        return Check("clock", OK, f"within {abs(skew):.0f}s of the control helper")
+    synced = Path("/run/systemd/timesync/synchronized").exists()
+    return Check("clock", OK, "plausible" + (" and NTP-synchronised" if synced else ""))
+
+
+def check_state_dir(state_dir: Path) -> Check:
+    if not state_dir.exists():
+        return Check(
+            "state dir",
+            FAIL,
+            f"{state_dir} does not exist",
+            "run `vigil-agent init` (or the installer) to create it",
+        )
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        return Check(
+            "state dir",
+            FAIL,
+            f"{state_dir} is not writable by this user",
+            "run doctor as the service user: sudo -u vigil vigil-agent doctor",
+        )
+    return Check("state dir", OK, str(state_dir))
+
+
+def check_key(state_dir: Path) -> tuple[Check, identity.Identity | None]:
+    try:
+        ident = identity.load(state_dir)
+    except IdentityError as exc:
+        text = str(exc)
+        fix = "run `vigil-agent init`" if "no probe key" in text else text.split(": ")[-1]
+        if "readable by others" in text:
+            fix = f"chmod 600 {identity.key_path(state_dir)}"
+        return Check("key", FAIL, text, fix), None
+    return Check("key", OK, f"probe {ident.probe_id}"), ident
+
+
+def tls_probe(
+    host: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float
+) -> str:
+    """TLS handshake only; returns the negotiated version.  Raises OSError/ssl.SSLError."""
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_name or host) as tls,
+    ):
+        return tls.version() or "TLS"
+
+
+def check_broker(config: AgentConfig, timeout: float) -> Check:
+    from agent.daemon.backend import broker_settings
+
+    try:
+        s = broker_settings(config)
+    except VigilError as exc:
+        return Check("broker", FAIL, str(exc), "fix the [mqtt] section of the config")
+    if s is None:
+        return Check(
+            "broker",
+            FAIL,
+            "no broker configured: measurements will pile up in the outbox",
+            "set [mqtt] host, port, ca_file and password_file (from your collector's operator)",
+        )
+    try:
+        ctx = s.tls_context()
+        version = tls_probe(s.host, s.port, ctx, getattr(s, "server_hostname", None), timeout)
+    except ssl.SSLCertVerificationError as exc:
+        return Check(
+            "broker",
+            FAIL,
+            f"{s.host}:{s.port}: certificate not trusted ({exc.verify_message})",
+            "set [mqtt] ca_file to the CA file your operator gave you",
+        )
+    except (OSError, VigilError) as exc:
+        return Check(
+            "broker",
+            FAIL,
+            f"{s.host}:{s.port} unreachable: {exc}",
+            "check the host and port in [mqtt], and that this network can reach it",
+        )
+    return Check("broker", OK, f"{s.host}:{s.port} answers ({version}, certificate trusted)")
+
+
+async def helper_whoami(
+    config: AgentConfig, ident: identity.Identity | None, timeout: float
+) -> tuple[Check, datetime | None]:
+    import aiohttp
+
+    from agent.engine.helper_client import ControlClient
+    from agent.engine.runner import _signer, tls_contexts
+
+    url = config.control.url
+    if url is None:
+        return Check(
+            "helper",
+            WARN,
+            "no control helper configured: web tests will be inconclusive",
+            "set [control] url (from your collector's operator)",
+        ), None
+    tls = tls_contexts(config.net.ca_file)
+    # The Date header is the clock reference (a second request, unsigned, cheap).
+    reference: datetime | None = None
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                url,
+                ssl=tls.verify,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp,
+        ):
+            date = resp.headers.get("Date")
+            if date:
+                reference = parsedate_to_datetime(date)
+    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError):
+        reference = None
+    client = ControlClient(
+        url,
+        ssl_context=tls.verify,
+        timeout=timeout,
+        authenticator=None if ident is None else _signer(ident),
+    )
+    try:
+        who = await asyncio.wait_for(client.whoami(), timeout + 1)
+    except (VigilError, TimeoutError) as exc:
+        return Check(
+            "helper",
+            FAIL,
+            f"{url} did not answer whoami: {exc}",
+            "check [control] url; if it says unauthorised, ask the operator to enrol this probe",
+        ), reference
+    finally:
+        await client.close()
+    c = who.client
+    return Check("helper", OK, f"{url}: you are on {c.asn} {c.network_name} ({c.cc})"), reference
+
+
+def check_agent(state_dir: Path, now: datetime) -> Check:
+    from agent.cli.status import _alive
+
+    state = read_state(state_dir)
+    if state is None:
+        return Check(
+            "agent",
+            WARN,
+            "the long-running agent has not run yet",
+            "start it: sudo systemctl enable --now vigil-agent",
+        )
+    if not _alive(state, now):
+        return Check(
+            "agent",
+            WARN,
+            f"the agent is not running (last seen {state.updated_at})",
+            "start it: sudo systemctl start vigil-agent; logs: journalctl -u vigil-agent",
+        )
+    if not state.broker_connected:
+        return Check(
+            "agent",
+            WARN,
+            "the agent runs but is not connected to the broker",
+            "check the [mqtt] password; logs: journalctl -u vigil-agent",
+        )
+    if state.last_error:
+        return Check("agent", WARN, f"running; last error: {state.last_error}")
+    return Check("agent", OK, f"running, connected, last upload {state.last_upload or 'none yet'}")
+
+
+def run_checks(
+    config_file: Path | None,
+    timeout: float,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        config = load_config(config_file)
+        from agent.daemon.settings import settings
+
+        settings(config)
+    except VigilError as exc:
+        checks.append(Check("config", FAIL, str(exc), "edit the config file and run doctor again"))
+        return checks
+    checks.append(Check("config", OK, str(config.path or "defaults (no config file)")))
+    state = check_state_dir(config.state_dir)
+    checks.append(state)
+    ident = None
+    if state.level == OK:
+        key, ident = check_key(config.state_dir)
+        checks.append(key)
+    checks.append(check_broker(config, timeout))
+    helper, reference = asyncio.run(helper_whoami(config, ident, timeout))
+    checks.append(check_clock(now(), reference))
+    checks.append(helper)
+    if state.level == OK:
+        checks.append(check_agent(config.state_dir, now()))
+    return checks
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="per network check")
+def doctor(config_file: Path | None, timeout: float) -> None:
+    """Check config, key, clock, broker and helper; say what to fix."""
+    checks = run_checks(config_file, timeout)
+    for c in checks:
+        click.echo(f"{c.level:>4}  {c.name:<10} {c.message}")
+        if c.fix and c.level in (FAIL, WARN):
+            click.echo(f"      {'':<10} fix: {c.fix}")
+    failed = [c for c in checks if c.level == FAIL]
+    if failed:
+        raise VigilError(f"{len(failed)} problem(s) to fix (see above)")
+    click.echo("\nall essential checks passed.")

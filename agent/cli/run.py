@@ -1,0 +1,352 @@
+"""``vigil-agent run``: measure the test lists once (``--once``) or keep doing it (scheduler).
+
+The flags are a public interface (researchers script them); keep them stable::
+
+    vigil-agent run --once [--list FILE.csv]... [--tests NAME[,NAME...]] [--output OUT.jsonl]
+                    [--control-url URL] [--ca-file PEM] [--concurrency N]
+                    [--max-runtime SECONDS] [--data-budget MB] [--config FILE]
+
+On a terminal a progress bar shows running counts per verdict; otherwise (systemd, pipes) one
+structured ``key=value`` line is written per measurement.  Exit codes: 0 done, 1 runtime
+failure (some measurements could not run, the output cannot be written), 2 usage or
+configuration error, each with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from agent import config as agent_config
+from agent import experiments as registry
+from agent.config import AgentConfig
+from agent.engine.runner import Job as RunJob
+from agent.engine.runner import (
+    JsonlFileSink,
+    RunLimits,
+    Runner,
+    RunSummary,
+    open_context,
+)
+from agent.errors import ConfigError, UsageError, VigilError
+from agent.experiments import Experiment, Target
+from agent.identity import load_or_create
+from agent.inputs import testlists
+from agent.uplink.oneshot import publishing
+from agent.wire.record import MeasurementRecord
+
+log = logging.getLogger("vigil.run")
+
+WEB = "web_connectivity"
+STATUS_ORDER = ("ok", "blocked", "throttled", "down", "inconclusive")
+
+
+# ---- presentation -----------------------------------------------------------------------------
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\n\t'):
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    return text
+
+
+def logfmt(**fields: object) -> str:
+    return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items() if v is not None)
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return logfmt(ts=ts, level=record.levelname.lower(), logger=record.name,
+                      msg=record.getMessage())
+
+
+class Reporter:
+    """Progress on a terminal, structured lines otherwise; a summary either way."""
+
+    def __init__(self, total: int, stream: TextIO, tty: bool) -> None:
+        self.total = total
+        self.stream = stream
+        self.counts: Counter[str] = Counter()
+        self.errors = 0
+        self.notable: list[str] = []
+        self._bar: Any = None
+        if tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=stream, unit="m", dynamic_ncols=True,
+                             desc="measuring", smoothing=0.1)
+
+    def __call__(self, record: MeasurementRecord | None, job: RunJob, error: str | None) -> None:
+        if record is None:
+            self.errors += 1
+            key = "error"
+        else:
+            v = record.verdict
+            key = str(v.status)
+            if key in ("blocked", "throttled") and len(self.notable) < 20:
+                self.notable.append(
+                    f"  {key:<9} {v.blocking!s:<12} {v.reason:<22} {record.input}"
+                )
+        self.counts[key] += 1
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(self._counts_text(), refresh=False)
+            return
+        if record is None:
+            line = logfmt(ts=_now(), level="error", event="measurement_failed",
+                          test=job.experiment.name, input=job.target.input, error=error)
+        else:
+            v = record.verdict
+            line = logfmt(
+                ts=_now(), level="info", event="measurement", test=record.test_name,
+                input=record.input, status=v.status, blocking=v.blocking or "-",
+                reason=v.reason or "-", confirmed=str(v.confirmed).lower(),
+                runtime=f"{record.test_runtime:.3f}", id=record.measurement_id,
+            )
+        print(line, file=self.stream, flush=True)
+
+    def _counts_text(self) -> str:
+        keys = [k for k in (*STATUS_ORDER, "error") if self.counts[k]]
+        return " ".join(f"{k}={self.counts[k]}" for k in keys)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def summary(self, s: RunSummary, output: str) -> None:
+        counts = ", ".join(f"{k} {s.by_status[k]}" for k in STATUS_ORDER if s.by_status[k])
+        print(
+            f"measured {s.measured} of {s.planned} in {s.elapsed:.1f} s ({s.rate:.1f}/s, "
+            f"{s.bytes_used / 1e6:.1f} MB): {counts or 'nothing'}; {s.errors} could not run",
+            file=self.stream,
+        )
+        if s.stopped:
+            print(f"stopped early: {s.stopped}; {s.skipped} not measured", file=self.stream)
+        if self.notable:
+            print("blocked or throttled (first 20):", file=self.stream)
+            for line in self.notable:
+                print(line, file=self.stream)
+        print(f"results: {output}", file=self.stream, flush=True)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _setup_logging(stream: TextIO, tty: bool) -> None:
+    root = logging.getLogger("vigil")
+    if any(getattr(h, "_vigil_run", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(stream)
+    handler._vigil_run = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        logging.Formatter("vigil: %(levelname)s: %(message)s") if tty else LogfmtFormatter()
+    )
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+# ---- planning ---------------------------------------------------------------------------------
+def select_tests(names: Sequence[str]) -> list[type[Experiment]]:
+    """The requested experiments; without names, the ones enabled by default.
+
+    Enabled by default: web_connectivity (on the lists) and every test that brings its own
+    inputs (``default_targets``: apps, connectivity).  A test that would take the URL list as
+    input otherwise (throttling: megabytes per host) runs only when named.
+    """
+    available = registry.load_all()
+    if not names:
+        return [
+            cls for name, cls in sorted(available.items())
+            if name == WEB or callable(getattr(cls, "default_targets", None))
+        ]
+    chosen: list[type[Experiment]] = []
+    for name in names:
+        cls = registry.get(name)  # UsageError naming the known tests
+        if cls not in chosen:
+            chosen.append(cls)
+    return chosen
+
+
+def parse_tests_flag(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names:
+        raise UsageError("--tests names no test")
+    return names
+
+
+def plan_jobs(
+    classes: Sequence[type[Experiment]],
+    list_targets: Sequence[Target],
+    explicit_lists: bool,
+) -> list[RunJob]:
+    """web_connectivity measures the lists; tests with their own inputs (``default_targets``)
+    use those unless lists were named; other tests measure the lists only when named (the
+    default lists are too many hosts for a throughput test)."""
+    jobs: list[RunJob] = []
+    for cls in classes:
+        own = getattr(cls, "default_targets", None)
+        if cls.name == WEB or explicit_lists:
+            targets: Sequence[Target] = list_targets
+        elif callable(own):
+            targets = list(own())
+        else:
+            raise UsageError(f"{cls.name} measures the hosts of the lists you name: "
+                             "pass --list FILE.csv")
+        experiment = cls()
+        jobs.extend(RunJob(experiment, t) for t in targets)
+    return jobs
+
+
+def _with_overrides(config: AgentConfig, **flags: Any) -> AgentConfig:
+    net, control, run = config.net, config.control, config.run
+    try:
+        if flags["ca_file"] is not None:
+            net = dataclasses.replace(net, ca_file=flags["ca_file"])
+        if flags["control_url"] is not None:
+            control = dataclasses.replace(control, url=flags["control_url"])
+        changes = {
+            k: flags[k]
+            for k in ("concurrency", "max_runtime")
+            if flags[k] is not None
+        }
+        if flags["data_budget"] is not None:
+            changes["data_budget_mb"] = flags["data_budget"]
+        run = dataclasses.replace(run, **changes)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return dataclasses.replace(config, net=net, control=control, run=run)
+
+
+def default_output(state_dir: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return state_dir / "results" / f"run-{stamp}.jsonl"
+
+
+# ---- the run ----------------------------------------------------------------------------------
+async def run_once(
+    config: AgentConfig,
+    list_files: Sequence[Path],
+    test_names: Sequence[str],
+    output: Path | str,
+    stream: TextIO,
+    tty: bool,
+) -> RunSummary:
+    if config.control.url is None:
+        raise ConfigError("no control helper: pass --control-url or set [control] url")
+    classes = select_tests(test_names or config.run.tests)
+    identity, created = load_or_create(config.state_dir)
+    if created:
+        print(f"created probe identity {identity.probe_id} in {config.state_dir}", file=stream)
+    async with open_context(config, identity) as ctx:
+        explicit = bool(list_files)
+        if explicit:
+            paths = list(list_files)
+        elif config.lists.files:
+            paths = list(config.lists.files)
+        else:
+            directory = testlists.lists_dir(config.state_dir)
+            paths = testlists.default_paths(directory, ctx.probe.probe_cc, config.lists.countries)
+        parsed = testlists.read_files(paths)
+        for problem in parsed.problems:
+            log.warning("skipped list row %s", problem)
+        # tests with their own inputs (apps, connectivity) take the list's URLs only when named
+        # on the command line: a default run over a 1,700-URL list must not run them 1,700 times
+        jobs = plan_jobs(classes, parsed.targets,
+                         (explicit or bool(config.lists.files)) and bool(test_names))
+        if not jobs:
+            raise UsageError(f"nothing to measure in {', '.join(str(p) for p in paths)}")
+        if parsed.duplicates:
+            log.info("%d duplicate URL(s) measured once", parsed.duplicates)
+        sink = JsonlFileSink(output)
+        reporter = Reporter(len(jobs), stream, tty)
+        limits = RunLimits(
+            concurrency=config.run.concurrency,
+            per_host=config.run.per_host,
+            max_runtime=config.run.max_runtime,
+            measurement_timeout=config.run.measurement_timeout,
+        )
+        try:
+            # With a broker in the config, records also go to the outbox and get published.
+            async with publishing(config, identity, sink) as run_sink:
+                summary = await Runner(ctx, run_sink, limits, reporter).run(jobs)
+        finally:
+            reporter.close()
+            sink.close()
+        reporter.summary(summary, str(output))
+        return summary
+
+
+@click.command("run")
+@click.option("--once", is_flag=True, help="Measure every listed URL once, then exit.")
+@click.option("--list", "list_files", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Citizen Lab CSV test list (repeatable). Default: global + your country.")
+@click.option("--tests", "tests_flag", metavar="NAME[,NAME...]",
+              help="Tests to run (default: all enabled ones).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="JSONL output, appended (default: <state>/results/run-<time>.jsonl).")
+@click.option("--control-url", help="The control helper, e.g. https://helper.example.org")
+@click.option("--ca-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Extra trust anchors (PEM) for private deployments and labs.")
+@click.option("--concurrency", type=click.IntRange(1, 1024),
+              help="Measurements in flight (default 16).")
+@click.option("--max-runtime", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop starting new measurements after this long.")
+@click.option("--data-budget", type=click.FloatRange(min=0, min_open=True), metavar="MB",
+              help="Stop starting new measurements once this much data moved.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Config file (default $VIGIL_CONFIG or /etc/vigil/agent.toml).")
+def run(
+    once: bool,
+    list_files: tuple[Path, ...],
+    tests_flag: str | None,
+    output: Path | None,
+    control_url: str | None,
+    ca_file: Path | None,
+    concurrency: int | None,
+    max_runtime: float | None,
+    data_budget: float | None,
+    config_file: Path | None,
+) -> None:
+    """Measure censorship on the test lists' URLs."""
+    config = _with_overrides(
+        agent_config.load(config_file), ca_file=ca_file, control_url=control_url,
+        concurrency=concurrency, max_runtime=max_runtime, data_budget=data_budget,
+    )
+    if not once:
+        if list_files or tests_flag or output:
+            raise UsageError("--list, --tests and --output only apply with --once")
+        from agent.daemon import loop as scheduler  # the long-running agent, imported when used
+
+        result = scheduler.run_forever(config)
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)  # type: ignore[arg-type]
+        if isinstance(result, int) and result != 0:
+            raise click.exceptions.Exit(result)
+        return
+    names = parse_tests_flag(tests_flag)
+    out: Path | str = output if output is not None else default_output(config.state_dir)
+    tty = sys.stderr.isatty()
+    _setup_logging(sys.stderr, tty)
+    summary = asyncio.run(run_once(config, list_files, names, out, sys.stderr, tty))
+    if summary.errors:
+        raise VigilError(
+            f"{summary.errors} of {summary.planned} measurements could not run (see log); "
+            f"results in {out}"
+        )
+    if summary.measured == 0 and summary.planned:
+        raise VigilError(f"no measurement was made ({summary.stopped or 'unknown reason'})")

@@ -1,0 +1,1 @@
+"""The long-running agent: the pure planner, its async loop, the backend, its settings."""

@@ -1,0 +1,1 @@
+"""Runs experiments: the runner, the control-helper client, scrubbing, slots, small state files."""

@@ -1,0 +1,1 @@
+"""Exporting records in other formats."""

@@ -1,0 +1,2 @@
+"""What the probe measures against: Citizen Lab test lists, their refresh, blockpage fingerprints.
+"""

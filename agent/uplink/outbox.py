@@ -1,0 +1,687 @@
+"""The durable outbox: every measurement is on disk before anything tries to send it.
+
+Measurements taken during a shutdown are the ones that matter, and they are taken exactly when
+they cannot be uploaded.  So a record goes from the runner straight into a SQLite database
+(WAL, ``synchronous=FULL``: the commit returns only after fsync), signed at that moment, and
+leaves it only when the broker has acknowledged it (PUBACK).  A crash, ``kill -9`` or power
+loss at any point loses nothing that was committed; at worst a record is sent twice, and the
+collector deduplicates on ``measurement_id``.
+
+The outbox is bounded (count and bytes).  When full, the oldest measurements are dropped, and
+the drop is itself recorded: persistent counters, a warning in the log, and a signed
+*drop report* record (``test_name`` ``outbox_drop``, see docs/envelope-spec.md) queued like a
+measurement, so the collector learns what it will never receive.  There is at most one open
+drop report: later drops update it until the publisher takes it (then it is sealed, never
+changed again, and the next drop opens a new one).
+
+One process owns an outbox (an exclusive ``flock`` on ``outbox.lock``);
+:func:`read_stats` lets other processes (``vigil-agent status``) look without taking it.
+
+Rows::
+
+    seq         AUTOINCREMENT: never reused, so a late ack can never delete a newer row
+    kind        'measurement' | 'drop_report'
+    envelope    the signed DSSE envelope bytes, exactly as published
+    attempts    publish attempts that did not end in an ack
+    refusals    PUBACKs with an error reason code (135 not authorised, 149 too large, ...)
+    not_before  do not offer before this time (backoff after refusals)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError, OutboxError, SchemaError
+from agent.identity import Identity
+from agent.wire import envelope as wire
+from agent.wire.record import MeasurementRecord, Status, Verdict
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "outbox.sqlite3"
+LOCK_FILE = "outbox.lock"
+SCHEMA_VERSION = 1
+
+KIND_MEASUREMENT = "measurement"
+KIND_DROP_REPORT = "drop_report"
+
+DROP_REPORT_TEST_NAME = "outbox_drop"
+DROP_REPORT_TEST_VERSION = "1.0.0"
+DROP_REPORT_REASON = "outbox.dropped"
+DROP_REPORT_MAX_IDS = 100  # ids listed in one report; the counts are always complete
+# Room kept free for the open drop report when evicting: its envelope stays under this size
+# (100 ids, the longest network name the schema allows), so the bytes limit holds with it.
+DROP_REPORT_RESERVE = 12 * 1024
+
+# Persistent counters (survive restarts; shown by `status` and on the MQTT status topic).
+COUNTERS = (
+    "enqueued",  # measurements committed
+    "published",  # rows deleted after a broker ack (measurements and drop reports)
+    "dropped",  # measurements dropped because the outbox was full
+    "dropped_bytes",
+    "drop_reports",  # drop reports created
+    "refused",  # publishes the broker refused (PUBACK reason code >= 0x80)
+    "unrouted",  # PUBACK 0x10: accepted but no subscriber (kept, offered again later)
+    "publish_errors",  # publishes that ended without any ack (connection lost, timeout)
+    "corrupt_recovered",  # corrupt databases moved aside at open
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('measurement', 'drop_report')),
+    measurement_id TEXT NOT NULL,
+    start_time TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    refusals INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    not_before REAL NOT NULL DEFAULT 0,
+    sealed INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS outbox_deferred ON outbox (not_before);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS open_drop_report (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """Bounds of the outbox.  Defaults: days of measurements on a Raspberry Pi's SD card."""
+
+    max_count: int = 200_000
+    max_bytes: int = 512 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_count < 1 or self.max_bytes < 1:
+            raise ValueError("outbox limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    seq: int
+    kind: str
+    measurement_id: str
+    envelope: bytes
+    attempts: int
+    refusals: int
+
+    @property
+    def size(self) -> int:
+        return len(self.envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    count: int
+    bytes: int
+    oldest_created_at: float | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "bytes": self.bytes,
+            "oldest_created_at": self.oldest_created_at,
+            **self.counters,
+        }
+
+
+def limits_from_config(section: Mapping[str, Any]) -> OutboxLimits:
+    """``[outbox]`` of the agent config: ``max_count`` and ``max_mb`` (both optional)."""
+    table = dict(section)
+    unknown = sorted(set(table) - {"max_count", "max_mb"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [outbox]: {', '.join(unknown)}")
+    defaults = OutboxLimits()
+    count = table.get("max_count", defaults.max_count)
+    mb = table.get("max_mb", defaults.max_bytes / 1_048_576)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"[outbox] max_count must be a positive integer, not {count!r}")
+    if isinstance(mb, bool) or not isinstance(mb, int | float) or not 0 < mb < 1e7:
+        raise ConfigError(f"[outbox] max_mb must be a positive number, not {mb!r}")
+    return OutboxLimits(max_count=count, max_bytes=int(mb * 1_048_576))
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refusal_backoff(refusals: int) -> float:
+    """Seconds before a refused row is offered again: 30 s doubling, at most an hour.
+
+    A refusal is usually permanent (wrong credentials, too large) but may be fixed by the
+    operator; retrying forever keeps the record, the backoff keeps it from blocking the rest.
+    """
+    return float(min(3600, 30 * 2 ** max(0, min(refusals - 1, 10))))
+
+
+class Outbox:
+    """The outbox of one probe.  Thread-safe; blocking (use the ``a*`` methods from asyncio)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        identity: Identity,
+        limits: OutboxLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / DB_FILE
+        self.identity = identity
+        self.limits = limits or OutboxLimits()
+        self._clock = clock
+        self._lock = threading.RLock()
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = self._take_lock(state_dir / LOCK_FILE)
+        try:
+            self._db = self._open_db()
+            count, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+            ).fetchone()
+            self._count: int = int(count)
+            self._bytes: int = int(size)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    # ---- opening ---------------------------------------------------------------------------
+    @staticmethod
+    def _take_lock(path: Path) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutboxError(
+                f"{path.parent} is in use by another vigil-agent (outbox locked)"
+            ) from None
+        return fd
+
+    def _open_db(self) -> sqlite3.Connection:
+        try:
+            return self._connect_and_check()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
+            # A corrupt file is kept for manual recovery, never deleted; the agent goes on
+            # measuring into a fresh outbox.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
+            log.error("outbox %s is corrupt (%s); moved aside to %s", self.path, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, Path(str(aside) + suffix))
+            try:
+                db = self._connect_and_check()
+            except sqlite3.DatabaseError as exc2:
+                raise OutboxError(f"cannot create outbox {self.path}: {exc2}") from None
+            self._bump_now(db, {"corrupt_recovered": 1})
+            return db
+
+    def _connect_and_check(self) -> sqlite3.Connection:
+        fresh = not self.path.exists()
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        try:
+            if fresh:
+                os.chmod(self.path, 0o600)
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(f"outbox {self.path}: cannot enable WAL (got {mode})")
+            db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA journal_size_limit=67108864")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"outbox {self.path} has schema {version}, newer than this agent's "
+                    f"{SCHEMA_VERSION}: upgrade vigil-agent"
+                )
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.executemany(
+                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)",
+                [(c,) for c in COUNTERS],
+            )
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        # The WAL file was just created: make its directory entry durable too.
+        _fsync_dir(self.state_dir)
+        return db
+
+    # ---- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the thread lock; errors become OutboxError."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise OutboxError(f"outbox {self.path}: {exc}") from None
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
+        db.executemany(
+            "UPDATE counters SET value = value + ? WHERE name = ?",
+            [(v, k) for k, v in deltas.items() if v],
+        )
+
+    def _bump_now(self, db: sqlite3.Connection, deltas: dict[str, int]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        self._bump(db, deltas)
+        db.execute("COMMIT")
+
+    def sign(self, payload: bytes) -> bytes:
+        return wire.sign_envelope(payload, self.identity.private_key, self.identity.probe_id)
+
+    def enqueue(self, record: MeasurementRecord) -> int:
+        """Sign the record and commit it durably; returns its sequence number.
+
+        Raises SchemaError when the record has no JSON encoding (nothing is stored: there is
+        nothing valid to store) and OutboxError when the disk refuses the write.
+        """
+        if record.probe_id != self.identity.probe_id:
+            raise SchemaError(
+                f"record claims probe {record.probe_id!r}, this probe is "
+                f"{self.identity.probe_id!r}: the collector would reject it"
+            )
+        payload = wire.encode_record(record.to_json())
+        envelope = self.sign(payload)
+        now = self._clock()
+        with self._lock:  # the totals change with the commit, never without it
+            seq, self._count, self._bytes = self._enqueue_tx(record, envelope, now)
+        return seq
+
+    def _enqueue_tx(
+        self, record: MeasurementRecord, envelope: bytes, now: float
+    ) -> tuple[int, int, int]:
+        """Insert (and evict) in one transaction; (seq, count, bytes) once committed."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO outbox (kind, measurement_id, start_time, created_at, size, "
+                "envelope) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    KIND_MEASUREMENT,
+                    record.measurement_id,
+                    record.measurement_start_time,
+                    now,
+                    len(envelope),
+                    envelope,
+                ),
+            )
+            seq = int(cur.lastrowid or 0)
+            self._bump(db, {"enqueued": 1})
+            count, size = self._count + 1, self._bytes + len(envelope)
+            if count > self.limits.max_count or size > self.limits.max_bytes:
+                count, size = self._evict(db, record, now, count, size, protect=seq)
+        return seq, count, size
+
+    def _evict(
+        self,
+        db: sqlite3.Connection,
+        trigger: MeasurementRecord,
+        now: float,
+        count: int,
+        size: int,
+        protect: int,
+    ) -> tuple[int, int]:
+        """Drop the oldest measurements until within limits; record the drop.  In ``db``'s tx."""
+        dropped: list[tuple[int, str, str, int]] = []
+        cursor = db.execute(
+            "SELECT seq, measurement_id, start_time, size FROM outbox "
+            "WHERE kind = ? AND seq != ? ORDER BY seq",
+            (KIND_MEASUREMENT, protect),
+        )
+        report = self._load_open_report(db)
+        # Leave room for the drop report (a new row, or the open one growing).
+        reserve_count = 0 if report is not None else 1
+        for seq, mid, start, row_size in cursor:
+            if (
+                count + reserve_count <= self.limits.max_count
+                and size + DROP_REPORT_RESERVE <= self.limits.max_bytes
+            ):
+                break
+            dropped.append((seq, mid, start, row_size))
+            count -= 1
+            size -= row_size
+        cursor.close()
+        if not dropped:
+            # Only the new record itself is over the limit (or everything else is a report):
+            # keep it anyway; a single record never exceeds MAX_ENVELOPE_BYTES.
+            return count, size
+        db.executemany("DELETE FROM outbox WHERE seq = ?", [(d[0],) for d in dropped])
+        dropped_bytes = sum(d[3] for d in dropped)
+        self._bump(db, {"dropped": len(dropped), "dropped_bytes": dropped_bytes})
+        state = report[1] if report is not None else {
+            "report_id": wire.uuid7(int(now * 1000)),
+            "dropped_count": 0,
+            "dropped_bytes": 0,
+            "first_dropped_at": rfc3339(now),
+            "oldest_dropped_start_time": None,
+            "newest_dropped_start_time": None,
+            "dropped_measurement_ids": [],
+            "dropped_ids_truncated": False,
+        }
+        before = int(state["dropped_count"])
+        state["dropped_count"] += len(dropped)
+        # Logged when a report opens and every 1000 drops after: a probe offline for days
+        # would otherwise log a line per measurement.
+        if before == 0 or before // 1000 != state["dropped_count"] // 1000:
+            log.warning(
+                "outbox full (max %d records / %d bytes): %d oldest measurement(s) dropped "
+                "so far, reported in drop report %s",
+                self.limits.max_count,
+                self.limits.max_bytes,
+                state["dropped_count"],
+                state["report_id"],
+            )
+        state["dropped_bytes"] += dropped_bytes
+        state["last_dropped_at"] = rfc3339(now)
+        starts = [d[2] for d in dropped]
+        oldest, newest = state["oldest_dropped_start_time"], state["newest_dropped_start_time"]
+        state["oldest_dropped_start_time"] = min([*starts, *([oldest] if oldest else [])])
+        state["newest_dropped_start_time"] = max([*starts, *([newest] if newest else [])])
+        ids: list[str] = state["dropped_measurement_ids"]
+        room = DROP_REPORT_MAX_IDS - len(ids)
+        ids.extend(d[1] for d in dropped[: max(0, room)])
+        if len(dropped) > room:
+            state["dropped_ids_truncated"] = True
+        envelope = self.sign(wire.encode_record(self._drop_record(state, trigger).to_json()))
+        if report is None:
+            cur = db.execute(
+                "INSERT INTO outbox (kind, measurement_id, start_time, created_at, size, "
+                "envelope, sealed) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (
+                    KIND_DROP_REPORT,
+                    state["report_id"],
+                    state["first_dropped_at"],
+                    now,
+                    len(envelope),
+                    envelope,
+                ),
+            )
+            report_seq = int(cur.lastrowid or 0)
+            self._bump(db, {"drop_reports": 1})
+            count += 1
+            size += len(envelope)
+        else:
+            report_seq = report[0]
+            old_size = db.execute("SELECT size FROM outbox WHERE seq = ?", (report_seq,))
+            size += len(envelope) - int(old_size.fetchone()[0])
+            db.execute(
+                "UPDATE outbox SET envelope = ?, size = ? WHERE seq = ?",
+                (envelope, len(envelope), report_seq),
+            )
+        db.execute(
+            "INSERT OR REPLACE INTO open_drop_report (id, seq, state) VALUES (1, ?, ?)",
+            (report_seq, json.dumps(state)),
+        )
+        return count, size
+
+    @staticmethod
+    def _load_open_report(db: sqlite3.Connection) -> tuple[int, dict[str, Any]] | None:
+        row = db.execute("SELECT seq, state FROM open_drop_report WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        state: dict[str, Any] = json.loads(row[1])
+        return int(row[0]), state
+
+    def _drop_record(self, state: dict[str, Any], trigger: MeasurementRecord) -> MeasurementRecord:
+        """The drop report as a measurement record: flows, is verified and stored like one."""
+        return MeasurementRecord(
+            measurement_id=state["report_id"],
+            test_name=DROP_REPORT_TEST_NAME,
+            test_version=DROP_REPORT_TEST_VERSION,
+            input=None,
+            category_code=None,
+            probe_id=self.identity.probe_id,
+            probe_asn=trigger.probe_asn,
+            probe_cc=trigger.probe_cc,
+            probe_network_name=trigger.probe_network_name,
+            resolver_asn=trigger.resolver_asn,
+            measurement_start_time=state["first_dropped_at"],
+            test_runtime=0.0,
+            software_name=trigger.software_name,
+            software_version=trigger.software_version,
+            test_keys={
+                "reason": "outbox_full",
+                "outbox_max_count": self.limits.max_count,
+                "outbox_max_bytes": self.limits.max_bytes,
+                **{k: v for k, v in state.items() if k != "report_id"},
+            },
+            verdict=Verdict(status=Status.INCONCLUSIVE, reason=DROP_REPORT_REASON),
+            annotations={"record_kind": "outbox_drop_report"},
+        )
+
+    # ---- reading for the publisher ---------------------------------------------------------
+    def take(self, limit: int, after_seq: int = 0) -> list[OutboxItem]:
+        """The next ``limit`` rows ready to publish, oldest first, with ``seq > after_seq``.
+
+        Taking an open drop report seals it: from now on it is immutable (what the broker may
+        already hold must not change), and the next drop opens a new report.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            # "+not_before": walk the primary key in seq order, do not use the index.
+            rows = db.execute(
+                "SELECT seq, kind, measurement_id, envelope, attempts, refusals, sealed "
+                "FROM outbox WHERE seq > ? AND +not_before <= ? ORDER BY seq LIMIT ?",
+                (after_seq, now, limit),
+            ).fetchall()
+            for r in rows:
+                if not r[6]:
+                    db.execute("UPDATE outbox SET sealed = 1 WHERE seq = ?", (r[0],))
+                    db.execute("DELETE FROM open_drop_report")
+        return [OutboxItem(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """The broker acknowledged these rows: delete them (one transaction).  Returns deleted."""
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        deleted = freed = 0
+        with self._lock:  # the totals change with the commit, never without it
+            with self._tx() as db:
+                for i in range(0, len(seqs), 500):  # stay under SQLite's variable limit
+                    chunk = seqs[i : i + 500]
+                    q = ",".join("?" * len(chunk))
+                    count, size = db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox "
+                        f"WHERE seq IN ({q})",
+                        chunk,
+                    ).fetchone()
+                    db.execute(f"DELETE FROM outbox WHERE seq IN ({q})", chunk)
+                    deleted += int(count)
+                    freed += int(size)
+                self._bump(db, {"published": deleted})
+            self._count -= deleted
+            self._bytes -= freed
+        return deleted
+
+    def refused(self, seq: int, reason_code: int, why: str) -> None:
+        """The broker refused this row (PUBACK reason code >= 0x80): keep it, back off."""
+        with self._tx() as db:
+            row = db.execute("SELECT refusals FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return
+            refusals = int(row[0]) + 1
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, refusals = ?, last_error = ?, "
+                "not_before = ? WHERE seq = ?",
+                (refusals, f"{reason_code}: {why}", self._clock() + refusal_backoff(refusals), seq),
+            )
+            self._bump(db, {"refused": 1})
+
+    def unrouted(self, seqs: Iterable[int], delay: float) -> None:
+        """PUBACK 0x10 (no matching subscribers): the broker would drop them.  Keep, retry later."""
+        self._retry_later(seqs, "16: no matching subscribers", delay, "unrouted")
+
+    def failed(self, seqs: Iterable[int], why: str, delay: float = 0.0) -> None:
+        """Publishing ended without an ack (connection lost, timeout): keep; count."""
+        self._retry_later(seqs, why[:200], delay, "publish_errors")
+
+    def _retry_later(self, seqs: Iterable[int], error: str, delay: float, counter: str) -> None:
+        """Keep the records, note the attempt and ``error``, hold them back ``delay`` seconds."""
+        seqs = list(seqs)
+        if not seqs:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, not_before = ? "
+                "WHERE seq = ?",
+                [(error, self._clock() + delay, s) for s in seqs],
+            )
+            self._bump(db, {counter: len(seqs)})
+
+    # ---- looking -----------------------------------------------------------------------------
+    def stats(self) -> OutboxStats:
+        """Cheap: totals are kept in memory, only the counters are read."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT created_at FROM outbox ORDER BY seq LIMIT 1"
+            ).fetchone()
+            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            return OutboxStats(self._count, self._bytes, None if row is None else row[0], counters)
+
+    def has_ready(self) -> bool:
+        """Whether some row may be offered now (read-only, unlike take())."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE +not_before <= ? LIMIT 1", (self._clock(),)
+            ).fetchone()
+        return row is not None
+
+    def next_ready_at(self) -> float | None:
+        """When the earliest deferred row becomes ready (None when nothing is deferred)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(not_before) FROM outbox WHERE not_before > ?", (self._clock(),)
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    # ---- asyncio front ---------------------------------------------------------------------
+    async def aenqueue(self, record: MeasurementRecord) -> int:
+        return await asyncio.to_thread(self.enqueue, record)
+
+    async def atake(self, limit: int, after_seq: int = 0) -> list[OutboxItem]:
+        return await asyncio.to_thread(self.take, limit, after_seq)
+
+    async def aack(self, seqs: Iterable[int]) -> int:
+        return await asyncio.to_thread(self.ack, list(seqs))
+
+    # ---- closing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._lock_fd < 0:
+                return
+            self._db.close()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stats(db: sqlite3.Connection) -> OutboxStats:
+    count, size, oldest = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_at) FROM outbox"
+    ).fetchone()
+    counters = {name: int(value) for name, value in db.execute("SELECT name, value FROM counters")}
+    return OutboxStats(int(count), int(size), oldest, counters)
+
+
+def read_stats(state_dir: Path) -> OutboxStats | None:
+    """Stats of another process's outbox, read-only (None when there is no outbox yet)."""
+    path = state_dir / DB_FILE
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+    try:
+        return _stats(db)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+    finally:
+        db.close()
+
+
+def _looks_corrupt(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutboxSink:
+    """The runner's RecordSink: ``await put(record)`` returns once the record is on disk.
+
+    ``on_commit`` (e.g. ``Publisher.notify``) is called on the event loop after each commit so
+    the publisher sends without polling.
+    """
+
+    def __init__(self, outbox: Outbox, on_commit: Callable[[], None] | None = None) -> None:
+        self.outbox = outbox
+        self._on_commit = on_commit
+
+    async def put(self, record: MeasurementRecord) -> None:
+        await self.outbox.aenqueue(record)
+        if self._on_commit is not None:
+            self._on_commit()

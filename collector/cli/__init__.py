@@ -1,0 +1,1 @@
+"""The vigil-collector command line: one module per subcommand, imported on first use."""

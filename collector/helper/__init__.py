@@ -1,0 +1,1 @@
+"""The control helper: fetches sites from an uncensored vantage point for enrolled probes."""

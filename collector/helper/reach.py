@@ -1,0 +1,421 @@
+"""Helper routes for the throughput and reachability tests, installed through ``create_app(extensions=[...])``.
+
+::
+
+    GET  /api/v1/bulk         where the bulk-transfer TLS endpoint is and the certificate to pin
+    POST /api/v1/throughput   {"url", "max_bytes", "max_seconds"}: the helper downloads the
+                              target itself and reports bytes, seconds and rate (the reference
+                              for address-based throttling)
+    POST /api/v1/reach        {"checks": [{"address", "check", "sni"?, "payload"?}]}: the helper
+                              repeats app/VPN endpoint checks from outside (TCP, TLS, and the
+                              first handshake packet of WireGuard/OpenVPN, returning the reply
+                              for the probe to verify, since only the probe holds the keys)
+
+All three are protected routes (signature and rate limits apply) and every address the helper
+dials passes the target policy first, like the control itself.  The payload a probe asks the
+helper to send must be a well-formed WireGuard initiation or OpenVPN client reset (fixed small
+sizes), so the route cannot be used to send arbitrary datagrams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from agent.net.handshakes import (
+    ovpn_looks_like_client_reset,
+    ovpn_tcp_frame,
+    wg_looks_like_initiation,
+)
+from collector.helper.app import (
+    CLIENT,
+    HELPER_STATE,
+    HelperExtension,
+    add_route,
+    outbound_ssl_context,
+)
+from collector.helper.bulk import BulkServer
+from collector.helper.errors import BAD_REQUEST, TARGET_FORBIDDEN, Refusal
+from collector.helper.fetch import ForbiddenAddress, failure_string, guarded_socket, make_resolver
+from collector.helper.fetch import resolve as helper_resolve
+
+MAX_CHECKS = 32
+CHECKS = frozenset({"tcp", "tls", "https", "wireguard", "openvpn-udp", "openvpn-tcp"})
+
+
+@dataclass(frozen=True, slots=True)
+class ExtLimits:
+    throughput_max_bytes: int = 2 * 1024 * 1024
+    throughput_max_seconds: float = 10.0
+    connect_timeout: float = 5.0
+    tls_timeout: float = 5.0
+    udp_timeout: float = 3.0
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Refusal(BAD_REQUEST, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise Refusal(BAD_REQUEST, "body is not a JSON object")
+    return body
+
+
+def _endpoint(text: Any) -> tuple[str, int]:
+    if not isinstance(text, str) or ":" not in text:
+        raise Refusal(BAD_REQUEST, "address must be ip:port")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise Refusal(BAD_REQUEST, "bad port")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise Refusal(BAD_REQUEST, "address must be an IP literal") from None
+    return host, int(port)
+
+
+# ---- throughput -----------------------------------------------------------------------------
+async def measure_throughput(
+    ip: str,
+    port: int,
+    host: str,
+    path: str,
+    *,
+    tls: bool,
+    ssl_context: ssl.SSLContext,
+    policy_socket: socket.socket,
+    max_bytes: int,
+    max_seconds: float,
+    connect_timeout: float,
+) -> dict[str, Any]:
+    """GET ``path`` from ``ip:port`` and time the body: bytes, seconds from the first byte."""
+    loop = asyncio.get_running_loop()
+    writer: asyncio.StreamWriter | None = None
+    result: dict[str, Any] = {"failure": None, "status_code": None, "bytes": 0, "seconds": 0.0,
+                              "rate_bps": None}
+    try:
+        policy_socket.setblocking(False)
+        async with asyncio.timeout(connect_timeout):
+            await loop.sock_connect(policy_socket, (ip, port))
+        async with asyncio.timeout(connect_timeout * 2):
+            reader, writer = await asyncio.open_connection(
+                sock=policy_socket, ssl=ssl_context if tls else None,
+                server_hostname=host if tls else None,
+            )
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vigil-helper\r\n"
+                   "Accept-Encoding: identity\r\nConnection: close\r\n\r\n")
+        writer.write(request.encode("ascii", "replace"))
+        await writer.drain()
+        deadline = loop.time() + max_seconds
+        async with asyncio.timeout(max_seconds + connect_timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].split()
+        result["status_code"] = int(status_line[1]) if len(status_line) > 1 else None
+        got = 0
+        first: float | None = None
+        last = loop.time()
+        while got < max_bytes:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    chunk = await reader.read(min(65536, max_bytes - got))
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            now = loop.time()
+            if first is None:
+                first = now
+            got += len(chunk)
+            last = now
+        result["bytes"] = got
+        if first is not None and last > first:
+            result["seconds"] = round(last - first, 6)
+            result["rate_bps"] = round(got * 8 / (last - first), 1)
+    except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError, ValueError) as exc:
+        result["failure"] = failure_string(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        else:
+            policy_socket.close()
+    return result
+
+
+# ---- reach ----------------------------------------------------------------------------------
+class _OneDatagram(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+
+async def udp_exchange(ip: str, port: int, payload: bytes, timeout: float) -> tuple[bytes | None,
+                                                                                      str | None]:
+    """Send one datagram, wait for the first reply: (reply, failure)."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(_OneDatagram, remote_addr=(ip, port))
+    try:
+        transport.sendto(payload)
+        async with asyncio.timeout(timeout):
+            return await proto.reply, None
+    except (OSError, TimeoutError) as exc:
+        return None, failure_string(exc)
+    finally:
+        transport.close()
+
+
+async def tcp_exchange(
+    sock: socket.socket, ip: str, port: int, payload: bytes, timeout: float
+) -> tuple[bytes | None, str | None, str | None]:
+    """Connect, send ``payload`` (already framed), read one length-prefixed OpenVPN packet.
+    Returns (reply, tcp_failure, handshake_failure)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, (ip, port))
+        except (OSError, TimeoutError) as exc:
+            return None, failure_string(exc), None
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_sendall(sock, payload)
+                head = await _recv_exact(loop, sock, 2)
+                size = int.from_bytes(head, "big")
+                return await _recv_exact(loop, sock, min(size, 4096)), None, None
+        except (OSError, TimeoutError, EOFError) as exc:
+            return None, None, failure_string(exc)
+    finally:
+        sock.close()
+
+
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        data = await loop.sock_recv(sock, n - len(out))
+        if not data:
+            raise EOFError("closed")
+        out += data
+    return out
+
+
+async def tls_check(
+    sock: socket.socket, ip: str, port: int, sni: str | None, timeout: float,
+    context: ssl.SSLContext,
+) -> tuple[str | None, str | None]:
+    """(tcp_failure, tls_failure): a TCP connect then, unless ``sni`` is None, a handshake."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    transport: asyncio.Transport | None = None
+    try:
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, (ip, port))
+        except (OSError, TimeoutError) as exc:
+            return failure_string(exc), None
+        if sni is None:
+            return None, None
+        try:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol, sock=sock, ssl=context, server_hostname=sni,
+                ssl_handshake_timeout=timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            return None, failure_string(exc)
+        return None, None
+    finally:
+        if transport is not None:
+            transport.abort()
+        else:
+            sock.close()
+
+
+def _payload(check: dict[str, Any], kind: str) -> bytes:
+    raw = check.get("payload")
+    try:
+        payload = base64.b64decode(str(raw), validate=True)
+    except (binascii.Error, ValueError):
+        raise Refusal(BAD_REQUEST, "payload is not base64") from None
+    ok = (wg_looks_like_initiation(payload) if kind == "wireguard"
+          else ovpn_looks_like_client_reset(payload))
+    if not ok:
+        raise Refusal(BAD_REQUEST, f"payload is not a {kind} first handshake packet")
+    return payload
+
+
+# ---- installation ---------------------------------------------------------------------------
+def reach_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) -> HelperExtension:
+    """The extension; ``bulk`` is started and stopped with the helper app when given."""
+
+    def install(app: web.Application) -> None:
+        state = app[HELPER_STATE]
+        resolver = make_resolver(state.config.resolver)
+        verify_ctx = outbound_ssl_context(state.config.ca_file)
+        insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+
+        def guarded(ip: str) -> socket.socket:
+            """A TCP socket for ``ip``, created only if the target policy allows it."""
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            try:
+                return guarded_socket(state.policy, family, ip)
+            except ForbiddenAddress:
+                raise Refusal(TARGET_FORBIDDEN,
+                              "the address is refused by the target policy") from None
+
+        async def handle_bulk(request: web.Request) -> web.Response:
+            if bulk is None:
+                return web.json_response(
+                    {"available": False}, headers={"Cache-Control": "no-store"}
+                )
+            return web.json_response(
+                {
+                    "available": True,
+                    "port": bulk.port,
+                    "certificate_sha256": bulk.certificate_sha256,
+                    "max_bytes": bulk.config.max_bytes,
+                },
+                headers={"Cache-Control": "no-store"},
+            )
+
+        async def handle_throughput(request: web.Request) -> web.Response:
+            body = await _read_json(request)
+            url = body.get("url")
+            if not isinstance(url, str):
+                raise Refusal(BAD_REQUEST, "url is required")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise Refusal(BAD_REQUEST, "url must be http(s)://host/...")
+            try:
+                max_bytes = min(int(body.get("max_bytes", 262_144)),
+                                limits.throughput_max_bytes)
+                max_seconds = min(float(body.get("max_seconds", 3.0)),
+                                  limits.throughput_max_seconds)
+            except (TypeError, ValueError):
+                raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be numbers") from None
+            if max_bytes <= 0 or not max_seconds > 0:
+                raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be positive")
+            host = parts.hostname
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            out: dict[str, Any] = {"url": url}
+            try:
+                socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+                addrs: tuple[str, ...] = (host,)
+            except OSError:
+                try:
+                    dns = await helper_resolve(resolver, host, limits.connect_timeout)
+                except ValueError:
+                    raise Refusal(BAD_REQUEST, "bad host name") from None
+                if dns.failure is not None:
+                    out.update(failure=dns.failure, bytes=0, seconds=0.0, rate_bps=None)
+                    return web.json_response(out, headers={"Cache-Control": "no-store"})
+                addrs = dns.addrs
+            allowed = [a for a in addrs if state.policy.allows(a)]
+            if not allowed:
+                raise Refusal(TARGET_FORBIDDEN, "every address of the host is refused")
+            async with state.gate.slot(request[CLIENT].key):
+                result = await measure_throughput(
+                    allowed[0], port, host,
+                    (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                    tls=parts.scheme == "https",
+                    ssl_context=verify_ctx, policy_socket=guarded(allowed[0]),
+                    max_bytes=max_bytes, max_seconds=max_seconds,
+                    connect_timeout=limits.connect_timeout,
+                )
+            out.update(result)
+            return web.json_response(out, headers={"Cache-Control": "no-store"})
+
+        async def one_check(check: Any) -> dict[str, Any]:
+            if not isinstance(check, dict):
+                raise Refusal(BAD_REQUEST, "each check is an object")
+            kind = check.get("check")
+            if kind not in CHECKS:
+                raise Refusal(BAD_REQUEST, f"check must be one of {sorted(CHECKS)}")
+            ip, port = _endpoint(check.get("address"))
+            sni = check.get("sni")
+            if sni is not None and not isinstance(sni, str):
+                raise Refusal(BAD_REQUEST, "sni must be a string")
+            res: dict[str, Any] = {"address": f"{ip}:{port}", "check": kind, "tcp_failure": None,
+                                   "tls_failure": None, "handshake_failure": None, "reply": None}
+            t0 = time.monotonic()
+            if kind in ("tcp", "tls", "https"):
+                tcp_f, tls_f = await tls_check(
+                    guarded(ip), ip, port, None if kind == "tcp" else (sni or ip),
+                    limits.tls_timeout, insecure,
+                )
+                res.update(tcp_failure=tcp_f, tls_failure=tls_f)
+            elif kind == "openvpn-tcp":
+                payload = ovpn_tcp_frame(_payload(check, "openvpn"))
+                reply, tcp_f, hs_f = await tcp_exchange(
+                    guarded(ip), ip, port, payload, limits.connect_timeout
+                )
+                res.update(tcp_failure=tcp_f, handshake_failure=hs_f)
+                if reply is not None:
+                    res["reply"] = base64.b64encode(reply).decode("ascii")
+            else:
+                payload = _payload(check, "wireguard" if kind == "wireguard" else "openvpn")
+                if not state.policy.allows(ip):  # checked for all before; again, just before
+                    raise Refusal(TARGET_FORBIDDEN, "the address is refused by the target policy")
+                reply, hs_f = await udp_exchange(ip, port, payload, limits.udp_timeout)
+                res["handshake_failure"] = hs_f
+                if reply is not None:
+                    res["reply"] = base64.b64encode(reply[:512]).decode("ascii")
+            res["ok"] = all(res[k] is None for k in ("tcp_failure", "tls_failure",
+                                                       "handshake_failure"))
+            res["t"] = round(time.monotonic() - t0, 4)
+            return res
+
+        async def handle_reach(request: web.Request) -> web.Response:
+            body = await _read_json(request)
+            checks = body.get("checks")
+            if not isinstance(checks, list) or not checks or len(checks) > MAX_CHECKS:
+                raise Refusal(BAD_REQUEST, f"checks must be a list of 1..{MAX_CHECKS}")
+            for c in checks:  # validate everything before dialling anything
+                if not isinstance(c, dict) or c.get("check") not in CHECKS:
+                    raise Refusal(BAD_REQUEST, f"check must be one of {sorted(CHECKS)}")
+                ip, _ = _endpoint(c.get("address"))
+                if not state.policy.allows(ip):
+                    raise Refusal(TARGET_FORBIDDEN, "an address is refused by the target policy")
+            async with state.gate.slot(request[CLIENT].key):
+                results = await asyncio.gather(*(one_check(c) for c in checks))
+            return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})
+
+        add_route(app, "GET", "/api/v1/bulk", handle_bulk)
+        add_route(app, "POST", "/api/v1/throughput", handle_throughput)
+        add_route(app, "POST", "/api/v1/reach", handle_reach)
+
+        if bulk is not None:
+            async def bulk_ctx(app: web.Application) -> Any:
+                await bulk.start()
+                yield
+                await bulk.close()
+
+            app.cleanup_ctx.append(bulk_ctx)
+
+    return install

@@ -1,0 +1,1 @@
+"""From MQTT message to stored row: verify, validate, deduplicate, store."""

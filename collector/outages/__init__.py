@@ -1,0 +1,1 @@
+"""Shutdown detection: the pure detector, its store, the background watch."""

@@ -1,0 +1,62 @@
+"""What the long-running agent plans for each scheduled kind (no network: plan() is pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import config as agent_config
+from agent import identity
+from agent.daemon import settings as schedconfig
+from agent.daemon.backend import RealBackend
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[RealBackend]:
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "url,category_code,category_description,date_added,source,notes\n"
+        "https://social.example/,GRP,Social,2020-01-01,,\n"
+        "https://news.example/a,NEWS,News,2020-01-01,,\n"
+        "https://news.example/b,NEWS,News,2020-01-01,,\n"
+        "https://shop.example/,COMM,Commerce,2020-01-01,,\n"
+    )
+    cfg = agent_config.from_mapping(
+        {
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "lists": {"files": [str(listing)]},
+            "throttling": {"names": ["video.example"]},
+        }
+    )
+    identity.create(cfg.state_dir)
+    b = RealBackend.create(cfg, schedconfig.settings(cfg))
+    yield b
+    b.outbox.close()
+
+
+def test_throttling_plans_configured_names_then_prone_categories_once_per_host(
+    backend: RealBackend,
+) -> None:
+    plan = backend.plan("throttling", None)
+    assert [name for name, _ in plan] == ["throttling"] * 3
+    assert [t.input for _, t in plan] == [
+        "https://video.example/",
+        "https://social.example/",
+        "https://news.example/a",
+    ]
+
+
+def test_apps_family_leaves_out_opt_in_vpn(backend: RealBackend) -> None:
+    names = {name for name, _ in backend.plan("apps", None)}
+    assert "vpn" not in names
+    assert {"telegram", "signal", "tor"} <= names
+
+
+def test_vpn_named_alone_is_planned(backend: RealBackend) -> None:
+    assert {name for name, _ in backend.plan("vpn", None)} == {"vpn"}
+
+
+def test_web_connectivity_plans_every_listed_url(backend: RealBackend) -> None:
+    assert len(backend.plan("web_connectivity", None)) == 4
