@@ -1,8 +1,8 @@
 """Map OS, SSL, DNS and aiohttp errors to OONI failure strings, at the I/O boundary only.
 
 Everything above ``agent.net`` sees strings such as ``connection_reset``, never exceptions, so
-that a reset connection is *data* (docs/design.md, Contracts).  The strings are OONI's (df-007-errors) so
-analysts can compare Vigil's evidence with OONI's.
+that a reset connection is *data* (docs/design.md, Contracts).  The strings are OONI's
+(df-007-errors) so analysts can compare Vigil's evidence with OONI's.
 
 Exceptions are unwrapped before they are classified: aiohttp wraps OS errors
 (``ClientConnectorError.os_error``, ``ClientConnectorCertificateError.certificate_error``) and

@@ -1,4 +1,7 @@
-"""Typed data shared by every experiment: verdicts and measurement records (docs/design.md, Contracts)."""
+"""Typed data shared by every experiment: verdicts and measurement records.
+
+The vocabulary and its rules: docs/design.md, Contracts.
+"""
 
 from __future__ import annotations
 

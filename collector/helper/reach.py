@@ -1,4 +1,6 @@
-"""Helper routes for the throughput and reachability tests, installed through ``create_app(extensions=[...])``.
+"""Helper routes for the throughput and reachability tests.
+
+Installed through ``create_app(extensions=[...])``.
 
 ::
 

@@ -1,5 +1,5 @@
-"""Throughput and reachability on loopback: the bulk endpoint, the helper's extra routes, throttling and app tests
-end to end through the real ControlClient (no namespaces needed)."""
+"""Throughput and reachability on loopback: the bulk endpoint, the helper's extra routes,
+throttling and app tests end to end through the real ControlClient (no namespaces needed)."""
 
 from __future__ import annotations
 

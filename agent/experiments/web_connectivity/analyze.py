@@ -62,8 +62,8 @@ Precedence: the first row whose condition holds decides (h11-style: one function
 Why this order:
 
 * The control comes first because differential evidence without a reference is guesswork
-  (docs/design.md, Contracts: a failed control is inconclusive, never blocked).  This holds even when a
-  fingerprint matched: the raw evidence is kept and can be re-analysed.
+  (docs/design.md, Contracts: a failed control is inconclusive, never blocked).  This holds
+  even when a fingerprint matched: the raw evidence is kept and can be re-analysed.
 * Fingerprints (2, 5) come before every heuristic: they are the only *confirmed* evidence.
 * DNS evidence that does not depend on what happened next (injection, no answer) precedes
   ``https_loaded``; evidence that a valid certificate can refute (bogon answers, answers unlike
@@ -120,7 +120,7 @@ from agent.wire.record import Blocking, Status, Verdict
 
 __all__ = ["REASONS", "RULES", "analyze", "explain", "is_bogon"]
 
-# ---- OONI failure strings (docs/design.md, Contracts) ----------------------------------------------------
+# ---- OONI failure strings (docs/design.md, Contracts) ------------------------------------
 CONNECTION_REFUSED: Final = "connection_refused"
 CONNECTION_RESET: Final = "connection_reset"
 EOF_ERROR: Final = "eof_error"
