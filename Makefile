@@ -21,14 +21,16 @@ deps:
 	bash scripts/install-deps.sh
 
 test: deps venv
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not lab and not slow"
 
 lint: venv
-	$(BIN)/ruff check agent collector tests
+	$(BIN)/ruff check agent collector tests lab bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy

@@ -33,7 +33,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.wire import envelope as wire
 from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
 from collector.ingest.verify import Accepted, KeyTable, Verifier
-from collector.service import ServeSettings, create_app
+from collector.runtime import ServeSettings
+from collector.service import create_app
 from collector.store import open_store
 from collector.store.base import IngestBatch
 from lab.probes import TestProbe

@@ -17,20 +17,10 @@ import tracemalloc
 from importlib import resources
 
 from agent.experiments.web_connectivity.analyze import analyze
-from agent.experiments.web_connectivity.model import (
-    ClientInfo,
-    ControlDNS,
-    ControlHTTP,
-    ControlResponse,
-    ControlTCP,
-    DNSAnswer,
-    DNSQuery,
-    DNSReply,
-    HTTPRequest,
-    TCPConnect,
-    WebObservations,
-)
+from agent.experiments.web_connectivity.model import WebObservations
 from agent.inputs.fingerprints import DEFAULT_FILE, Fingerprints, parse_csv
+from agent.net.observations import DNSAnswer, DNSQuery, DNSReply, HTTPRequest, TCPConnect
+from agent.wire.helper_api import ClientInfo, ControlDNS, ControlHTTP, ControlResponse, ControlTCP
 
 HOST = "www.example.org"
 BODY = (

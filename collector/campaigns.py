@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from agent.errors import IdentityError, PublishError, UsageError
-from agent.experiments import Target
 from agent.wire.commands import (
     COMMAND_PAYLOAD_TYPE,
     MAX_COMMAND_BYTES,
@@ -39,12 +38,12 @@ from agent.wire.commands import (
     CampaignTest,
     Command,
     CommandError,
-    commands_topic,
-    country_topic,
     key_id_for,
     parse_command,
 )
 from agent.wire.envelope import encode_record, parse_envelope, raw_public_key, sign_envelope, uuid7
+from agent.wire.record import Target
+from agent.wire.topics import commands_topic, country_topic
 
 
 # ---- operator key ------------------------------------------------------------------------------

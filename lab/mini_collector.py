@@ -14,9 +14,10 @@ from paho.mqtt.properties import Properties
 
 from agent.identity import Identity
 from agent.wire import envelope as wire
+from agent.wire.topics import DEFAULT_SHARE_GROUP, MEASUREMENTS_FILTER, shared
 from lab.broker import BrokerInfo
 
-SHARED = "$share/collectors/vigil/v1/probes/+/measurements"
+SHARED = shared(DEFAULT_SHARE_GROUP, MEASUREMENTS_FILTER)
 V5 = aiomqtt.ProtocolVersion.V5
 
 

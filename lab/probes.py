@@ -14,6 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire import envelope as wire
+from agent.wire.topics import measurements_topic, status_topic
 
 
 def iso(ts: float) -> str:
@@ -43,11 +44,11 @@ class TestProbe:
 
     @property
     def topic(self) -> str:
-        return f"vigil/v1/probes/{self.probe_id}/measurements"
+        return measurements_topic(self.probe_id)
 
     @property
     def status_topic(self) -> str:
-        return f"vigil/v1/probes/{self.probe_id}/status"
+        return status_topic(self.probe_id)
 
     def record(self, **overrides: Any) -> dict[str, Any]:
         """A schema-valid web_connectivity record; keyword arguments replace fields."""

@@ -34,8 +34,8 @@ import click
 from agent import identity
 from agent.config import AgentConfig
 from agent.config import load as load_config
-from agent.engine.state import read_state
 from agent.errors import IdentityError, VigilError
+from agent.state import read_state
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 MIN_PLAUSIBLE = datetime(2025, 1, 1, tzinfo=UTC)  # a Pi without RTC boots in 1970

@@ -39,11 +39,11 @@ from agent.engine.runner import (
     open_context,
 )
 from agent.errors import ConfigError, UsageError, VigilError
-from agent.experiments import Experiment, Target
+from agent.experiments import Experiment
 from agent.identity import load_or_create
 from agent.inputs import testlists
 from agent.uplink.oneshot import publishing
-from agent.wire.record import MeasurementRecord
+from agent.wire.record import MeasurementRecord, Target
 
 log = logging.getLogger("vigil.run")
 

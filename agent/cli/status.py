@@ -1,7 +1,7 @@
 """``vigil-agent status``: what the running agent did recently and what it will do next.
 
 Reads two things the agent leaves in its state directory, without disturbing it: the state
-file (agent.engine.state, rewritten atomically by the scheduler) and the outbox statistics
+file (agent.state, rewritten atomically by the scheduler) and the outbox statistics
 (agent.uplink.outbox.read_stats, read-only).  Works whether the agent runs or not; says which.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from agent.config import load as load_config
-from agent.engine.state import AgentState, read_state
 from agent.errors import OutboxError
+from agent.state import AgentState, read_state
 from agent.uplink.outbox import read_stats
 
 STALE_AFTER = 120.0  # seconds without a state update: the agent is probably not running

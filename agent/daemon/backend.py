@@ -26,14 +26,14 @@ from agent.daemon.loop import CommandHandler, LinkStatus, Measurer
 from agent.daemon.settings import Settings
 from agent.engine.runner import DataBudget, Job, MeasureContext, RunLimits, Runner, open_context
 from agent.errors import VigilError
-from agent.experiments import Experiment, Target
+from agent.experiments import Experiment
 from agent.identity import Identity
 from agent.identity import load as load_identity
 from agent.inputs import testlists
 from agent.uplink.outbox import Outbox, OutboxSink, limits_from_config
 from agent.uplink.publisher import Publisher, PublisherSettings, settings_from_config
-from agent.wire.commands import commands_topic, country_topic
-from agent.wire.record import MeasurementRecord
+from agent.wire.record import MeasurementRecord, Target
+from agent.wire.topics import commands_topic, country_topic
 
 log = logging.getLogger("vigil.backend")
 

@@ -41,14 +41,14 @@ from typing import Protocol
 from agent import __version__
 from agent import config as agent_config
 from agent.config import AgentConfig
+from agent.daemon.campaigns import CampaignBook, handle_command
 from agent.daemon.planner import Budget, JobSpec, Planner, Policy, order_targets, with_policy_jobs
 from agent.daemon.settings import Settings, base_policy, campaign_jobs, settings
-from agent.engine.state import AgentState, RunSummary, read_state, write_state
 from agent.errors import OutboxError, VigilError
-from agent.experiments import Target
-from agent.wire.commands import CampaignBook, Command, Result, handle_command
+from agent.state import AgentState, RunSummary, read_state, write_state
+from agent.wire.commands import Command, Result
 from agent.wire.envelope import encode_record
-from agent.wire.record import MeasurementRecord
+from agent.wire.record import MeasurementRecord, Target
 
 log = logging.getLogger("vigil.scheduler")
 

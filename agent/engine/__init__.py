@@ -1,1 +1,1 @@
-"""Runs experiments: the runner, the control-helper client, scrubbing, slots, small state files."""
+"""Runs experiments: the runner, the control-helper client, scrubbing the probe's addresses."""

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agent.errors import ControlError
-from agent.experiments.web_connectivity.model import ClientInfo, ControlResponse, control_from_json
 from agent.net import failures
+from agent.wire.helper_api import ClientInfo, ControlResponse, control_from_json
 
 MAX_ANSWER_BYTES = 1_048_576
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

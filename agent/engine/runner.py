@@ -30,17 +30,17 @@ from urllib.parse import urlsplit
 
 from agent import SOFTWARE_NAME, __version__
 from agent.config import AgentConfig, NetConfig
-from agent.engine import slots as slot_binding
 from agent.engine.helper_client import Authenticator, ControlClient, WhoAmI
 from agent.engine.scrub import Scrubber, local_addresses
 from agent.errors import ConfigError, ControlError, OutboxError, SchemaError
-from agent.experiments import Experiment, Outcome, Target
-from agent.experiments.web_connectivity.model import ClientInfo, ControlResponse
+from agent.experiments import Experiment, Outcome
+from agent.experiments import slots as slot_binding
 from agent.identity import Identity
 from agent.net.dns import ResolverAddress, parse_resolver, system_resolver
 from agent.net.tls import TLSContexts, make_contexts
 from agent.wire.envelope import encode_record, uuid7, validate_record
-from agent.wire.record import MeasurementRecord, ProbeInfo, Verdict
+from agent.wire.helper_api import ClientInfo, ControlResponse
+from agent.wire.record import MeasurementRecord, ProbeInfo, Target, Verdict
 
 log = logging.getLogger("vigil.runner")
 
@@ -356,7 +356,7 @@ class Runner:
         """Measure ``plan``; returns when every started job ended (or a sink failed).
 
         ``concurrency`` slots bound the measurements doing network work; a job that only
-        waits (agent.engine.slots.release_slot) gives its slot back early, and at most
+        waits (agent.experiments.slots.release_slot) gives its slot back early, and at most
         ``_LINGER_FACTOR`` x ``concurrency`` jobs exist at once, lingering ones included.
         """
         loop = asyncio.get_running_loop()

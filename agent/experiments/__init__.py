@@ -14,16 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from agent.wire.record import Verdict
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One input of one experiment: a URL for web tests, a host or app name for others."""
-
-    input: str | None
-    category_code: str | None = None
-    source: str = ""  # "file:line" the input came from, for error messages
+from agent.wire.record import Target, Verdict
 
 
 @dataclass(frozen=True, slots=True)

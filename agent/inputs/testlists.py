@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from agent.errors import ListError
-from agent.experiments import Target
 from agent.net.addr import is_ip
+from agent.wire.record import Target
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig

@@ -27,9 +27,9 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from agent.experiments.web_connectivity.model import DNSAnswer, DNSQuery, DNSReply
 from agent.net import failures
 from agent.net.addr import endpoint, split_endpoint
+from agent.net.observations import DNSAnswer, DNSQuery, DNSReply
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 value: avoids fragmentation, rarely truncates
 MAX_REPLIES = 16  # bound the memory a flood of forged replies can take

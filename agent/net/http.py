@@ -27,9 +27,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDictProxy
 
-from agent.experiments.web_connectivity.model import HTTPRequest
 from agent.net import failures
 from agent.net.addr import endpoint
+from agent.net.observations import HTTPRequest
 
 BODY_HEAD_CHARS = 1024
 TITLE_MAX = 256

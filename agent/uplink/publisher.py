@@ -59,10 +59,9 @@ from agent import SOFTWARE_NAME, __version__
 from agent.errors import ConfigError, OutboxError, PublishError
 from agent.uplink.outbox import Outbox, OutboxItem, rfc3339
 from agent.wire import envelope as wire
+from agent.wire.topics import measurements_topic, status_topic
 
 log = logging.getLogger(__name__)
-
-TOPIC_ROOT = "vigil/v1/probes"
 
 # PUBACK reason codes (MQTT v5.0 section 3.4.2.1), plus 0x95 that Mosquitto 2.0.11 sends.
 RC_SUCCESS = 0x00
@@ -90,18 +89,6 @@ REASONS = {
 
 def reason_name(code: int) -> str:
     return REASONS.get(code, f"reason code {code}")
-
-
-def measurements_topic(probe_id: str) -> str:
-    return f"{TOPIC_ROOT}/{probe_id}/measurements"
-
-
-def status_topic(probe_id: str) -> str:
-    return f"{TOPIC_ROOT}/{probe_id}/status"
-
-
-def commands_topic(probe_id: str) -> str:
-    return f"{TOPIC_ROOT}/{probe_id}/commands"
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,27 @@ import base64
 import hashlib
 import os
 import re
+from typing import Protocol
 
-from agent.identity import Identity
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 HEADER_PROBE_ID = "Vigil-Probe-Id"
 HEADER_TIMESTAMP = "Vigil-Timestamp"
 HEADER_NONCE = "Vigil-Nonce"
 HEADER_SIGNATURE = "Vigil-Signature"
 SIGNING_DOMAIN = "vigil-helper-request-v1"
+
+
+
+class Signer(Protocol):
+    """Whoever signs a request: a probe id and its Ed25519 key (``agent.identity.Identity``)."""
+
+    @property
+    def probe_id(self) -> str: ...
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey: ...
+
 
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{22,64}")
 _FIELD_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces or line breaks
@@ -57,7 +70,7 @@ def new_nonce() -> str:
 
 
 def sign_request(
-    identity: Identity,
+    identity: Signer,
     method: str,
     path: str,
     body: bytes,

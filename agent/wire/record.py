@@ -124,3 +124,12 @@ class MeasurementRecord:
             "verdict": self.verdict.to_json(),
             "annotations": self.annotations,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One input of one experiment: a URL for web tests, a host or app name for others."""
+
+    input: str | None
+    category_code: str | None = None
+    source: str = ""  # "file:line" the input came from, for error messages

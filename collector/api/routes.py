@@ -49,7 +49,7 @@ from collector.api.params import (
     query_string,
 )
 from collector.metrics import StoreSnapshot, store_snapshot
-from collector.service import METRICS, RUNTIME, SETTINGS, STORE, events_store
+from collector.runtime import METRICS, RUNTIME, SETTINGS, STORE, events_store
 from collector.store.base import (
     Dimension,
     Filter,

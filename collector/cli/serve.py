@@ -39,7 +39,8 @@ from aiohttp import web
 
 from agent.errors import ConfigError, VigilError
 from collector.config import STORE_ENV, CollectorConfig, load_config, override
-from collector.service import RUNTIME, ServeSettings, create_app
+from collector.runtime import RUNTIME, ServeSettings
+from collector.service import create_app
 
 log = logging.getLogger("vigil.collector.serve")
 

@@ -52,6 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import ConfigError, VigilError
+from agent.wire.topics import MEASUREMENTS_FILTER, STATUS_FILTER, measurements_topic, shared
 from collector.config import BrokerConfig, IngestConfig
 from collector.ingest.verify import (
     Accepted,
@@ -79,18 +80,12 @@ from collector.store.base import (
 
 log = logging.getLogger("vigil.collector.ingest")
 
-MEASUREMENT_FILTER = "vigil/v1/probes/+/measurements"
-STATUS_FILTER = "vigil/v1/probes/+/status"
 UNKNOWN_RECHECK_S = 30.0
 GROUP_COMMIT_BATCHES = 4  # at most this many queued batches share one transaction
 
 
 class IngestError(VigilError):
     """The ingest cannot run at all (bad credentials, refused subscription)."""
-
-
-def shared(group: str, topic_filter: str) -> str:
-    return f"$share/{group}/{topic_filter}" if group else topic_filter
 
 
 def paho_of(client: aiomqtt.Client) -> paho.Client:
@@ -351,7 +346,7 @@ class Ingest:
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         group = self.broker.share_group
-        for topic_filter in (MEASUREMENT_FILTER, STATUS_FILTER):
+        for topic_filter in (MEASUREMENTS_FILTER, STATUS_FILTER):
             codes = await client.subscribe(shared(group, topic_filter), qos=1)
             for code in codes:
                 value = getattr(code, "value", code)
@@ -564,7 +559,7 @@ class Ingest:
                 self.stats.rejected[str(Reason.INTERNAL_ERROR)] += 1
                 await self.store.call(store.write_batch, IngestBatch(rejections=[
                     QuarantineItem(str(Reason.INTERNAL_ERROR), f"store refused the row: {exc}",
-                                   f"vigil/v1/probes/{row.probe_id}/measurements",
+                                   measurements_topic(row.probe_id),
                                    row.payload, row.received_ts, row.probe_id)
                 ]))
                 continue

@@ -47,14 +47,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.errors import EnvelopeError, SchemaError, SignatureError
 from agent.wire import envelope as wire
+from agent.wire.topics import MEASUREMENTS, STATUS, topic_parts
 from collector.ingest.schemacheck import Check, Unsupported, compile_schema
 from collector.store.base import MeasurementRow, ProbeRecord, QuarantineItem, StatusUpdate
 
 log = logging.getLogger(__name__)
 
-TOPIC_PREFIX = "vigil/v1/probes/"
-MEASUREMENTS = "measurements"
-STATUS = "status"
 MAX_STATUS_BYTES = 16_384  # "online" with a few counters; anything bigger is not a status
 
 
@@ -304,16 +302,6 @@ class _Reject(Exception):
 
 
 # ---- pure helpers -----------------------------------------------------------------------------
-def topic_parts(topic: str) -> tuple[str, str] | None:
-    """``vigil/v1/probes/<id>/<kind>`` -> (id, kind), else None."""
-    if not topic.startswith(TOPIC_PREFIX):
-        return None
-    rest = topic[len(TOPIC_PREFIX) :].split("/")
-    if len(rest) != 2 or not rest[0]:
-        return None
-    return rest[0], rest[1]
-
-
 def domain_of(value: str | None) -> str | None:
     """The host an input names (URL or bare host), lower-case, for per-domain counts."""
     if not value:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from agent.wire.topics import measurements_topic
 from collector.store.base import (
     QUARANTINE_MAX_RAW,
     Dimension,
@@ -345,7 +346,7 @@ class SqlStore(abc.ABC):
                             QuarantineItem(
                                 reason="duplicate",
                                 detail=f"measurement_id {mid} already stored with other bytes",
-                                topic=f"vigil/v1/probes/{r.probe_id}/measurements",
+                                topic=measurements_topic(r.probe_id),
                                 raw=r.payload,
                                 received_ts=r.received_ts,
                                 probe_id=r.probe_id,

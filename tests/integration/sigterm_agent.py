@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from agent.experiments import Outcome, Target, register
-from agent.wire.record import Status, Verdict
+from agent.experiments import Outcome, register
+from agent.wire.record import Status, Target, Verdict
 
 JOURNAL = Path(os.environ.get("VIGIL_TEST_JOURNAL", "/dev/null"))
 

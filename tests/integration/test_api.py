@@ -38,7 +38,8 @@ from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreCon
 from collector.ingest.verify import Accepted, KeyTable, Rejected, StatusReceived, Verifier
 from collector.outages.detector import OutageEvent
 from collector.outages.store import OutageEventStore
-from collector.service import STORE, ServeSettings, create_app
+from collector.runtime import STORE, ServeSettings
+from collector.service import create_app
 from collector.store import open_store
 from collector.store.base import IngestBatch, StoreUnavailable
 from lab.probes import TestProbe

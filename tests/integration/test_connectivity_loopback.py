@@ -19,12 +19,11 @@ from aiohttp import web
 from agent.config import NetConfig, from_mapping
 from agent.engine.helper_client import ControlClient
 from agent.engine.runner import Job, MeasureContext, build_record
-from agent.experiments import Target
 from agent.experiments.connectivity import STATE_FILE, Connectivity, parse_anchor
 from agent.net.dns import parse_resolver
 from agent.net.tls import make_contexts
 from agent.wire.envelope import validate_record
-from agent.wire.record import ProbeInfo, Status
+from agent.wire.record import ProbeInfo, Status, Target
 
 
 class _DNS(asyncio.DatagramProtocol):

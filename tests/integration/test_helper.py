@@ -31,9 +31,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from yarl import URL
 
-from agent.experiments.web_connectivity.model import control_from_json
 from agent.identity import Identity
 from agent.wire.envelope import probe_id_for, raw_public_key
+from agent.wire.helper_api import control_from_json
 from agent.wire.helper_auth import sign_request
 from collector.helper.app import (
     HELPER_STATE,

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.config import NetConfig, from_mapping
 from agent.engine.helper_client import ControlClient, ControlFailed
 from agent.engine.runner import MeasureContext
-from agent.experiments import Target
 from agent.experiments.apps import VPN
 from agent.experiments.throttling.analysis import analyze
 from agent.experiments.throttling.measure import ThrottlingSettings, measure
@@ -32,7 +31,7 @@ from agent.net.handshakes import (
     wg_respond,
 )
 from agent.net.tls import make_contexts
-from agent.wire.record import Status
+from agent.wire.record import Status, Target
 from collector.helper.app import HelperConfig, create_app
 from collector.helper.bulk import BulkConfig, BulkServer, bulk_bytes
 from collector.helper.reach import reach_extension

@@ -31,9 +31,8 @@ from agent.uplink.publisher import (
     MqttSession,
     Publisher,
     PublisherSettings,
-    measurements_topic,
-    status_topic,
 )
+from agent.wire.topics import measurements_topic, status_topic
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.mini_collector import Collector
 from lab.records import make_record

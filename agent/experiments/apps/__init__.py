@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.errors import ConfigError
-from agent.experiments import Outcome, Target, register
+from agent.experiments import Outcome, register
+from agent.wire.record import Target
 
 DEFAULT_DIRECTORIES = (Path("/etc/vigil/apps"),)
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from agent.experiments import Outcome, Target, register
+from agent.experiments import Outcome, register
 from agent.experiments.connectivity.analyze import (
     Check,
     TrackerState,
@@ -35,6 +35,7 @@ from agent.experiments.connectivity.analyze import (
     assess,
     verdict,
 )
+from agent.wire.record import Target
 
 STATE_FILE = "connectivity-state.json"
 DEFAULT_DNS_NAMES = ("example.com",)
@@ -105,7 +106,7 @@ def load_state(state_dir: Path | None) -> TrackerState:
 def save_state(state_dir: Path | None, state: TrackerState) -> None:
     if state_dir is None:
         return
-    from agent.engine.state import atomic_write
+    from agent.state import atomic_write
 
     atomic_write(state_dir / STATE_FILE, json.dumps(state.to_json()).encode())
 

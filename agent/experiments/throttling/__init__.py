@@ -12,7 +12,8 @@ import asyncio
 from typing import Any, ClassVar
 
 from agent.errors import VigilError
-from agent.experiments import Outcome, Target, register
+from agent.experiments import Outcome, register
+from agent.wire.record import Target
 
 _locks: dict[int, asyncio.Lock] = {}
 

@@ -146,7 +146,7 @@ def load_baseline(state_dir: Path | None, now: float) -> tuple[float, ...]:
 def save_baseline(state_dir: Path | None, now: float, rate: float) -> None:
     if state_dir is None or not math.isfinite(rate) or rate <= 0:
         return
-    from agent.engine.state import atomic_write
+    from agent.state import atomic_write
 
     path = state_dir / BASELINE_FILE
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
-from agent.experiments import Target
+from agent.wire.record import Target
 
 THROTTLING_PRONE = frozenset({"GRP", "COMT", "MMED", "NEWS", "ANON", "POLR"})
 

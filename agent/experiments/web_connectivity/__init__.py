@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.errors import VigilError
-from agent.experiments import Outcome, Target, register
+from agent.experiments import Outcome, register
 from agent.experiments.web_connectivity.model import WebObservations
-from agent.wire.record import Verdict
+from agent.wire.record import Target, Verdict
 
 if TYPE_CHECKING:
     from agent.inputs.fingerprints import Fingerprints

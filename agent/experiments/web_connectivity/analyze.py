@@ -108,14 +108,10 @@ from functools import cached_property
 from typing import Final
 from urllib.parse import urlsplit
 
-from agent.experiments.web_connectivity.model import (
-    ControlResponse,
-    HTTPRequest,
-    TCPConnect,
-    TLSHandshake,
-    WebObservations,
-)
+from agent.experiments.web_connectivity.model import WebObservations
 from agent.inputs.fingerprints import Fingerprint, Fingerprints, Matches, canonical_dns_value
+from agent.net.observations import HTTPRequest, TCPConnect, TLSHandshake
+from agent.wire.helper_api import ControlResponse
 from agent.wire.record import Blocking, Status, Verdict
 
 __all__ = ["REASONS", "RULES", "analyze", "explain", "is_bogon"]

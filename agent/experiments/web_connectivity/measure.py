@@ -24,22 +24,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from agent.engine.slots import release_slot
 from agent.errors import ControlError, VigilError
-from agent.experiments.web_connectivity.model import (
-    ControlResponse,
-    DNSQuery,
-    HTTPRequest,
-    TCPConnect,
-    TLSHandshake,
-    WebObservations,
-)
+from agent.experiments.slots import release_slot
+from agent.experiments.web_connectivity.model import WebObservations
 from agent.net import failures
 from agent.net import tcp as tcpnet
 from agent.net import tls as tlsnet
 from agent.net.addr import endpoint, is_ip
 from agent.net.dns import PendingQuery, resolve_first, start_query
 from agent.net.http import FetchLimits, fetch
+from agent.net.observations import DNSQuery, HTTPRequest, TCPConnect, TLSHandshake
+from agent.wire.helper_api import ControlResponse
 
 if TYPE_CHECKING:
     from agent.engine.runner import MeasureContext

@@ -13,137 +13,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class DNSAnswer:
-    answer_type: str  # "A", "AAAA", "CNAME"
-    value: str  # ip address, or target name for CNAME
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class DNSReply:
-    """One UDP datagram received in answer to the query (there may be several: injection)."""
-
-    t: float  # seconds after the query was sent
-    rcode: str  # "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", ...
-    answers: tuple[DNSAnswer, ...]
-    source: str  # "ip:port" the datagram came from
-
-
-@dataclass(frozen=True, slots=True)
-class DNSQuery:
-    hostname: str
-    query_type: str  # "A" or "AAAA"
-    resolver_address: str  # "ip:port" of the system resolver
-    engine: str  # "udp"
-    failure: str | None  # from the FIRST reply (what an application would have used)
-    replies: tuple[DNSReply, ...]
-    t0: float
-    t: float
-
-    @property
-    def addrs(self) -> tuple[str, ...]:
-        """Addresses of the first reply: what a browser would connect to."""
-        if not self.replies:
-            return ()
-        return tuple(a.value for a in self.replies[0].answers if a.answer_type in ("A", "AAAA"))
-
-    @property
-    def all_addrs(self) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for r in self.replies:
-            for a in r.answers:
-                if a.answer_type in ("A", "AAAA"):
-                    seen[a.value] = None
-        return tuple(seen)
-
-
-@dataclass(frozen=True, slots=True)
-class TCPConnect:
-    ip: str
-    port: int
-    failure: str | None
-    t0: float
-    t: float
-    origin: str  # "dns" (system resolver), "control" (control helper's addresses) or "both"
-
-
-@dataclass(frozen=True, slots=True)
-class TLSHandshake:
-    address: str  # "ip:port"
-    server_name: str  # SNI sent
-    purpose: str  # "target" (SNI = host) or "benign_sni" (retry proving SNI filtering)
-    failure: str | None
-    tls_version: str | None
-    cipher_suite: str | None
-    peer_certificate_sha256: str | None  # of the leaf, DER
-    cert_valid_for_host: bool | None  # chain+hostname verified for the *target* host
-    t0: float
-    t: float
-
-
-@dataclass(frozen=True, slots=True)
-class HTTPRequest:
-    url: str
-    method: str
-    address: str | None  # "ip:port" actually connected to, when known
-    failure: str | None
-    status_code: int | None
-    headers: dict[str, str]
-    body_length: int | None
-    body_sha256: str | None
-    body_head: str  # first bytes of the body, decoded with replacement, at most 1024 chars
-    title: str
-    redirects: tuple[str, ...]  # the chain of Location targets followed
-    t0: float
-    t: float
-
-
-@dataclass(frozen=True, slots=True)
-class ControlTCP:
-    status: bool
-    failure: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ControlTLS:
-    server_name: str
-    status: bool
-    failure: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ControlHTTP:
-    failure: str | None
-    status_code: int | None
-    body_length: int | None
-    title: str
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ControlDNS:
-    failure: str | None
-    addrs: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """What the helper says about the caller's address (the address itself is never returned)."""
-
-    asn: str  # "AS1234", "AS0" when unknown
-    network_name: str
-    cc: str  # "ZZ" when unknown
-
-
-@dataclass(frozen=True, slots=True)
-class ControlResponse:
-    dns: ControlDNS
-    tcp_connect: dict[str, ControlTCP]  # key "ip:port"
-    tls_handshake: dict[str, ControlTLS]  # key "ip:port"
-    http_request: ControlHTTP
-    client: ClientInfo
+from agent.net.observations import (
+    DNSAnswer,
+    DNSQuery,
+    DNSReply,
+    HTTPRequest,
+    TCPConnect,
+    TLSHandshake,
+)
+from agent.wire.helper_api import (
+    ControlResponse,
+    control_from_json,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +78,7 @@ class WebObservations:
             ),
             tls_handshakes=tuple(TLSHandshake(**h) for h in tk.get("tls_handshakes", [])),
             requests=tuple(_request_from(r) for r in tk.get("requests", [])),
-            control=None if control is None else _control_from(control),
+            control=None if control is None else control_from_json(control),
             control_failure=tk.get("control_failure"),
             extra=dict(tk.get("extra", {})),
         )
@@ -281,40 +162,4 @@ def _request_from(d: dict[str, Any]) -> HTTPRequest:
         redirects=tuple(d.get("redirects", [])),
         t0=d["t0"],
         t=d["t"],
-    )
-
-
-def control_from_json(d: dict[str, Any]) -> ControlResponse:
-    """Parse the control helper's JSON answer.
-
-    Raises KeyError, TypeError or ValueError if it is malformed.
-    """
-    return _control_from(d)
-
-
-def _control_from(d: dict[str, Any]) -> ControlResponse:
-    http = d["http_request"]
-    client = d["client"]
-    return ControlResponse(
-        dns=ControlDNS(failure=d["dns"]["failure"], addrs=tuple(str(a) for a in d["dns"]["addrs"])),
-        tcp_connect={
-            str(k): ControlTCP(status=bool(v["status"]), failure=v["failure"])
-            for k, v in d["tcp_connect"].items()
-        },
-        tls_handshake={
-            str(k): ControlTLS(
-                server_name=str(v["server_name"]), status=bool(v["status"]), failure=v["failure"]
-            )
-            for k, v in d["tls_handshake"].items()
-        },
-        http_request=ControlHTTP(
-            failure=http["failure"],
-            status_code=None if http["status_code"] is None else int(http["status_code"]),
-            body_length=None if http["body_length"] is None else int(http["body_length"]),
-            title=str(http.get("title", "")),
-            headers={str(k): str(v) for k, v in http.get("headers", {}).items()},
-        ),
-        client=ClientInfo(
-            asn=str(client["asn"]), network_name=str(client["network_name"]), cc=str(client["cc"])
-        ),
     )

@@ -20,22 +20,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.experiments.web_connectivity.analyze import REASONS, RULES, analyze, explain, is_bogon
-from agent.experiments.web_connectivity.model import (
-    ClientInfo,
-    ControlDNS,
-    ControlHTTP,
-    ControlResponse,
-    ControlTCP,
-    ControlTLS,
+from agent.experiments.web_connectivity.model import WebObservations
+from agent.inputs.fingerprints import Fingerprints
+from agent.net.observations import (
     DNSAnswer,
     DNSQuery,
     DNSReply,
     HTTPRequest,
     TCPConnect,
     TLSHandshake,
-    WebObservations,
 )
-from agent.inputs.fingerprints import Fingerprints
+from agent.wire.helper_api import (
+    ClientInfo,
+    ControlDNS,
+    ControlHTTP,
+    ControlResponse,
+    ControlTCP,
+    ControlTLS,
+)
 from agent.wire.record import Blocking, Status, Verdict
 
 HOST = "www.example.org"

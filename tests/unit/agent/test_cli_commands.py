@@ -293,8 +293,7 @@ async def test_lists_update_unreachable_source(tmp_path: Path,
 # ---- presentation and flag plumbing ------------------------------------------------------------
 def _record(status: str, blocking: str | None, reason: str) -> Any:
     from agent.engine.runner import Job
-    from agent.experiments import Target
-    from agent.wire.record import Blocking, MeasurementRecord, Status, Verdict
+    from agent.wire.record import Blocking, MeasurementRecord, Status, Target, Verdict
 
     verdict = Verdict(Status(status), None if blocking is None else Blocking(blocking), reason)
     record = MeasurementRecord(
@@ -363,7 +362,7 @@ def test_flags_override_config(tmp_path: Path) -> None:
 def test_default_test_selection_and_planning() -> None:
     from agent.cli.run import plan_jobs, select_tests
     from agent.errors import UsageError
-    from agent.experiments import Target
+    from agent.wire.record import Target
 
     chosen = [cls.name for cls in select_tests(())]
     assert "web_connectivity" in chosen

@@ -12,14 +12,13 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.daemon.campaigns import CampaignBook, handle_command
 from agent.errors import ConfigError, UsageError
 from agent.wire.commands import (
     COMMAND_PAYLOAD_TYPE,
     MAX_INPUTS,
     Audience,
-    CampaignBook,
     Result,
-    handle_command,
     key_id_for,
     parse_command,
     public_key_from_b64,

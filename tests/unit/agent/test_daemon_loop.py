@@ -14,11 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.config import AgentConfig, from_mapping
 from agent.daemon.loop import LinkStatus, Measurer, Scheduler
 from agent.daemon.settings import Settings
-from agent.engine.state import read_state
 from agent.errors import ConfigError
-from agent.experiments import Target
+from agent.state import read_state
 from agent.wire.commands import Audience
-from agent.wire.record import MeasurementRecord, Status, Verdict
+from agent.wire.record import MeasurementRecord, Status, Target, Verdict
 from collector.campaigns import CampaignSpec, build_campaign, public_key_b64, sign_command
 
 PROBE = "a" * 26

@@ -14,12 +14,10 @@ from agent.uplink.publisher import (
     PublisherSettings,
     _puback_code_valid,
     backoff_delay,
-    commands_topic,
-    measurements_topic,
     reason_name,
     settings_from_config,
-    status_topic,
 )
+from agent.wire.topics import commands_topic, measurements_topic, status_topic
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:

@@ -25,12 +25,12 @@ from agent.engine.runner import (
 )
 from agent.engine.scrub import PLACEHOLDER, Scrubber
 from agent.errors import OutboxError
-from agent.experiments import Outcome, Target
-from agent.experiments.web_connectivity.model import ClientInfo
+from agent.experiments import Outcome
 from agent.net.dns import ResolverAddress
 from agent.net.tls import make_contexts
 from agent.wire.envelope import validate_record
-from agent.wire.record import MeasurementRecord, Status, Verdict
+from agent.wire.helper_api import ClientInfo
+from agent.wire.record import MeasurementRecord, Status, Target, Verdict
 
 PUBLIC_IP = "203.0.113.7"
 LOCAL_IP = "10.9.8.7"
@@ -166,7 +166,7 @@ class LingeringExperiment(FakeExperiment):
         self.max_alive = 0
 
     async def run(self, target: Target, ctx: Any) -> Outcome:
-        from agent.engine.slots import release_slot
+        from agent.experiments.slots import release_slot
 
         self.alive += 1
         self.max_alive = max(self.max_alive, self.alive)

@@ -19,8 +19,8 @@ from agent.cli.main import main as agent_main
 from agent.cli.status import render
 from agent.config import from_mapping
 from agent.daemon.settings import base_policy, campaign_jobs, parse_scheduler, settings
-from agent.engine.state import AgentState, RunSummary, read_state, state_path, write_state
 from agent.errors import ConfigError
+from agent.state import AgentState, RunSummary, read_state, state_path, write_state
 from agent.wire.commands import Audience
 from collector.campaigns import CampaignSpec, build_campaign
 

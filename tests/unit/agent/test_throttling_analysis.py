@@ -256,8 +256,8 @@ def test_test_keys_round_trip() -> None:
 
 
 def test_target_selection_prefers_configured_names_and_prone_categories() -> None:
-    from agent.experiments import Target
     from agent.experiments.throttling.targets import select_targets
+    from agent.wire.record import Target
 
     listed = [
         Target("https://twitter.com/home", "GRP"),

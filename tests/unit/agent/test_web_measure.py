@@ -20,18 +20,14 @@ from aiohttp import web
 from agent.config import NetConfig
 from agent.engine.helper_client import ControlFailed
 from agent.engine.runner import MeasureContext
-from agent.experiments import Target
 from agent.experiments.web_connectivity import WebConnectivity
 from agent.experiments.web_connectivity.measure import NO_CONTROL, measure
-from agent.experiments.web_connectivity.model import (
-    ControlResponse,
-    WebObservations,
-    control_from_json,
-)
+from agent.experiments.web_connectivity.model import WebObservations
 from agent.net import failures
 from agent.net.dns import ResolverAddress
 from agent.net.tls import make_contexts
-from agent.wire.record import Status, Verdict
+from agent.wire.helper_api import ControlResponse, control_from_json
+from agent.wire.record import Status, Target, Verdict
 from tests.support.net import NanoDNS, RawTLSPeer, a_record, zone_handler
 
 FAST = NetConfig(dns_timeout=1.0, dns_linger=0.1, connect_timeout=1.0, tls_timeout=1.0,

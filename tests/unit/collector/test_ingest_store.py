@@ -11,8 +11,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from agent.wire.topics import shared
 from collector.config import BrokerConfig, IngestConfig
-from collector.ingest.pipeline import Ingest, paho_of, shared
+from collector.ingest.pipeline import Ingest, paho_of
 from collector.ingest.verify import Accepted, KeyTable, Verifier
 from collector.store.aio import AsyncStore
 from collector.store.base import (

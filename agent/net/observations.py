@@ -1,0 +1,96 @@
+"""What the network primitives observe: timed DNS, TCP, TLS and HTTP events.
+
+``agent.net`` fills these; experiments keep them as raw evidence and analyse them.  Times are
+seconds: ``t0`` since the start of the measurement, ``t`` when the operation ended.  Failures are
+OONI failure strings (``agent.net.failures``) or None for success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DNSAnswer:
+    answer_type: str  # "A", "AAAA", "CNAME"
+    value: str  # ip address, or target name for CNAME
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class DNSReply:
+    """One UDP datagram received in answer to the query (there may be several: injection)."""
+
+    t: float  # seconds after the query was sent
+    rcode: str  # "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", ...
+    answers: tuple[DNSAnswer, ...]
+    source: str  # "ip:port" the datagram came from
+
+
+@dataclass(frozen=True, slots=True)
+class DNSQuery:
+    hostname: str
+    query_type: str  # "A" or "AAAA"
+    resolver_address: str  # "ip:port" of the system resolver
+    engine: str  # "udp"
+    failure: str | None  # from the FIRST reply (what an application would have used)
+    replies: tuple[DNSReply, ...]
+    t0: float
+    t: float
+
+    @property
+    def addrs(self) -> tuple[str, ...]:
+        """Addresses of the first reply: what a browser would connect to."""
+        if not self.replies:
+            return ()
+        return tuple(a.value for a in self.replies[0].answers if a.answer_type in ("A", "AAAA"))
+
+    @property
+    def all_addrs(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for r in self.replies:
+            for a in r.answers:
+                if a.answer_type in ("A", "AAAA"):
+                    seen[a.value] = None
+        return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class TCPConnect:
+    ip: str
+    port: int
+    failure: str | None
+    t0: float
+    t: float
+    origin: str  # "dns" (system resolver), "control" (control helper's addresses) or "both"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSHandshake:
+    address: str  # "ip:port"
+    server_name: str  # SNI sent
+    purpose: str  # "target" (SNI = host) or "benign_sni" (retry proving SNI filtering)
+    failure: str | None
+    tls_version: str | None
+    cipher_suite: str | None
+    peer_certificate_sha256: str | None  # of the leaf, DER
+    cert_valid_for_host: bool | None  # chain+hostname verified for the *target* host
+    t0: float
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest:
+    url: str
+    method: str
+    address: str | None  # "ip:port" actually connected to, when known
+    failure: str | None
+    status_code: int | None
+    headers: dict[str, str]
+    body_length: int | None
+    body_sha256: str | None
+    body_head: str  # first bytes of the body, decoded with replacement, at most 1024 chars
+    title: str
+    redirects: tuple[str, ...]  # the chain of Location targets followed
+    t0: float
+    t: float
