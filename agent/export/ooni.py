@@ -16,9 +16,10 @@ Analysts compare Vigil's evidence with OONI's using OONI's tooling, so ``vigil-a
 from __future__ import annotations
 
 import copy
-import ipaddress
 from datetime import datetime
 from typing import Any
+
+from agent.net.addr import is_ip, read_endpoint
 
 DATA_FORMAT_VERSION = "0.2.0"
 
@@ -85,12 +86,9 @@ def _web_test_keys(tk: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any
 
 def _resolver_ip(tk: dict[str, Any]) -> str:
     for q in tk.get("queries", []):
-        address = str(q.get("resolver_address", ""))
-        host = address[1:].split("]")[0] if address.startswith("[") else address.rsplit(":", 1)[0]
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            continue
+        host, _ = read_endpoint(str(q.get("resolver_address", "")))
+        if is_ip(host):
+            return host
     return ""
 
 

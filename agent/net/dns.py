@@ -28,7 +28,7 @@ import dns.rcode
 import dns.rdatatype
 
 from agent.net import failures
-from agent.net.addr import endpoint, split_endpoint
+from agent.net.addr import endpoint, parse_endpoint
 from agent.net.observations import DNSAnswer, DNSQuery, DNSReply
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 value: avoids fragmentation, rarely truncates
@@ -64,12 +64,7 @@ def system_resolver(path: Path = Path("/etc/resolv.conf")) -> ResolverAddress | 
 
 def parse_resolver(text: str) -> ResolverAddress:
     """``ip`` or ``ip:port`` or ``[ipv6]:port``; raises ValueError."""
-    text = text.strip()
-    try:
-        return ResolverAddress(str(ipaddress.ip_address(text)))
-    except ValueError:
-        pass
-    ip, port = split_endpoint(text)
+    ip, port = parse_endpoint(text, default_port=53)
     return ResolverAddress(ip, port)
 
 

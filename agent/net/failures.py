@@ -134,6 +134,10 @@ def _direct(exc: BaseException) -> str | None:
         return SSL_FAILED_HANDSHAKE
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return GENERIC_TIMEOUT
+    if type(exc).__module__.startswith("dns.") and type(exc).__name__ in (
+        "Timeout", "LifetimeTimeout"
+    ):
+        return GENERIC_TIMEOUT  # dnspython's own timeouts are not TimeoutError
     if isinstance(exc, ConnectionRefusedError):
         return CONNECTION_REFUSED
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
@@ -161,21 +165,73 @@ def _aiohttp_specific(exc: BaseException) -> str | None:
     return None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 8 and all(current is not c for c in chain):
+        chain.append(current)
+        current = _inner(current)
+    return chain
+
+
+def _specific(exc: BaseException) -> str | None:
+    """The string of the innermost error that says something specific, if any."""
+    for candidate in reversed(_chain(exc)):
+        found = _direct(candidate)
+        if found is not None:
+            return found
+    return None
+
+
 def classify(exc: BaseException) -> str:
     """The OONI failure string for ``exc`` (never raises, never returns None).
 
     The innermost error that says something specific wins: aiohttp's
     ``ClientConnectorCertificateError`` is itself an ``ssl.CertificateError`` but the
     ``SSLCertVerificationError`` it wraps knows whether the name or the authority was wrong.
+    An unknown error keeps its text (the probe's own addresses are scrubbed from records later).
     """
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 8 and all(current is not c for c in chain):
-        chain.append(current)
-        current = _inner(current)
-    for candidate in reversed(chain):
-        found = _direct(candidate)
-        if found is not None:
-            return found
+    found = _specific(exc)
+    if found is not None:
+        return found
     text = str(exc)
     return unknown(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def classify_quietly(exc: BaseException) -> str:
+    """Like :func:`classify`, but an unknown error says only its kind, never its text.
+
+    For the control helper, which answers strangers: ``str(OSError)`` and aiohttp's messages
+    often carry addresses (the helper's own, or a refused target's), so only the OS error's
+    ``strerror`` or the exception's type name is kept.
+    """
+    found = _specific(exc)
+    if found is not None:
+        return found
+    if type(exc).__name__ == "ClientResponseError":
+        return unknown("invalid HTTP response")
+    for candidate in reversed(_chain(exc)):
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return unknown(candidate.strerror)
+    return unknown(type(exc).__name__)
+
+
+def classify_dns(exc: BaseException) -> str:
+    """Failure string for a dnspython stub-resolver error (NXDOMAIN, no answer, no server)."""
+    name = type(exc).__name__
+    if name == "NXDOMAIN":
+        return DNS_NXDOMAIN
+    if name == "NoAnswer":
+        return DNS_NO_ANSWER
+    if name == "NoNameservers":
+        kwargs = getattr(exc, "kwargs", {}) or {}
+        errors = kwargs.get("errors", ())
+        rcodes = {str(e[3]) for e in errors if len(e) > 3 and isinstance(e[3], str)}
+        if "SERVFAIL" in rcodes:
+            return DNS_SERVFAIL
+        if "REFUSED" in rcodes:
+            return DNS_REFUSED
+        return DNS_SERVFAIL if rcodes else unknown("no nameserver answered")
+    if name in ("Timeout", "LifetimeTimeout"):
+        return GENERIC_TIMEOUT
+    return classify_quietly(exc)

@@ -34,7 +34,8 @@ from agent.net.observations import HTTPRequest
 BODY_HEAD_CHARS = 1024
 TITLE_MAX = 256
 _TITLE_SCAN_BYTES = 65536
-_TITLE_RE = re.compile(rb"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_TITLE_OPEN = re.compile(rb"<title(?=[\s>/])", re.IGNORECASE)
+_TITLE_CLOSE = re.compile(rb"</title\s*>", re.IGNORECASE)
 _CHARSET_RE = re.compile(r"charset=[\"']?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 _CHUNK = 65536
 
@@ -112,13 +113,26 @@ class FetchLimits:
     max_redirects: int = 10
 
 
-def extract_title(body: bytes, charset: str) -> str:
-    """The document's ``<title>``, entity-decoded, whitespace collapsed, bounded."""
-    match = _TITLE_RE.search(body[:_TITLE_SCAN_BYTES])
-    if match is None:
+def extract_title(body: bytes, charset: str | None) -> str:
+    """The document's ``<title>``, entity-decoded, whitespace collapsed, bounded.
+
+    Linear in the scanned prefix whatever the page holds (a page of ten thousand ``<title>``
+    openings costs one pass, not one pass per opening): find the first opening tag, the end of
+    that tag, then the first closing tag after it.  Probe and control helper both use this, so
+    their titles compare.
+    """
+    head = body[:_TITLE_SCAN_BYTES]
+    opening = _TITLE_OPEN.search(head)
+    if opening is None:
         return ""
-    text = _decode(match.group(1), charset)
-    return " ".join(html.unescape(text).split())[:TITLE_MAX]
+    tag_end = head.find(b">", opening.end())
+    if tag_end < 0:
+        return ""
+    closing = _TITLE_CLOSE.search(head, tag_end + 1)
+    if closing is None:
+        return ""
+    text = _decode(head[tag_end + 1 : closing.start()], charset or "utf-8")
+    return " ".join(html.unescape(text[: TITLE_MAX * 8]).split())[:TITLE_MAX]
 
 
 def _decode(data: bytes, charset: str) -> str:

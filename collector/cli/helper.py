@@ -46,6 +46,7 @@ import click
 from aiohttp import web
 
 from agent.errors import ConfigError
+from agent.net.addr import parse_endpoint
 from collector.config import load_toml
 from collector.helper.app import (
     HELPER_STATE,
@@ -75,28 +76,10 @@ class ServeOptions:
 
 def parse_resolver(text: str) -> tuple[str, int]:
     """``IP``, ``IP:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address; port defaults to 53."""
-    text = text.strip()
-    host, port = text, 53
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ConfigError(f"bad resolver {text!r}: use [IPv6]:PORT")
-        if rest:
-            port = _port(rest[1:], text)
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = _port(port_text, text)
     try:
-        ip_address(host)
-    except ValueError:
-        raise ConfigError(f"bad resolver {text!r}: give an IP address, not a name") from None
-    return host, port
-
-
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ConfigError(f"bad port in {whole!r}")
-    return int(text)
+        return parse_endpoint(text, default_port=53)
+    except ValueError as exc:
+        raise ConfigError(f"bad resolver: {exc}") from None
 
 
 _LIMIT_FIELDS = {f.name for f in fields(Limits)} - {"control"}

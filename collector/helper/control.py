@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
-from ipaddress import IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Any
 
 import dns.asyncresolver
 from yarl import URL
 
+from agent.net.addr import endpoint, parse_endpoint
 from collector.helper.errors import BAD_REQUEST, TARGET_FORBIDDEN, Refusal
 from collector.helper.fetch import (
     DNSOutcome,
@@ -62,30 +63,6 @@ class ControlRequest:
     host: str  # IDNA-encoded host, or the IP literal without brackets
     port: int
     tcp_connect: tuple[tuple[str, str, int], ...]  # (key as echoed, ip, port)
-
-
-def endpoint_key(ip: str, port: int) -> str:
-    """``ip:port`` for IPv4, ``[ip]:port`` for IPv6, the address in canonical text form."""
-    addr = ip_address(ip)
-    return f"[{addr}]:{port}" if isinstance(addr, IPv6Address) else f"{addr}:{port}"
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """Parse ``ip:port`` / ``[ipv6]:port``; ValueError otherwise (bare IPv6 is ambiguous)."""
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ValueError("IPv6 endpoints are written [address]:port")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ValueError("endpoints are written ip:port or [ipv6]:port")
-    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError("port must be 1-65535")
-    addr = ip_address(host)
-    if isinstance(addr, IPv6Address) and addr.scope_id:
-        raise ValueError("scoped IPv6 addresses are not accepted")
-    return str(addr), int(port_text)
 
 
 def parse_control_request(obj: Any, *, max_addresses: int) -> ControlRequest:
@@ -139,7 +116,7 @@ def parse_control_request(obj: Any, *, max_addresses: int) -> ControlRequest:
             raise bad(f"tcp_connect entry {text[:60]!r}: {exc}") from None
         if ep_port not in allowed_ports:
             raise bad(f"tcp_connect port {ep_port} is neither the URL's port nor 80/443")
-        key = endpoint_key(ip, ep_port)
+        key = endpoint(ip, ep_port)
         endpoints.setdefault(key, (key, ip, ep_port))
     return ControlRequest(url.with_fragment(None), host, port, tuple(endpoints.values()))
 
@@ -183,7 +160,7 @@ class ControlRunner:
 
         targets: dict[str, tuple[str, int]] = {}
         for ip in allowed:
-            targets.setdefault(endpoint_key(ip, req.port), (ip, req.port))
+            targets.setdefault(endpoint(ip, req.port), (ip, req.port))
         skipped: dict[str, str] = {}
         for key, ip, port in req.tcp_connect:
             decision = self.policy.check(ip)
@@ -208,7 +185,7 @@ class ControlRunner:
             ),
         )
 
-        async def endpoint(ip: str, port: int) -> EndpointOutcome:
+        async def check_endpoint(ip: str, port: int) -> EndpointOutcome:
             return await probe_endpoint(
                 self.policy,
                 ip,
@@ -229,7 +206,7 @@ class ControlRunner:
         try:
             async with asyncio.TaskGroup() as group:
                 endpoint_tasks = [
-                    (key, group.create_task(endpoint(ip, port))) for key, (ip, port) in chosen
+                    (key, group.create_task(check_endpoint(ip, port))) for key, (ip, port) in chosen
                 ]
                 http_task = group.create_task(http())
         except BaseExceptionGroup as eg:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import html
 import itertools
-import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +37,8 @@ import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from agent.net.failures import classify_dns, classify_quietly
+from agent.net.http import extract_title
 from collector.helper.errors import RESPONSE_TOO_LARGE, TARGET_FORBIDDEN, Refusal
 from collector.helper.policy import TargetPolicy, port_allowed
 
@@ -57,75 +57,6 @@ BROWSER_HEADERS = {
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     "Accept-Language": "en-US,en;q=0.9",
 }
-
-
-# ---- failure strings ---------------------------------------------------------------------------
-_ERRNO_FAILURES = {
-    errno.ECONNREFUSED: "connection_refused",
-    errno.ECONNRESET: "connection_reset",
-    errno.EPIPE: "connection_reset",
-    errno.ETIMEDOUT: "generic_timeout_error",
-    errno.EHOSTUNREACH: "host_unreachable",
-    errno.ENETUNREACH: "network_unreachable",
-}
-
-# OpenSSL X509_V_ERR codes: hostname/IP mismatch, and the "who signed this?" family.
-_HOSTNAME_MISMATCH = frozenset({62, 64})
-_UNKNOWN_AUTHORITY = frozenset({2, 18, 19, 20, 21, 27})
-
-
-def failure_string(exc: BaseException) -> str:
-    """OONI failure string for an exception raised by a network operation."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return failure_string(exc.certificate_error)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return failure_string(exc.os_error)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "eof_error"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        cause = exc.__cause__
-        return failure_string(cause) if cause is not None else "eof_error"
-    if isinstance(exc, TimeoutError | dns.exception.Timeout):
-        return "generic_timeout_error"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        if code in _HOSTNAME_MISMATCH:
-            return "ssl_invalid_hostname"
-        if code in _UNKNOWN_AUTHORITY:
-            return "ssl_unknown_authority"
-        return "ssl_invalid_certificate"
-    if isinstance(exc, ssl.SSLEOFError | asyncio.IncompleteReadError | EOFError):
-        return "eof_error"
-    if isinstance(exc, ssl.SSLError):
-        return "ssl_failed_handshake"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection_refused"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "connection_reset"
-    if isinstance(exc, OSError) and exc.errno in _ERRNO_FAILURES:
-        return _ERRNO_FAILURES[exc.errno]
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"unknown_failure: {exc.strerror}"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return "unknown_failure: invalid HTTP response"
-    return f"unknown_failure: {type(exc).__name__}"
-
-
-def dns_failure_string(exc: BaseException) -> str:
-    if isinstance(exc, dns.resolver.NXDOMAIN):
-        return "dns_nxdomain_error"
-    if isinstance(exc, dns.resolver.NoAnswer):
-        return "dns_no_answer"
-    if isinstance(exc, dns.resolver.NoNameservers):
-        rcodes = {str(e[3]) for e in exc.kwargs.get("errors", ()) if isinstance(e[3], str)}
-        if "SERVFAIL" in rcodes:
-            return "dns_servfail_error"
-        if "REFUSED" in rcodes:
-            return "dns_refused_error"
-        return "dns_servfail_error" if rcodes else "unknown_failure: no nameserver answered"
-    if isinstance(exc, dns.exception.Timeout):
-        return "generic_timeout_error"
-    return failure_string(exc)
 
 
 # ---- DNS ----------------------------------------------------------------------------------------
@@ -180,7 +111,7 @@ async def resolve(
     if addrs:
         return DNSOutcome(None, tuple(addrs))
     nx = [e for e in errors if isinstance(e, dns.resolver.NXDOMAIN)]
-    return DNSOutcome(dns_failure_string(nx[0] if nx else errors[0]), ())
+    return DNSOutcome(classify_dns(nx[0] if nx else errors[0]), ())
 
 
 # ---- TCP and TLS to one endpoint ----------------------------------------------------------------
@@ -224,7 +155,7 @@ async def probe_endpoint(
             async with asyncio.timeout(connect_timeout):
                 await loop.sock_connect(sock, (ip, port))
         except Exception as exc:  # every failure is data here
-            return EndpointOutcome(failure_string(exc), None, False)
+            return EndpointOutcome(classify_quietly(exc), None, False)
         if server_name is None:
             return EndpointOutcome(None, None, False)
         transport, protocol = await loop.create_connection(asyncio.Protocol, sock=sock)
@@ -237,7 +168,7 @@ async def probe_endpoint(
                 ssl_handshake_timeout=tls_timeout,
             )
         except Exception as exc:
-            return EndpointOutcome(None, failure_string(exc), True)
+            return EndpointOutcome(None, classify_quietly(exc), True)
         if tls is not None:
             transport = tls
         return EndpointOutcome(None, None, True)
@@ -415,7 +346,7 @@ class Fetcher:
                         raise Refusal(
                             TARGET_FORBIDDEN, "a connection to a refused address was attempted"
                         ) from None
-                    return HTTPOutcome(failure_string(exc), None, None, "", {}, tuple(redirects))
+                    return HTTPOutcome(classify_quietly(exc), None, None, "", {}, tuple(redirects))
             return HTTPOutcome(
                 "unknown_failure: too many redirects", None, None, "", {}, tuple(redirects)
             )
@@ -444,7 +375,7 @@ class Fetcher:
         except Refusal:
             raise
         except Exception as exc:
-            return HTTPOutcome(failure_string(exc), resp.status, None, "", headers, redirects)
+            return HTTPOutcome(classify_quietly(exc), resp.status, None, "", headers, redirects)
         title = extract_title(bytes(head), resp.charset)
         return HTTPOutcome(None, resp.status, total, title, headers, redirects)
 
@@ -469,22 +400,6 @@ def _headers_json(resp: aiohttp.ClientResponse) -> dict[str, str]:
             break
         out.setdefault(name, value[:MAX_HEADER_VALUE])
     return out
-
-
-_TITLE_RE = re.compile(rb"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-
-
-def extract_title(head: bytes, charset: str | None) -> str:
-    """The page's <title>, unescaped and whitespace-collapsed, at most 256 characters."""
-    match = _TITLE_RE.search(head)
-    if match is None:
-        return ""
-    raw = match.group(1)
-    try:
-        text = raw.decode(charset or "utf-8", errors="replace")
-    except LookupError:
-        text = raw.decode("utf-8", errors="replace")
-    return " ".join(html.unescape(text).split())[:MAX_TITLE]
 
 
 # ---- the helper's own addresses -----------------------------------------------------------------

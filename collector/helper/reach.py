@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from agent.net.failures import classify_quietly
 from agent.net.handshakes import (
     ovpn_looks_like_client_reset,
     ovpn_tcp_frame,
@@ -49,7 +50,7 @@ from collector.helper.app import (
 )
 from collector.helper.bulk import BulkServer
 from collector.helper.errors import BAD_REQUEST, TARGET_FORBIDDEN, Refusal
-from collector.helper.fetch import ForbiddenAddress, failure_string, guarded_socket, make_resolver
+from collector.helper.fetch import ForbiddenAddress, guarded_socket, make_resolver
 from collector.helper.fetch import resolve as helper_resolve
 
 MAX_CHECKS = 32
@@ -151,7 +152,7 @@ async def measure_throughput(
             result["rate_bps"] = round(got * 8 / (last - first), 1)
     except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError,
             asyncio.LimitOverrunError, ValueError) as exc:
-        result["failure"] = failure_string(exc)
+        result["failure"] = classify_quietly(exc)
     finally:
         if writer is not None:
             writer.close()
@@ -186,7 +187,7 @@ async def udp_exchange(ip: str, port: int, payload: bytes, timeout: float) -> tu
         async with asyncio.timeout(timeout):
             return await proto.reply, None
     except (OSError, TimeoutError) as exc:
-        return None, failure_string(exc)
+        return None, classify_quietly(exc)
     finally:
         transport.close()
 
@@ -203,7 +204,7 @@ async def tcp_exchange(
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, (ip, port))
         except (OSError, TimeoutError) as exc:
-            return None, failure_string(exc), None
+            return None, classify_quietly(exc), None
         try:
             async with asyncio.timeout(timeout):
                 await loop.sock_sendall(sock, payload)
@@ -211,7 +212,7 @@ async def tcp_exchange(
                 size = int.from_bytes(head, "big")
                 return await _recv_exact(loop, sock, min(size, 4096)), None, None
         except (OSError, TimeoutError, EOFError) as exc:
-            return None, None, failure_string(exc)
+            return None, None, classify_quietly(exc)
     finally:
         sock.close()
 
@@ -239,7 +240,7 @@ async def tls_check(
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, (ip, port))
         except (OSError, TimeoutError) as exc:
-            return failure_string(exc), None
+            return classify_quietly(exc), None
         if sni is None:
             return None, None
         try:
@@ -248,7 +249,7 @@ async def tls_check(
                 ssl_handshake_timeout=timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return None, failure_string(exc)
+            return None, classify_quietly(exc)
         return None, None
     finally:
         if transport is not None:

@@ -110,6 +110,7 @@ from urllib.parse import urlsplit
 
 from agent.experiments.web_connectivity.model import WebObservations
 from agent.inputs.fingerprints import Fingerprint, Fingerprints, Matches, canonical_dns_value
+from agent.net.addr import read_endpoint
 from agent.net.observations import HTTPRequest, TCPConnect, TLSHandshake
 from agent.wire.helper_api import ControlResponse
 from agent.wire.record import Blocking, Status, Verdict
@@ -195,21 +196,6 @@ def is_bogon(address: str) -> bool:
     if any(addr in net for net in _BENCHMARK_NETS):
         return False
     return not addr.is_global or addr.is_multicast or addr.is_reserved
-
-
-def _split_endpoint(text: str | None) -> tuple[str, int | None]:
-    """``ip:port`` or ``[ip]:port`` (or a bare ip) -> (canonical ip, port); tolerant."""
-    if not text:
-        return "", None
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    return _canon(host), int(port) if port.isdigit() else None
 
 
 def _endpoint_key(ip: str, port: int | None) -> str:
@@ -343,7 +329,7 @@ class _Evidence:
         if self.control is None:
             return {}
         return {
-            _endpoint_key(*_split_endpoint(k)): v.status and v.failure is None
+            _endpoint_key(*read_endpoint(k)): v.status and v.failure is None
             for k, v in self.control.tcp_connect.items()
         }
 
@@ -352,7 +338,7 @@ class _Evidence:
         if self.control is None:
             return {}
         return {
-            _endpoint_key(*_split_endpoint(k)): v.status and v.failure is None
+            _endpoint_key(*read_endpoint(k)): v.status and v.failure is None
             for k, v in self.control.tls_handshake.items()
         }
 
@@ -368,7 +354,7 @@ class _Evidence:
         if self.control_http_ok:
             return True
         return any(
-            ok and _split_endpoint(k)[0] in self.control_addrs
+            ok and read_endpoint(k)[0] in self.control_addrs
             for k, ok in self._control_tcp.items()
         )
 
@@ -392,11 +378,11 @@ class _Evidence:
     def validated(self) -> frozenset[str]:
         """Addresses proven to serve the host: a TLS handshake valid for it (probe or control)."""
         ok = {
-            _split_endpoint(h.address)[0]
+            read_endpoint(h.address)[0]
             for h in self.obs.tls_handshakes
             if h.purpose == "target" and h.cert_valid_for_host is True
         }
-        ok.update(_split_endpoint(k)[0] for k, v in self._control_tls.items() if v)
+        ok.update(read_endpoint(k)[0] for k, v in self._control_tls.items() if v)
         if self.ip_literal:
             ok.add(_canon(self.hostname))
         return frozenset(ok)
@@ -464,7 +450,7 @@ class _Evidence:
         connected = {_canon(c.ip) for c in self.tcp_records if c.failure is None}
         out = []
         for h in self.obs.tls_handshakes:
-            ip = _split_endpoint(h.address)[0]
+            ip = read_endpoint(h.address)[0]
             if h.purpose != "target" or ip not in wanted:
                 continue
             if self.tcp_records and ip not in connected and h.failure is not None:
@@ -473,11 +459,11 @@ class _Evidence:
         return tuple(out)
 
     def benign_sni_succeeded(self, address: str) -> bool:
-        ip, port = _split_endpoint(address)
+        ip, port = read_endpoint(address)
         return any(
             h.purpose == "benign_sni"
             and h.failure is None
-            and _split_endpoint(h.address) == (ip, port)
+            and read_endpoint(h.address) == (ip, port)
             for h in self.obs.tls_handshakes
         )
 
@@ -490,7 +476,7 @@ class _Evidence:
         return tuple(
             r
             for r in self.obs.requests
-            if not (r.address and _split_endpoint(r.address)[0] in control_only)
+            if not (r.address and read_endpoint(r.address)[0] in control_only)
         )
 
     def authenticated(self, r: HTTPRequest) -> bool:
@@ -511,7 +497,7 @@ class _Evidence:
         """Did this response come from a suspect answer of the resolver for *this* host?"""
         if _host(_final_url(r)) not in ("", self.hostname):
             return False  # redirected elsewhere: the address is not this name's answer
-        ip = _split_endpoint(r.address)[0]
+        ip = read_endpoint(r.address)[0]
         if ip:
             return ip in self.probe_addrs and self.suspect(ip)
         return bool(self.probe_addrs) and all(self.suspect(a) for a in self.probe_addrs)
@@ -651,7 +637,7 @@ def _rule_http_fingerprint(ev: _Evidence) -> Verdict | None:
                 continue  # vague words on a page like the control's: the site's own text
             fp = weak
         if ev.from_suspect_answer(r):
-            ip = _split_endpoint(r.address)[0] or None
+            ip = read_endpoint(r.address)[0] or None
             return _blocked(Blocking.DNS, _dns_technique(ev, ip), fp)
         return _blocked(Blocking.HTTP_DIFF, "http.blockpage", fp)
     return None
@@ -696,7 +682,7 @@ def _rule_tls(ev: _Evidence) -> Verdict | None:
     dns_verdict: Verdict | None = None
     tls_verdict: Verdict | None = None
     for h in handshakes:
-        ip, port = _split_endpoint(h.address)
+        ip, port = read_endpoint(h.address)
         ctl = ev.control_tls(ip, port)
         control_ok = ctl is True or (ctl is None and ev.control_http_ok and ev.consistent(ip))
         if h.failure in CERT_FAILURES or (h.failure is None and h.cert_valid_for_host is False):
@@ -714,7 +700,7 @@ def _rule_tls(ev: _Evidence) -> Verdict | None:
             tls_verdict = tls_verdict or _blocked(Blocking.TLS, f"tls.{kind}")
     if dns_verdict or tls_verdict:
         return dns_verdict or tls_verdict
-    if all(ev.suspect(_split_endpoint(h.address)[0]) for h in handshakes) and ev.control_site_ok:
+    if all(ev.suspect(read_endpoint(h.address)[0]) for h in handshakes) and ev.control_site_ok:
         # Answers unlike the control's that do not speak TLS for the host, with no other
         # explanation, while the site works from outside: the resolver's answer is the problem.
         return _blocked(Blocking.DNS, "dns.inconsistent")
@@ -737,7 +723,7 @@ def _rule_http_failed(ev: _Evidence) -> Verdict | None:
         return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(failure)}")
     if failure in CERT_FAILURES:
         if ev.from_suspect_answer(r):
-            ip = _split_endpoint(r.address)[0] or None
+            ip = read_endpoint(r.address)[0] or None
             return _blocked(Blocking.DNS, _dns_technique(ev, ip))
         return _blocked(Blocking.TLS, "tls.mitm")
     kind = _failure_kind(failure)
@@ -754,7 +740,7 @@ def _rule_http_page(ev: _Evidence) -> Verdict | None:
     if ev.http_matches(r).false_positive is not None:
         return Verdict(status=Status.OK, reason="ok.http")  # a known ordinary page
     if ev.from_suspect_answer(r) and ev.differs(r):
-        ip = _split_endpoint(r.address)[0] or None
+        ip = read_endpoint(r.address)[0] or None
         return _blocked(Blocking.DNS, _dns_technique(ev, ip))
     if ev.differs_strongly(r):
         return _blocked(Blocking.HTTP_DIFF, "http.diff")

@@ -288,3 +288,11 @@ def test_charset_and_header_flattening() -> None:
     headers = CIMultiDictProxy(CIMultiDict([("Set-Cookie", "a=1"), ("set-cookie", "b=2"),
                                             ("Server", "x")]))
     assert flatten_headers(headers) == {"Set-Cookie": "a=1, b=2", "Server": "x"}
+
+
+def test_title_of_a_page_of_openings_is_found_in_one_pass() -> None:
+    # Ten thousand openings and no closing tag: no title (a quadratic scan took seconds here).
+    assert extract_title(b"<title>" * 9000, "utf-8") == ""
+    page = b"<title>" * 9000 + b"late</title>"
+    assert extract_title(page, None) == ("<title>" * 8999 + "late")[:256]
+    assert extract_title(b"<titles>x</titles><title a=1>Real</title>", None) == "Real"

@@ -14,11 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import ConfigError
+from agent.net.addr import endpoint as endpoint_key
+from agent.net.addr import parse_endpoint
+from agent.net.failures import classify_quietly as failure_string
+from agent.net.http import extract_title
 from collector.cli.helper import parse_config_data, parse_resolver
 from collector.helper.app import PrivacyAccessLogger, RedactAddresses, redact_addresses
-from collector.helper.control import endpoint_key, parse_control_request, parse_endpoint
+from collector.helper.control import parse_control_request
 from collector.helper.errors import STATUS, Refusal
-from collector.helper.fetch import extract_title, failure_string, local_addresses
+from collector.helper.fetch import local_addresses
 from collector.helper.limits import ClientHasher, RateLimiter, client_label
 
 
