@@ -39,6 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from agent.net import http1
+
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 65_536
@@ -274,10 +276,11 @@ class BulkServer:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         try:
-            method, target, _version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
-        except (UnicodeDecodeError, ValueError):
+            line = http1.request_line(head)
+        except http1.HeadError:
             await _respond(writer, 400, b"bad request line\n")
             return
+        method, target = line.method, line.target
         if method not in ("GET", "HEAD"):
             await _respond(writer, 405, b"GET only\n")
             return
@@ -316,15 +319,12 @@ class BulkServer:
     async def _stream(
         self, writer: asyncio.StreamWriter, length: int, sni: str, *, head_only: bool
     ) -> None:
-        headers = (
-            "HTTP/1.1 200 OK\r\n"
-            "Content-Type: application/octet-stream\r\n"
-            f"Content-Length: {length}\r\n"
-            "Cache-Control: no-store\r\n"
-            f"X-Vigil-SNI: {_header_safe(sni)}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        writer.write(headers.encode("ascii"))
+        writer.write(http1.response_head(200, {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+            "Cache-Control": "no-store",
+            "X-Vigil-SNI": sni,
+        }))
         if head_only:
             await writer.drain()
             return
@@ -350,23 +350,11 @@ class BulkServer:
             self.stats["bytes"] += n
 
 
-def _header_safe(value: str) -> str:
-    return "".join(c for c in value if 0x20 <= ord(c) < 0x7F)
-
-
 async def _respond(
     writer: asyncio.StreamWriter, status: int, body: bytes, *, sni: str | None = None
 ) -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-              429: "Too Many Requests", 431: "Request Header Fields Too Large",
-              503: "Service Unavailable"}.get(status, "Error")
-    lines = [
-        f"HTTP/1.1 {status} {reason}",
-        "Content-Type: text/plain",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
+    headers = {"Content-Type": "text/plain", "Content-Length": str(len(body))}
     if sni is not None:
-        lines.append(f"X-Vigil-SNI: {_header_safe(sni)}")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body)
+        headers["X-Vigil-SNI"] = sni
+    writer.write(http1.response_head(status, headers) + body)
     await writer.drain()

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from agent.net import http1
 from agent.net.failures import classify_quietly
 from agent.net.handshakes import (
     ovpn_looks_like_client_reset,
@@ -118,15 +119,12 @@ async def measure_throughput(
                 sock=policy_socket, ssl=ssl_context if tls else None,
                 server_hostname=host if tls else None,
             )
-        request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vigil-helper\r\n"
-                   "Accept-Encoding: identity\r\nConnection: close\r\n\r\n")
-        writer.write(request.encode("ascii", "replace"))
+        writer.write(http1.request(path, host, user_agent="vigil-helper"))
         await writer.drain()
         deadline = loop.time() + max_seconds
         async with asyncio.timeout(max_seconds + connect_timeout):
             head = await reader.readuntil(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split()
-        result["status_code"] = int(status_line[1]) if len(status_line) > 1 else None
+        result["status_code"], _ = http1.parse_response_head(head)
         got = 0
         first: float | None = None
         last = loop.time()

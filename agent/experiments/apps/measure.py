@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.errors import ControlError
 from agent.experiments.apps.analysis import EndpointResult
 from agent.experiments.apps.spec import AppSpec, Endpoint
-from agent.net import failures
+from agent.net import failures, http1
 from agent.net import handshakes as hs
 from agent.net.dns import resolve_first
 from agent.net.tcp import connect
@@ -164,16 +164,15 @@ async def https_get(ep: Endpoint, ip: str, ctx: Any) -> tuple[int | None, str | 
             reader, writer = await asyncio.open_connection(
                 ip, ep.port, ssl=context, server_hostname=ep.server_name
             )
-            writer.write(
-                f"GET {ep.path} HTTP/1.1\r\nHost: {ep.server_name}\r\nUser-Agent: Mozilla/5.0"
-                f"\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
-            )
+            writer.write(http1.request(ep.path, ep.server_name))
             await writer.drain()
             line = await reader.readline()
-        parts = line.decode("latin-1").split()
-        if len(parts) < 2 or not parts[1].isdigit():
-            return None, failures.EOF_ERROR if not line else failures.unknown("not HTTP")
-        return int(parts[1]), None
+        if not line:
+            return None, failures.EOF_ERROR
+        try:
+            return http1.status_code(line), None
+        except http1.HeadError:
+            return None, failures.unknown("not HTTP")
     except (OSError, TimeoutError, ssl.SSLError, EOFError) as exc:
         return None, failures.classify(exc)
     finally:

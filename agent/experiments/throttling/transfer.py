@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.experiments.throttling.model import Sample, Transfer
-from agent.net import failures
+from agent.net import failures, http1
 from agent.net.tcp import connect
 
 _RECV = 65536
@@ -124,18 +124,6 @@ class _TLS:
                 return b""
 
 
-def _parse_head(head: bytes) -> tuple[int | None, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
 async def download(
     spec: TransferSpec,
     *,
@@ -177,11 +165,7 @@ async def download(
             raise _Done from None
         der = tls.obj.getpeercert(binary_form=True)
         cert = None if der is None else hashlib.sha256(der).hexdigest()
-        request = (
-            f"GET {spec.path} HTTP/1.1\r\nHost: {spec.host_header}\r\n"
-            "User-Agent: Mozilla/5.0\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"
-            "Connection: close\r\n\r\n"
-        )
+        request = http1.request(spec.path, spec.host_header)
         deadline = loop.time() + spec.max_seconds
 
         async def sample() -> None:
@@ -201,20 +185,18 @@ async def download(
         buf = b""
         try:
             async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
-                await tls.send(request.encode("ascii", "replace"))
+                await tls.send(request)
                 sampler = asyncio.create_task(sample())
-                while b"\r\n\r\n" not in buf:
+                while (parts := http1.split_head(buf)) is None:
                     chunk = await tls.recv()
                     if not chunk:
                         raise EOFError("connection closed before the response head")
                     buf += chunk
-                    if len(buf) > 65536:
-                        raise ValueError("response head too large")
         except (OSError, EOFError, TimeoutError, ssl.SSLError, ValueError) as exc:
             failure = failures.classify(exc)
             raise _Done from None
-        head, _, body = buf.partition(b"\r\n\r\n")
-        status, headers = _parse_head(head)
+        head, body = parts
+        status, headers = http1.parse_response_head(head)
         echoed = headers.get("x-vigil-sni")
         limit = spec.max_bytes
         if "content-length" in headers and headers["content-length"].isdigit():
