@@ -51,6 +51,7 @@ from types import TracebackType
 
 import trustme
 
+from lab.ports import free_port
 from scripts.mosquitto_conf import (
     BrokerSettings,
     install_acls,
@@ -103,12 +104,6 @@ class BrokerInfo:
         if client_cert is not None:
             ctx.load_cert_chain(str(client_cert.cert_file), str(client_cert.key_file))
         return ctx
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _mqtt_str(value: str) -> bytes:

@@ -42,6 +42,7 @@ from collector.runtime import STORE, ServeSettings
 from collector.service import create_app
 from collector.store import open_store
 from collector.store.base import IngestBatch, StoreUnavailable
+from lab.ports import free_port
 from lab.probes import TestProbe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -706,12 +707,6 @@ async def test_stats_are_cached_briefly(store_url: str, dataset: Dataset) -> Non
 
 
 # ---- the serve command ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_config_errors_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from collector.cli.main import main
 

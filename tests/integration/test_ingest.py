@@ -31,6 +31,7 @@ from collector.store.aio import AsyncStore
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.probes import TestProbe
 from lab.tcpproxy import TcpProxy
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # upper bound for any "until stored" wait
@@ -80,12 +81,7 @@ def rejections(url: str) -> dict[str, int]:
 
 
 async def wait_for(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(pred):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until(pred, what, timeout=timeout, interval=0.1, in_thread=True)
 
 
 def enrol(url: str, *probes: TestProbe) -> None:

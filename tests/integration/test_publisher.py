@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from agent.wire.topics import measurements_topic, status_topic
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.mini_collector import Collector
 from lab.records import make_record
+from tests.support.waiting import wait_until as poll
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = "$share/collectors/vigil/v1/probes/+/measurements"
@@ -59,11 +59,7 @@ def settings_for(info: BrokerInfo, probe_id: str, **kw: Any) -> PublisherSetting
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await poll(pred, what, timeout=timeout)
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +44,7 @@ from collector.campaigns import (
     topic_for,
 )
 from lab.broker import MosquittoBroker
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,13 +224,8 @@ password = "{info.probes[ident.probe_id].password}"
     return Setup(tmp, broker, ident, config, tmp / "journal.txt")
 
 
-async def wait_for(cond: object, timeout: float, what: str, setup: Setup) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{setup.log()}")
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str, setup: Setup) -> None:
+    await wait_until(cond, what, timeout=timeout, detail=setup.log)
 
 
 async def terminate(proc: subprocess.Popen[bytes], setup: Setup) -> float:
