@@ -39,7 +39,7 @@ from agent.engine.runner import (
     open_context,
 )
 from agent.errors import ConfigError, UsageError, VigilError
-from agent.experiments import Experiment
+from agent.experiments import Experiment, InputPolicy
 from agent.identity import load_or_create
 from agent.inputs import testlists
 from agent.uplink.oneshot import publishing
@@ -159,18 +159,12 @@ def _setup_logging(stream: TextIO, tty: bool) -> None:
 
 # ---- planning ---------------------------------------------------------------------------------
 def select_tests(names: Sequence[str]) -> list[type[Experiment]]:
-    """The requested experiments; without names, the ones enabled by default.
-
-    Enabled by default: web_connectivity (on the lists) and every test that brings its own
-    inputs (``default_targets``: apps, connectivity).  A test that would take the URL list as
-    input otherwise (throttling: megabytes per host) runs only when named.
-    """
-    available = registry.load_all()
+    """The requested experiments; without names, the ones enabled by default
+    (``agent.experiments.enabled_by_default``, the same choice the long-running agent makes:
+    throttling, megabytes per host, and vpn, which needs the operator's endpoints, only when
+    named)."""
     if not names:
-        return [
-            cls for name, cls in sorted(available.items())
-            if name == WEB or callable(getattr(cls, "default_targets", None))
-        ]
+        return registry.enabled_by_default()
     chosen: list[type[Experiment]] = []
     for name in names:
         cls = registry.get(name)  # UsageError naming the known tests
@@ -193,16 +187,15 @@ def plan_jobs(
     list_targets: Sequence[Target],
     explicit_lists: bool,
 ) -> list[RunJob]:
-    """web_connectivity measures the lists; tests with their own inputs (``default_targets``)
-    use those unless lists were named; other tests measure the lists only when named (the
-    default lists are too many hosts for a throughput test)."""
+    """Each test's inputs by its declared policy: the lists for ``TEST_LISTS``; its own inputs
+    for ``OWN`` unless lists were named; ``SELECTED_HOSTS`` tests measure the lists only when
+    named (the default lists are too many hosts for a throughput test)."""
     jobs: list[RunJob] = []
     for cls in classes:
-        own = getattr(cls, "default_targets", None)
-        if cls.name == WEB or explicit_lists:
+        if cls.input_policy is InputPolicy.TEST_LISTS or explicit_lists:
             targets: Sequence[Target] = list_targets
-        elif callable(own):
-            targets = list(own())
+        elif cls.input_policy is InputPolicy.OWN:
+            targets = cls.default_targets()
         else:
             raise UsageError(f"{cls.name} measures the hosts of the lists you name: "
                              "pass --list FILE.csv")

@@ -26,7 +26,7 @@ from agent.daemon.loop import CommandHandler, LinkStatus, Measurer
 from agent.daemon.settings import Settings
 from agent.engine.runner import DataBudget, Job, MeasureContext, RunLimits, Runner, open_context
 from agent.errors import VigilError
-from agent.experiments import Experiment
+from agent.experiments import Experiment, InputPolicy
 from agent.identity import Identity
 from agent.identity import load as load_identity
 from agent.inputs import testlists
@@ -58,14 +58,6 @@ def experiments_for(kind: str) -> list[type[Experiment]]:
         for name, cls in sorted(reg.items())
         if cls.__module__ == prefix or cls.__module__.startswith(prefix + ".")
     ]
-
-
-def default_targets(cls: type[Experiment]) -> list[Target]:
-    """An experiment's own inputs (``default_targets()``), else one run without input."""
-    fn = getattr(cls, "default_targets", None)
-    if callable(fn):
-        return list(fn())
-    return [Target(input=None)]
 
 
 class _Session:
@@ -116,22 +108,22 @@ class RealBackend:
             return []
         out: list[tuple[str, Target]] = []
         for cls in exps:
-            if cls.name != kind and not getattr(cls, "default_enabled", True):
+            if cls.name != kind and not cls.default_enabled:
                 # an opt-in member of a family (vpn needs the operator's endpoint list):
                 # scheduled only when named on its own
                 continue
             if inputs is not None:
                 targets = list(inputs)
-            elif cls.name == "web_connectivity":
+            elif cls.input_policy is InputPolicy.TEST_LISTS:
                 targets = self._list_targets()
-            elif cls.name == "throttling":
-                targets = self._throttling_targets()
+            elif cls.input_policy is InputPolicy.SELECTED_HOSTS:
+                targets = self._selected_hosts()
             else:
-                targets = default_targets(cls)
+                targets = cls.default_targets()
             out += [(cls.name, t) for t in targets]
         return out
 
-    def _throttling_targets(self) -> list[Target]:
+    def _selected_hosts(self) -> list[Target]:
         """Hosts worth a bulk transfer: the operator's names, then throttling-prone categories."""
         from agent.experiments.throttling.measure import ThrottlingSettings
         from agent.experiments.throttling.targets import select_targets

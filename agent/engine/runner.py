@@ -35,11 +35,12 @@ from agent.engine.scrub import Scrubber, local_addresses
 from agent.errors import ConfigError, ControlError, OutboxError, SchemaError
 from agent.experiments import Experiment, Outcome
 from agent.experiments import slots as slot_binding
+from agent.experiments.context import HelperClient
 from agent.identity import Identity
 from agent.net.dns import ResolverAddress, parse_resolver, system_resolver
 from agent.net.tls import TLSContexts, make_contexts
 from agent.wire.envelope import encode_record, uuid7, validate_record
-from agent.wire.helper_api import ClientInfo, ControlResponse
+from agent.wire.helper_api import ClientInfo
 from agent.wire.record import MeasurementRecord, ProbeInfo, Target, Verdict
 
 log = logging.getLogger("vigil.runner")
@@ -71,12 +72,6 @@ class DataBudget:
         return self.limit is not None and self.used >= self.limit
 
 
-class Control(Protocol):
-    """What experiments need from the control helper (ControlClient, or a test double)."""
-
-    async def control(self, url: str, tcp_connect: Sequence[str]) -> ControlResponse: ...
-
-
 @dataclass
 class MeasureContext:
     """Services and settings an experiment's ``run(target, ctx)`` uses."""
@@ -84,7 +79,7 @@ class MeasureContext:
     net: NetConfig
     tls: TLSContexts
     resolver: ResolverAddress
-    control: Control | None
+    control: HelperClient | None
     budget: DataBudget = field(default_factory=lambda: DataBudget(None))
     scrubber: Scrubber = field(default_factory=Scrubber)
     probe: ProbeInfo = field(default_factory=ProbeInfo)

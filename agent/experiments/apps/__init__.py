@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.errors import ConfigError
-from agent.experiments import Outcome, register
+from agent.experiments import ExperimentBase, InputPolicy, Outcome, register
+from agent.experiments.context import MeasurementContext
 from agent.wire.record import Target
 
 DEFAULT_DIRECTORIES = (Path("/etc/vigil/apps"),)
 
 
-def directories(ctx: Any) -> tuple[Path, ...]:
-    config = getattr(ctx, "config", None)
+def directories(ctx: MeasurementContext) -> tuple[Path, ...]:
+    config = ctx.config
     if config is None:
         return DEFAULT_DIRECTORIES
     section: Mapping[str, Any] = config.section("apps")
@@ -34,20 +35,14 @@ def directories(ctx: Any) -> tuple[Path, ...]:
         return DEFAULT_DIRECTORIES
     if not isinstance(raw, list) or not all(isinstance(d, str) for d in raw):
         raise ConfigError("[apps] directories must be a list of paths")
-    base = config.path.parent if getattr(config, "path", None) is not None else Path(".")
+    base = config.path.parent if config.path is not None else Path(".")
     return tuple(Path(d) if Path(d).is_absolute() else base / d for d in raw)
 
 
-class _AppExperiment:
-    name: ClassVar[str] = ""
-    version: ClassVar[str] = "0.1.0"
+class _AppExperiment(ExperimentBase):
+    input_policy: ClassVar[InputPolicy] = InputPolicy.OWN  # the app's endpoint list
 
-    @classmethod
-    def default_targets(cls) -> list[Target]:
-        """One run per app: the endpoint list is the input, not a URL."""
-        return [Target(input=None)]
-
-    async def run(self, target: Target, ctx: Any) -> Outcome:
+    async def run(self, target: Target, ctx: MeasurementContext) -> Outcome:
         from agent.experiments.apps.analysis import analyze
         from agent.experiments.apps.measure import measure
         from agent.experiments.apps.spec import load_specs

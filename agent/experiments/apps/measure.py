@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from agent.errors import ControlError
 from agent.experiments.apps.analysis import EndpointResult
 from agent.experiments.apps.spec import AppSpec, Endpoint
+from agent.experiments.context import MeasurementContext
 from agent.net import failures, http1
 from agent.net import handshakes as hs
 from agent.net.dns import resolve_first
@@ -87,7 +88,7 @@ async def _recv_exact(sock: Any, n: int) -> bytes:
     return out
 
 
-async def check_endpoint(ep: Endpoint, ctx: Any, origin: float) -> EndpointResult:
+async def check_endpoint(ep: Endpoint, ctx: MeasurementContext, origin: float) -> EndpointResult:
     loop = asyncio.get_running_loop()
     net = ctx.net
     t0 = loop.time()
@@ -153,7 +154,9 @@ async def check_endpoint(ep: Endpoint, ctx: Any, origin: float) -> EndpointResul
     return done(address, None, None)
 
 
-async def https_get(ep: Endpoint, ip: str, ctx: Any) -> tuple[int | None, str | None]:
+async def https_get(
+    ep: Endpoint, ip: str, ctx: MeasurementContext
+) -> tuple[int | None, str | None]:
     """A GET over a fresh verified connection to ``ip``; any HTTP status is a success (the app's
     server answered), a failure string otherwise."""
     net = ctx.net
@@ -183,10 +186,10 @@ async def https_get(ep: Endpoint, ip: str, ctx: Any) -> tuple[int | None, str | 
 
 
 async def control_view(
-    spec: AppSpec, results: Sequence[EndpointResult], ctx: Any
+    spec: AppSpec, results: Sequence[EndpointResult], ctx: MeasurementContext
 ) -> tuple[list[EndpointResult], str | None]:
     """Ask the helper to repeat the checks of the endpoints that failed here."""
-    control = getattr(ctx, "control", None)
+    control = ctx.control
     failed = [(i, r) for i, r in enumerate(results) if not r.ok and r.address is not None]
     if not failed:
         return list(results), None
@@ -231,7 +234,9 @@ async def control_view(
     return out, None
 
 
-async def measure(spec: AppSpec, ctx: Any) -> tuple[list[EndpointResult], str | None]:
+async def measure(
+    spec: AppSpec, ctx: MeasurementContext
+) -> tuple[list[EndpointResult], str | None]:
     loop = asyncio.get_running_loop()
     origin = loop.time()
     sem = asyncio.Semaphore(MAX_PARALLEL)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from agent.experiments import Outcome, register
+from agent.experiments import ExperimentBase, InputPolicy, Outcome, register
 from agent.experiments.connectivity.analyze import (
     Check,
     TrackerState,
@@ -35,6 +35,7 @@ from agent.experiments.connectivity.analyze import (
     assess,
     verdict,
 )
+from agent.experiments.context import MeasurementContext, config_section
 from agent.wire.record import Target
 
 STATE_FILE = "connectivity-state.json"
@@ -119,8 +120,8 @@ async def _timed(kind: str, target: str, scope: str, coro: Any, origin: float) -
                  scope)
 
 
-async def check_control(ctx: Any, timeout: float) -> str | None:
-    control = getattr(ctx, "control", None)
+async def check_control(ctx: MeasurementContext, timeout: float) -> str | None:
+    control = ctx.control
     if control is None or not hasattr(control, "request_json"):
         return "unknown_failure: no control helper configured"
     from agent.errors import ControlError
@@ -137,24 +138,24 @@ async def check_control(ctx: Any, timeout: float) -> str | None:
     return None
 
 
-async def check_anchor(anchor: Anchor, timeout: float, ctx: Any) -> str | None:
+async def check_anchor(anchor: Anchor, timeout: float, ctx: MeasurementContext) -> str | None:
     from agent.net.tcp import connect
 
     conn = await connect(anchor.ip, anchor.port, timeout=timeout, origin=0.0)
-    note = getattr(ctx, "note_local_address", None)
+    note = ctx.note_local_address
     if note is not None:
         note(conn.local_ip)
     conn.close()
     return conn.failure
 
 
-async def check_dns(name: str, ctx: Any, timeout: float) -> str | None:
+async def check_dns(name: str, ctx: MeasurementContext, timeout: float) -> str | None:
     from agent.net.dns import start_query
 
     loop = asyncio.get_running_loop()
     try:
         pending = start_query(name, "A", ctx.resolver, origin=loop.time(), timeout=timeout,
-                              linger=0.0, on_bytes=getattr(ctx, "on_bytes", None))
+                              linger=0.0, on_bytes=ctx.on_bytes)
     except ValueError as exc:
         return f"unknown_failure: {exc}"
     query = await pending.result()
@@ -164,11 +165,11 @@ async def check_dns(name: str, ctx: Any, timeout: float) -> str | None:
     return query.failure or "generic_timeout_error"
 
 
-async def run_checks(ctx: Any, settings: ConnectivitySettings) -> list[Check]:
+async def run_checks(ctx: MeasurementContext, settings: ConnectivitySettings) -> list[Check]:
     loop = asyncio.get_running_loop()
     origin = loop.time()
     tasks = []
-    control_url = getattr(getattr(ctx, "control", None), "base_url", None)
+    control_url = ctx.control.base_url if ctx.control is not None else None
     if control_url is not None:
         scope = "international"
         tasks.append(_timed("control", str(urlsplit(control_url).netloc), scope,
@@ -187,19 +188,15 @@ def now_rfc3339() -> str:
 
 
 @register
-class Connectivity:
+class Connectivity(ExperimentBase):
     name: ClassVar[str] = "connectivity"
     version: ClassVar[str] = "0.1.0"
+    input_policy: ClassVar[InputPolicy] = InputPolicy.OWN  # its configured anchors
 
-    @classmethod
-    def default_targets(cls) -> list[Target]:
-        return [Target(input=None)]
-
-    async def run(self, target: Target, ctx: Any) -> Outcome:
-        config = getattr(ctx, "config", None)
-        section: Mapping[str, Any] = {} if config is None else config.section("connectivity")
+    async def run(self, target: Target, ctx: MeasurementContext) -> Outcome:
+        section = config_section(ctx, "connectivity")
         settings = ConnectivitySettings.from_section(section)
-        state_dir: Path | None = getattr(config, "state_dir", None)
+        state_dir = ctx.config.state_dir if ctx.config is not None else None
         checks = await run_checks(ctx, settings)
         assessment = assess(checks)
         previous = load_state(state_dir)

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any, ClassVar
 
 from agent.errors import VigilError
-from agent.experiments import Outcome, register
+from agent.experiments import ExperimentBase, InputPolicy, Outcome, register
 from agent.wire.record import Target
 
 _locks: dict[int, asyncio.Lock] = {}
@@ -29,9 +29,10 @@ def _serial_lock() -> asyncio.Lock:
 
 
 @register
-class Throttling:
+class Throttling(ExperimentBase):
     name: ClassVar[str] = "throttling"
     version: ClassVar[str] = "0.1.0"
+    input_policy: ClassVar[InputPolicy] = InputPolicy.SELECTED_HOSTS
     default_enabled: ClassVar[bool] = False  # up to 2 MB per host: only when asked for
 
     async def run(self, target: Target, ctx: Any) -> Outcome:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.errors import VigilError
-from agent.experiments import Outcome, register
+from agent.experiments import ExperimentBase, Outcome, register
 from agent.experiments.web_connectivity.model import WebObservations
 from agent.wire.record import Target, Verdict
 
@@ -22,7 +22,7 @@ Analyzer = Callable[[WebObservations, "Fingerprints"], Verdict]
 
 
 @register
-class WebConnectivity:
+class WebConnectivity(ExperimentBase):
     """The registered experiment; ``analyzer`` and ``fingerprints`` can be injected in tests."""
 
     name: ClassVar[str] = "web_connectivity"

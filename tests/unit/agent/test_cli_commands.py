@@ -367,8 +367,13 @@ def test_default_test_selection_and_planning() -> None:
     chosen = [cls.name for cls in select_tests(())]
     assert "web_connectivity" in chosen
     assert "throttling" not in chosen  # megabytes per host: only when named
+    assert "vpn" not in chosen  # needs the operator's endpoints: only when named
+    from agent.experiments import InputPolicy, enabled_by_default
+
+    assert select_tests(()) == enabled_by_default()  # the daemon's choice too
     for cls in select_tests(()):
-        assert cls.name == "web_connectivity" or callable(getattr(cls, "default_targets", None))
+        assert cls.default_enabled
+        assert cls.input_policy in (InputPolicy.TEST_LISTS, InputPolicy.OWN)
     listed = [Target("https://a.test/", "NEWS"), Target("https://b.test/", "NEWS")]
     web, throttling = select_tests(("web_connectivity", "throttling"))
     assert [j.target.input for j in plan_jobs([web], listed, explicit_lists=False)] == [

@@ -60,3 +60,27 @@ def test_vpn_named_alone_is_planned(backend: RealBackend) -> None:
 
 def test_web_connectivity_plans_every_listed_url(backend: RealBackend) -> None:
     assert len(backend.plan("web_connectivity", None)) == 4
+
+
+def test_every_registered_experiment_declares_its_inputs_and_default() -> None:
+    from agent import experiments as registry
+
+    for name, cls in registry.load_all().items():
+        assert cls.name == name
+        assert isinstance(cls.input_policy, registry.InputPolicy)
+        assert isinstance(cls.default_enabled, bool)
+        if cls.input_policy is registry.InputPolicy.OWN:
+            assert cls.default_targets(), name
+
+
+def test_register_refuses_a_class_without_a_policy() -> None:
+    import pytest
+
+    from agent import experiments as registry
+
+    class Incomplete:
+        name = "incomplete_test"
+        version = "0.0.1"
+
+    with pytest.raises(TypeError, match="input_policy"):
+        registry.register(Incomplete)  # type: ignore[arg-type]
