@@ -22,14 +22,14 @@ from datetime import UTC, datetime
 
 from agent import experiments as registry
 from agent.config import AgentConfig
-from agent.daemon.loop import CommandHandler, LinkStatus, Measurer
+from agent.daemon.interfaces import CommandHandler, LinkStatus, Measurer
 from agent.daemon.settings import Settings
 from agent.engine.runner import DataBudget, Job, MeasureContext, RunLimits, Runner, open_context
 from agent.errors import VigilError
 from agent.experiments import Experiment, InputPolicy
 from agent.identity import Identity
 from agent.identity import load as load_identity
-from agent.inputs import testlists
+from agent.inputs import sync, testlists
 from agent.uplink.outbox import Outbox, OutboxSink, limits_from_config
 from agent.uplink.publisher import Publisher, PublisherSettings, settings_from_config
 from agent.wire.record import MeasurementRecord, Target
@@ -189,16 +189,14 @@ class RealBackend:
 
     # ---- upkeep ------------------------------------------------------------------------------
     async def refresh(self) -> str:
-        """Update test lists (when the lists module can) and reload fingerprints."""
+        """Update test lists and reload fingerprints."""
         parts: list[str] = []
-        updater = getattr(testlists, "update", None)
-        if callable(updater):
-            try:
-                result = await asyncio.to_thread(updater, self.config)
-                parts.append(f"lists: {result}")
-            except (VigilError, OSError) as exc:
-                parts.append(f"lists not updated: {exc}")
-                log.warning("test list update failed: %s", exc)
+        try:
+            result = await asyncio.to_thread(sync.update_from_config, self.config)
+            parts.append(f"lists: {result}")
+        except (VigilError, OSError) as exc:
+            parts.append(f"lists not updated: {exc}")
+            log.warning("test list update failed: %s", exc)
         try:
             from agent.inputs import fingerprints
 

@@ -32,16 +32,22 @@ import random
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Protocol
 
 from agent import __version__
 from agent import config as agent_config
 from agent.config import AgentConfig
+from agent.daemon.backend import RealBackend
 from agent.daemon.campaigns import CampaignBook, handle_command
+from agent.daemon.interfaces import (
+    Backend,
+    BackendFactory,
+    Clock,
+    LinkStatus,
+    SystemClock,
+)
 from agent.daemon.planner import Budget, JobSpec, Planner, Policy, order_targets, with_policy_jobs
 from agent.daemon.settings import Settings, base_policy, campaign_jobs, settings
 from agent.errors import OutboxError, VigilError
@@ -55,75 +61,6 @@ log = logging.getLogger("vigil.scheduler")
 STATE_EVERY = 15.0  # seconds between state-file writes while idle
 PUBLISHER_STOP_GRACE = 3.0  # seconds the publisher gets to finish a publish at shutdown
 STORE_GRACE = 10.0  # seconds to wait for outbox commits already under way at shutdown
-
-
-# ---- what the shell needs from the outside world ------------------------------------------------
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class Measurer(Protocol):
-    """One open measurement session (MeasureContext and control client)."""
-
-    async def measure(self, test: str, target: Target) -> MeasurementRecord | None:
-        """Measure; None when the experiment could not run.  Writes nothing anywhere."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class LinkStatus:
-    broker_connected: bool = False
-    last_upload: datetime | None = None
-    outbox_pending: int | None = None
-
-
-CommandHandler = Callable[[str, bytes], None]
-
-
-class Backend(Protocol):
-    probe_id: str
-
-    def plan(self, kind: str, inputs: Sequence[Target] | None) -> list[tuple[str, Target]]:
-        """(test name, target) pairs for one run of ``kind`` (campaigns pass their inputs)."""
-        ...
-
-    def session(self, kind: str) -> AbstractAsyncContextManager[Measurer]: ...
-
-    async def store(self, record: MeasurementRecord) -> None:
-        """Commit a record durably to the outbox (returns after fsync)."""
-        ...
-
-    def bytes_used(self) -> int:
-        """Bytes moved by measurements since start (monotonic counter)."""
-        ...
-
-    async def refresh(self) -> str:
-        """Refresh test lists and fingerprints; a one-line summary."""
-        ...
-
-    async def housekeeping(self) -> None: ...
-
-    def link(self) -> LinkStatus: ...
-
-    async def serve(self, stop: asyncio.Event, on_command: CommandHandler) -> None:
-        """Run the publisher (and command subscription) until ``stop`` is set."""
-        ...
-
-    def probe_cc(self) -> str | None:
-        """The country the control helper says we are in (None until known)."""
-        ...
-
-    def reconfigure(self, config: AgentConfig) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-BackendFactory = Callable[[AgentConfig, Settings], Backend]
 
 
 # ---- logging -----------------------------------------------------------------------------------
@@ -521,8 +458,6 @@ async def run_async(
     clock: Clock | None = None,
 ) -> int:
     if backend_factory is None:
-        from agent.daemon.backend import RealBackend
-
         backend_factory = RealBackend.create
     sched = Scheduler(config, backend_factory, clock=clock)
     async with _signals(sched):

@@ -17,6 +17,7 @@ every copy.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
+from agent.config import AgentConfig
 from agent.errors import ListError, VigilError
 from agent.inputs.testlists import LISTS_SUBDIR, MAX_FILE_BYTES, bundled_dir, parse_text
 
@@ -220,3 +222,15 @@ def _prune(versions: Path, keep: Path) -> None:
         if child == keep or child.name.startswith(MANUAL_PREFIX) or not child.is_dir():
             continue
         shutil.rmtree(child, ignore_errors=True)
+
+
+def update_from_config(config: AgentConfig) -> str:
+    """Refresh the lists from the configured source (blocking; run it in a worker thread).
+
+    Used by the long-running agent's refresh job; ``vigil-agent lists update`` is the manual
+    equivalent.  Raises ``agent.inputs.sync.UpdateError`` and keeps the old lists on failure.
+    """
+    result = asyncio.run(
+        update_lists(config.state_dir, config.lists.source_url, config.lists.countries)
+    )
+    return result.summary()

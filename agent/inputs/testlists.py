@@ -32,7 +32,7 @@ from agent.net.addr import is_ip
 from agent.wire.record import Target
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    pass
 
 REQUIRED_COLUMNS = ("url", "category_code")
 MAX_URL_LENGTH = 2048  # the record schema's limit for ``input``
@@ -248,19 +248,3 @@ def default_paths(directory: Path, probe_cc: str, extra_countries: Iterable[str]
         if cc.upper() != "ZZ" and candidate.is_file() and candidate not in paths:
             paths.append(candidate)
     return paths
-
-
-def update(config: AgentConfig) -> str:
-    """Refresh the lists from the configured source (blocking; run it in a worker thread).
-
-    Used by the long-running agent's refresh job; ``vigil-agent lists update`` is the manual
-    equivalent.  Raises ``agent.inputs.sync.UpdateError`` and keeps the old lists on failure.
-    """
-    import asyncio
-
-    from agent.inputs.sync import update_lists
-
-    result = asyncio.run(
-        update_lists(config.state_dir, config.lists.source_url, config.lists.countries)
-    )
-    return result.summary()

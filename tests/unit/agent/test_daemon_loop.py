@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import AgentConfig, from_mapping
-from agent.daemon.loop import LinkStatus, Measurer, Scheduler
+from agent.daemon.interfaces import LinkStatus, Measurer
+from agent.daemon.loop import Scheduler
 from agent.daemon.settings import Settings
 from agent.errors import ConfigError
 from agent.state import read_state
