@@ -448,79 +448,101 @@ def _row_to_fingerprint(
         i = index.get(column)
         return "" if i is None else row[i]
 
-    name = get("name").strip()
-    if not name:
-        raise ValueError("empty name")
-    if len(name) > MAX_NAME_LENGTH or any(c in name for c in "\r\n\x00"):
-        raise ValueError(f"invalid name {name[:40]!r} (one line, at most {MAX_NAME_LENGTH} chars)")
-
-    scope_text = get("scope").strip().lower()
-    try:
-        scope = Scope(scope_text)
-    except ValueError:
-        known = ", ".join(s.value for s in Scope)
-        raise ValueError(f"unknown scope {scope_text!r} (known: {known})") from None
-
-    location = get("location_found").strip().lower()
-    if location not in ("dns", "body"):
-        m = _HEADER_LOCATION.fullmatch(location)
-        if m is None:
-            raise ValueError(
-                f"unknown location_found {location!r} (dns, body or header.<name>)"
-            )
-        location = f"header.{m.group(1).lower()}"
-
-    type_text = get("pattern_type").strip().lower()
-    try:
-        pattern_type = PatternType(type_text)
-    except ValueError:
-        raise ValueError(
-            f"unknown pattern_type {type_text!r} (full, prefix, contains or regexp)"
-        ) from None
-
-    pattern = get("pattern")
-    if not pattern.strip():
-        raise ValueError("empty pattern")
-    if "\x00" in pattern:
-        raise ValueError("pattern contains a NUL character")
-    regex: re.Pattern[str] | None = None
-    if pattern_type is PatternType.REGEXP:
-        try:
-            regex = re.compile(pattern)
-        except (re.error, RecursionError, OverflowError) as exc:
-            raise ValueError(f"invalid regexp: {exc}") from None
-    elif location == "dns":
-        pattern = canonical_dns_value(pattern)
-
-    confidence_text = get("confidence_no_fp").strip()
-    confidence: int | None = None
-    if confidence_text:
-        if not confidence_text.isascii() or not confidence_text.isdigit():
-            raise ValueError(f"confidence_no_fp {confidence_text[:20]!r} is not an integer")
-        confidence = int(confidence_text)
-        if confidence > 10:
-            raise ValueError(f"confidence_no_fp {confidence} is outside 0..10")
-
-    countries: list[str] = []
-    for token in get("expected_countries").split(","):
-        cc = token.strip().upper()
-        if not cc:
-            continue
-        if not _COUNTRY.fullmatch(cc):
-            raise ValueError(f"expected_countries: {token.strip()[:20]!r} is not a country code")
-        countries.append(cc)
-
+    name, scope = _name(get("name")), _scope(get("scope"))  # checked in column order
+    location = _location(get("location_found"))
+    pattern_type = _pattern_type(get("pattern_type"))
+    pattern, regex = _pattern(get("pattern"), pattern_type, location)
     return Fingerprint(
         name=name,
         scope=scope,
         location=location,
         pattern_type=pattern_type,
         pattern=pattern,
-        confidence=confidence,
-        countries=tuple(countries),
+        confidence=_confidence(get("confidence_no_fp")),
+        countries=_countries(get("expected_countries")),
         origin=origin,
         regex=regex,
     )
+
+
+# One validator per column: each returns the clean value or raises ValueError saying why.
+def _name(text: str) -> str:
+    name = text.strip()
+    if not name:
+        raise ValueError("empty name")
+    if len(name) > MAX_NAME_LENGTH or any(c in name for c in "\r\n\x00"):
+        raise ValueError(f"invalid name {name[:40]!r} (one line, at most {MAX_NAME_LENGTH} chars)")
+    return name
+
+
+def _scope(text: str) -> Scope:
+    scope_text = text.strip().lower()
+    try:
+        return Scope(scope_text)
+    except ValueError:
+        known = ", ".join(s.value for s in Scope)
+        raise ValueError(f"unknown scope {scope_text!r} (known: {known})") from None
+
+
+def _location(text: str) -> str:
+    location = text.strip().lower()
+    if location in ("dns", "body"):
+        return location
+    m = _HEADER_LOCATION.fullmatch(location)
+    if m is None:
+        raise ValueError(f"unknown location_found {location!r} (dns, body or header.<name>)")
+    return f"header.{m.group(1).lower()}"
+
+
+def _pattern_type(text: str) -> PatternType:
+    type_text = text.strip().lower()
+    try:
+        return PatternType(type_text)
+    except ValueError:
+        raise ValueError(
+            f"unknown pattern_type {type_text!r} (full, prefix, contains or regexp)"
+        ) from None
+
+
+def _pattern(
+    pattern: str, pattern_type: PatternType, location: str
+) -> tuple[str, re.Pattern[str] | None]:
+    if not pattern.strip():
+        raise ValueError("empty pattern")
+    if "\x00" in pattern:
+        raise ValueError("pattern contains a NUL character")
+    if pattern_type is PatternType.REGEXP:
+        try:
+            return pattern, re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise ValueError(f"invalid regexp: {exc}") from None
+    if location == "dns":
+        return canonical_dns_value(pattern), None
+    return pattern, None
+
+
+def _confidence(text: str) -> int | None:
+    confidence_text = text.strip()
+    if not confidence_text:
+        return None
+    if not confidence_text.isascii() or not confidence_text.isdigit():
+        raise ValueError(f"confidence_no_fp {confidence_text[:20]!r} is not an integer")
+    confidence = int(confidence_text)
+    if confidence > 10:
+        raise ValueError(f"confidence_no_fp {confidence} is outside 0..10")
+    return confidence
+
+
+def _countries(text: str) -> tuple[str, ...]:
+    countries: list[str] = []
+    for token in text.split(","):
+        cc = token.strip().upper()
+        if not cc:
+            continue
+        if not _COUNTRY.fullmatch(cc):
+            raise ValueError(f"expected_countries: {token.strip()[:20]!r} is not a country code")
+        countries.append(cc)
+    return tuple(countries)
 
 
 # ---- writing (used by scripts/build_fingerprints.py) ------------------------------------------

@@ -65,60 +65,70 @@ class ControlRequest:
     tcp_connect: tuple[tuple[str, str, int], ...]  # (key as echoed, ip, port)
 
 
+def _bad(detail: str) -> Refusal:
+    return Refusal(BAD_REQUEST, detail)
+
+
 def parse_control_request(obj: Any, *, max_addresses: int) -> ControlRequest:
     """Validate the request body (already JSON-decoded); raises ``bad_request``."""
-
-    def bad(detail: str) -> Refusal:
-        return Refusal(BAD_REQUEST, detail)
-
     if not isinstance(obj, dict):
-        raise bad("body must be a JSON object")
+        raise _bad("body must be a JSON object")
     # Other fields are ignored (a newer probe must still get answers from an older helper);
     # nothing else in the body can influence what the helper sends.
-    raw_url = obj.get("url")
+    url, host, port = _target_url(obj.get("url"))
+    endpoints = _endpoints(obj.get("tcp_connect", []), port, max_addresses)
+    return ControlRequest(url.with_fragment(None), host, port, endpoints)
+
+
+def _target_url(raw_url: object) -> tuple[URL, str, int]:
+    """The URL to measure, its host and port; refuses what the helper never fetches."""
     if not isinstance(raw_url, str) or not raw_url:
-        raise bad("url must be a non-empty string")
+        raise _bad("url must be a non-empty string")
     if len(raw_url) > MAX_URL_LENGTH:
-        raise bad(f"url is longer than {MAX_URL_LENGTH} characters")
+        raise _bad(f"url is longer than {MAX_URL_LENGTH} characters")
     try:
         url = URL(raw_url)
     except (ValueError, TypeError):
-        raise bad("url does not parse") from None
+        raise _bad("url does not parse") from None
     if url.scheme not in ("http", "https"):
-        raise bad("only http and https URLs are measured")
+        raise _bad("only http and https URLs are measured")
     if url.user is not None or url.password is not None:
-        raise bad("URLs with credentials are not fetched")
+        raise _bad("URLs with credentials are not fetched")
     host = url.raw_host
     if not host:
-        raise bad("url has no host")
+        raise _bad("url has no host")
     try:
         port = url.port
     except ValueError:
-        raise bad("url has an invalid port") from None
+        raise _bad("url has an invalid port") from None
     if port is None or not 0 < port < 65536:
-        raise bad("url has an invalid port")
+        raise _bad("url has an invalid port")
     if not is_ip_literal(host):
         try:
             parse_dns_name(host)
         except ValueError as exc:
-            raise bad(f"url host: {exc}") from None
-    raw_endpoints = obj.get("tcp_connect", [])
-    if not isinstance(raw_endpoints, list) or not all(isinstance(e, str) for e in raw_endpoints):
-        raise bad("tcp_connect must be a list of \"ip:port\" strings")
-    if len(raw_endpoints) > max_addresses:
-        raise bad(f"tcp_connect lists more than {max_addresses} endpoints")
+            raise _bad(f"url host: {exc}") from None
+    return url, host, port
+
+
+def _endpoints(raw: object, port: int, max_addresses: int) -> tuple[tuple[str, str, int], ...]:
+    """The probe's ``tcp_connect`` list: (key as echoed, ip, port), de-duplicated."""
+    if not isinstance(raw, list) or not all(isinstance(e, str) for e in raw):
+        raise _bad("tcp_connect must be a list of \"ip:port\" strings")
+    if len(raw) > max_addresses:
+        raise _bad(f"tcp_connect lists more than {max_addresses} endpoints")
     endpoints: dict[str, tuple[str, str, int]] = {}
     allowed_ports = EXTRA_PROBE_PORTS | {port}
-    for text in raw_endpoints:
+    for text in raw:
         try:
             ip, ep_port = parse_endpoint(text)
         except ValueError as exc:
-            raise bad(f"tcp_connect entry {text[:60]!r}: {exc}") from None
+            raise _bad(f"tcp_connect entry {text[:60]!r}: {exc}") from None
         if ep_port not in allowed_ports:
-            raise bad(f"tcp_connect port {ep_port} is neither the URL's port nor 80/443")
+            raise _bad(f"tcp_connect port {ep_port} is neither the URL's port nor 80/443")
         key = endpoint(ip, ep_port)
         endpoints.setdefault(key, (key, ip, ep_port))
-    return ControlRequest(url.with_fragment(None), host, port, tuple(endpoints.values()))
+    return tuple(endpoints.values())
 
 
 class ControlRunner:

@@ -187,38 +187,27 @@ def _object_check(node: Mapping[str, Any]) -> Check | None:
     return check
 
 
-def compile_node(node: Any) -> Check:
-    """Compile one schema node; raises Unsupported for keywords outside the known set."""
-    if node is True:
-        return lambda v: True
-    if node is False:
-        return lambda v: False
-    if not isinstance(node, dict):
-        raise Unsupported(f"schema node is not an object: {node!r}")
-    checks: list[Check] = []
-    object_keys = {
-        "properties",
-        "additionalProperties",
-        "required",
-        "maxProperties",
-        "minProperties",
-    }
-    for key, value in node.items():
-        if key in _ANNOTATIONS or key in object_keys:
-            continue
-        if key == "type":
-            checks.append(_type_check(value))
-        elif key == "enum":
-            checks.append(_enum_check(list(value)))
-        elif key in _SIMPLE:
-            checks.append(_SIMPLE[key](value))
-        elif key == "items":
-            checks.append(_items(compile_node(value)))
-        else:
-            raise Unsupported(f"keyword {key!r} is not compiled")
-    obj = _object_check(node)
-    if obj is not None:
-        checks.append(obj)
+_OBJECT_KEYS = frozenset(
+    {"properties", "additionalProperties", "required", "maxProperties", "minProperties"}
+)
+
+
+def _keyword_check(key: str, value: Any) -> Check | None:
+    """The check one keyword makes (None: an annotation or an object keyword, done apart)."""
+    if key in _ANNOTATIONS or key in _OBJECT_KEYS:
+        return None
+    if key == "type":
+        return _type_check(value)
+    if key == "enum":
+        return _enum_check(list(value))
+    if key in _SIMPLE:
+        return _SIMPLE[key](value)
+    if key == "items":
+        return _items(compile_node(value))
+    raise Unsupported(f"keyword {key!r} is not compiled")
+
+
+def _all_of(checks: list[Check]) -> Check:
     if not checks:
         return lambda v: True
     if len(checks) == 1:
@@ -235,6 +224,21 @@ def compile_node(node: Any) -> Check:
         return True
 
     return every
+
+
+def compile_node(node: Any) -> Check:
+    """Compile one schema node; raises Unsupported for keywords outside the known set."""
+    if node is True:
+        return lambda v: True
+    if node is False:
+        return lambda v: False
+    if not isinstance(node, dict):
+        raise Unsupported(f"schema node is not an object: {node!r}")
+    checks = [c for key, value in node.items() if (c := _keyword_check(key, value)) is not None]
+    obj = _object_check(node)
+    if obj is not None:
+        checks.append(obj)
+    return _all_of(checks)
 
 
 def compile_schema(schema: Mapping[str, Any]) -> Check:
