@@ -8,7 +8,7 @@ starts):
 * writes the lab agent's config (``[apps] directories``, ``[connectivity]`` anchors and DNS
   names), so the real agent measures lab endpoints and never the real ones;
 * starts the VPN responder in the inet namespace on the ``vpn.lab.test`` address: a real
-  WireGuard responder (Noise IK, ``agent.net.handshakes.wg_respond``) on UDP 51820
+  WireGuard responder (Noise IK, ``lab.vpn_responder.wg_respond``) on UDP 51820
   and an OpenVPN hard-reset responder on UDP and TCP 1194.
 
 Run as ``python -m lab.app_endpoints CONFIG.json`` for the responder process itself
@@ -170,7 +170,8 @@ class _UDP(asyncio.DatagramProtocol):
 
 
 async def _ovpn_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    from agent.net.handshakes import ovpn_server_reset, ovpn_tcp_frame
+    from agent.net.handshakes import ovpn_tcp_frame
+    from lab.vpn_responder import ovpn_server_reset
 
     try:
         head = await asyncio.wait_for(reader.readexactly(2), 10)
@@ -189,8 +190,8 @@ async def _ovpn_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 async def serve(cfg: dict[str, Any]) -> None:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    from agent.net.handshakes import ovpn_server_reset, wg_respond
     from lab.servers.common import Lifetime, mark_ready
+    from lab.vpn_responder import ovpn_server_reset, wg_respond
 
     life = Lifetime(cfg)
     key = load_pem_private_key(Path(cfg["wg_key_file"]).read_bytes(), password=None)

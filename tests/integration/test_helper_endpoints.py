@@ -24,18 +24,14 @@ from agent.experiments.apps import VPN
 from agent.experiments.throttling.analysis import analyze
 from agent.experiments.throttling.measure import ThrottlingSettings, measure
 from agent.net.dns import parse_resolver
-from agent.net.handshakes import (
-    ovpn_server_reset,
-    raw_public,
-    wg_initiation,
-    wg_respond,
-)
+from agent.net.handshakes import raw_public, wg_initiation
 from agent.net.tls import make_contexts
 from agent.wire.record import Status, Target
 from collector.helper.app import HelperConfig, create_app
 from collector.helper.bulk import BulkConfig, BulkServer, bulk_bytes
 from collector.helper.reach import reach_extension
 from lab.app_endpoints import _UDP
+from lab.vpn_responder import ovpn_server_reset, wg_respond
 
 
 class Helper:

@@ -13,15 +13,14 @@ from agent.net.handshakes import (
     ovpn_check_response,
     ovpn_client_reset,
     ovpn_looks_like_client_reset,
-    ovpn_server_reset,
     ovpn_tcp_frame,
     raw_public,
     tai64n,
     wg_check_response,
     wg_initiation,
     wg_looks_like_initiation,
-    wg_respond,
 )
+from lab.vpn_responder import ovpn_server_reset, wg_respond
 
 
 def test_wireguard_initiation_shape() -> None:

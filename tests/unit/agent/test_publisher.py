@@ -102,3 +102,17 @@ async def test_tee_sink_tries_every_sink_then_raises_the_first_error() -> None:
     with pytest.raises(OutboxError, match="disk full"):
         await TeeSink(Broken(), Good()).put(object())  # type: ignore[arg-type]
     assert got == ["ok"]
+
+
+def test_the_paho_internals_the_publisher_hooks_still_exist() -> None:
+    """The fence around the publisher's hook into paho: an upgrade that renames the PUBACK
+    handler or the packet buffer fails here, not silently in the field."""
+    import inspect
+
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    assert callable(getattr(client, "_handle_pubackcomp", None))
+    assert isinstance(getattr(client, "_in_packet", None), dict)
+    assert "packet" in client._in_packet
+    assert list(inspect.signature(client._handle_pubackcomp).parameters) == ["cmd"]
