@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any
 
 from lab.ports import free_port
 
@@ -58,8 +60,8 @@ class TcpProxy:
     ) -> None:
         self.close()
 
-    def _run(self, coro: object) -> None:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> None:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         fut.result(10)
 
     # ---- inside the proxy's loop ---------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from agent.experiments import Outcome, register
+from agent.experiments import ExperimentBase, Outcome, register
 from agent.wire.record import Status, Target, Verdict
 
 JOURNAL = Path(os.environ.get("VIGIL_TEST_JOURNAL", "/dev/null"))
@@ -30,7 +30,7 @@ def _journal(line: str) -> None:
         os.fsync(fh.fileno())
 
 
-class SlowFetch:
+class SlowFetch(ExperimentBase):
     name: ClassVar[str] = "slow_fetch"
     version: ClassVar[str] = "1.0.0"
 

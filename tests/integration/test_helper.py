@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from ipaddress import ip_address
 from pathlib import Path
@@ -229,7 +229,7 @@ class Lab:
         identity: Identity | bool | None = True,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
-    ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
         method = "GET" if body is None and raw is None else "POST"
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         sent = dict(headers or {})

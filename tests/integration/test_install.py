@@ -275,7 +275,8 @@ def test_install_in_a_debian_chroot() -> None:
         deadline = time.monotonic() + 60
         while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert state.exists(), proc.stdout.read() if proc.poll() is not None else "no state"
+        assert state.exists(), (
+            proc.stdout.read() if proc.stdout and proc.poll() is not None else "no state")
         assert state.stat().st_uid == (chroot / "var/lib/vigil/probe.key").stat().st_uid
         proc.send_signal(signal.SIGTERM)  # chroot and setpriv exec: this is the agent
         assert proc.wait(30) == 0

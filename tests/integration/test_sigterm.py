@@ -25,11 +25,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from agent import identity as agent_identity
+from agent.identity import Identity
 from agent.uplink.outbox import Outbox
 from agent.wire.commands import Audience
 from agent.wire.envelope import parse_envelope, verify_envelope
@@ -89,7 +91,7 @@ class Collector:
 
 
 async def collect(
-    broker: MosquittoBroker, probe_key: object, out: Collector, ready: asyncio.Event
+    broker: MosquittoBroker, probe_key: Identity, out: Collector, ready: asyncio.Event
 ) -> None:
     info = broker.info
     async with aiomqtt.Client(
@@ -113,10 +115,10 @@ async def collect(
                 out.nonces[rec["test_keys"]["nonce"]] = rec["measurement_id"]
 
 
-def _open(envelope: bytes, identity: agent_identity.Identity) -> dict[str, object]:
+def _open(envelope: bytes, identity: agent_identity.Identity) -> dict[str, Any]:
     env = parse_envelope(envelope)
     payload = verify_envelope(env, identity.public_key, identity.probe_id)
-    rec: dict[str, object] = json.loads(payload)
+    rec: dict[str, Any] = json.loads(payload)
     return rec
 
 
@@ -133,7 +135,8 @@ def outbox_nonces(state_dir: Path, identity: agent_identity.Identity) -> dict[st
 
 
 def journal(path: Path) -> tuple[set[str], set[str]]:
-    started, done = set(), set()
+    started: set[str] = set()
+    done: set[str] = set()
     if path.exists():
         for line in path.read_text().splitlines():
             kind, nonce, _ = line.split(" ", 2)
@@ -254,7 +257,7 @@ async def collecting(setup: Setup, got: Collector) -> AsyncIterator[None]:
         await asyncio.gather(sub, return_exceptions=True)
 
 
-async def start_until(setup: Setup, cond: object, what: str) -> subprocess.Popen[bytes]:
+async def start_until(setup: Setup, cond: Callable[[], bool], what: str) -> subprocess.Popen[bytes]:
     """Start the agent and wait (60 s at most) for ``cond``; kill it if that fails."""
     proc = setup.start()
     try:
@@ -313,7 +316,8 @@ async def test_sigterm_abandons_a_stuck_measurement_without_a_record(
     async with slow_server(delay=30.0) as port:
         setup = await make_setup(tmp_path, broker_factory, 5, "stuck", port, grace=1.0)
         async with collecting(setup, got):
-            proc = await start_until(setup, lambda: journal(setup.journal)[0], "a measurement")
+            proc = await start_until(
+                setup, lambda: bool(journal(setup.journal)[0]), "a measurement")
             took = await terminate(proc, setup)
             started, done = journal(setup.journal)
             assert len(started) == 1 and not done

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -66,7 +67,7 @@ class Rows:
             store.add_probe(p.probe_id, p.public_raw, f"note {p.probe_id[:4]}")
         self.keys.load(store.list_probes())
 
-    def make(self, probe: TestProbe, received: float = NOW, **fields: object) -> MeasurementRow:
+    def make(self, probe: TestProbe, received: float = NOW, **fields: Any) -> MeasurementRow:
         outcome = self.verifier.check(probe.topic, probe.envelope(**fields), received)
         assert isinstance(outcome, Accepted), outcome
         return outcome.row

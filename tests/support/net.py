@@ -30,7 +30,7 @@ def answer(query: dns.message.Message, *records: tuple[str, str, str], rcode: in
            ttl: int = 300) -> bytes:
     """A response to ``query`` with (name, type, value) records."""
     response = dns.message.make_response(query)
-    response.set_rcode(rcode)
+    response.set_rcode(dns.rcode.Rcode.make(rcode))
     for name, rdtype, value in records:
         response.answer.append(dns.rrset.from_text(name, ttl, "IN", rdtype, value))
     return response.to_wire()

@@ -332,8 +332,8 @@ def test_reporter_structured_lines_and_progress_bar() -> None:
 
     term = io.StringIO()
     bar = Reporter(3, term, tty=True)
-    bar(*_record("ok", None, "ok")[:1], job, None)
-    bar(*_record("blocked", "tls", "tls.sni_reset")[:1], job, None)
+    bar(_record("ok", None, "ok")[0], job, None)
+    bar(_record("blocked", "tls", "tls.sni_reset")[0], job, None)
     bar.close()
     assert "ok=1 blocked=1" in term.getvalue()
     assert "event=" not in term.getvalue()

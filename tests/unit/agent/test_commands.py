@@ -242,7 +242,7 @@ def test_signed_but_malformed_is_rejected_without_raising(
     ]
     for variant in bad_variants:
         env = sign_envelope(
-            encode_record(variant),
+            encode_record(variant),  # type: ignore[arg-type]
             operator,  # type: ignore[arg-type]
             key_id_for(operator.public_key()),
             COMMAND_PAYLOAD_TYPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_state_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("VIGIL_STATE_DIR")
     assert C.load(path).state_dir == Path("/from/config")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(C.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert C.default_state_dir() == tmp_path / "xdg" / "vigil"
-    monkeypatch.setattr(C.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert C.default_state_dir() == Path("/var/lib/vigil")

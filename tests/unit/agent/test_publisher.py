@@ -110,8 +110,9 @@ def test_the_paho_internals_the_publisher_hooks_still_exist() -> None:
     import inspect
 
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     assert callable(getattr(client, "_handle_pubackcomp", None))
     assert isinstance(getattr(client, "_in_packet", None), dict)
     assert "packet" in client._in_packet

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -81,6 +82,7 @@ def test_campaigns_section() -> None:
         from_mapping({"campaigns": {"operator_keys": [public_key_b64(key)], "country": "ir"}})
     )
     assert s.campaigns.country == "IR" and len(s.campaigns.operator_keys) == 1
+    bad: dict[str, Any]
     for bad in ({"operator_keys": ["nope"]}, {"country": "IRN"}, {"keys": []}):
         with pytest.raises(ConfigError):
             settings(from_mapping({"campaigns": bad}))

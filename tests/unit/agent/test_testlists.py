@@ -165,7 +165,7 @@ _good_url = st.builds(lambda s, h, p: f"{s}://{h}{p or '/'}", st.sampled_from(["
 _category = st.from_regex(r"[A-Z]{2,6}", fullmatch=True)
 # A lone "\r" is written unquoted by csv.writer (and read as a line break): not a valid list.
 _free_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=30
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r"), max_size=30
 )
 _good_row = st.tuples(_good_url, _category, _free_text, _free_text).map(
     lambda r: ["good", r[0], r[1], r[2], "2020-01-01", "citizenlab", r[3]])
