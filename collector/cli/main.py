@@ -1,7 +1,7 @@
 """``vigil-collector``: the operator's command line.
 
 Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error.
-Each subcommand lives in ``collector/commands/<name>.py`` and is imported only when used.
+Each subcommand lives in ``collector/cli/<name>.py`` and is imported only when used.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ COMMANDS = {
     "serve": "collector.cli.serve:serve",
     "outages": "collector.cli.outages:outages",
     "campaign": "collector.cli.campaign:campaign",
+    "ipdb": "collector.cli.ipdb:ipdb",
 }
 
 
