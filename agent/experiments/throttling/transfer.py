@@ -156,6 +156,13 @@ async def download(
     status: int | None = None
     cert: str | None = None
     echoed: str | None = None
+    failed_at: str | None = None
+    tls_s: float | None = None
+    request_t: float | None = None
+    response_t: float | None = None
+    plain = 0
+    head_body = 0
+    expected: int | None = None
 
     def rel() -> float:
         return round(loop.time() - t0, 6)
@@ -167,14 +174,18 @@ async def download(
     try:
         if conn.sock is None:
             failure = conn.failure
+            failed_at = "connect"
             raise _Done
         tls = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
+        tls_start = loop.time()
         try:
             async with asyncio.timeout(spec.tls_timeout):
                 await tls.handshake()
         except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
             failure = failures.classify(exc)
+            failed_at = "tls"
             raise _Done from None
+        tls_s = round(loop.time() - tls_start, 6)
         der = tls.obj.getpeercert(binary_form=True)
         cert = None if der is None else hashlib.sha256(der).hexdigest()
         request = (
@@ -201,6 +212,7 @@ async def download(
         buf = b""
         try:
             async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
+                request_t = rel()
                 await tls.send(request.encode("ascii", "replace"))
                 sampler = asyncio.create_task(sample())
                 while b"\r\n\r\n" not in buf:
@@ -212,14 +224,21 @@ async def download(
                         raise ValueError("response head too large")
         except (OSError, EOFError, TimeoutError, ssl.SSLError, ValueError) as exc:
             failure = failures.classify(exc)
+            failed_at = "request"
             raise _Done from None
+        response_t = rel()
         head, _, body = buf.partition(b"\r\n\r\n")
         status, headers = _parse_head(head)
         echoed = headers.get("x-vigil-sni")
         limit = spec.max_bytes
-        if "content-length" in headers and headers["content-length"].isdigit():
-            limit = min(limit, int(headers["content-length"]))
+        length = headers.get("content-length", "")
+        if length.isdigit():
+            limit = min(limit, int(length))
+            expected = limit
+        elif spec.max_bytes <= len(body):
+            expected = spec.max_bytes
         plain = len(body)
+        head_body = plain
         stop = "eof"
         try:
             while plain < limit:
@@ -235,12 +254,16 @@ async def download(
                     break
                 if not chunk:
                     stop = "eof"
+                    if expected is None:  # no Content-Length: a clean end is the end
+                        expected = plain
                     break
                 plain += len(chunk)
             else:
                 stop = "bytes" if limit == spec.max_bytes else "eof"
+                expected = limit
         except (OSError, EOFError, ssl.SSLError) as exc:
             failure = failures.classify(exc)
+            failed_at = "body"
             stop = "failure"
     except _Done:
         pass
@@ -267,6 +290,16 @@ async def download(
         samples=tuple(samples),
         peer_certificate_sha256=cert,
         echoed_server_name=echoed,
+        connect_s=None if conn.failure else round(conn.t - conn.t0, 6),
+        tls_s=tls_s,
+        request_t=request_t,
+        response_t=response_t,
+        first_wire_t=first_byte,
+        status_code=status,
+        body_bytes=plain,
+        head_body_bytes=head_body,
+        expected_bytes=expected,
+        failed_at=failed_at,
     )
     return transfer, status
 
