@@ -262,16 +262,17 @@ def probe_baseline(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHO
 
 
 # ---- address comparison ------------------------------------------------------------------------
-def pace(fig: RateFigure, complete: bool, th: Thresholds = DEFAULT_THRESHOLDS
-         ) -> tuple[str, dict[str, Any]]:
-    """"paced", "unpaced" or "short" (too little time after the head to tell)."""
+def pace(fig: RateFigure, complete: bool, rtt_s: float | None,
+         th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str, dict[str, Any]]:
+    """"paced", "unpaced" or "short" (too little time after the head to tell), judged with
+    the path's round trip ``rtt_s``."""
     info: dict[str, Any] = fig.to_json()
-    if fig.rtt_s is None or fig.rtt_s <= 0:
+    if rtt_s is None or rtt_s <= 0:
         return "short", {**info, "why": "no_rtt"}
-    bound = initial_window_rate(fig.rtt_s)
+    bound = initial_window_rate(rtt_s)
     info["initial_window_bps"] = round(bound, 1)
     long_enough = fig.body_seconds is not None and fig.body_seconds >= max(
-        th.pace_min_rtts * fig.rtt_s, th.pace_min_seconds)
+        th.pace_min_rtts * rtt_s, th.pace_min_seconds)
     if fig.sustained_bps is None or not long_enough:
         # a complete body within a few round trips: whatever limits this path did not bite;
         # a transfer cut by its time cap that short says nothing
@@ -289,7 +290,12 @@ def address_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLD
         detail["why"] = obs.address_failure or "not_measured"
         return TestResult("unknown", detail)
     figures = [transfer_figure(t) for t in transfers]
-    judged = [pace(f, t.complete, th) for f, t in zip(figures, transfers, strict=True)]
+    # the path's round trip: the smallest estimate over the transfers (each is at least one
+    # real round trip; a larger one carries queueing or a retransmitted SYN)
+    rtts = [f.rtt_s for f in figures if f.rtt_s is not None and f.rtt_s > 0]
+    rtt = min(rtts) if rtts else None
+    detail["rtt_ms"] = None if rtt is None else round(rtt * 1000.0, 3)
+    judged = [pace(f, t.complete, rtt, th) for f, t in zip(figures, transfers, strict=True)]
     detail["figures"] = [info for _, info in judged]
     if any(f.rate_bps is None for f in figures):
         detail["why"] = next(f.why for f in figures if f.rate_bps is None)
@@ -338,10 +344,12 @@ _DNS_REASONS = {
     "dns_refused_error": "dns.refused",
     "generic_timeout_error": "dns.timeout",
 }
-_CONNECT_REASONS = {
+_CONNECT_REASONS = {  # a RST answering the SYN is "refused": the same reset, as web tests say
     "connection_reset": "tcp.reset",
-    "connection_refused": "tcp.refused",
+    "connection_refused": "tcp.reset",
     "generic_timeout_error": "tcp.timeout",
+    "host_unreachable": "tcp.unreachable",
+    "network_unreachable": "tcp.unreachable",
 }
 _TLS_REASONS = {
     "connection_reset": "tls.sni_reset",
@@ -403,7 +411,6 @@ def analyze(
     sni = sni_test(obs, th)
     addr = address_test(obs, th)
     details: dict[str, Any] = {
-        "benign": benign_reference(obs, th),
         "sni": {"decision": sni.decision, **sni.detail},
         "address": {"decision": addr.decision, **addr.detail},
     }

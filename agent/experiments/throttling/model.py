@@ -55,6 +55,8 @@ class Transfer:
     request_t: float | None = None  # request sent, since t0
     response_t: float | None = None  # response head complete, since t0
     first_wire_t: float | None = None  # first wire byte after the request, since t0
+    answer_wire_t: float | None = None  # first wire byte of the answer's first record
+    pre_answer_bytes: int = 0  # wire bytes after the request that came before the answer
     status_code: int | None = None
     body_bytes: int = 0  # plaintext body bytes received (completed count)
     head_body_bytes: int = 0  # body bytes that came with the response head
@@ -86,6 +88,8 @@ class Transfer:
             "request_t": self.request_t,
             "response_t": self.response_t,
             "first_wire_t": self.first_wire_t,
+            "answer_wire_t": self.answer_wire_t,
+            "pre_answer_bytes": self.pre_answer_bytes,
             "status_code": self.status_code,
             "body_bytes": self.body_bytes,
             "head_body_bytes": self.head_body_bytes,
@@ -114,6 +118,8 @@ class Transfer:
             request_t=_opt_float(d.get("request_t")),
             response_t=_opt_float(d.get("response_t")),
             first_wire_t=_opt_float(d.get("first_wire_t")),
+            answer_wire_t=_opt_float(d.get("answer_wire_t")),
+            pre_answer_bytes=int(d.get("pre_answer_bytes", 0)),
             status_code=None if d.get("status_code") is None else int(d["status_code"]),
             body_bytes=int(d.get("body_bytes", 0)),
             head_body_bytes=int(d.get("head_body_bytes", 0)),

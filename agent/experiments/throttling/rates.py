@@ -12,14 +12,15 @@ Three figures per usable transfer:
   carry; for two transfers of the same bytes over the same path (the bulk endpoint with two
   SNIs) that bias is the same on both sides, and a transfer done in 5 ms on fibre is a valid,
   very fast, rate.
-* ``sustained_bps``: body bytes after the ones that came with the response head, over the time
-  from the head to the last byte.  It is what a cap would limit once the response is flowing;
-  it is None when the body came (almost) at once, which says nothing about a cap except that
-  this page was not slowed.
+* ``sustained_bps``: wire bytes of the answer over the time from its first byte on the wire
+  (the first packet of the TLS record carrying the response head, after any TLS 1.3 session
+  tickets) to the last byte.  It is what a cap limits once the answer flows, and it excludes
+  the server's think time.  None when the answer came at once: that says nothing about a cap
+  except that this page was not slowed.
 * ``rtt_s``: the larger of the TCP handshake time and the wait from the request to the first
-  byte on the wire.  A larger RTT makes "far below one initial window per RTT" harder to meet,
-  so any inflation of this estimate (server think time, a retransmitted SYN) errs on the side
-  of *not* accusing.
+  byte of the answer (which includes the server's think time).  A larger RTT makes "far
+  below one initial window per RTT" harder to meet, so any inflation of this estimate (think
+  time, a retransmitted SYN) errs on the side of *not* accusing.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ def transfer_rtt(tr: Transfer) -> float | None:
 
 
 def _ttfb(tr: Transfer) -> float | None:
+    """Request sent to the first byte of the answer (not of a TLS 1.3 session ticket that
+    came before it); the head's decryption time when that was not recorded (larger: safe)."""
     if tr.request_t is None:
         return None
-    first = tr.first_wire_t if tr.first_wire_t is not None else tr.response_t
+    first = tr.answer_wire_t if tr.answer_wire_t is not None else tr.response_t
     if first is None:
         return None
     return max(0.0, first - tr.request_t)
@@ -107,11 +110,17 @@ def transfer_figure(tr: Transfer, min_bytes: int = 1) -> RateFigure:
     if seconds <= 0:
         return RateFigure(count, None, None, None, None, rtt, "no_elapsed_time")
     rate = count * 8.0 / seconds
-    body_seconds = max(0.0, end - tr.response_t)
-    after_head = count - tr.head_body_bytes
+    if tr.answer_wire_t is not None:
+        # from the first byte of the answer on the wire: a large first TLS record under a cap
+        # arrives packet by packet, and the rate counts from its first packet
+        body_seconds = max(0.0, end - tr.answer_wire_t)
+        moved = tr.bytes - tr.pre_answer_bytes
+    else:
+        body_seconds = max(0.0, end - tr.response_t)
+        moved = count - tr.head_body_bytes
     sustained = None
-    if body_seconds > 0 and after_head > 0:
-        sustained = after_head * 8.0 / body_seconds
+    if body_seconds > 0 and moved > 0:
+        sustained = moved * 8.0 / body_seconds
     return RateFigure(count, seconds, rate, sustained, body_seconds, rtt)
 
 

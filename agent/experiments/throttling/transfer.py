@@ -50,6 +50,21 @@ class TransferSpec:
     tls_timeout: float = 10.0
 
 
+_TRACK_LIMIT = 1 << 20
+
+
+def record_start(stream: bytes | bytearray, consumed: int) -> int | None:
+    """Offset of the TLS record that ends at or just before ``consumed`` bytes of ``stream``
+    (the record whose decryption produced the latest application bytes), or None."""
+    pos = 0
+    start = None
+    while pos + 5 <= len(stream) and pos < consumed:
+        length = int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        start = pos
+        pos += 5 + length
+    return start
+
+
 class _TLS:
     """A TLS client over a connected non-blocking socket, through memory BIOs."""
 
@@ -69,6 +84,12 @@ class _TLS:
         self.loop = asyncio.get_running_loop()
         self.wire_in = 0  # ciphertext bytes received from the socket
         self.on_wire: Callable[[int], None] | None = None
+        # until the first application bytes come out: the raw stream and when each piece
+        # arrived, to find when the first byte of the record carrying them arrived (TLS 1.3
+        # session tickets come before the answer and must not count as its start)
+        self._raw: bytearray | None = bytearray()
+        self._arrivals: list[tuple[int, float]] = []
+        self.first_data_wire: tuple[int, float] | None = None  # (stream offset, loop time)
 
     @classmethod
     def wrap(cls, sock: socket.socket, context: ssl.SSLContext, server_name: str,
@@ -89,12 +110,32 @@ class _TLS:
         if not data:
             return False
         self.wire_in += len(data)
+        if self._raw is not None:
+            if len(self._raw) + len(data) > _TRACK_LIMIT:
+                self._raw = None  # a very long handshake: stop tracking, keep measuring
+            else:
+                self._raw += data
+                self._arrivals.append((self.wire_in, self.loop.time()))
         if self.on_wire is not None:
             self.on_wire(len(data))
         if self.on_bytes is not None:
             self.on_bytes(len(data))
         self.incoming.write(data)
         return True
+
+    def _mark_first_data(self) -> None:
+        raw = self._raw
+        self._raw = None
+        if raw is None:
+            return
+        consumed = self.wire_in - self.incoming.pending
+        start = record_start(raw, consumed)
+        if start is None:
+            return
+        when = next((t for end, t in self._arrivals if end > start), None)
+        if when is not None:
+            self.first_data_wire = (start, when)
+        self._arrivals = []
 
     async def handshake(self) -> None:
         while True:
@@ -115,7 +156,10 @@ class _TLS:
         """Application bytes, b"" at a clean or abrupt end of stream after the handshake."""
         while True:
             try:
-                return self.obj.read(_RECV)
+                data = self.obj.read(_RECV)
+                if data and self._raw is not None:
+                    self._mark_first_data()
+                return data
             except ssl.SSLWantReadError:
                 await self._flush()
                 if not await self._fill():
@@ -163,6 +207,8 @@ async def download(
     plain = 0
     head_body = 0
     expected: int | None = None
+    answer_wire_t: float | None = None
+    pre_answer_bytes = 0
 
     def rel() -> float:
         return round(loop.time() - t0, 6)
@@ -209,6 +255,7 @@ async def download(
             state["bytes"] += n
 
         tls.on_wire = on_wire
+        wire0 = tls.wire_in
         buf = b""
         try:
             async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
@@ -227,6 +274,9 @@ async def download(
             failed_at = "request"
             raise _Done from None
         response_t = rel()
+        if tls.first_data_wire is not None:
+            answer_wire_t = round(tls.first_data_wire[1] - t0, 6)
+            pre_answer_bytes = max(0, tls.first_data_wire[0] - wire0)
         head, _, body = buf.partition(b"\r\n\r\n")
         status, headers = _parse_head(head)
         echoed = headers.get("x-vigil-sni")
@@ -295,6 +345,8 @@ async def download(
         request_t=request_t,
         response_t=response_t,
         first_wire_t=first_byte,
+        answer_wire_t=answer_wire_t,
+        pre_answer_bytes=pre_answer_bytes,
         status_code=status,
         body_bytes=plain,
         head_body_bytes=head_body,

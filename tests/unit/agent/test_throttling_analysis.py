@@ -119,7 +119,8 @@ def simulate(
         kind, rnd, "x", "198.19.0.10:443", fail, t0, round(t0 + end, 6), got,
         round(first, 6), stop, tuple(samples), connect_s=connect, tls_s=tls,
         request_t=round(request_t, 6), response_t=round(first, 6),
-        first_wire_t=round(first, 6), status_code=200, body_bytes=got,
+        first_wire_t=round(first, 6), answer_wire_t=round(first, 6), status_code=200,
+        body_bytes=got,
         head_body_bytes=min(got, MSS // 2), expected_bytes=expected, failed_at=at,
     )
 
@@ -522,3 +523,30 @@ def test_target_selection_prefers_configured_names_and_prone_categories() -> Non
     assert [t.input for t in chosen] == [
         "https://telegram.org/", "https://twitter.com/home", "https://news.example/"]
     assert len(select_targets(listed, limit=1)) == 1
+
+
+def test_record_start_finds_the_record_that_carried_the_first_answer_bytes() -> None:
+    from agent.experiments.throttling.transfer import record_start
+
+    def record(n: int) -> bytes:
+        return bytes([23, 3, 3]) + n.to_bytes(2, "big") + b"x" * n
+
+    stream = record(40) + record(200) + record(16_000)  # handshake, ticket, answer
+    assert record_start(stream, len(stream)) == 45 + 205
+    assert record_start(stream, 45 + 205) == 45
+    assert record_start(b"", 10) is None
+
+
+def test_think_time_after_a_session_ticket_is_not_a_cap() -> None:
+    # the ticket arrives at once, the server thinks for a second, then sends 50 kB at once:
+    # counted from the answer's first byte, nothing was slow
+    addr = []
+    for i in range(2):
+        tr = simulate("address", 10 + i, 1000 * MBIT, size=50_000, rtt=0.02, think=1.0,
+                      content_length=50_000)
+        assert tr.request_t is not None
+        addr.append(replace(tr, first_wire_t=tr.request_t + 0.02, pre_answer_bytes=500,
+                            bytes=tr.bytes + 500))
+    o = with_sni(addr, control=control(900 * MBIT, nbytes=50_000))
+    assert address_test(o).decision == "not_throttled"
+    assert verdict_of(o) == (Status.OK, None, "")
