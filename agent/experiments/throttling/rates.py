@@ -17,10 +17,10 @@ Three figures per usable transfer:
   tickets) to the last byte.  It is what a cap limits once the answer flows, and it excludes
   the server's think time.  None when the answer came at once: that says nothing about a cap
   except that this page was not slowed.
-* ``rtt_s``: the larger of the TCP handshake time and the wait from the request to the first
-  byte of the answer (which includes the server's think time).  A larger RTT makes "far
-  below one initial window per RTT" harder to meet, so any inflation of this estimate (think
-  time, a retransmitted SYN) errs on the side of *not* accusing.
+* ``rtt_s``: the TCP handshake time, one round trip of the path the data takes (a queue or a
+  retransmitted SYN only makes it larger, which makes "far below one initial window per RTT"
+  harder to meet: the safe direction).  The address comparison takes the smallest over its
+  transfers.
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ def _r(x: float | None, nd: int = 6) -> float | None:
 
 
 def transfer_rtt(tr: Transfer) -> float | None:
-    """Round-trip estimate of the path this transfer took (see the module docstring)."""
-    candidates = [x for x in (tr.connect_s, _ttfb(tr)) if x is not None and x > 0]
-    return max(candidates) if candidates else None
+    """Round-trip estimate of the path this transfer took: its TCP handshake (the wait for
+    the first byte of the answer when the handshake time was not recorded)."""
+    if tr.connect_s is not None and tr.connect_s > 0:
+        return tr.connect_s
+    ttfb = _ttfb(tr)
+    return ttfb if ttfb is not None and ttfb > 0 else None
 
 
 def _ttfb(tr: Transfer) -> float | None:
@@ -98,6 +101,10 @@ def transfer_figure(tr: Transfer, min_bytes: int = 1) -> RateFigure:
         return RateFigure(count, None, None, None, None, rtt, f"http_status_{tr.status_code}")
     if tr.request_t is None or tr.response_t is None:
         return RateFigure(count, None, None, None, None, rtt, "no_response")
+    if tr.stop == "time":
+        # cut by its time cap: count what arrived of the answer on the wire, so a large TLS
+        # record still in flight under a low cap is not mistaken for nothing
+        count = max(count, tr.bytes - tr.pre_answer_bytes)
     if count <= 0:
         return RateFigure(0, None, None, None, None, rtt,
                           "stalled" if tr.stop == "time" else "no_body")

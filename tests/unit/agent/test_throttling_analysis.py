@@ -165,6 +165,15 @@ def test_rate_comes_from_completed_bytes_and_elapsed_time() -> None:
     assert interval_rates(tr)
 
 
+def test_time_capped_transfer_counts_the_answer_on_the_wire() -> None:
+    # under a 64 kbit/s cap the first 16 kB TLS record is still in flight at the time cap:
+    # no plaintext yet, but 9 kB of the answer arrived in a second: a rate, not a stall
+    tr = replace(simulate("target_sni", 0, 64e3, max_time=1.0), body_bytes=0, bytes=9486,
+                 pre_answer_bytes=606)
+    fig = transfer_figure(tr)
+    assert fig.rate_bps is not None and fig.bytes == 9486 - 606
+
+
 def test_transfer_done_between_two_samples_still_has_a_rate() -> None:
     # fibre: 200 kB in a few milliseconds, only the first and last samples exist
     tr = simulate("benign_sni", 0, 1000 * MBIT, rtt=0.001)
@@ -180,8 +189,8 @@ def test_transfer_done_between_two_samples_still_has_a_rate() -> None:
      "failed:connection_reset"),
     ("ended-early", replace(simulate("target_sni", 0, 10 * MBIT, fail_after_bytes=50_000),
                             failure=None, failed_at=None, stop="eof"), "ended_early"),
-    ("stalled", replace(simulate("target_sni", 0, 10 * MBIT), body_bytes=0, stop="time"),
-     "stalled"),
+    ("stalled", replace(simulate("target_sni", 0, 10 * MBIT), body_bytes=0, bytes=0,
+                        stop="time"), "stalled"),
     ("record-without-timings", replace(simulate("target_sni", 0, 10 * MBIT), request_t=None),
      "no_response"),
     ("http-error", replace(simulate("address", 0, 10 * MBIT), status_code=503),
@@ -443,7 +452,7 @@ def _unusable(kind: str, rnd: int, how: int, seed: int) -> Transfer:
     if how == 1:
         return simulate(kind, rnd, 50 * MBIT, fail_after_bytes=1000 + seed)
     if how == 2:
-        return replace(base, body_bytes=0, stop="time")
+        return replace(base, body_bytes=0, bytes=0, stop="time")
     if how == 3:
         return replace(base, stop="eof", body_bytes=base.body_bytes // 2)
     return replace(base, request_t=None, response_t=None)
