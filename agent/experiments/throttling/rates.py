@@ -110,7 +110,9 @@ def transfer_figure(tr: Transfer, min_bytes: int = 1) -> RateFigure:
                           "stalled" if tr.stop == "time" else "no_body")
     if tr.stop not in ("time", "bytes") and not tr.complete:
         return RateFigure(count, None, None, None, None, rtt, "ended_early")
-    if count < min_bytes:
+    if count < min_bytes and tr.stop != "time":
+        # an answer that ended this short carries no rate; one cut by its time cap after
+        # running its whole time is a rate however few bytes it moved
         return RateFigure(count, None, None, None, None, rtt, "too_few_bytes")
     end = _end(tr)
     seconds = end - tr.request_t
