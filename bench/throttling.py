@@ -59,10 +59,11 @@ def run_pass(lab: Any, scenarios: list[Any], workdir: Path, tag: str,
     out = workdir / f"{tag}.jsonl"
     _write_list(lst, [(s.url, s.category) for s in scenarios])
     env = {**os.environ, **lab.agent_env()}
+    argv = lab.agent_argv([lst], out, tests="throttling")
     if agent_path:
-        env["PYTHONPATH"] = agent_path
+        argv = _with_agent_from(argv, agent_path)
     t0 = time.monotonic()
-    proc = subprocess.run(lab.agent_argv([lst], out, tests="throttling"), env=env,
+    proc = subprocess.run(argv, env=env,
                           capture_output=True, text=True, timeout=AGENT_TIMEOUT_S, check=False)
     if not out.exists():
         raise SystemExit(f"{tag}: agent failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -90,6 +91,24 @@ def run_pass(lab: Any, scenarios: list[Any], workdir: Path, tag: str,
     print(f"  {tag}: {len(rows)} records in {time.monotonic() - t0:.0f} s {tally}",
           file=sys.stderr, flush=True)
     return rows
+
+
+_OTHER_AGENT = (
+    "import sys\n"
+    "sys.meta_path[:] = [f for f in sys.meta_path\n"
+    "                    if not str(getattr(f, '__module__', '')).startswith('__editable__')]\n"
+    "sys.path[:] = [{path!r}] + [p for p in sys.path if p not in ('', '.')] + [{repo!r}]\n"
+    "sys.argv[0] = 'vigil-agent'\n"
+    "from agent.cli.main import main\n"
+    "sys.exit(main())\n"
+)
+
+
+def _with_agent_from(argv: list[str], agent_path: str) -> list[str]:
+    """The same agent command, importing the ``agent`` package from another checkout."""
+    i = next(i for i, a in enumerate(argv) if a.endswith("vigil-agent"))
+    code = _OTHER_AGENT.format(path=str(Path(agent_path).resolve()), repo=str(REPO))
+    return [*argv[:i], sys.executable, "-c", code, *argv[i + 1:]]
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -173,7 +192,8 @@ def main() -> int:
     ap.add_argument("--blocked-runs", type=int, default=3, help="runs per blocked cell")
     ap.add_argument("--max-minutes", type=float, default=40.0,
                     help="start no new pass after this long (the report says what ran)")
-    ap.add_argument("--agent-path", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--agent-path", default=None,
+                    help="import the agent from this checkout instead (an older method)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--rows", type=Path, default=None,
                     help="append every run's row (JSON lines) here as the benchmark goes")
