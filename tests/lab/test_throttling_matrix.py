@@ -45,7 +45,7 @@ def test_matrix_covers_every_class() -> None:
     for kind in ("sni_throttle", "ip_throttle"):
         assert {(kind, 64), (kind, 256), (kind, 1000)} <= rates
     kinds = {r.kind for s in CELLS for r in s.censor}
-    assert {"dns_nxdomain", "tcp_reset", "tls_reset"} <= kinds
+    assert {"dns_nxdomain", "tcp_reset", "tls_reset", "http_reset"} <= kinds
 
 
 def _run(lab: Any, cells: list[Scenario], out: Path) -> dict[str, dict[str, Any]]:

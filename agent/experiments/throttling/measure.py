@@ -128,16 +128,18 @@ def benign_name(rng: random.Random | None = None) -> str:
 
 
 def target_of(text: str) -> tuple[str, str, int, str]:
-    """(host, url, port, path) for a listed URL or a bare host name."""
+    """(host, url, port, path) for a listed URL or a bare host name (https:// by default; an
+    http:// URL is fetched from the target's address as listed, in plain HTTP)."""
     parts = urlsplit(text if "://" in text else f"https://{text}/")
     host = (parts.hostname or "").lower()
     if not host:
         raise ValueError(f"no host in {text!r}")
-    port = parts.port or 443
+    plain = parts.scheme == "http"
+    port = parts.port or (80 if plain else 443)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return host, f"https://{parts.netloc}{path}", port, path
+    return host, f"{'http' if plain else 'https'}://{parts.netloc}{path}", port, path
 
 
 # ---- baseline history ---------------------------------------------------------------------------
@@ -331,7 +333,7 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
                     server_name=host, host_header=host, path=path, context=ctx.tls.verify,
                     max_bytes=cap, max_seconds=st.address_max_seconds,
                     sample_mean=st.sample_mean_s, connect_timeout=ctx.net.connect_timeout,
-                    tls_timeout=ctx.net.tls_timeout,
+                    tls_timeout=ctx.net.tls_timeout, tls=url.startswith("https://"),
                 )
                 tr, status = await download(spec, origin=origin, on_bytes=ctx.on_bytes,
                                             note_local=note)

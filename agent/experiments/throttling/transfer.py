@@ -48,6 +48,7 @@ class TransferSpec:
     sample_mean: float = 0.01
     connect_timeout: float = 10.0
     tls_timeout: float = 10.0
+    tls: bool = True  # False: plain HTTP (a URL listed as http://)
 
 
 _TRACK_LIMIT = 1 << 20
@@ -168,6 +169,35 @@ class _TLS:
                 return b""
 
 
+class _Plain:
+    """Plain HTTP over the connected socket, with the same counters as ``_TLS``."""
+
+    def __init__(self, sock: socket.socket, on_bytes: Callable[[int], None] | None) -> None:
+        self.sock = sock
+        self.on_bytes = on_bytes
+        self.loop = asyncio.get_running_loop()
+        self.wire_in = 0
+        self.on_wire: Callable[[int], None] | None = None
+        self.first_data_wire: tuple[int, float] | None = None
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+
+    async def recv(self) -> bytes:
+        data = await self.loop.sock_recv(self.sock, _RECV)
+        if data:
+            if self.first_data_wire is None:
+                self.first_data_wire = (self.wire_in, self.loop.time())
+            self.wire_in += len(data)
+            if self.on_wire is not None:
+                self.on_wire(len(data))
+            if self.on_bytes is not None:
+                self.on_bytes(len(data))
+        return data
+
+
 def _parse_head(head: bytes) -> tuple[int | None, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
@@ -222,18 +252,23 @@ async def download(
             failure = conn.failure
             failed_at = "connect"
             raise _Done
-        tls = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
-        tls_start = loop.time()
-        try:
-            async with asyncio.timeout(spec.tls_timeout):
-                await tls.handshake()
-        except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
-            failure = failures.classify(exc)
-            failed_at = "tls"
-            raise _Done from None
-        tls_s = round(loop.time() - tls_start, 6)
-        der = tls.obj.getpeercert(binary_form=True)
-        cert = None if der is None else hashlib.sha256(der).hexdigest()
+        tls: _TLS | _Plain
+        if spec.tls:
+            secure = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
+            tls_start = loop.time()
+            try:
+                async with asyncio.timeout(spec.tls_timeout):
+                    await secure.handshake()
+            except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+                failure = failures.classify(exc)
+                failed_at = "tls"
+                raise _Done from None
+            tls_s = round(loop.time() - tls_start, 6)
+            der = secure.obj.getpeercert(binary_form=True)
+            cert = None if der is None else hashlib.sha256(der).hexdigest()
+            tls = secure
+        else:
+            tls = _Plain(conn.sock, on_bytes)
         request = (
             f"GET {spec.path} HTTP/1.1\r\nHost: {spec.host_header}\r\n"
             "User-Agent: Mozilla/5.0\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"

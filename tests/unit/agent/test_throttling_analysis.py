@@ -559,3 +559,11 @@ def test_think_time_after_a_session_ticket_is_not_a_cap() -> None:
     o = with_sni(addr, control=control(900 * MBIT, nbytes=50_000))
     assert address_test(o).decision == "not_throttled"
     assert verdict_of(o) == (Status.OK, None, "")
+
+
+def test_http_urls_are_fetched_as_listed() -> None:
+    from agent.experiments.throttling.measure import target_of
+
+    assert target_of("http://news.example/a?b=1") == (
+        "news.example", "http://news.example/a?b=1", 80, "/a?b=1")
+    assert target_of("news.example")[1:3] == ("https://news.example/", 443)
