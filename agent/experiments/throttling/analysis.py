@@ -22,9 +22,10 @@ any answer while the benign name worked: ``sni_blocking``) or it is missing data
 
 **Address** (reference: a bound from the measured path itself).  The target's own address is
 downloaded from (SNI and Host = the target, certificate verified).  A transfer is *paced* when
-it ran for at least ``pace_min_rtts`` round trips and ``pace_min_seconds`` after its response
-head and moved less than ``pace_ratio`` (0.25) of what even an initial congestion window
-(10 segments) per RTT delivers.  TCP without a bottleneck sends at least that much per RTT,
+it ran for at least ``pace_min_rtts`` round trips and ``pace_min_seconds`` after the first
+byte of its answer and moved less than ``pace_ratio`` (0.25) of what even an initial congestion
+window (10 segments) per RTT delivers, the RTT being the smallest TCP handshake time of the
+address transfers.  TCP without a bottleneck sends at least that much per RTT,
 loss-limited TCP at 2 % loss still about 0.6-0.9 of it, a small page far away arrives within a
 round trip or two; a shaper's cap does not grow.  Pacing says *something* limits the flow;
 throttling by address is claimed only when every address transfer is paced and two other
