@@ -49,6 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(__file__).resolve().parent
 DEFAULT_SCENARIO_FILES = ("scenarios.toml", "scenarios_apps.toml", "selfcheck.toml")
 READY_TIMEOUT_S = 30.0
+DELAY_LINE_TUN = "dly0"  # in the isp namespace: the path RTTs of distant sites
+DELAY_LINE_ADDR = "198.18.254.1"
+ACCESS_CLASS = "1:ffe"  # HTB class of every unclassified download when the access link is slow
+ACCESS_TABLE = "vigil_access"
 DETACHED_LIFETIME_S = 8 * 3600.0
 ATTACHED_LIFETIME_S = 2 * 3600.0
 INJECTOR_BPF = (
@@ -291,10 +295,17 @@ class Lab:
         assert pki is not None
         sites = [
             {"host": s.host, "kind": s.kind, "delay_ms": s.delay_ms,
-             "body_bytes": s.body_bytes, "slow_s": s.slow_s}
+             "body_bytes": s.body_bytes, "slow_s": s.slow_s, "rate_kbit": s.rate_kbit}
             for s in p.sites if s.kind not in ("nxdomain",)
         ]
+        delay_line = [] if not p.path_rtt_ms else [
+            Proc("delayline", "isp", "delayline", {
+                "tun": DELAY_LINE_TUN, "tun_addr": DELAY_LINE_ADDR, "delays": p.path_rtt_ms,
+                "probe_if": A.ISP_PROBE_IF, "uplink_if": A.ISP_UPLINK_IF,
+            }),
+        ]
         return [
+            *delay_line,
             Proc("auth-dns", "inet", "dns", {
                 "role": "authoritative", "listen": [A.AUTH_DNS], "delay_ms": AUTH_DNS_DELAY_MS,
                 "zone": p.zone, "zone_suffixes": ["test"], "isp_sources": ["198.18.0.0/16"],
@@ -504,6 +515,25 @@ class Lab:
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip()]
+
+    def set_access_rate(self, rate_kbit: int | None) -> None:
+        """The probe's access link: every download no censor rule shaped goes through one HTB
+        class at ``rate_kbit`` (a slow home line); None: back to the link's full speed."""
+        isp, dev = self.ns("isp"), A.ISP_PROBE_IF
+        nsctl.run(["ip", "netns", "exec", isp, "nft", "delete", "table", "inet", ACCESS_TABLE],
+                  check=False)
+        if rate_kbit is None:
+            return
+        burst = str(max(1600, rate_kbit * 1000 // 8 // 50))
+        nsctl.run(["ip", "netns", "exec", isp, "tc", "class", "replace", "dev", dev, "parent",
+                   "1:", "classid", ACCESS_CLASS, "htb", "rate", f"{rate_kbit}kbit", "ceil",
+                   f"{rate_kbit}kbit", "burst", burst, "cburst", burst])
+        # after the censor's chain (priority 0): only flows it left unclassified
+        nsctl.run(["ip", "netns", "exec", isp, "nft", "-f", "-"], input_text=(
+            f"table inet {ACCESS_TABLE} {{\n chain access {{\n"
+            "  type filter hook forward priority 10; policy accept;\n"
+            f'  oifname "{dev}" meta priority none meta priority set {ACCESS_CLASS}\n'
+            " }\n}\n"))
 
     def shutdown(self) -> None:
         """Total shutdown: the ISP's uplink goes down (the probe keeps its local link)."""

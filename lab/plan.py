@@ -32,6 +32,7 @@ class SitePlan:
     slow_s: float
     isp_address: str | None = None  # CDN: what the ISP's resolver is told instead
     scenario: str = ""
+    rate_kbit: int = 0  # the server paces its answers to this rate (0: as fast as it can)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,8 @@ class LabPlan:
     ip_throttle: dict[str, str] = field(default_factory=dict)  # address -> classid
     shaping: list[ShapingClass] = field(default_factory=list)
     scale_hosts: list[str] = field(default_factory=list)
+    path_rtt_ms: dict[str, int] = field(default_factory=dict)  # address -> added round trip
+    path_loss_permille: dict[str, int] = field(default_factory=dict)  # address -> loss/1000
 
     @property
     def cert_names(self) -> list[str]:
@@ -122,8 +125,12 @@ def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) ->
         plan.listen_addresses.append(isp_addr)
     plan.sites.append(SitePlan(
         host=s.host, address=addr, kind=kind, delay_ms=delay, body_bytes=s.site.body_bytes,
-        slow_s=s.site.slow_s, isp_address=isp_addr, scenario=s.id,
+        slow_s=s.site.slow_s, isp_address=isp_addr, scenario=s.id, rate_kbit=s.site.rate_kbit,
     ))
+    if s.site.rtt_ms:
+        plan.path_rtt_ms[addr] = s.site.rtt_ms
+    if s.site.loss_percent:
+        plan.path_loss_permille[addr] = round(s.site.loss_percent * 10)
     if kind == "nxdomain":
         return  # the name exists nowhere: no zone entry, no server
     entry: dict[str, list[str]] = {"a": [addr]}
@@ -253,6 +260,15 @@ def render_censor_nft(plan: LabPlan) -> str:
     ]
     lines += [
         "  }",
+        # a lossy path (not the censor): dropped once per direction, on the way in (packets
+        # detoured through the delay line pass the forward hook twice)
+        "  chain path_loss {",
+        "    type filter hook forward priority -5; policy accept;",
+        *(f'    iifname "{p}" ip daddr {a} numgen random mod 1000 < {pm} drop'
+          for a, pm in sorted(plan.path_loss_permille.items())),
+        *(f'    iifname "{u}" ip saddr {a} numgen random mod 1000 < {pm} drop'
+          for a, pm in sorted(plan.path_loss_permille.items())),
+        "  }",
         "  chain nat_pre {",
         "    type nat hook prerouting priority dstnat; policy accept;",
         f'    iifname "{p}" ip daddr @ip_mitm tcp dport {{ 80, 443 }} '
@@ -286,6 +302,10 @@ def tc_commands(plan: LabPlan, dev: str = A.ISP_PROBE_IF) -> list[list[str]]:
                      "htb", "rate", f"{c.rate_kbit}kbit", "ceil", f"{c.rate_kbit}kbit",
                      "burst", str(burst), "cburst", str(burst)])
         minor = c.classid.split(":")[1]
+        # a censor's shaper buffers little (a policer nothing): about 200 ms of its rate, so
+        # an abandoned throttled download does not hold the next connection's handshake for
+        # seconds behind a thousand queued packets
+        limit = max(5, c.rate_kbit * 1000 // 8 // 5 // 1500)
         cmds.append(["tc", "qdisc", "replace", "dev", dev, "parent", c.classid,
-                     "handle", f"{minor}:", "pfifo", "limit", "1000"])
+                     "handle", f"{minor}:", "pfifo", "limit", str(limit)])
     return cmds

@@ -81,6 +81,9 @@ class Site:
     delay_ms: int | None = None  # server think time before answering (None: lab default)
     body_bytes: int = 6000
     slow_s: float = 2.0  # extra delay of a "slow" site
+    rtt_ms: int = 0  # round trip added on the path (the ISP router's delay line), 0: none
+    loss_percent: float = 0.0  # random loss on the path, each direction (nft numgen)
+    rate_kbit: int = 0  # the server itself sends no faster than this (0: unpaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +259,8 @@ def _parse_site(where: str, raw: Any) -> Site:
         raw = {"kind": raw}
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: site must be a string or a table")
-    unknown = set(raw) - {"kind", "address_group", "delay_ms", "body_bytes", "slow_s"}
+    unknown = set(raw) - {"kind", "address_group", "delay_ms", "body_bytes", "slow_s",
+                          "rtt_ms", "loss_percent", "rate_kbit"}
     if unknown:
         raise ScenarioError(f"{where}: unknown site keys {sorted(unknown)}")
     kind = str(raw.get("kind", "normal"))
@@ -274,8 +278,19 @@ def _parse_site(where: str, raw: Any) -> Site:
     group = str(raw.get("address_group", ""))
     if group and not _ID_RE.match(group):
         raise ScenarioError(f"{where}: bad address_group {group!r}")
+    rtt = raw.get("rtt_ms", 0)
+    loss = raw.get("loss_percent", 0.0)
+    rate = raw.get("rate_kbit", 0)
+    if not (isinstance(rtt, int) and 0 <= rtt <= 1000):
+        raise ScenarioError(f"{where}: site.rtt_ms must be an integer 0..1000")
+    if isinstance(loss, bool) or not (isinstance(loss, int | float) and 0 <= loss <= 20):
+        raise ScenarioError(f"{where}: site.loss_percent must be a number 0..20")
+    if not (isinstance(rate, int) and (rate == 0 or 8 <= rate <= 10_000_000)):
+        raise ScenarioError(f"{where}: site.rate_kbit must be 0 or an integer 8..10000000")
+    if (rtt or loss) and group:
+        raise ScenarioError(f"{where}: rtt_ms/loss_percent are per address: no address_group")
     return Site(kind=kind, address_group=group, delay_ms=delay, body_bytes=body,
-                slow_s=float(slow))
+                slow_s=float(slow), rtt_ms=rtt, loss_percent=float(loss), rate_kbit=rate)
 
 
 def _parse_rule(where: str, raw: Any) -> CensorRule:

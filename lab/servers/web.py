@@ -42,6 +42,11 @@ class Sites:
         self.default_delay = float(cfg.get("accept_delay_ms", 40)) / 1000.0
         self.blockpage = cfg.get("page", "iran")
 
+    def rate_of(self, host: str) -> int:
+        """The site's own sending rate in kbit/s (a server slow by itself), 0: unpaced."""
+        site = self.sites.get(host)
+        return 0 if site is None else int(site.get("rate_kbit", 0) or 0)
+
     def lookup(self, host: str) -> dict[str, Any] | None:
         site = self.sites.get(host)
         if site is None and self.scale_domain and name_matches(host, self.scale_domain):
@@ -170,7 +175,11 @@ class Conn(asyncio.Protocol):
             reply = await self.sites.respond(method, target, host, self.tls is not None)
             if transport.is_closing():
                 return
-            transport.write(reply)
+            rate = self.sites.rate_of(host)
+            if rate:
+                await _paced_write(transport, reply, rate)
+            else:
+                transport.write(reply)
             if headers.get("connection", "").lower() == "close":
                 return
 
@@ -199,6 +208,20 @@ class Conn(asyncio.Protocol):
             if sep:
                 headers[name.strip().lower()] = value.strip()
         return parts[0], parts[1], headers
+
+
+async def _paced_write(transport: asyncio.Transport, data: bytes, rate_kbit: int) -> None:
+    """Send ``data`` no faster than ``rate_kbit``: 20 ms worth at a time, on a clock (so
+    scheduling delays do not slow it further), as a server with a slow uplink would."""
+    loop = asyncio.get_running_loop()
+    chunk = max(1448, rate_kbit * 1000 // 8 // 50)
+    start = loop.time()
+    for offset in range(0, len(data), chunk):
+        if transport.is_closing():
+            return
+        transport.write(data[offset:offset + chunk])
+        due = start + (offset + chunk) * 8 / (rate_kbit * 1000)
+        await asyncio.sleep(max(0.0, due - loop.time()))
 
 
 def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext:

@@ -53,6 +53,11 @@ def _one(row: str) -> None:
     ('[[scenario]]\nid="a"\nurl="https://x.lab.test:8443/"', "default port"),
     ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsurprise=1', "unknown keys"),
     ('[[event]]\nkind="shutdown"\nafter_s=1', "duration_s"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={rtt_ms=5000}', "rtt_ms"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={loss_percent=50}', "loss_percent"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={rate_kbit=3}', "rate_kbit"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={rtt_ms=50,address_group="g"}',
+     "per address"),
 ])
 def test_bad_rows_are_rejected_with_a_clear_message(row: str, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
@@ -184,3 +189,20 @@ def test_unprivileged_runs_skip_but_ci_fails(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         conftest.require_lab()
+
+
+def test_throttling_matrix_plans_delays_loss_and_small_shaper_queues() -> None:
+    sset = load_files([Path(__file__).resolve().parents[2] / "lab" / "throttling_matrix.toml"])
+    plan = build_plan(sset)
+    far = plan.site("benign-r300-l2-5m.tm.lab.test")
+    assert plan.path_rtt_ms[far.address] == 300
+    assert plan.path_loss_permille[far.address] == 20
+    nft = render_censor_nft(plan)
+    assert f'iifname "{A.ISP_PROBE_IF}" ip daddr {far.address} numgen random mod 1000 < 20 drop' \
+        in nft
+    assert f'iifname "{A.ISP_UPLINK_IF}" ip saddr {far.address} numgen random mod 1000 < 20 drop' \
+        in nft
+    assert plan.site("benign-slow-server-r5.tm.lab.test").rate_kbit == 2000
+    limits = {c[c.index("parent") + 1]: int(c[-1]) for c in tc_commands(plan) if "pfifo" in c}
+    by_rate = {cls.rate_kbit: limits[cls.classid] for cls in plan.shaping}
+    assert by_rate[64] == 5 and by_rate[1000] == 16

@@ -1,14 +1,19 @@
 """throttling: is this host's traffic slowed down on purpose, by name (SNI) or by address?
 
 ``measure.py`` does the I/O (bulk-endpoint rounds, address transfers, the helper's own
-download) into ``model.ThrottlingObservations``; ``analysis.py`` decides without I/O using the
-statistics in ``stats.py`` (a two-sample KS test and Wehe's normalised difference of means), so
-a stored measurement can be re-analysed later.
+download) into ``model.ThrottlingObservations``; ``analysis.py`` decides without I/O, from the
+rates of ``rates.py`` and the statistics in ``stats.py`` (a two-sample KS test and Wehe's
+normalised difference of means), so a stored measurement can be re-analysed later.
+
+Every record carries ``test_keys.benign_rate``: the probe's benign rate right now (reference
+kind, bytes, seconds, rate_bps, rtt_ms; ``rate_bps`` null with ``why`` when there is none),
+the stable place where the collector reads a probe's throughput over time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, ClassVar
 
 from agent.errors import VigilError
@@ -31,20 +36,24 @@ def _serial_lock() -> asyncio.Lock:
 @register
 class Throttling(ExperimentBase):
     name: ClassVar[str] = "throttling"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     input_policy: ClassVar[InputPolicy] = InputPolicy.SELECTED_HOSTS
     default_enabled: ClassVar[bool] = False  # up to 2 MB per host: only when asked for
 
     async def run(self, target: Target, ctx: Any) -> Outcome:
         if not target.input:
             raise VigilError("throttling needs a URL or a host name as input")
-        from agent.experiments.throttling.analysis import analyze
+        from agent.experiments.throttling.analysis import analyze, benign_reference
         from agent.experiments.throttling.measure import measure, settings_from
 
         settings = settings_from(ctx)
         async with _serial_lock():
+            started = time.monotonic()
             obs = await measure(target.input, ctx, settings)
+            elapsed = time.monotonic() - started
         verdict, details = analyze(obs, settings.thresholds)
         keys = obs.to_test_keys()
+        keys["benign_rate"] = benign_reference(obs, settings.thresholds)
+        keys["measurement_seconds"] = round(elapsed, 3)  # without the wait for the lock
         keys["analysis"] = details
         return Outcome(test_keys=keys, verdict=verdict)

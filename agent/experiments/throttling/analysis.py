@@ -1,37 +1,43 @@
 """Throttling verdict: a pure function of the observations (no I/O).
 
-Decision rule (SNI), chosen to meet "detect a 130 kbit/s throttle against 10 Mbit/s with at
-most three paired rounds, never flag an unthrottled lossy, jittery path":
+A rate cap is inferred only against a reference over the same path.  Two comparisons:
 
-1. The target-SNI and benign-SNI downloads run interleaved in *paired rounds* (ABBA order), so a
-   congestion episode or a link that speeds up or slows down over the measurement affects both
-   sides alike; within a round the ratio ``q = rate(target) / rate(benign)`` is paired.
-2. Throttled only when **all three** hold:
-   * **consistency**: ``q <= max_round_ratio`` (0.5) in *every* paired round, with at least
-     ``min_rounds_positive`` (3) rounds, or ``min_rounds_strong`` (2) when the pooled ratio is
-     overwhelming (at most ``strong_ratio``, 0.1, a tenfold slowdown): one lossy round (a
-     retransmission timeout costs a short transfer hundreds of milliseconds) cannot make a
-     verdict, while a real throttle slows every round by 10-100x;
-   * **effect size**: pooled ``rate(target) / rate(benign) <= max_ratio`` (0.35), i.e. Wehe's
-     normalised difference of means ``(benign - target) / benign >= 0.65``;
-   * **significance**: a two-sample KS test of the per-interval rates (``stats.ks_2samp``)
-     rejects "same distribution" at ``alpha`` (1e-3).  The interval samples within a transfer
-     are autocorrelated, which inflates significance; that is why the KS test is never used
-     alone, but it protects against a ratio that comes from a handful of samples.  On a very
-     fast access link a benign transfer ends within a few sampling intervals, leaving too few
-     samples for any test; then only an overwhelming effect counts (pooled ratio at most
-     ``strong_ratio``, 0.1, in addition to every round at most 0.5), which a 130 kbit/s
-     throttle on a fast link gives by orders of magnitude and noise does not.
-3. Clearly *not* throttled as soon as one round has ``q > max_round_ratio`` (after
-   ``min_rounds_negative`` rounds), which lets the measurement stop early.
+**SNI** (reference: the same server and the same bytes with another name).  The helper's bulk
+endpoint is downloaded from twice per round, SNI = the target and SNI = a random benign name,
+in ABBA order, so a link that speeds up or slows down affects both sides alike.  Within a round
+``q = rate(target) / rate(benign)`` is paired.  Throttled only when all of:
 
-Address rule: the target's own address (SNI = target, certificate valid) is throttled when its
-rate is at most ``max_ratio`` of the *reference*, the smaller of what the control helper
-measures for the same URL from outside and the probe's own baseline (the benign-SNI rate just
-measured, or the median of its recent history when the bulk endpoint was unusable), in every
-address transfer.  Comparing with both rules out a slow server (the control sees it slow too)
-and a slow access link (the baseline is slow too).  Transfers that ended early because the
-resource is small carry no rate information and make the address test inconclusive.
+* **consistency**: ``q <= max_round_ratio`` (0.5) in *every* usable round, with at least
+  ``min_rounds_positive`` (3) usable rounds, or ``min_rounds_strong`` (2) when the pooled ratio
+  is overwhelming (``strong_ratio``, 0.1);
+* **effect size**: pooled ``rate(target) / rate(benign) <= max_ratio`` (0.35): Wehe's
+  normalised difference of means of at least 0.65;
+* **significance**: a two-sample KS test of the per-interval rates (``stats.ks_2samp``) at
+  ``alpha`` when both sides have ``min_samples`` intervals; with fewer (a benign transfer done
+  in milliseconds on fibre) only an overwhelming ratio counts.
+
+A round counts only when *both* transfers have a rate (``rates.transfer_figure``).  A target
+transfer without one is never a rate of zero: it failed (TLS blocking when it failed before
+any answer while the benign name worked: ``sni_blocking``) or it is missing data.
+
+**Address** (reference: a bound from the measured path itself).  The target's own address is
+downloaded from (SNI and Host = the target, certificate verified).  A transfer is *paced* when
+it ran for at least ``pace_min_rtts`` round trips and ``pace_min_seconds`` after the first
+byte of its answer and moved less than ``pace_ratio`` (0.25) of what even an initial congestion
+window (10 segments) per RTT delivers, the RTT being the smallest TCP handshake time of the
+address transfers.  TCP without a bottleneck sends at least that much per RTT,
+loss-limited TCP at 2 % loss still about 0.6-0.9 of it, a small page far away arrives within a
+round trip or two; a shaper's cap does not grow.  Pacing says *something* limits the flow;
+throttling by address is claimed only when every address transfer is paced and two other
+causes are excluded:
+
+* the probe's own access link: its benign rate right now (the bulk endpoint, benign SNI; the
+  median of its recent benign rates when the endpoint was unusable) is at least
+  ``exclude_margin`` (4) times the paced rate;
+* the server itself: the control helper, fetching the same URL from outside, got it at least
+  ``exclude_margin`` times faster over a comparable amount of data.
+
+A rate of another server is never the reference: those two exclusions only rule out causes.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.experiments.throttling.model import ThrottlingObservations, Transfer
+from agent.experiments.throttling.rates import (
+    RateFigure,
+    initial_window_rate,
+    pooled,
+    transfer_figure,
+)
 from agent.experiments.throttling.stats import ks_2samp, median, normalised_difference
 from agent.wire.record import Blocking, Status, Verdict
 
@@ -55,8 +67,12 @@ class Thresholds:
     min_rounds_negative: int = 2
     min_samples: int = 6  # per side, for the KS test
     strong_ratio: float = 0.1  # decisive without the KS test when samples are too few
-    min_rate_bytes: int = 16_384  # a transfer shorter than this (by EOF) has no usable rate
-    min_rate_seconds: float = 0.002
+    min_rate_bytes: int = 16_384  # a bulk transfer with fewer body bytes has no rate
+    pace_ratio: float = 0.25  # paced: sustained rate under this share of IW/RTT
+    pace_min_rtts: float = 4.0  # ... for at least this many round trips after the head
+    pace_min_seconds: float = 0.25  # ... and at least this long
+    exclude_margin: float = 4.0  # access link / server must be this much faster
+    control_min_bytes: int = 32_768  # the helper's transfer must be at least this long
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -70,30 +86,10 @@ class TestResult:
     detail: dict[str, Any]
 
 
-# ---- rates -------------------------------------------------------------------------------------
-def transfer_rate(tr: Transfer, th: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
-    """Body rate in bit/s from the first body byte to the last sample, or None if unusable.
-
-    Measuring from the first byte excludes connection set-up and request latency, which depend
-    on the RTT and not on any throttle.  A transfer that failed before its cap, or that ended by
-    EOF with too few bytes, has no rate.
-    """
-    if tr.first_byte_t is None or tr.bytes <= 0:
-        return None
-    if tr.failure is not None and tr.stop == "failure" and tr.bytes < th.min_rate_bytes:
-        return None
-    if tr.stop == "eof" and tr.bytes < th.min_rate_bytes:
-        return None
-    end = max((s.t for s in tr.samples), default=tr.t - tr.t0)
-    end = max(end, tr.t - tr.t0)
-    duration = end - tr.first_byte_t
-    if duration < th.min_rate_seconds:
-        return None
-    return tr.bytes * 8.0 / duration
-
-
+# ---- shape -------------------------------------------------------------------------------------
 def interval_rates(tr: Transfer) -> list[float]:
-    """Rates (bit/s) between consecutive random-time samples after the first body byte."""
+    """Rates (bit/s) between consecutive random-time samples after the first body byte: the
+    shape of a transfer, for the KS test (never its rate)."""
     if tr.first_byte_t is None:
         return []
     pts = [s for s in tr.samples if s.t >= tr.first_byte_t and s.bytes > 0]
@@ -105,25 +101,27 @@ def interval_rates(tr: Transfer) -> list[float]:
     return out
 
 
-def _pooled_rate(transfers: list[Transfer], th: Thresholds) -> float | None:
-    """Total bytes over total first-byte-to-end time: weights each transfer by its duration."""
-    total_bits = 0.0
-    total_time = 0.0
-    for tr in transfers:
-        r = transfer_rate(tr, th)
-        if r is None:
-            continue
-        total_bits += tr.bytes * 8.0
-        total_time += tr.bytes * 8.0 / r
-    if total_time <= 0:
-        return None
-    return total_bits / total_time
+def transfer_rate(tr: Transfer, th: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
+    """The transfer's rate (bit/s) from completed bytes and elapsed time, or None."""
+    return transfer_figure(tr, th.min_rate_bytes).rate_bps
 
 
 # ---- SNI comparison ----------------------------------------------------------------------------
-def _paired_rounds(
-    obs: ThrottlingObservations, th: Thresholds
-) -> list[tuple[int, Transfer, Transfer, float | None, float | None]]:
+@dataclass(frozen=True, slots=True)
+class Round:
+    number: int
+    benign: Transfer
+    target: Transfer
+    rb: RateFigure
+    rt: RateFigure
+
+    @property
+    def usable(self) -> bool:
+        return self.rb.usable and self.rt.usable
+
+
+def paired_rounds(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS
+                  ) -> list[Round]:
     by_round: dict[int, dict[str, Transfer]] = {}
     for tr in obs.transfers:
         if tr.kind in ("benign_sni", "target_sni"):
@@ -133,57 +131,67 @@ def _paired_rounds(
         pair = by_round[rnd]
         if "benign_sni" in pair and "target_sni" in pair:
             b, t = pair["benign_sni"], pair["target_sni"]
-            out.append((rnd, b, t, transfer_rate(b, th), transfer_rate(t, th)))
+            out.append(Round(rnd, b, t, transfer_figure(b, th.min_rate_bytes),
+                             transfer_figure(t, th.min_rate_bytes)))
     return out
 
 
 def sni_blocking(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -> str | None:
-    """The failure string when every target-SNI transfer failed before any body byte while the
+    """The failure string when every target-SNI transfer failed before any answer while the
     benign SNI worked in the same rounds (so the endpoint and the path are fine), else None."""
-    rounds = _paired_rounds(obs, th)
+    rounds = paired_rounds(obs, th)
     if not rounds:
         return None
     failures: list[str] = []
-    for _, b, t, rb, _ in rounds:
-        if t.failure is None or t.first_byte_t is not None:
+    for r in rounds:
+        t = r.target
+        if t.failure is None or t.response_t is not None or t.first_byte_t is not None:
             return None
-        if rb is None and b.failure is not None:
+        if not r.rb.usable:
             return None
         failures.append(t.failure)
     return failures[0]
 
 
 def sni_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -> TestResult:
-    rounds = _paired_rounds(obs, th)
-    usable = [(r, b, t, rb, rt) for r, b, t, rb, rt in rounds if rb is not None and rb > 0]
-    detail: dict[str, Any] = {"rounds": len(rounds), "usable_rounds": len(usable)}
+    rounds = paired_rounds(obs, th)
+    usable = [r for r in rounds if r.usable]
+    detail: dict[str, Any] = {
+        "reference": "bulk_endpoint_benign_sni",
+        "rounds": len(rounds),
+        "usable_rounds": len(usable),
+        "transfers": [{"round": r.number, "benign": r.rb.to_json(), "target": r.rt.to_json()}
+                      for r in rounds],
+    }
     if not usable:
-        detail["why"] = "no_benign_rate"
+        detail["why"] = _why_unusable(rounds)
         return TestResult("unknown", detail)
-    ratios = [(rt or 0.0) / rb for _, _, _, rb, rt in usable]
+    ratios = [q for q in (_ratio(r) for r in usable) if q is not None]
     detail["round_ratios"] = [round(q, 4) for q in ratios]
-    benign = [b for _, b, _, _, _ in usable]
-    target = [t for _, _, t, _, _ in usable]
-    rate_b = _pooled_rate(benign, th)
-    rate_t = _pooled_rate(target, th) or 0.0
-    detail["benign_bps"] = rate_b
-    detail["target_bps"] = rate_t
-    if rate_b is None or rate_b <= 0:
-        detail["why"] = "no_benign_rate"
+    rate_b = pooled([r.rb for r in usable])
+    rate_t = pooled([r.rt for r in usable])
+    if rate_b is None or rate_t is None or not rate_b.rate_bps or rate_t.rate_bps is None:
+        detail["why"] = "no_rate"
         return TestResult("unknown", detail)
-    ratio = rate_t / rate_b
+    detail["benign_bps"] = round(rate_b.rate_bps, 1)
+    detail["target_bps"] = round(rate_t.rate_bps, 1)
+    detail["benign_bytes"] = rate_b.bytes
+    detail["target_bytes"] = rate_t.bytes
+    detail["rtt_ms"] = None if rate_b.rtt_s is None else round(rate_b.rtt_s * 1000.0, 3)
+    ratio = rate_t.rate_bps / rate_b.rate_bps
     detail["ratio"] = round(ratio, 4)
-    detail["normalised_difference"] = round(normalised_difference(rate_b, rate_t), 4)
-    samples_b = [x for tr in benign for x in interval_rates(tr)]
-    samples_t = [x for tr in target for x in interval_rates(tr)]
+    detail["normalised_difference"] = round(
+        normalised_difference(rate_b.rate_bps, rate_t.rate_bps), 4)
+    samples_b = [x for r in usable for x in interval_rates(r.benign)]
+    samples_t = [x for r in usable for x in interval_rates(r.target)]
     detail["samples"] = {"benign": len(samples_b), "target": len(samples_t)}
-    if samples_b and samples_t:
+    enough = len(samples_b) >= th.min_samples and len(samples_t) >= th.min_samples
+    if enough:
         ks = ks_2samp(samples_t, samples_b)
         detail["ks_statistic"] = round(ks.statistic, 4)
         detail["ks_pvalue"] = ks.pvalue
         detail["ks_method"] = ks.method
-        enough = len(samples_b) >= th.min_samples and len(samples_t) >= th.min_samples
-        significant = ks.pvalue <= th.alpha if enough else ratio <= th.strong_ratio
+        significant = ks.pvalue <= th.alpha
     else:
         significant = ratio <= th.strong_ratio
     detail["significant"] = significant
@@ -204,52 +212,190 @@ def sni_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -
     return TestResult("unknown", detail)
 
 
-# ---- address comparison ------------------------------------------------------------------------
-def probe_baseline(
-    obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS
-) -> tuple[float | None, str]:
-    """The probe's own reference rate: benign rate measured now, else its recent median."""
-    now = _pooled_rate([t for t in obs.of_kind("benign_sni")], th)
+def _ratio(r: Round) -> float | None:
+    if r.rt.rate_bps is None or r.rb.rate_bps is None or r.rb.rate_bps <= 0:
+        return None
+    return r.rt.rate_bps / r.rb.rate_bps
+
+
+def _why_unusable(rounds: list[Round]) -> str:
+    if not rounds:
+        return "not_measured"
+    if not any(r.rb.usable for r in rounds):
+        return f"no_benign_rate:{rounds[0].rb.why}"
+    return f"no_target_rate:{next(r.rt.why for r in rounds if r.rb.usable)}"
+
+
+# ---- the probe's own rate ------------------------------------------------------------------------
+def benign_reference(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS
+                     ) -> dict[str, Any]:
+    """The probe's benign rate right now, as figures anyone can reuse (see the docs): pooled
+    over the usable benign-SNI transfers, or null with the reason when there is none."""
+    figures = [transfer_figure(t, th.min_rate_bytes) for t in obs.of_kind("benign_sni")]
+    pool = pooled(figures)
+    out: dict[str, Any] = {
+        "kind": "bulk_endpoint_benign_sni",
+        "endpoint": obs.bulk_endpoint,
+        "transfers": len(figures),
+        "usable_transfers": sum(1 for f in figures if f.usable),
+        "bytes": 0 if pool is None else pool.bytes,
+        "seconds": None if pool is None or pool.seconds is None else round(pool.seconds, 6),
+        "rate_bps": None if pool is None or pool.rate_bps is None else round(pool.rate_bps, 1),
+        "rtt_ms": (None if pool is None or pool.rtt_s is None
+                   else round(pool.rtt_s * 1000.0, 3)),
+        "why": None,
+    }
+    if pool is None:
+        out["why"] = (obs.bulk_failure or "not_measured") if not figures else next(
+            (f.why for f in figures if f.why), "no_rate")
+    return out
+
+
+def probe_baseline(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS
+                   ) -> tuple[float | None, str]:
+    """The probe's own benign rate: measured now, else the median of its recent ones."""
+    now = benign_reference(obs, th)["rate_bps"]
     if now is not None and now > 0:
-        return now, "benign_sni"
+        return float(now), "benign_sni"
     if obs.baseline_history_bps:
         return median(obs.baseline_history_bps), "history"
     return None, "none"
 
 
+# ---- address comparison ------------------------------------------------------------------------
+def pace(fig: RateFigure, complete: bool, rtt_s: float | None,
+         th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str, dict[str, Any]]:
+    """"paced", "unpaced" or "short" (too little time after the head to tell), judged with
+    the path's round trip ``rtt_s``."""
+    info: dict[str, Any] = fig.to_json()
+    if rtt_s is None or rtt_s <= 0:
+        return "short", {**info, "why": "no_rtt"}
+    bound = initial_window_rate(rtt_s)
+    info["initial_window_bps"] = round(bound, 1)
+    long_enough = fig.body_seconds is not None and fig.body_seconds >= max(
+        th.pace_min_rtts * rtt_s, th.pace_min_seconds)
+    if fig.sustained_bps is None or not long_enough:
+        # a complete body within a few round trips: whatever limits this path did not bite;
+        # a transfer cut by its time cap that short says nothing
+        return ("unpaced" if fig.usable and complete else "short"), info
+    info["pace_ratio"] = round(fig.sustained_bps / bound, 4)
+    if fig.sustained_bps <= th.pace_ratio * bound:
+        return "paced", info
+    return "unpaced", info
+
+
 def address_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -> TestResult:
     transfers = list(obs.of_kind("address"))
-    detail: dict[str, Any] = {"transfers": len(transfers)}
+    detail: dict[str, Any] = {"reference": "path_bound_initial_window", "transfers": len(transfers)}
     if not transfers:
         detail["why"] = obs.address_failure or "not_measured"
         return TestResult("unknown", detail)
-    rates = [transfer_rate(t, th) for t in transfers]
-    detail["address_rates_bps"] = rates
-    if any(r is None for r in rates):
-        detail["why"] = "insufficient_data"
+    figures = [transfer_figure(t) for t in transfers]
+    # the path's round trip: the smallest estimate over the transfers (each is at least one
+    # real round trip; a larger one carries queueing or a retransmitted SYN)
+    rtts = [f.rtt_s for f in figures if f.rtt_s is not None and f.rtt_s > 0]
+    rtt = min(rtts) if rtts else None
+    detail["rtt_ms"] = None if rtt is None else round(rtt * 1000.0, 3)
+    judged = [pace(f, t.complete, rtt, th) for f, t in zip(figures, transfers, strict=True)]
+    detail["figures"] = [info for _, info in judged]
+    if any(f.rate_bps is None for f in figures):
+        detail["why"] = next(f.why for f in figures if f.rate_bps is None)
         return TestResult("unknown", detail)
-    usable = [r for r in rates if r is not None]
-    rate_a = _pooled_rate(transfers, th)
-    detail["address_bps"] = rate_a
+    kinds = [k for k, _ in judged]
+    if "unpaced" in kinds:
+        return TestResult("not_throttled", detail)
+    paced = [f.sustained_bps for f in figures if f.sustained_bps is not None]
+    if "short" in kinds or len(paced) < 2:
+        detail["why"] = "too_short" if "short" in kinds else "too_few_transfers"
+        return TestResult("unknown", detail)
+    paced_bps = max(paced)
+    detail["address_bps"] = round(paced_bps, 1)
     baseline, source = probe_baseline(obs, th)
-    detail["baseline_bps"] = baseline
-    detail["baseline_source"] = source
+    detail["access_link_bps"] = None if baseline is None else round(baseline, 1)
+    detail["access_link_source"] = source
+    if baseline is None:
+        detail["why"] = "access_link_not_measured"
+        return TestResult("unknown", detail)
+    if baseline < th.exclude_margin * paced_bps:
+        detail["why"] = "access_link_as_slow"
+        return TestResult("unknown", detail)
     control = obs.control
     control_rate = None
-    if control is not None and control.failure is None and control.rate_bps:
+    if (control is not None and control.failure is None and control.rate_bps
+            and control.bytes >= min(th.control_min_bytes,
+                                     max(f.bytes for f in figures))):
         control_rate = control.rate_bps
-    detail["control_bps"] = control_rate
-    if control_rate is None or baseline is None or rate_a is None:
-        detail["why"] = "control_failed" if control_rate is None else "no_baseline"
+    detail["server_bps"] = control_rate
+    if control_rate is None:
+        detail["why"] = "server_not_measured"
         return TestResult("unknown", detail)
-    reference = min(control_rate, baseline)
-    detail["reference_bps"] = reference
-    ratio = rate_a / reference
-    detail["ratio"] = round(ratio, 4)
-    detail["normalised_difference"] = round(normalised_difference(reference, rate_a), 4)
-    if ratio <= th.max_ratio and all(r <= th.max_round_ratio * reference for r in usable):
-        return TestResult("throttled", detail)
-    return TestResult("not_throttled", detail)
+    if control_rate < th.exclude_margin * paced_bps:
+        detail["why"] = "server_as_slow"
+        return TestResult("unknown", detail)
+    detail["normalised_difference"] = round(normalised_difference(
+        min(baseline, control_rate), paced_bps), 4)
+    return TestResult("throttled", detail)
+
+
+# ---- failures of the target's own address --------------------------------------------------------
+_DNS_REASONS = {
+    "dns_nxdomain_error": "dns.nxdomain",
+    "dns_no_answer": "dns.no_answer",
+    "dns_servfail_error": "dns.servfail",
+    "dns_refused_error": "dns.refused",
+    "generic_timeout_error": "dns.timeout",
+}
+_CONNECT_REASONS = {  # a RST answering the SYN is "refused": the same reset, as web tests say
+    "connection_reset": "tcp.reset",
+    "connection_refused": "tcp.reset",
+    "generic_timeout_error": "tcp.timeout",
+    "host_unreachable": "tcp.unreachable",
+    "network_unreachable": "tcp.unreachable",
+}
+_TLS_REASONS = {
+    "connection_reset": "tls.sni_reset",
+    "generic_timeout_error": "tls.sni_timeout",
+    "eof_error": "tls.sni_eof",
+    "ssl_invalid_hostname": "tls.mitm",
+    "ssl_unknown_authority": "tls.mitm",
+    "ssl_invalid_certificate": "tls.mitm",
+}
+_HTTP_REASONS = {
+    "connection_reset": "http.reset",
+    "eof_error": "http.eof",
+    "generic_timeout_error": "http.timeout",
+}
+_LAYER = {
+    "dns": (Blocking.DNS, _DNS_REASONS),
+    "connect": (Blocking.TCP_IP, _CONNECT_REASONS),
+    "tls": (Blocking.TLS, _TLS_REASONS),
+    "request": (Blocking.HTTP_FAILURE, _HTTP_REASONS),
+    "body": (Blocking.HTTP_FAILURE, _HTTP_REASONS),
+}
+
+
+def address_failure(obs: ThrottlingObservations) -> tuple[str, str] | None:
+    """(layer, failure) when the target's own address could not be downloaded from."""
+    if obs.address_failed_at == "dns" and obs.address_failure:
+        return "dns", obs.address_failure
+    transfers = obs.of_kind("address")
+    if not transfers or any(tr.failure is None for tr in transfers):
+        return None  # one good transfer: a failure of another is not a blocking pattern
+    first = transfers[0]
+    return first.failed_at or "body", first.failure or "unknown_failure"
+
+
+def _failure_verdict(obs: ThrottlingObservations, layer: str, failure: str) -> Verdict:
+    control = obs.control
+    if control is None:
+        return Verdict(Status.INCONCLUSIVE, reason="control.failed")
+    if control.failure is not None:
+        return Verdict(Status.DOWN, reason="site.down")
+    blocking, reasons = _LAYER.get(layer, (Blocking.HTTP_FAILURE, _HTTP_REASONS))
+    reason = reasons.get(failure)
+    if reason is None:
+        return Verdict(Status.INCONCLUSIVE, reason=f"throttling.{layer}_failure")
+    return Verdict(Status.BLOCKED, blocking, reason)
 
 
 # ---- verdict -----------------------------------------------------------------------------------
@@ -262,24 +408,27 @@ _SNI_FAILURE_REASONS = {
 def analyze(
     obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS
 ) -> tuple[Verdict, dict[str, Any]]:
-    """Return the verdict and the analysis details (rates, ratios, KS) for the test keys."""
+    """Return the verdict and the analysis details (references, rates, ratios, KS)."""
     sni = sni_test(obs, th)
     addr = address_test(obs, th)
-    details: dict[str, Any] = {"sni": {"decision": sni.decision, **sni.detail}}
-    details["address"] = {"decision": addr.decision, **addr.detail}
+    details: dict[str, Any] = {
+        "sni": {"decision": sni.decision, **sni.detail},
+        "address": {"decision": addr.decision, **addr.detail},
+    }
     blocked = sni_blocking(obs, th)
     if blocked is not None:
         reason = _SNI_FAILURE_REASONS.get(blocked, "tls.sni_failure")
         return Verdict(Status.BLOCKED, Blocking.TLS, reason), details
     if sni.decision == "throttled":
         return Verdict(Status.THROTTLED, Blocking.THROTTLING, "throttling.sni"), details
+    failed = address_failure(obs)
+    if failed is not None:
+        return _failure_verdict(obs, *failed), details
     if addr.decision == "throttled":
         return Verdict(Status.THROTTLED, Blocking.THROTTLING, "throttling.ip"), details
     if "not_throttled" in (sni.decision, addr.decision):
         return Verdict(Status.OK), details
-    if obs.bulk_failure is not None and obs.control is None:
-        return Verdict(Status.INCONCLUSIVE, reason="control.failed"), details
-    if obs.bulk_failure is not None and addr.detail.get("why") == "control_failed":
+    if obs.bulk_failure is not None and (obs.control is None or obs.control.failure):
         return Verdict(Status.INCONCLUSIVE, reason="control.failed"), details
     return Verdict(Status.INCONCLUSIVE, reason="throttling.insufficient_data"), details
 
@@ -287,5 +436,5 @@ def analyze(
 def decided(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
     """True once the SNI comparison has a clear answer (measure() stops early on it)."""
     if sni_blocking(obs, th) is not None:
-        return len(_paired_rounds(obs, th)) >= th.min_rounds_negative
+        return len(paired_rounds(obs, th)) >= th.min_rounds_negative
     return sni_test(obs, th).decision in ("throttled", "not_throttled")

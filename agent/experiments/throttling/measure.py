@@ -13,9 +13,13 @@ Order of work for one target host:
    the helper's own download of the same URL (``POST /api/v1/throughput``);
 4. the probe's recent benign rates (a small file in the state directory) as a further baseline.
 
-The data budget (``[throttling] data_budget_mb``, 2 MB by default) is split over the planned
-transfers; a throttled transfer uses far less than its share, so detection costs well under the
-budget.  The settings come from the ``[throttling]`` section of the agent's configuration.
+Sizes and durations adapt to the path: the first benign transfer measures the RTT and the rate;
+later bulk transfers ask for about ``10 RTT`` (at least 0.2 s) worth of data at that rate,
+between 64 kB and their share of the budget, and may last ``10 RTT + 3x`` their expected time
+(between ``transfer_max_seconds`` and ``transfer_seconds_cap``), so a 2 Mbit/s line is not asked
+for 200 kB per transfer and a 300 ms path gets enough round trips.  The data budget
+(``[throttling] data_budget_mb``, 2 MB by default) is split over the planned transfers; a
+throttled transfer uses far less than its share.  Settings: the ``[throttling]`` section.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from agent.experiments.throttling.model import (
     ThrottlingObservations,
     Transfer,
 )
+from agent.experiments.throttling.rates import transfer_figure
 from agent.experiments.throttling.transfer import TransferSpec, download
-from agent.net.dns import resolve_first
+from agent.net.dns import resolve_first, start_query
 
 BASELINE_FILE = "throttling-baseline.json"
 BASELINE_KEEP = 20
@@ -52,7 +57,9 @@ BASELINE_MAX_AGE = 7 * 86400.0
 class ThrottlingSettings:
     data_budget_mb: float = 2.0
     max_rounds: int = 4
-    transfer_max_seconds: float = 1.0
+    transfer_max_seconds: float = 1.0  # shortest time cap of one transfer
+    transfer_seconds_cap: float = 4.0  # longest one (slow lines, long round trips)
+    address_max_seconds: float = 2.5  # time cap of one download from the target's address
     sample_mean_s: float = 0.01
     address_test: bool = True
     address_transfers: int = 2
@@ -97,6 +104,8 @@ class ThrottlingSettings:
             "data_budget_bytes": self.budget_bytes,
             "max_rounds": self.max_rounds,
             "transfer_max_seconds": self.transfer_max_seconds,
+            "transfer_seconds_cap": self.transfer_seconds_cap,
+            "address_max_seconds": self.address_max_seconds,
             "sample_mean_s": self.sample_mean_s,
             "alpha": self.thresholds.alpha,
             "max_round_ratio": self.thresholds.max_round_ratio,
@@ -119,16 +128,18 @@ def benign_name(rng: random.Random | None = None) -> str:
 
 
 def target_of(text: str) -> tuple[str, str, int, str]:
-    """(host, url, port, path) for a listed URL or a bare host name."""
+    """(host, url, port, path) for a listed URL or a bare host name (https:// by default; an
+    http:// URL is fetched from the target's address as listed, in plain HTTP)."""
     parts = urlsplit(text if "://" in text else f"https://{text}/")
     host = (parts.hostname or "").lower()
     if not host:
         raise ValueError(f"no host in {text!r}")
-    port = parts.port or 443
+    plain = parts.scheme == "http"
+    port = parts.port or (80 if plain else 443)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return host, f"https://{parts.netloc}{path}", port, path
+    return host, f"{'http' if plain else 'https'}://{parts.netloc}{path}", port, path
 
 
 # ---- baseline history ---------------------------------------------------------------------------
@@ -212,6 +223,31 @@ def _pinned(tr: Transfer, bulk: BulkEndpoint) -> Transfer:
     return replace(tr, failure="ssl_invalid_certificate", stop="failure")
 
 
+MIN_BULK_BYTES = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """Size and time cap of the next bulk transfer, from what the path has shown so far."""
+
+    max_bytes: int
+    max_seconds: float
+
+
+def next_pace(first_benign: Transfer | None, share: int, st: ThrottlingSettings) -> Pace:
+    """Adapt a bulk transfer to the path (pure): about ten round trips' worth of data at the
+    benign rate just measured, and time for ten round trips plus three times that data."""
+    fig = None if first_benign is None else transfer_figure(first_benign,
+                                                             st.thresholds.min_rate_bytes)
+    if fig is None or fig.rate_bps is None or fig.rtt_s is None:
+        return Pace(share, st.transfer_max_seconds)
+    goal_s = max(0.2, 10.0 * fig.rtt_s)
+    size = int(min(share, max(MIN_BULK_BYTES, fig.rate_bps * goal_s / 8.0)))
+    seconds = 10.0 * fig.rtt_s + 3.0 * size * 8.0 / fig.rate_bps
+    seconds = min(st.transfer_seconds_cap, max(st.transfer_max_seconds, seconds))
+    return Pace(size, round(seconds, 3))
+
+
 async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = None
                   ) -> ThrottlingObservations:
     st = settings or settings_from(ctx)
@@ -230,7 +266,7 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
     used = 0
     transfers: list[Transfer] = []
     planned = 2 * st.max_rounds + (st.address_transfers if st.address_test else 0)
-    share = max(65_536, st.budget_bytes // max(1, planned))
+    share = max(MIN_BULK_BYTES, st.budget_bytes // max(1, planned))
     note = getattr(ctx, "note_local_address", None)
 
     def obs(**extra: Any) -> ThrottlingObservations:
@@ -244,11 +280,13 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
         "bulk_endpoint": None if bulk is None else f"{bulk.ip}:{bulk.port}",
         "bulk_failure": bulk_failure,
     }
+    first_benign: Transfer | None = None
     if bulk is not None:
         for rnd in range(st.max_rounds):
             order = ("benign_sni", "target_sni") if rnd % 2 == 0 else ("target_sni", "benign_sni")
+            pace = next_pace(first_benign, min(share, bulk.max_bytes), st)
             for kind in order:
-                cap = min(share, bulk.max_bytes, st.budget_bytes - used)
+                cap = min(pace.max_bytes, st.budget_bytes - used)
                 if cap <= 0 or loop.time() >= deadline:
                     break
                 spec = TransferSpec(
@@ -256,7 +294,7 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
                     server_name=benign if kind == "benign_sni" else host,
                     host_header=benign if kind == "benign_sni" else host,
                     path=f"/bulk?bytes={cap}", context=insecure, max_bytes=cap,
-                    max_seconds=st.transfer_max_seconds, sample_mean=st.sample_mean_s,
+                    max_seconds=pace.max_seconds, sample_mean=st.sample_mean_s,
                     connect_timeout=ctx.net.connect_timeout, tls_timeout=ctx.net.tls_timeout,
                 )
                 tr, _ = await download(spec, origin=origin, on_bytes=ctx.on_bytes,
@@ -264,21 +302,27 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
                 tr = _pinned(tr, bulk)
                 transfers.append(tr)
                 used += tr.bytes
+                if kind == "benign_sni" and first_benign is None and transfer_figure(
+                        tr, st.thresholds.min_rate_bytes).usable:
+                    first_benign = tr
+                    pace = next_pace(first_benign, min(share, bulk.max_bytes), st)
             if analysis.decided(obs(**fixed), st.thresholds):
                 break
             if used >= st.budget_bytes or loop.time() >= deadline:
                 break
     sni = analysis.sni_test(obs(**fixed), st.thresholds)
-    if sni.decision == "not_throttled" and sni.detail.get("benign_bps"):
-        save_baseline(state_dir, time.time(), float(sni.detail["benign_bps"]))
+    benign_now = analysis.benign_reference(obs(**fixed), st.thresholds)["rate_bps"]
+    if sni.decision == "not_throttled" and benign_now:
+        save_baseline(state_dir, time.time(), float(benign_now))
     control_tp: ControlThroughput | None = None
     control_failure: str | None = None
     address_failure: str | None = None
+    address_failed_at: str | None = None
     if st.address_test and sni.decision != "throttled":
-        addrs = await resolve_first(host, ctx.resolver, timeout=ctx.net.dns_timeout,
-                                    on_bytes=ctx.on_bytes)
+        addrs, dns_failure = await _resolve(ctx, host)
         if not addrs:
-            address_failure = "dns_lookup_failed"
+            address_failure = dns_failure or "dns_no_answer"
+            address_failed_at = "dns"
         else:
             for i in range(st.address_transfers):
                 cap = min(share, st.budget_bytes - used)
@@ -287,23 +331,43 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
                 spec = TransferSpec(
                     kind="address", round=st.max_rounds + i, ip=addrs[0], port=port,
                     server_name=host, host_header=host, path=path, context=ctx.tls.verify,
-                    max_bytes=cap, max_seconds=st.transfer_max_seconds,
+                    max_bytes=cap, max_seconds=st.address_max_seconds,
                     sample_mean=st.sample_mean_s, connect_timeout=ctx.net.connect_timeout,
-                    tls_timeout=ctx.net.tls_timeout,
+                    tls_timeout=ctx.net.tls_timeout, tls=url.startswith("https://"),
                 )
                 tr, status = await download(spec, origin=origin, on_bytes=ctx.on_bytes,
                                             note_local=note)
                 transfers.append(tr)
                 used += tr.bytes
                 if tr.failure is not None and tr.first_byte_t is None:
-                    address_failure = tr.failure
-                    break
+                    break  # refused, reset or silent: a second try would say the same
                 if status is not None and status >= 300:
                     address_failure = f"http_status_{status}"
                     break
-            control_tp, control_failure = await _control_throughput(ctx, url, share)
+        control_tp, control_failure = await _control_throughput(ctx, url, share)
     return obs(**fixed, control=control_tp, control_failure=control_failure,
-               address_failure=address_failure)
+               address_failure=address_failure, address_failed_at=address_failed_at)
+
+
+async def _resolve(ctx: Any, host: str) -> tuple[tuple[str, ...], str | None]:
+    """The target's addresses from the probe's resolver, or the DNS failure string."""
+    try:
+        import ipaddress
+
+        ipaddress.ip_address(host)
+        return (host,), None
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        pending = start_query(host, "A", ctx.resolver, origin=loop.time(),
+                              timeout=ctx.net.dns_timeout, linger=0.0, on_bytes=ctx.on_bytes)
+    except ValueError:
+        return (), "dns_no_answer"
+    query = await pending.result()
+    if query.failure is not None:
+        return (), query.failure
+    return tuple(query.addrs), None if query.addrs else "dns_no_answer"
 
 
 async def _control_throughput(

@@ -8,10 +8,16 @@ A *transfer* is one download over one TLS connection.  ``kind`` says what it com
 * ``address``: the target's own address with SNI = the target (what an address-keyed throttle
   would slow down), compared with what the control helper measures from outside.
 
-Cumulative body bytes are sampled at randomised (exponentially distributed, memoryless)
-times, as ndt7/OONI do, so the samples cannot lock onto a shaper's periodic token refills.
-Times are seconds: a transfer's ``t0``/``t`` since the start of the measurement, sample times
-since the transfer's ``t0``.  Rates are bits per second.
+Cumulative bytes on the wire are sampled at randomised (exponentially distributed,
+memoryless) times, as ndt7/OONI do, so the samples cannot lock onto a shaper's periodic token
+refills.  The samples give the *shape* of a transfer; its *rate* always comes from completed
+byte counts and elapsed times (``body_bytes`` between ``request_t`` and the end), so a transfer
+that ends between two samples still has a rate, and one that failed or ended early has none.
+
+Times are seconds: a transfer's ``t0``/``t`` since the start of the measurement; sample times,
+``first_byte_t``, ``request_t`` and ``response_t`` since the transfer's ``t0``.  ``connect_s``
+is the TCP handshake (one round trip: the path's RTT as this connection saw it) and ``tls_s``
+the TLS handshake.  Rates are bits per second.
 """
 
 from __future__ import annotations
@@ -43,6 +49,24 @@ class Transfer:
     samples: tuple[Sample, ...] = ()
     peer_certificate_sha256: str | None = None
     echoed_server_name: str | None = None  # what the bulk endpoint says it saw in the SNI
+    # timings and completed counts (None/0 in records made before they were recorded)
+    connect_s: float | None = None  # TCP handshake duration
+    tls_s: float | None = None  # TLS handshake duration
+    request_t: float | None = None  # request sent, since t0
+    response_t: float | None = None  # response head complete, since t0
+    first_wire_t: float | None = None  # first wire byte after the request, since t0
+    answer_wire_t: float | None = None  # first wire byte of the answer's first record
+    pre_answer_bytes: int = 0  # wire bytes after the request that came before the answer
+    status_code: int | None = None
+    body_bytes: int = 0  # plaintext body bytes received (completed count)
+    head_body_bytes: int = 0  # body bytes that came with the response head
+    expected_bytes: int | None = None  # Content-Length (or the cap asked for), None: unknown
+    failed_at: str | None = None  # "connect" | "tls" | "request" | "body", None: no failure
+
+    @property
+    def complete(self) -> bool:
+        """Every expected body byte arrived (the page, or the capped share of it)."""
+        return self.expected_bytes is not None and self.body_bytes >= self.expected_bytes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +83,18 @@ class Transfer:
             "samples": [[s.t, s.bytes] for s in self.samples],
             "peer_certificate_sha256": self.peer_certificate_sha256,
             "echoed_server_name": self.echoed_server_name,
+            "connect_s": self.connect_s,
+            "tls_s": self.tls_s,
+            "request_t": self.request_t,
+            "response_t": self.response_t,
+            "first_wire_t": self.first_wire_t,
+            "answer_wire_t": self.answer_wire_t,
+            "pre_answer_bytes": self.pre_answer_bytes,
+            "status_code": self.status_code,
+            "body_bytes": self.body_bytes,
+            "head_body_bytes": self.head_body_bytes,
+            "expected_bytes": self.expected_bytes,
+            "failed_at": self.failed_at,
         }
 
     @classmethod
@@ -77,7 +113,24 @@ class Transfer:
             samples=tuple(Sample(float(t), int(b)) for t, b in d.get("samples", [])),
             peer_certificate_sha256=d.get("peer_certificate_sha256"),
             echoed_server_name=d.get("echoed_server_name"),
+            connect_s=_opt_float(d.get("connect_s")),
+            tls_s=_opt_float(d.get("tls_s")),
+            request_t=_opt_float(d.get("request_t")),
+            response_t=_opt_float(d.get("response_t")),
+            first_wire_t=_opt_float(d.get("first_wire_t")),
+            answer_wire_t=_opt_float(d.get("answer_wire_t")),
+            pre_answer_bytes=int(d.get("pre_answer_bytes", 0)),
+            status_code=None if d.get("status_code") is None else int(d["status_code"]),
+            body_bytes=int(d.get("body_bytes", 0)),
+            head_body_bytes=int(d.get("head_body_bytes", 0)),
+            expected_bytes=(None if d.get("expected_bytes") is None
+                            else int(d["expected_bytes"])),
+            failed_at=d.get("failed_at"),
         )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +175,7 @@ class ThrottlingObservations:
     control_failure: str | None = None
     bulk_failure: str | None = None  # why the bulk endpoint could not be used at all
     address_failure: str | None = None  # why no address transfer was made (dns failure, ...)
+    address_failed_at: str | None = None  # "dns" when the name did not resolve
     baseline_history_bps: tuple[float, ...] = ()  # the probe's recent benign rates
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -142,6 +196,7 @@ class ThrottlingObservations:
             "control_failure": self.control_failure,
             "bulk_failure": self.bulk_failure,
             "address_failure": self.address_failure,
+            "address_failed_at": self.address_failed_at,
             "baseline_history_bps": list(self.baseline_history_bps),
             "bytes_total": self.bytes_total,
             "params": dict(self.params),
@@ -160,6 +215,7 @@ class ThrottlingObservations:
             control_failure=tk.get("control_failure"),
             bulk_failure=tk.get("bulk_failure"),
             address_failure=tk.get("address_failure"),
+            address_failed_at=tk.get("address_failed_at"),
             baseline_history_bps=tuple(float(x) for x in tk.get("baseline_history_bps", [])),
             params=dict(tk.get("params", {})),
         )

@@ -48,6 +48,22 @@ class TransferSpec:
     sample_mean: float = 0.01
     connect_timeout: float = 10.0
     tls_timeout: float = 10.0
+    tls: bool = True  # False: plain HTTP (a URL listed as http://)
+
+
+_TRACK_LIMIT = 1 << 20
+
+
+def record_start(stream: bytes | bytearray, consumed: int) -> int | None:
+    """Offset of the TLS record that ends at or just before ``consumed`` bytes of ``stream``
+    (the record whose decryption produced the latest application bytes), or None."""
+    pos = 0
+    start = None
+    while pos + 5 <= len(stream) and pos < consumed:
+        length = int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        start = pos
+        pos += 5 + length
+    return start
 
 
 class _TLS:
@@ -69,6 +85,12 @@ class _TLS:
         self.loop = asyncio.get_running_loop()
         self.wire_in = 0  # ciphertext bytes received from the socket
         self.on_wire: Callable[[int], None] | None = None
+        # until the first application bytes come out: the raw stream and when each piece
+        # arrived, to find when the first byte of the record carrying them arrived (TLS 1.3
+        # session tickets come before the answer and must not count as its start)
+        self._raw: bytearray | None = bytearray()
+        self._arrivals: list[tuple[int, float]] = []
+        self.first_data_wire: tuple[int, float] | None = None  # (stream offset, loop time)
 
     @classmethod
     def wrap(cls, sock: socket.socket, context: ssl.SSLContext, server_name: str,
@@ -89,12 +111,32 @@ class _TLS:
         if not data:
             return False
         self.wire_in += len(data)
+        if self._raw is not None:
+            if len(self._raw) + len(data) > _TRACK_LIMIT:
+                self._raw = None  # a very long handshake: stop tracking, keep measuring
+            else:
+                self._raw += data
+                self._arrivals.append((self.wire_in, self.loop.time()))
         if self.on_wire is not None:
             self.on_wire(len(data))
         if self.on_bytes is not None:
             self.on_bytes(len(data))
         self.incoming.write(data)
         return True
+
+    def _mark_first_data(self) -> None:
+        raw = self._raw
+        self._raw = None
+        if raw is None:
+            return
+        consumed = self.wire_in - self.incoming.pending
+        start = record_start(raw, consumed)
+        if start is None:
+            return
+        when = next((t for end, t in self._arrivals if end > start), None)
+        if when is not None:
+            self.first_data_wire = (start, when)
+        self._arrivals = []
 
     async def handshake(self) -> None:
         while True:
@@ -115,13 +157,45 @@ class _TLS:
         """Application bytes, b"" at a clean or abrupt end of stream after the handshake."""
         while True:
             try:
-                return self.obj.read(_RECV)
+                data = self.obj.read(_RECV)
+                if data and self._raw is not None:
+                    self._mark_first_data()
+                return data
             except ssl.SSLWantReadError:
                 await self._flush()
                 if not await self._fill():
                     self.incoming.write_eof()
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
+
+
+class _Plain:
+    """Plain HTTP over the connected socket, with the same counters as ``_TLS``."""
+
+    def __init__(self, sock: socket.socket, on_bytes: Callable[[int], None] | None) -> None:
+        self.sock = sock
+        self.on_bytes = on_bytes
+        self.loop = asyncio.get_running_loop()
+        self.wire_in = 0
+        self.on_wire: Callable[[int], None] | None = None
+        self.first_data_wire: tuple[int, float] | None = None
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+
+    async def recv(self) -> bytes:
+        data = await self.loop.sock_recv(self.sock, _RECV)
+        if data:
+            if self.first_data_wire is None:
+                self.first_data_wire = (self.wire_in, self.loop.time())
+            self.wire_in += len(data)
+            if self.on_wire is not None:
+                self.on_wire(len(data))
+            if self.on_bytes is not None:
+                self.on_bytes(len(data))
+        return data
 
 
 async def download(
@@ -144,6 +218,15 @@ async def download(
     status: int | None = None
     cert: str | None = None
     echoed: str | None = None
+    failed_at: str | None = None
+    tls_s: float | None = None
+    request_t: float | None = None
+    response_t: float | None = None
+    plain = 0
+    head_body = 0
+    expected: int | None = None
+    answer_wire_t: float | None = None
+    pre_answer_bytes = 0
 
     def rel() -> float:
         return round(loop.time() - t0, 6)
@@ -155,16 +238,25 @@ async def download(
     try:
         if conn.sock is None:
             failure = conn.failure
+            failed_at = "connect"
             raise _Done
-        tls = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
-        try:
-            async with asyncio.timeout(spec.tls_timeout):
-                await tls.handshake()
-        except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
-            failure = failures.classify(exc)
-            raise _Done from None
-        der = tls.obj.getpeercert(binary_form=True)
-        cert = None if der is None else hashlib.sha256(der).hexdigest()
+        tls: _TLS | _Plain
+        if spec.tls:
+            secure = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
+            tls_start = loop.time()
+            try:
+                async with asyncio.timeout(spec.tls_timeout):
+                    await secure.handshake()
+            except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+                failure = failures.classify(exc)
+                failed_at = "tls"
+                raise _Done from None
+            tls_s = round(loop.time() - tls_start, 6)
+            der = secure.obj.getpeercert(binary_form=True)
+            cert = None if der is None else hashlib.sha256(der).hexdigest()
+            tls = secure
+        else:
+            tls = _Plain(conn.sock, on_bytes)
         request = http1.request(spec.path, spec.host_header)
         deadline = loop.time() + spec.max_seconds
 
@@ -182,9 +274,11 @@ async def download(
             state["bytes"] += n
 
         tls.on_wire = on_wire
+        wire0 = tls.wire_in
         buf = b""
         try:
             async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
+                request_t = rel()
                 await tls.send(request)
                 sampler = asyncio.create_task(sample())
                 while (parts := http1.split_head(buf)) is None:
@@ -194,14 +288,24 @@ async def download(
                     buf += chunk
         except (OSError, EOFError, TimeoutError, ssl.SSLError, ValueError) as exc:
             failure = failures.classify(exc)
+            failed_at = "request"
             raise _Done from None
+        response_t = rel()
+        if tls.first_data_wire is not None:
+            answer_wire_t = round(tls.first_data_wire[1] - t0, 6)
+            pre_answer_bytes = max(0, tls.first_data_wire[0] - wire0)
         head, body = parts
         status, headers = http1.parse_response_head(head)
         echoed = headers.get("x-vigil-sni")
         limit = spec.max_bytes
-        if "content-length" in headers and headers["content-length"].isdigit():
-            limit = min(limit, int(headers["content-length"]))
+        length = headers.get("content-length", "")
+        if length.isdigit():
+            limit = min(limit, int(length))
+            expected = limit
+        elif spec.max_bytes <= len(body):
+            expected = spec.max_bytes
         plain = len(body)
+        head_body = plain
         stop = "eof"
         try:
             while plain < limit:
@@ -217,12 +321,16 @@ async def download(
                     break
                 if not chunk:
                     stop = "eof"
+                    if expected is None:  # no Content-Length: a clean end is the end
+                        expected = plain
                     break
                 plain += len(chunk)
             else:
                 stop = "bytes" if limit == spec.max_bytes else "eof"
+                expected = limit
         except (OSError, EOFError, ssl.SSLError) as exc:
             failure = failures.classify(exc)
+            failed_at = "body"
             stop = "failure"
     except _Done:
         pass
@@ -249,6 +357,18 @@ async def download(
         samples=tuple(samples),
         peer_certificate_sha256=cert,
         echoed_server_name=echoed,
+        connect_s=None if conn.failure else round(conn.t - conn.t0, 6),
+        tls_s=tls_s,
+        request_t=request_t,
+        response_t=response_t,
+        first_wire_t=first_byte,
+        answer_wire_t=answer_wire_t,
+        pre_answer_bytes=pre_answer_bytes,
+        status_code=status,
+        body_bytes=plain,
+        head_body_bytes=head_body,
+        expected_bytes=expected,
+        failed_at=failed_at,
     )
     return transfer, status
 
