@@ -249,7 +249,7 @@ async def api_index(request: web.Request) -> web.Response:
         "version": __version__,
         "endpoints": [
             "measurements", "measurements/{measurement_id}", "stats", "probes", "outages",
-            "rejections", "export?format=jsonl",
+            "slowdowns", "slowdowns/signal", "rejections", "export?format=jsonl",
         ],
         "filters": list(FILTER_PARAMS),
         "docs": "docs/envelope-spec.md (verifying exported envelopes)",
@@ -505,6 +505,9 @@ async def healthz(request: web.Request) -> web.Response:
         "store": {"ok": store_ok, "detail": store_detail},
         "ingest": ingest,
         "outages": outage,
+        "slowdowns": {"enabled": rt.slowdowns.enabled, "passes": rt.slowdowns.passes,
+                      "failures": rt.slowdowns.failures,
+                      "last_error": rt.slowdowns.last_error or None},
         "failure": rt.failure,
     }
     resp = web.json_response(body, status=code, dumps=_dumps)
@@ -551,4 +554,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get(f"{API}/outages", outages, name="outages")
     r.add_get(f"{API}/rejections", rejections, name="rejections")
     r.add_get(f"{API}/export", export, name="export", allow_head=False)
+    from collector.api import slowdowns  # imported here: it uses this module's helpers
+
+    slowdowns.add_routes(app)
 
