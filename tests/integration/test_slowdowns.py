@@ -257,6 +257,9 @@ async def test_api_lists_slowdowns_and_the_signal(store_url: str) -> None:
         assert sig["points"][0]["bin_start_time"].endswith("Z")
         resp = await client.get(f"{API}/slowdowns/signal")
         assert resp.status == 400
+        html = await (await client.get("/")).text()
+        script = await (await client.get("/static/app.js")).text()
+        assert 'id="slowdowns"' in html and "api/v1/slowdowns" in script
 
 
 def test_cli_check_list_and_signal(tmp_path: Path) -> None:
