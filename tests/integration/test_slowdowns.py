@@ -392,3 +392,27 @@ def test_samples_are_read_once_across_pages_and_ties(store_url: str,
         assert len(got) == len(rows) and all(o.rate_bps > 0 for o in got)
     finally:
         store.close()
+
+
+async def test_an_event_the_data_no_longer_shows_is_retracted(store_url: str) -> None:
+    """A stored ongoing event inside the recomputed range that the samples no longer support
+    (late records moved or removed its opening) is dropped; the supported one is kept."""
+    from collector.slowdowns.detector import SlowdownEvent
+
+    now = time.time()
+    plan = make_plan(now)
+    store = open_store(store_url)
+    try:
+        store.write_batch(IngestBatch(
+            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        st = SlowdownStore(store)
+        ghost = SlowdownEvent("ghost0000000000", "asn:AS64501", plan.t0 + 15 * INTERVAL,
+                              plan.t0 + 14 * INTERVAL, plan.t0 + 16 * INTERVAL, None,
+                              (plan.other_isp.probe_id,), 1, 0.1)
+        st.save(ghost)
+        found = await SlowdownWatcher(store, SlowdownWatchConfig(CFG)).check(now)
+        stored = {e.event_id for e in st.events()}
+        assert "ghost0000000000" not in stored
+        assert stored == {e.event_id for e in found} and len(stored) == 2
+    finally:
+        store.close()
