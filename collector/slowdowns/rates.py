@@ -11,12 +11,14 @@ Where the rate is read, in order (the first usable answer wins):
    ``first_byte_t``): bits over seconds from the first body byte to the end, pooled over the
    usable transfers.  Computing it here, the same way for every agent version, keeps a
    probe's history comparable with itself when the agent's own analysis changes;
-2. the agent's own figure, ``test_keys.analysis.reference.rate_bps`` or
-   ``test_keys.analysis.sni.benign_bps``, when the raw transfers are absent.
+2. the agent's own figure when the raw transfers are absent or unusable:
+   ``test_keys.benign_rate.rate_bps`` (agents that publish their benign reference), else
+   ``test_keys.analysis.sni.benign_bps``.
 
-A transfer that failed, ended before ``MIN_BYTES`` or lasted under ``MIN_SECONDS`` has no
-rate; a record without any usable transfer has no rate (``None``): missing data, never a rate
-of zero.  Malformed fields (strings, booleans, NaN, negative numbers) count as missing.
+A transfer that failed, got a non-2xx answer, ended before the bytes it expected, moved fewer
+than ``MIN_BYTES`` or lasted under ``MIN_SECONDS`` has no rate; a record without any usable
+transfer has no rate (``None``): missing data, never a rate of zero.  Malformed fields
+(strings, booleans, NaN, negative numbers) count as missing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def transfer_bits_seconds(tr: Mapping[str, Any]) -> tuple[float, float] | None:
     stop = tr.get("stop")
     if stop is not None and (not isinstance(stop, str) or stop not in USABLE_STOPS):
         return None
+    status = tr.get("status_code")
+    if status is not None and not (isinstance(status, int) and 200 <= status < 300):
+        return None
+    expected, body = number(tr.get("expected_bytes")), number(tr.get("body_bytes"))
+    if stop == "eof" and expected is not None and (body is None or body < expected):
+        return None  # ended before what it asked for
     size = number(tr.get("bytes"))
     t0, t1 = number(tr.get("t0")), number(tr.get("t"))
     first = number(tr.get("first_byte_t"))
@@ -78,11 +86,11 @@ def pooled_reference_rate(transfers: Sequence[Any]) -> float | None:
     return bits / seconds
 
 
-def _reported_rate(analysis: Any) -> float | None:
-    if not isinstance(analysis, Mapping):
-        return None
-    for section, key in (("reference", "rate_bps"), ("sni", "benign_bps")):
-        part = analysis.get(section)
+def _reported_rate(test_keys: Mapping[str, Any]) -> float | None:
+    analysis = test_keys.get("analysis")
+    for part, key in ((test_keys.get("benign_rate"), "rate_bps"),
+                      (analysis.get("sni") if isinstance(analysis, Mapping) else None,
+                       "benign_bps")):
         if isinstance(part, Mapping):
             value = number(part.get(key))
             if value is not None and value > 0:
@@ -99,4 +107,4 @@ def benign_rate_bps(test_keys: Any) -> float | None:
         rate = pooled_reference_rate(transfers)
         if rate is not None:
             return rate
-    return _reported_rate(test_keys.get("analysis"))
+    return _reported_rate(test_keys)
