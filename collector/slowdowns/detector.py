@@ -271,10 +271,6 @@ class History:
         out.sort(reverse=True)
         return out
 
-    def first_bin(self) -> int | None:
-        bins = [b for series in self.by_group.values() for s in series.values() for b in s]
-        return min(bins) if bins else None
-
 
 def signal_point(history: History, group: str, b: int, excluded: frozenset[int]
                  ) -> tuple[SignalPoint, dict[str, float]]:

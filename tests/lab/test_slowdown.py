@@ -33,7 +33,7 @@ from lab import addressing as A
 from lab import nsctl
 from lab.preflight import agent_unavailable
 from lab.probes import TestProbe, iso
-from tests.lab.conftest import skip_or_fail
+from tests.lab.conftest import add_report, skip_or_fail
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -190,6 +190,13 @@ async def test_whole_isp_slowdown_found_by_the_collector(lab: Any, tmp_path: Pat
             assert abs(e["start"] - start) <= INTERVAL
             assert abs(e["end"] - end) <= INTERVAL
             assert set(e["affected"]) == {p.probe_id for p in probes}
+            add_report(
+                f"whole-ISP slowdown ({NORMAL} -> {SLOW}): benign rates normal "
+                f"{min(rates['normal']) / 1e6:.2f}-{max(rates['normal']) / 1e6:.2f} Mbit/s, "
+                f"slow {min(rates['slow']) / 1e6:.3f}-{max(rates['slow']) / 1e6:.3f} Mbit/s; "
+                f"found {(e['detected_at'] - start) / INTERVAL:.2f} intervals after the start, "
+                f"start error {(e['start'] - start) / INTERVAL:+.2f}, end error "
+                f"{(e['end'] - end) / INTERVAL:+.2f} intervals")
             deadline = time.monotonic() + WAIT
             while time.monotonic() < deadline and not any(
                     r["type"] == "slowdown.closed" and r["event"]["event_id"] == e["event_id"]
