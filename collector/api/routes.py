@@ -5,6 +5,8 @@
     GET /api/v1/stats               counts by verdict, country, network, domain, blocking, test
     GET /api/v1/probes              enrolled probes, public keys, last seen (no addresses)
     GET /api/v1/outages             outage events from the detector
+    GET /api/v1/slowdowns           whole-network slowdown events (collector.api.slowdowns)
+    GET /api/v1/slowdowns/signal    a network's or country's throughput signal per interval
     GET /api/v1/rejections          rejection counters by reason, latest quarantined (metadata)
     GET /api/v1/export?format=jsonl every matching envelope, streamed in bounded pages
     GET /metrics                    Prometheus text format
