@@ -153,6 +153,7 @@ async def _slowdown_detector(app: web.Application) -> AsyncIterator[None]:
     task.add_done_callback(lambda t: _task_done(rt, "slowdown detector", stop, t))
     app[SLOWDOWN_TASK] = task
     rt.stops.append(stop)
+    app[METRICS].sources.slowdowns = lambda: rt.slowdowns
     try:
         yield
     finally:

@@ -354,6 +354,10 @@ async def test_slowdown_end_to_end_over_the_broker(broker: Any, tmp_path: Path) 
             types = {(r["type"], r["event"]["event_id"]) for r in hook.received}
             assert {("slowdown.opened", e["event_id"]),
                     ("slowdown.closed", e["event_id"])} <= types
+            metrics = await (await client.get("/metrics")).text()
+            assert "vigil_slowdown_detector_enabled 1.0" in metrics
+            assert "vigil_slowdown_detector_passes_total" in metrics
+            assert "vigil_outage_detector_enabled 0.0" in metrics
 
 
 async def _wait(client: TestClient[Any, Any], path: str, pred: Callable[[Any], bool],
