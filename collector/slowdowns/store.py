@@ -24,7 +24,7 @@ from typing import Any
 
 from collector.slowdowns.detector import Observation, SlowdownEvent
 from collector.slowdowns.rates import benign_rate_bps
-from collector.store.base import StoreError
+from collector.store.base import StoreError, StoreUnavailable
 from collector.store.sqlbase import SqlStore
 
 TEST_NAME = "throttling"
@@ -71,9 +71,20 @@ class SlowdownStore:
         if not isinstance(store, SqlStore):
             raise StoreError(f"slowdowns need an SQL store, not {type(store).__name__}")
         self.store = store
-        with store._transaction() as cur:
-            for statement in DDL:
-                cur.execute(statement)
+        for attempt in range(3):
+            try:
+                with store._transaction() as cur:
+                    for statement in DDL:
+                        cur.execute(statement)
+                return
+            except StoreUnavailable:
+                raise
+            except StoreError:
+                # two collectors creating the tables at once: PostgreSQL lets one of the
+                # concurrent CREATE ... IF NOT EXISTS fail; the tables exist on the next try
+                if attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     # ---- samples ----------------------------------------------------------------------------
     def sync_samples(self, max_pages: int = 10_000) -> int:

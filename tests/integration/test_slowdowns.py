@@ -420,3 +420,31 @@ async def test_an_event_the_data_no_longer_shows_is_retracted(store_url: str) ->
         assert stored == {e.event_id for e in found} and len(stored) == 2
     finally:
         store.close()
+
+
+def test_collectors_starting_together_create_the_tables_once(store_url: str) -> None:
+    """Several collectors (threads here) opening the slowdown tables at the same moment."""
+    import threading
+
+    errors: list[str] = []
+
+    def open_tables() -> None:
+        s = open_store(store_url)
+        try:
+            SlowdownStore(s)
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(repr(exc))
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=open_tables) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    s = open_store(store_url)
+    try:
+        assert SlowdownStore(s).sample_count() == 0
+    finally:
+        s.close()
