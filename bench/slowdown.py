@@ -1,15 +1,16 @@
 """Whole-network slowdown detection in simulated time: timeliness, accuracy, false events.
 
-    python -m bench.slowdown [--runs 500] [--seed 1] [--json]
+    python -m bench.slowdown [--runs 500] [--seed 1] [--noise 0.3] [--json]
 
 Each run simulates one ISP's probes measuring benign transfers once per interval (random
-phases; access lines from 2 Mbit/s to 1 Gbit/s; log-normal noise, sigma 0.3; 10 % of the
-measurements missing), a probe on a slow home line, a probe of another ISP, and a slowdown of
-the whole ISP to 10 % of its rate starting at a random time for 3-12 intervals.  Control runs
-have no slowdown, one probe slowing down by itself, or a minority of the ISP's probes slowing
-down (40 %).  Reported: runs found, detection delay (detected_at - true start), start and end
-errors, all in measurement intervals, and events in the control runs (false events).  Also
-the detector's time for one pass over a realistic store (200 probes, hourly, 9 days).
+phases; access lines from 2 Mbit/s to 1 Gbit/s; log-normal noise, sigma 0.3 by default;
+10 % of the measurements missing), a probe on a slow home line, a probe of another ISP, and
+a slowdown of the whole ISP to 10 % of its rate starting at a random time for 3-12
+intervals.  Control runs have no slowdown, one probe slowing down by itself, or a minority of
+the ISP's probes slowing down (40 %).  Reported: runs found, detection delay (detected_at -
+true start), start and end errors, all in measurement intervals, and events in the control
+runs (false events).  Also the detector's time for one pass over a realistic store (200
+probes, hourly, 9 days).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def _probes(rng: random.Random, n: int, asn: str, prefix: str) -> list[tuple[str
             for i in range(n)]
 
 
+NOISE = 0.3  # log-normal sigma of a line's rate from one measurement to the next
+
+
 def simulate(rng: random.Random, kind: str) -> tuple[list[Observation], float, float]:
     n = rng.randint(3, 20)
     isp = _probes(rng, n, "AS64500", "p")
@@ -56,7 +60,7 @@ def simulate(rng: random.Random, kind: str) -> tuple[list[Observation], float, f
             if rng.random() < 0.1:
                 continue  # no usable rate this time: missing, not zero
             t = k * IV + phase
-            r = rate * rng.lognormvariate(0.0, 0.3)
+            r = rate * rng.lognormvariate(0.0, NOISE)
             if name in slowed and start <= t < end:
                 r *= 0.1
             obs.append(Observation(name, asn, "IR", t, r))
@@ -113,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--noise", type=float, default=NOISE,
+                    help="log-normal sigma of each line's rate (0.3: +-35 %% typical)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    global NOISE
+    NOISE = args.noise
     result = run(args.runs, args.seed)
     if args.json:
         print(json.dumps(result))
