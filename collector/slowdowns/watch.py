@@ -105,11 +105,13 @@ class SlowdownWatcher:
 
         stop = stop or asyncio.Event()
         async with aiohttp.ClientSession() as session:
-            for _ in range(max_passes):
+            for n in range(max_passes):
                 try:
                     await self.check(time.time(), session)
                 except Exception:  # one bad pass must not end the watch
                     log.exception("slowdown detection pass failed")
+                if n == max_passes - 1:
+                    return
                 try:
                     await asyncio.wait_for(stop.wait(), self.config.step)
                     return

@@ -280,6 +280,8 @@ def test_cli_check_list_and_signal(tmp_path: Path) -> None:
     res = runner.invoke(throttling_events, ["check", *flags, "--json"])
     assert res.exit_code == 0, res.output
     check_event([json.loads(x) for x in res.output.splitlines() if x.strip()], plan)
+    res = runner.invoke(throttling_events, ["watch", *flags, "--passes", "2"])
+    assert res.exit_code == 0, res.output
     res = runner.invoke(throttling_events, ["list", "--store", url, "--group", "asn:AS64500"])
     assert res.exit_code == 0 and "asn:AS64500" in res.output, res.output
     res = runner.invoke(throttling_events, ["signal", *flags, "--group", "asn:AS64500",
