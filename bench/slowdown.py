@@ -39,7 +39,8 @@ def _probes(rng: random.Random, n: int, asn: str, prefix: str) -> list[tuple[str
 NOISE = 0.3  # log-normal sigma of a line's rate from one measurement to the next
 
 
-def simulate(rng: random.Random, kind: str) -> tuple[list[Observation], float, float]:
+def simulate(rng: random.Random, kind: str, noise: float = NOISE
+             ) -> tuple[list[Observation], float, float]:
     n = rng.randint(3, 20)
     isp = _probes(rng, n, "AS64500", "p")
     rural = ("rural", "AS64500", 2e6, rng.random() * IV)
@@ -60,7 +61,7 @@ def simulate(rng: random.Random, kind: str) -> tuple[list[Observation], float, f
             if rng.random() < 0.1:
                 continue  # no usable rate this time: missing, not zero
             t = k * IV + phase
-            r = rate * rng.lognormvariate(0.0, NOISE)
+            r = rate * rng.lognormvariate(0.0, noise)
             if name in slowed and start <= t < end:
                 r *= 0.1
             obs.append(Observation(name, asn, "IR", t, r))
@@ -72,13 +73,13 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run(runs: int, seed: int) -> dict[str, Any]:
+def run(runs: int, seed: int, noise: float = NOISE) -> dict[str, Any]:
     rng = random.Random(seed)
     delays, start_err, end_err = [], [], []
     found = 0
     false_events: dict[str, int] = {"none": 0, "one_probe": 0, "minority": 0}
     for _ in range(runs):
-        obs, start, end = simulate(rng, "slowdown")
+        obs, start, end = simulate(rng, "slowdown", noise)
         events, _ = detect(obs, JUDGED_FROM * IV, HISTORY * IV, CFG)
         isp = [e for e in events if e.group == "asn:AS64500"]
         if len(isp) == 1 and isp[0].end is not None:
@@ -89,7 +90,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
             end_err.append(abs(e.end - end) / IV)  # type: ignore[operator]
         false_events["none"] += len([e for e in events if e.group == "asn:AS64501"])
         for kind in ("none", "one_probe", "minority"):
-            obs, _, _ = simulate(rng, kind)
+            obs, _, _ = simulate(rng, kind, noise)
             events, _ = detect(obs, JUDGED_FROM * IV, HISTORY * IV, CFG)
             false_events[kind] += len(events)
     # one pass over a realistic store: 200 probes, hourly, 9 days, judging 2 days
@@ -101,7 +102,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
     detect(big, JUDGED_FROM * IV, HISTORY * IV, CFG)
     pass_s = time.process_time() - t0
     return {
-        "runs": runs, "found": found,
+        "runs": runs, "noise_sigma": noise, "found": found,
         "delay_intervals": {"median": round(statistics.median(delays), 2),
                             "p95": round(pct(delays, 0.95), 2), "max": round(max(delays), 2)},
         "start_error_intervals": {"median": round(statistics.median(start_err), 2),
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="log-normal sigma of each line's rate (0.3: +-35 %% typical)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    global NOISE
-    NOISE = args.noise
-    result = run(args.runs, args.seed)
+    result = run(args.runs, args.seed, args.noise)
     if args.json:
         print(json.dumps(result))
         return 0
