@@ -1,13 +1,15 @@
 """Whole-network slowdown detection in simulated time: timeliness, accuracy, false events.
 
-    python -m bench.slowdown [--runs 500] [--seed 1] [--noise 0.3] [--json]
+    python -m bench.slowdown [--runs 500] [--seed 1] [--noise 0.3] [--alert-fraction 0.5]
+                             [--json]
 
 Each run simulates one ISP's probes measuring benign transfers once per interval (random
 phases; access lines from 2 Mbit/s to 1 Gbit/s; log-normal noise, sigma 0.3 by default;
 10 % of the measurements missing), a probe on a slow home line, a probe of another ISP, and
 a slowdown of the whole ISP to 10 % of its rate starting at a random time for 3-12
-intervals.  Control runs have no slowdown, one probe slowing down by itself, or a minority of
-the ISP's probes slowing down (40 %).  Reported: runs found, detection delay (detected_at -
+intervals.  Control runs have no slowdown, one probe slowing down by itself, a minority of
+the ISP's probes slowing down (40 %), or the whole ISP at 40 % every evening (congestion).
+Reported: runs found, detection delay (detected_at -
 true start), start and end errors, all in measurement intervals, and events in the control
 runs (false events).  Also the detector's time for one pass over a realistic store (200
 probes, hourly, 9 days).
@@ -20,6 +22,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 from collector.slowdowns.detector import Observation, SlowdownConfig, detect
@@ -53,6 +56,8 @@ def simulate(rng: random.Random, kind: str, noise: float = NOISE
         slowed = {isp[0][0]}
     elif kind == "minority":
         slowed = {p[0] for p in isp[: int(0.4 * n)]}
+    elif kind == "evenings":  # congestion: the whole ISP at 40 % from 18:00 to 23:00 daily
+        slowed = {p[0] for p in isp} | {"rural"}
     else:
         slowed = set()
     obs = []
@@ -62,7 +67,9 @@ def simulate(rng: random.Random, kind: str, noise: float = NOISE
                 continue  # no usable rate this time: missing, not zero
             t = k * IV + phase
             r = rate * rng.lognormvariate(0.0, noise)
-            if name in slowed and start <= t < end:
+            if kind == "evenings" and name in slowed and 18 <= (t % 86400) / 3600 < 23:
+                r *= 0.4
+            elif name in slowed and start <= t < end:
                 r *= 0.1
             obs.append(Observation(name, asn, "IR", t, r))
     return obs, start, end
@@ -73,14 +80,15 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run(runs: int, seed: int, noise: float = NOISE) -> dict[str, Any]:
+def run(runs: int, seed: int, noise: float = NOISE, cfg: SlowdownConfig = CFG
+        ) -> dict[str, Any]:
     rng = random.Random(seed)
     delays, start_err, end_err = [], [], []
     found = 0
-    false_events: dict[str, int] = {"none": 0, "one_probe": 0, "minority": 0}
+    false_events: dict[str, int] = {"none": 0, "one_probe": 0, "minority": 0, "evenings": 0}
     for _ in range(runs):
         obs, start, end = simulate(rng, "slowdown", noise)
-        events, _ = detect(obs, JUDGED_FROM * IV, HISTORY * IV, CFG)
+        events, _ = detect(obs, JUDGED_FROM * IV, HISTORY * IV, cfg)
         isp = [e for e in events if e.group == "asn:AS64500"]
         if len(isp) == 1 and isp[0].end is not None:
             found += 1
@@ -89,9 +97,9 @@ def run(runs: int, seed: int, noise: float = NOISE) -> dict[str, Any]:
             start_err.append(abs(e.start - start) / IV)
             end_err.append(abs(e.end - end) / IV)  # type: ignore[operator]
         false_events["none"] += len([e for e in events if e.group == "asn:AS64501"])
-        for kind in ("none", "one_probe", "minority"):
+        for kind in ("none", "one_probe", "minority", "evenings"):
             obs, _, _ = simulate(rng, kind, noise)
-            events, _ = detect(obs, JUDGED_FROM * IV, HISTORY * IV, CFG)
+            events, _ = detect(obs, JUDGED_FROM * IV, HISTORY * IV, cfg)
             false_events[kind] += len(events)
     # one pass over a realistic store: 200 probes, hourly, 9 days, judging 2 days
     big = []
@@ -99,10 +107,11 @@ def run(runs: int, seed: int, noise: float = NOISE) -> dict[str, Any]:
         big += [Observation(name, f"AS{64500 + p % 10}", "IR", k * IV + phase,
                             rate * rng.lognormvariate(0.0, 0.3)) for k in range(HISTORY)]
     t0 = time.process_time()
-    detect(big, JUDGED_FROM * IV, HISTORY * IV, CFG)
+    detect(big, JUDGED_FROM * IV, HISTORY * IV, cfg)
     pass_s = time.process_time() - t0
     return {
-        "runs": runs, "noise_sigma": noise, "found": found,
+        "runs": runs, "noise_sigma": noise, "alert_fraction": cfg.alert_fraction,
+        "found": found,
         "delay_intervals": {"median": round(statistics.median(delays), 2),
                             "p95": round(pct(delays, 0.95), 2), "max": round(max(delays), 2)},
         "start_error_intervals": {"median": round(statistics.median(start_err), 2),
@@ -120,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--noise", type=float, default=NOISE,
                     help="log-normal sigma of each line's rate (0.3: +-35 %% typical)")
+    ap.add_argument("--alert-fraction", type=float, default=CFG.alert_fraction)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    result = run(args.runs, args.seed, args.noise)
+    cfg = replace(CFG, alert_fraction=args.alert_fraction).validate()
+    result = run(args.runs, args.seed, args.noise, cfg)
     if args.json:
         print(json.dumps(result))
         return 0

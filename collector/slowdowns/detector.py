@@ -11,8 +11,10 @@ bins):
   nothing, never a zero;
 * its **baseline** is the median of its own values over the ``baseline_window`` before the
   bin, leaving out the bins of the group's slowdowns (so a long slowdown cannot become the
-  new normal, as IODA freezes its baseline during an outage); a probe needs ``min_history``
-  such bins before it counts;
+  new normal, as the outage detector freezes its baseline); with short bins, only those at
+  the same time of day (``daily_slack``) when there are ``min_history`` of them, so an
+  ISP's busy evenings are compared with its busy evenings; a probe needs ``min_history``
+  bins before it counts;
 * its **ratio** is value / baseline.  A probe on a slow home line has a slow baseline: its
   ratio stays near 1;
 * the group's point: how many probes are **active** (a baseline, and a value in this bin or
@@ -49,6 +51,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+DAY = 86400.0
+
 
 @dataclass(frozen=True, slots=True)
 class SlowdownConfig:
@@ -61,6 +65,10 @@ class SlowdownConfig:
     recover_quorum: float = 0.4  # ends when fewer than this share of active probes are slow
     grace: float = 0.25  # intervals after a bin ends before it is judged (late uploads)
     active_bins: int = 3  # a probe with a rate in one of this many last bins is active
+    # compare with the same time of day (busy evenings with busy evenings) when bins are
+    # short enough to have one, within this many seconds either side
+    daily_slack: float = 3600.0
+    max_daily_interval: float = 3 * 3600.0  # longer bins: one baseline for the whole day
 
     def validate(self) -> SlowdownConfig:
         if not self.interval > 0 or not self.baseline_window >= 2 * self.interval:
@@ -78,6 +86,10 @@ class SlowdownConfig:
     @property
     def window_bins(self) -> int:
         return max(1, round(self.baseline_window / self.interval))
+
+    @property
+    def daily(self) -> bool:
+        return self.interval <= self.max_daily_interval and self.baseline_window >= 2 * DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +267,21 @@ class History:
         return self._values[key]
 
     def baseline(self, group: str, series: str, b: int, excluded: frozenset[int]) -> float | None:
+        """The series' own median over the window before bin ``b`` (the event bins left out):
+        of the same time of day when there are ``min_history`` such bins, else of all."""
+        cfg = self.cfg
         bins = self.by_group.get(group, {}).get(series, {})
-        lo = b - self.cfg.window_bins
-        values = [self.value(group, series, j) for j in bins if lo <= j < b and j not in excluded]
-        usable = [v for v in values if v is not None]
-        if len(usable) < self.cfg.min_history:
+        lo = b - cfg.window_bins
+        history = [(j, self.value(group, series, j)) for j in bins
+                   if lo <= j < b and j not in excluded]
+        usable = [(j, v) for j, v in history if v is not None]
+        if len(usable) < cfg.min_history:
             return None
-        return float(statistics.median(usable))
+        if cfg.daily:
+            same = [v for j, v in usable if _day_distance(j, b, cfg.interval) <= cfg.daily_slack]
+            if len(same) >= cfg.min_history:
+                return float(statistics.median(same))
+        return float(statistics.median(v for _, v in usable))
 
     def observations(self, group: str, series: str, upto_bin: int
                      ) -> list[tuple[float, float]]:
@@ -270,6 +290,12 @@ class History:
         out = [o for j, obs in bins.items() if j <= upto_bin for o in obs]
         out.sort(reverse=True)
         return out
+
+
+def _day_distance(j: int, b: int, interval: float) -> float:
+    """How far apart bins ``j`` and ``b`` are in time of day (seconds, 0 to half a day)."""
+    d = ((b - j) * interval) % DAY
+    return min(d, DAY - d)
 
 
 def signal_point(history: History, group: str, b: int, excluded: frozenset[int]

@@ -221,3 +221,46 @@ def test_missing_records_never_count_as_slow(seed: int, drop: int) -> None:
     rng = random.Random(seed)
     kept = [o for o in obs if rng.random() > drop / 25]
     assert run(kept) == []
+
+
+# ---- time of day ----------------------------------------------------------------------------
+HOUR = 3600.0
+DAILY = SlowdownConfig(interval=HOUR, baseline_window=7 * 86400.0).validate()
+
+
+def daily_rates(ls: list[Line], factor_at: dict[int, float], days: int = 10, seed: int = 5
+                ) -> list[Observation]:
+    """Hourly measurements over ``days``; ``factor_at[hour_index]`` scales every line."""
+    rng = random.Random(seed)
+    out = []
+    for line in ls:
+        phase = line.phase / IV * HOUR
+        for k in range(days * 24):
+            rate = line.rate * rng.lognormvariate(0.0, 0.2) * factor_at.get(k, 1.0)
+            out.append(Observation(line.name, line.asn, line.cc, k * HOUR + phase, rate))
+    return out
+
+
+def test_busy_evenings_are_not_a_slowdown() -> None:
+    """Every evening the whole ISP runs at 40 % (congestion): the same hours of earlier days
+    are the reference, so it is the ISP's normal evening, not an event."""
+    ls = lines(6)
+    evenings = {k: 0.4 for k in range(10 * 24) if 18 <= k % 24 < 23}
+    obs = daily_rates(ls, evenings)
+    assert detect(obs, 8 * 86400.0, 10 * 86400.0, DAILY)[0] == []
+    whole_day = SlowdownConfig(interval=HOUR, baseline_window=7 * 86400.0,
+                               max_daily_interval=0.0)
+    assert of(detect(obs, 8 * 86400.0, 10 * 86400.0, whole_day)[0], "asn:AS64500")
+
+
+def test_a_nightly_curfew_is_found_every_night() -> None:
+    """Slowed to 10 % from 16:00 to midnight on each of the last three days: the curfew's own
+    bins never become the reference, so every night is an event."""
+    ls = lines(6)
+    curfew = {k: 0.1 for k in range(7 * 24, 10 * 24) if 16 <= k % 24}
+    obs = daily_rates(ls, curfew, days=11)
+    events = of(detect(obs, 6 * 86400.0, 11 * 86400.0, DAILY)[0], "asn:AS64500")
+    assert len(events) == 3
+    for day, e in zip((7, 8, 9), events, strict=True):
+        start, end = (day * 24 + 16) * HOUR, (day + 1) * 86400.0
+        assert abs(e.start - start) <= HOUR and e.end is not None and abs(e.end - end) <= HOUR
