@@ -134,12 +134,27 @@ class OutagesConfig:
 
 
 @dataclass(frozen=True)
+class SlowdownsConfig:
+    """The whole-network slowdown detector ``serve`` runs in the background
+    (collector.slowdowns.watch): each probe's benign transfer rate against its own past."""
+
+    enabled: bool = True
+    interval_s: float = 3600.0  # the agents' throttling interval (throttling_interval_hours)
+    window_s: float = 7 * 86400.0  # each probe's baseline window
+    alert_fraction: float = 0.5  # a probe is slow at or under this fraction of its baseline
+    quorum: float = 0.6  # share of a group's active probes that must be slow
+    min_probes: int = 3  # and at least this many
+    webhooks: tuple[str, ...] = ()  # POST opened/closed events here (http(s) URLs)
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     outages: OutagesConfig = field(default_factory=OutagesConfig)
+    slowdowns: SlowdownsConfig = field(default_factory=SlowdownsConfig)
 
     def validate(self) -> CollectorConfig:
         b, i = self.broker, self.ingest
@@ -183,6 +198,23 @@ class CollectorConfig:
         for url in o.webhooks:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"outages webhook {url!r} must be an http(s) URL")
+        self._validate_slowdowns()
+
+    def _validate_slowdowns(self) -> None:
+        s = self.slowdowns
+        if not 1 <= s.interval_s <= 7 * 86400:
+            raise ConfigError("slowdowns interval_s must be between 1 and 604800")
+        if not 2 * s.interval_s <= s.window_s <= 60 * 86400:
+            raise ConfigError("slowdowns window_s must be between 2 intervals and 60 days")
+        if not 0 < s.alert_fraction < 1:
+            raise ConfigError("slowdowns alert_fraction must be between 0 and 1")
+        if not 0.5 <= s.quorum <= 1:
+            raise ConfigError("slowdowns quorum must be between 0.5 and 1 (a majority)")
+        if s.min_probes < 1:
+            raise ConfigError("slowdowns min_probes must be >= 1")
+        for url in s.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"slowdowns webhook {url!r} must be an http(s) URL")
 
 
 def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
@@ -213,7 +245,7 @@ def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
 
 
 def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
-    unknown = sorted(set(data) - {"broker", "store", "ingest", "api", "outages"})
+    unknown = sorted(set(data) - {"broker", "store", "ingest", "api", "outages", "slowdowns"})
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
     return CollectorConfig(
@@ -222,6 +254,7 @@ def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
         ingest=_section(IngestConfig, data.get("ingest", {}), "ingest"),
         api=_section(ApiConfig, data.get("api", {}), "api"),
         outages=_section(OutagesConfig, data.get("outages", {}), "outages"),
+        slowdowns=_section(SlowdownsConfig, data.get("slowdowns", {}), "slowdowns"),
     )
 
 

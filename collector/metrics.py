@@ -9,7 +9,8 @@ Three sources, each read when Prometheus scrapes, never on the hot path:
   the number of stored measurements.  The snapshot uses only O(probes) queries (per-probe
   activity rows), never a ``COUNT(*)`` over the measurements table, so scraping a large
   archive every 15 s costs nothing;
-* the HTTP layer (requests by route and status, latency) and the outage detector's passes.
+* the HTTP layer (requests by route and status, latency) and the outage and slowdown
+  detectors' passes.
 
 Each app has its own :class:`CollectorRegistry`, not prometheus_client's global one, so two
 apps in one process (tests) never collide.  A store that cannot be read gives
@@ -89,6 +90,7 @@ class Sources:
 
     ingest: Callable[[], tuple[IngestStats, bool] | None] = lambda: None  # (stats, connected)
     outages: Callable[[], OutageLoopStats] = OutageLoopStats
+    slowdowns: Callable[[], OutageLoopStats] = OutageLoopStats  # the same counters
     snapshot: StoreSnapshot = field(default_factory=lambda: StoreSnapshot(ok=False))
 
 
@@ -101,7 +103,8 @@ class _VigilCollector(Collector):
                         "version", {__version__: 1})
         yield from self._ingest()
         yield from self._store()
-        yield from self._outages()
+        yield from self._detector(self.sources.outages(), "outage", "outages")
+        yield from self._detector(self.sources.slowdowns(), "slowdown", "slowdowns")
 
     def _ingest(self) -> Iterable[Metric]:
         live = self.sources.ingest()
@@ -141,21 +144,21 @@ class _VigilCollector(Collector):
                         "messages rejected by all collectors (persisted), by reason", "reason",
                         snap.rejections)
 
-    def _outages(self) -> Iterable[Metric]:
-        o = self.sources.outages()
-        yield _one(GaugeMetricFamily, "vigil_outage_detector_enabled",
-                   "1 if this process runs the outage detector", 1 if o.enabled else 0)
+    def _detector(self, o: OutageLoopStats, what: str, events: str) -> Iterable[Metric]:
+        """A background detector's counters (``vigil_<what>_detector_*``, ``..._ongoing``)."""
+        yield _one(GaugeMetricFamily, f"vigil_{what}_detector_enabled",
+                   f"1 if this process runs the {what} detector", 1 if o.enabled else 0)
         if not o.enabled:
             return
         for name, value, doc in (
-            ("passes", o.passes, "outage detection passes run"),
-            ("failures", o.failures, "outage detection passes that failed"),
+            ("passes", o.passes, f"{what} detection passes run"),
+            ("failures", o.failures, f"{what} detection passes that failed"),
         ):
-            yield _one(CounterMetricFamily, f"vigil_outage_detector_{name}", doc, value)
-        yield _one(GaugeMetricFamily, "vigil_outages_ongoing", "outage events still open",
+            yield _one(CounterMetricFamily, f"vigil_{what}_detector_{name}", doc, value)
+        yield _one(GaugeMetricFamily, f"vigil_{events}_ongoing", f"{what} events still open",
                    o.ongoing)
         if o.last_success is not None:
-            yield _one(GaugeMetricFamily, "vigil_outage_detector_last_success_timestamp_seconds",
+            yield _one(GaugeMetricFamily, f"vigil_{what}_detector_last_success_timestamp_seconds",
                        "when the last detection pass succeeded", o.last_success)
 
 

@@ -21,6 +21,7 @@ from collector.ingest.pipeline import Ingest
 from collector.metrics import Metrics, OutageLoopStats
 from collector.outages.detector import DetectorConfig
 from collector.outages.store import OutageEventStore
+from collector.slowdowns.detector import SlowdownConfig
 from collector.store.aio import AsyncStore
 
 log = logging.getLogger("vigil.collector.serve")
@@ -35,6 +36,7 @@ class ServeSettings:
     config: CollectorConfig
     ingest: bool = True  # run the MQTT ingest in this process (--no-ingest: API only)
     outages: bool = True  # run the outage detector (also needs [outages] enabled)
+    slowdowns: bool = True  # run the slowdown detector (also needs [slowdowns] enabled)
     static_dir: Path = STATIC_DIR
 
     @property
@@ -47,6 +49,18 @@ class ServeSettings:
             min_expected_probes=o.min_probes,
         )
 
+    @property
+    def slowdown_detector(self) -> SlowdownConfig:
+        s = self.config.slowdowns
+        return SlowdownConfig(
+            interval=s.interval_s,
+            baseline_window=s.window_s,
+            alert_fraction=s.alert_fraction,
+            quorum=s.quorum,
+            recover_quorum=min(s.quorum, SlowdownConfig().recover_quorum),
+            min_probes=s.min_probes,
+        )
+
 
 @dataclass
 class Runtime:
@@ -55,6 +69,7 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     ingest: Ingest | None = None
     outages: OutageLoopStats = field(default_factory=OutageLoopStats)
+    slowdowns: OutageLoopStats = field(default_factory=OutageLoopStats)  # same counters
     events: OutageEventStore | None = None  # outage events, on the API's store connection
     stops: list[asyncio.Event] = field(default_factory=list)
     failure: str | None = None  # why a background task died
@@ -83,6 +98,7 @@ RUNTIME = web.AppKey("vigil_runtime", Runtime)
 METRICS = web.AppKey("vigil_metrics", Metrics)
 INGEST_TASK = web.AppKey("vigil_ingest_task", asyncio.Task[None])
 OUTAGE_TASK = web.AppKey("vigil_outage_task", asyncio.Task[None])
+SLOWDOWN_TASK = web.AppKey("vigil_slowdown_task", asyncio.Task[None])
 
 
 async def events_store(app: web.Application) -> OutageEventStore:

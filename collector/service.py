@@ -3,6 +3,7 @@ the dashboard and /metrics, and owns the background work as ``cleanup_ctx`` cont
 
     create_app(ServeSettings(config))
       cleanup_ctx: api store  ->  ingest (MQTT, collector.ingest.pipeline)  ->  outage detector
+                   ->  slowdown detector (collector.slowdowns.watch)
       on_shutdown: tell the ingest and the detector to stop (they drain while HTTP closes)
 
 Why three store connections rather than one: the stores are blocking drivers used from one
@@ -38,10 +39,12 @@ from collector.runtime import (
     OUTAGE_TASK,
     RUNTIME,
     SETTINGS,
+    SLOWDOWN_TASK,
     STORE,
     Runtime,
     ServeSettings,
 )
+from collector.slowdowns.watch import SlowdownWatchConfig, SlowdownWatcher
 from collector.store import describe_url
 from collector.store.aio import AsyncStore
 
@@ -58,6 +61,7 @@ def create_app(settings: ServeSettings) -> web.Application:
     app.cleanup_ctx.append(_api_store)
     app.cleanup_ctx.append(_ingest)
     app.cleanup_ctx.append(_outage_detector)
+    app.cleanup_ctx.append(_slowdown_detector)
     app.on_shutdown.append(_signal_stop)
     return app
 
@@ -129,6 +133,54 @@ async def _outage_detector(app: web.Application) -> AsyncIterator[None]:
         finished = await _finish(task, 30.0, "outage detector")
         if finished:  # else a pass is still running on a worker thread with this store
             await store.close()
+
+
+async def _slowdown_detector(app: web.Application) -> AsyncIterator[None]:
+    """The slowdown detector on its own store connection (it writes its samples table)."""
+    settings, rt = app[SETTINGS], app[RUNTIME]
+    if not (settings.slowdowns and settings.config.slowdowns.enabled):
+        yield
+        return
+    config = settings.config
+    store = await open_store(config)
+    watch = SlowdownWatchConfig(detector=settings.slowdown_detector,
+                                webhooks=config.slowdowns.webhooks)
+    watcher = await store.call(SlowdownWatcher, store.store, watch)
+    stop = asyncio.Event()
+    rt.slowdowns.enabled = True
+    task = asyncio.create_task(_detect_slowdowns(watcher, rt.slowdowns, stop),
+                               name="vigil-slowdowns")
+    task.add_done_callback(lambda t: _task_done(rt, "slowdown detector", stop, t))
+    app[SLOWDOWN_TASK] = task
+    rt.stops.append(stop)
+    app[METRICS].sources.slowdowns = lambda: rt.slowdowns
+    try:
+        yield
+    finally:
+        stop.set()
+        finished = await _finish(task, 30.0, "slowdown detector")
+        if finished:  # else a pass is still running on a worker thread with this store
+            await store.close()
+
+
+async def _detect_slowdowns(watcher: SlowdownWatcher, stats: OutageLoopStats,
+                            stop: asyncio.Event) -> None:
+    """The slowdown detector every quarter interval until ``stop``."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                events = await watcher.check(time.time(), session)
+            except Exception as exc:  # a failed pass (database away) must not end the loop
+                stats.failures += 1
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("slowdown detection pass failed: %s", stats.last_error)
+            else:
+                stats.passes += 1
+                stats.last_success = time.time()
+                stats.ongoing = sum(1 for e in events if e.ongoing)
+                stats.last_error = ""
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), watcher.config.step)
 
 
 async def _signal_stop(app: web.Application) -> None:

@@ -5,6 +5,8 @@
     GET /api/v1/stats               counts by verdict, country, network, domain, blocking, test
     GET /api/v1/probes              enrolled probes, public keys, last seen (no addresses)
     GET /api/v1/outages             outage events from the detector
+    GET /api/v1/slowdowns           whole-network slowdown events (collector.api.slowdowns)
+    GET /api/v1/slowdowns/signal    a network's or country's throughput signal per interval
     GET /api/v1/rejections          rejection counters by reason, latest quarantined (metadata)
     GET /api/v1/export?format=jsonl every matching envelope, streamed in bounded pages
     GET /metrics                    Prometheus text format
@@ -249,7 +251,7 @@ async def api_index(request: web.Request) -> web.Response:
         "version": __version__,
         "endpoints": [
             "measurements", "measurements/{measurement_id}", "stats", "probes", "outages",
-            "rejections", "export?format=jsonl",
+            "slowdowns", "slowdowns/signal", "rejections", "export?format=jsonl",
         ],
         "filters": list(FILTER_PARAMS),
         "docs": "docs/envelope-spec.md (verifying exported envelopes)",
@@ -505,6 +507,9 @@ async def healthz(request: web.Request) -> web.Response:
         "store": {"ok": store_ok, "detail": store_detail},
         "ingest": ingest,
         "outages": outage,
+        "slowdowns": {"enabled": rt.slowdowns.enabled, "passes": rt.slowdowns.passes,
+                      "failures": rt.slowdowns.failures,
+                      "last_error": rt.slowdowns.last_error or None},
         "failure": rt.failure,
     }
     resp = web.json_response(body, status=code, dumps=_dumps)
@@ -551,4 +556,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get(f"{API}/outages", outages, name="outages")
     r.add_get(f"{API}/rejections", rejections, name="rejections")
     r.add_get(f"{API}/export", export, name="export", allow_head=False)
+    from collector.api import slowdowns  # imported here: it uses this module's helpers
+
+    slowdowns.add_routes(app)
 

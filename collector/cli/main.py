@@ -21,6 +21,7 @@ COMMANDS = {
     "query": "collector.cli.query:query",
     "serve": "collector.cli.serve:serve",
     "outages": "collector.cli.outages:outages",
+    "throttling-events": "collector.cli.throttling_events:throttling_events",
     "campaign": "collector.cli.campaign:campaign",
     "ipdb": "collector.cli.ipdb:ipdb",
 }

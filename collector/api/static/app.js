@@ -145,6 +145,23 @@ async function loadOutages() {
   }
 }
 
+async function loadSlowdowns() {
+  const data = await api("api/v1/slowdowns", new URLSearchParams({ limit: "20" }));
+  const body = clear($("slowdowns"));
+  if (!data.slowdowns.length) {
+    empty(body, 5, data.detector.running ? "no slowdowns detected" : "detector not running here");
+    return;
+  }
+  for (const e of data.slowdowns) {
+    const tr = body.insertRow();
+    cell(tr, e.group);
+    cell(tr, when(e.start_time));
+    cell(tr, e.ongoing ? "ongoing" : when(e.end_time), e.ongoing ? "status-throttled" : "");
+    cell(tr, e.affected.length, "num");
+    cell(tr, `${Math.round(100 * e.median_ratio)} %`, "num");
+  }
+}
+
 async function loadRejections() {
   const data = await api("api/v1/rejections", new URLSearchParams({ recent: "0" }));
   $("rejected-total").textContent = `(${data.total})`;
@@ -190,7 +207,8 @@ function updateExportLink() {
 async function refresh() {
   updateExportLink();
   const results = await Promise.allSettled([
-    loadStats(), loadMeasurements(false), loadOutages(), loadRejections(), loadProbes(),
+    loadStats(), loadMeasurements(false), loadOutages(), loadSlowdowns(), loadRejections(),
+    loadProbes(),
     loadHealth(),
   ]);
   const failed = results.find((r) => r.status === "rejected");
