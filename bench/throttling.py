@@ -71,7 +71,7 @@ class _Discovery:
             return {"available": True, "max_bytes": 4 * 1024 * 1024, **self.info}
         raise RuntimeError(f"not in the benchmark: {path}")
 
-    async def control(self, url: str, tcp_connect: Any) -> Any:
+    async def control(self, url: str, tcp_connect: Any, body_cap: Any = None) -> Any:
         raise RuntimeError("not in the benchmark")
 
 

@@ -38,6 +38,7 @@ from lab.plan import (
     ISP_RESOLVER_DELAY_MS,
     SCALE_DOMAIN,
     LabPlan,
+    broken_certs,
     build_plan,
     render_censor_nft,
     render_site_nft,
@@ -191,7 +192,7 @@ class Lab:
     def _build(self, helper: bool) -> None:
         self._namespaces()
         self._links()
-        self.pki = make_pki(self.dir / "pki", self.plan.cert_names)
+        self.pki = make_pki(self.dir / "pki", self.plan.cert_names, broken_certs(self.plan))
         self._write_files()
         self._censor()
         procs = self._processes()
@@ -249,7 +250,7 @@ class Lab:
             f"link set {A.ISP_UPLINK_IF} up",
             f"route add {A.INET_NET} via {A.INET_DOWNLINK} dev {A.ISP_UPLINK_IF}",
         ])
-        services = [A.AUTH_DNS, A.OPEN_RESOLVER, A.HELPER_ADDR, A.BLOCKPAGE_ADDR,
+        services = [A.AUTH_DNS, A.OPEN_RESOLVER, A.HELPER_ADDR, A.BLOCKPAGE_ADDR, A.PROXY_ADDR,
                     A.BROKER_ADDR, A.COLLECTOR_ADDR]
         _batch(inet, [
             f"addr add {A.INET_DOWNLINK}/30 dev {A.INET_IF}",
@@ -291,9 +292,11 @@ class Lab:
         assert pki is not None
         sites = [
             {"host": s.host, "kind": s.kind, "delay_ms": s.delay_ms,
-             "body_bytes": s.body_bytes, "slow_s": s.slow_s}
-            for s in p.sites if s.kind not in ("nxdomain",)
+             "body_bytes": s.body_bytes, "slow_s": s.slow_s, "location": s.location}
+            for s in p.sites if s.kind not in ("nxdomain", "loopback", "no-address")
         ]
+        origins = {s.host: s.address for s in p.sites
+                   if s.kind not in ("nxdomain", "loopback", "no-address")}
         return [
             Proc("auth-dns", "inet", "dns", {
                 "role": "authoritative", "listen": [A.AUTH_DNS], "delay_ms": AUTH_DNS_DELAY_MS,
@@ -313,6 +316,11 @@ class Lab:
                 "scale_domain": SCALE_DOMAIN if p.scale_hosts else "",
                 "accept_delay_ms": DEFAULT_SITE_DELAY_MS,
                 "cert_file": str(pki.site_cert), "key_file": str(pki.site_key),
+                "broken_certs": {h: [str(c), str(k)] for h, (c, k) in pki.broken.items()},
+                "isp_sources": [str(A.ISP_CLIENTS)],
+            }),
+            Proc("isp-proxy", "inet", "proxy", {
+                "listen": A.PROXY_ADDR, "origins": origins,
             }),
             Proc("blockpage", "inet", "web", {
                 "mode": "blockpage", "page": "iran", "listen": [A.BLOCKPAGE_ADDR],

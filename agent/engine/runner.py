@@ -74,7 +74,9 @@ class DataBudget:
 class Control(Protocol):
     """What experiments need from the control helper (ControlClient, or a test double)."""
 
-    async def control(self, url: str, tcp_connect: Sequence[str]) -> ControlResponse: ...
+    async def control(
+        self, url: str, tcp_connect: Sequence[str], body_cap: int | None = None
+    ) -> ControlResponse: ...
 
 
 @dataclass

@@ -158,6 +158,8 @@ def _aiohttp_specific(exc: BaseException) -> str | None:
         return EOF_ERROR  # the peer closed before the announced length: truncated body
     if name == "TooManyRedirects":
         return unknown("too many redirects")
+    if name in ("InvalidUrlRedirectClientError", "NonHttpUrlRedirectClientError"):
+        return unknown("invalid redirect location")
     return None
 
 

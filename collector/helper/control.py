@@ -42,6 +42,7 @@ from collector.helper.fetch import (
 from collector.helper.policy import TargetPolicy, port_allowed
 
 MAX_URL_LENGTH = 2048
+MIN_BODY_CAP = 1024  # a probe's cap below this could not tell one page from another
 EXTRA_PROBE_PORTS = frozenset({80, 443})  # the probe may report both for an http->https site
 
 
@@ -62,6 +63,7 @@ class ControlRequest:
     host: str  # IDNA-encoded host, or the IP literal without brackets
     port: int
     tcp_connect: tuple[tuple[str, str, int], ...]  # (key as echoed, ip, port)
+    body_cap: int | None = None  # the probe reads at most this many body bytes: so do we
 
 
 def endpoint_key(ip: str, port: int) -> str:
@@ -141,7 +143,14 @@ def parse_control_request(obj: Any, *, max_addresses: int) -> ControlRequest:
             raise bad(f"tcp_connect port {ep_port} is neither the URL's port nor 80/443")
         key = endpoint_key(ip, ep_port)
         endpoints.setdefault(key, (key, ip, ep_port))
-    return ControlRequest(url.with_fragment(None), host, port, tuple(endpoints.values()))
+    body_cap = obj.get("body_cap")
+    if body_cap is not None and (
+        isinstance(body_cap, bool) or not isinstance(body_cap, int) or body_cap < MIN_BODY_CAP
+    ):
+        raise bad(f"body_cap must be an integer of at least {MIN_BODY_CAP}")
+    return ControlRequest(
+        url.with_fragment(None), host, port, tuple(endpoints.values()), body_cap
+    )
 
 
 class ControlRunner:
@@ -177,8 +186,12 @@ class ControlRunner:
             dns = await self.resolve(req.host)
             allowed = [str(d.address) for d in map(self.policy.check, dns.addrs) if d.allowed]
             if dns.addrs and not allowed:
-                raise Refusal(
-                    TARGET_FORBIDDEN, "every address the name resolves to is in a refused range"
+                # The name's own answer is unroutable (127.0.0.1, a private range): report the
+                # answer, which is evidence, and connect to nothing.
+                return _render(
+                    req, dns, [],
+                    HTTPOutcome(f"unknown_failure: {TARGET_FORBIDDEN}", None, None, "", {}, ()),
+                    {endpoint_key(ip, p): TARGET_FORBIDDEN for _k, ip, p in req.tcp_connect},
                 )
 
         targets: dict[str, tuple[str, int]] = {}
@@ -202,7 +215,7 @@ class ControlRunner:
             self._ssl,
             FetchLimits(
                 max_redirects=limits.max_redirects,
-                max_body_bytes=limits.max_body_bytes,
+                max_body_bytes=min(limits.max_body_bytes, req.body_cap or limits.max_body_bytes),
                 connect_timeout=limits.connect_timeout,
                 total_timeout=limits.http_timeout,
             ),
@@ -277,6 +290,7 @@ def _render(
             "title": http.title,
             "headers": http.headers,
             "redirects": list(http.redirects),
+            "body_truncated": http.body_truncated,
         },
         "skipped": skipped,
     }

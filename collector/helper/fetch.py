@@ -39,7 +39,7 @@ import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from collector.helper.errors import RESPONSE_TOO_LARGE, TARGET_FORBIDDEN, Refusal
+from collector.helper.errors import TARGET_FORBIDDEN, Refusal
 from collector.helper.policy import TargetPolicy, port_allowed
 
 TITLE_SCAN_BYTES = 65_536
@@ -258,6 +258,7 @@ class HTTPOutcome:
     title: str
     headers: dict[str, str]
     redirects: tuple[str, ...]
+    body_truncated: bool = False  # stopped at the byte cap: a large page, not a failure
 
 
 def host_key(host: str) -> str:
@@ -425,28 +426,24 @@ class Fetcher:
     ) -> HTTPOutcome:
         cap = self._limits.max_body_bytes
         headers = _headers_json(resp)
-        if resp.content_length is not None and resp.content_length > cap:
-            raise Refusal(
-                RESPONSE_TOO_LARGE,
-                f"the page declares {resp.content_length} bytes; the helper reads at most {cap}",
-            )
         head = bytearray()
         total = 0
+        truncated = False
         try:
-            async for chunk in resp.content.iter_chunked(65_536):
+            # A page larger than the cap is read up to the cap, like the probe does: both sides
+            # then compare the same prefix (a download page is not a failed control).
+            while total < cap:
+                chunk = await resp.content.read(min(65_536, cap - total))
+                if not chunk:
+                    break
                 total += len(chunk)
-                if total > cap:
-                    raise Refusal(
-                        RESPONSE_TOO_LARGE, f"the page is over the helper's {cap}-byte limit"
-                    )
                 if len(head) < TITLE_SCAN_BYTES:
                     head += chunk[: TITLE_SCAN_BYTES - len(head)]
-        except Refusal:
-            raise
+            truncated = total >= cap and not resp.content.at_eof()
         except Exception as exc:
             return HTTPOutcome(failure_string(exc), resp.status, None, "", headers, redirects)
         title = extract_title(bytes(head), resp.charset)
-        return HTTPOutcome(None, resp.status, total, title, headers, redirects)
+        return HTTPOutcome(None, resp.status, total, title, headers, redirects, truncated)
 
 
 def _redirect_target(current: URL, location: str) -> URL | str:

@@ -7,11 +7,18 @@ The TCP handshake itself is the kernel's and stays instant, as on a real server.
 
 Paths: ``/`` the site's page; ``/bytes/N`` N bytes (throughput self-checks).
 Modes: ``sites`` (the lab's sites) or ``blockpage`` (every request gets the blockpage).
+
+Sites that misbehave on their own (never censorship): ``redirect-to`` sends everyone to its
+``location``; ``redirect-loop`` redirects to itself forever; ``broken-location`` answers the
+ISP's clients (``isp_sources``) with an unusable ``Location`` and everyone else with a working
+redirect; ``captcha`` gives the ISP's clients a 503 challenge page and everyone else the page;
+broken-certificate sites present their own (expired, misnamed or unknown-issuer) leaf.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import ssl
 import sys
@@ -41,6 +48,14 @@ class Sites:
         self.scale_domain = cfg.get("scale_domain", "")
         self.default_delay = float(cfg.get("accept_delay_ms", 40)) / 1000.0
         self.blockpage = cfg.get("page", "iran")
+        self.isp_sources = [ipaddress.IPv4Network(n) for n in cfg.get("isp_sources", [])]
+
+    def from_isp(self, client: str) -> bool:
+        try:
+            addr = ipaddress.IPv4Address(client)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.isp_sources)
 
     def lookup(self, host: str) -> dict[str, Any] | None:
         site = self.sites.get(host)
@@ -49,7 +64,8 @@ class Sites:
                     "body_bytes": 4000 + sum(host.encode()) % 4000, "slow_s": 0.0}
         return site
 
-    async def respond(self, method: str, target: str, host: str, tls: bool) -> bytes:
+    async def respond(self, method: str, target: str, host: str, tls: bool,
+                      client: str = "") -> bytes:
         if self.mode == "blockpage":
             await asyncio.sleep(self.default_delay)
             return http_response(self.blockpage, close=False)
@@ -70,8 +86,31 @@ class Sites:
         if kind == "redirect" and not tls:
             return _response(301, "Moved Permanently", b"", extra={
                 "Location": f"https://{host}{target}"})
+        scheme = "https" if tls else "http"
+        if kind == "redirect-to":
+            return _response(308, "Permanent Redirect", b"", extra={
+                "Location": str(site["location"])})
+        if kind == "redirect-loop":
+            return _response(302, "Found", b"", extra={
+                "Location": f"{scheme}://{host}/loop/{random.getrandbits(32):08x}"})
+        if kind == "broken-location" and target == "/":
+            location = f"{scheme}://" if self.from_isp(client) else f"{scheme}://{host}/home"
+            return _response(302, "Found", b"", extra={"Location": location})
         body = _page(host, int(site.get("body_bytes", 6000)), dynamic=kind == "dynamic")
+        if kind == "captcha":
+            extra = {"X-Edge-Request": "lab-edge-7f3a", "Report-To": '{"group":"edge-nel"}'}
+            if self.from_isp(client):
+                return _response(503, "Service Unavailable", _CHALLENGE, extra=extra)
+            return _response(200, "OK", body, extra=extra, head_only=method == "HEAD")
         return _response(200, "OK", body, head_only=method == "HEAD")
+
+
+_CHALLENGE = (
+    b"<!doctype html><html><head><title>One moment, please...</title></head><body>"
+    b"<h1>Checking your browser before you reach the site</h1><noscript>Enable JavaScript and "
+    b"cookies to continue.</noscript><form id=challenge method=post action=/verify>"
+    b"<input type=hidden name=token value=4f1c2a></form></body></html>\n"
+)
 
 
 def _page(host: str, size: int, dynamic: bool) -> bytes:
@@ -115,11 +154,14 @@ class Conn(asyncio.Protocol):
         self.buffer = bytearray()
         self.more = asyncio.Event()
         self.closed = False
+        self.client = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         transport.pause_reading()  # the ClientHello stays in the kernel until we are "ready"
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
         task = asyncio.get_running_loop().create_task(self._run(transport))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -167,7 +209,8 @@ class Conn(asyncio.Protocol):
             method, target, headers = request
             host = headers.get("host", "").lower()
             host = host.rsplit(":", 1)[0] if ":" in host and not host.startswith("[") else host
-            reply = await self.sites.respond(method, target, host, self.tls is not None)
+            reply = await self.sites.respond(method, target, host, self.tls is not None,
+                                             self.client)
             if transport.is_closing():
                 return
             transport.write(reply)
@@ -202,9 +245,23 @@ class Conn(asyncio.Protocol):
 
 
 def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext:
+    ctx = _server_context(cfg["cert_file"], cfg["key_file"])
+    broken = {host: _server_context(cert, key)
+              for host, (cert, key) in cfg.get("broken_certs", {}).items()}
+    if broken:
+        def choose(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+            own = broken.get((server_name or "").lower())
+            if own is not None:
+                sock.context = own
+
+        ctx.sni_callback = choose
+    return ctx
+
+
+def _server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg["cert_file"], cfg["key_file"])
+    ctx.load_cert_chain(cert_file, key_file)
     return ctx
 
 

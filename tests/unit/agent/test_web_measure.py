@@ -39,7 +39,9 @@ class FakeControl:
         self.answer = answer
         self.calls: list[tuple[str, list[str]]] = []
 
-    async def control(self, url: str, tcp_connect: Sequence[str]) -> ControlResponse:
+    async def control(
+        self, url: str, tcp_connect: Sequence[str], body_cap: int | None = None
+    ) -> ControlResponse:
         self.calls.append((url, list(tcp_connect)))
         if isinstance(self.answer, Exception):
             raise self.answer
