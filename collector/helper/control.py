@@ -186,12 +186,21 @@ class ControlRunner:
             dns = await self.resolve(req.host)
             allowed = [str(d.address) for d in map(self.policy.check, dns.addrs) if d.allowed]
             if dns.addrs and not allowed:
-                # The name's own answer is unroutable (127.0.0.1, a private range): report the
-                # answer, which is evidence, and connect to nothing.
+                # The name's own answer is unroutable (127.0.0.1, a private range).  When the
+                # probe got that very answer too, confirming it is evidence (the site's DNS is
+                # broken for everyone) and reveals nothing the probe does not know; connect to
+                # nothing either way, and otherwise refuse as before (no internal-DNS oracle).
+                seen = {str(ip_address(ip)) for _key, ip, _port in req.tcp_connect}
+                confirmed = tuple(a for a in dns.addrs if str(ip_address(a)) in seen)
+                if not confirmed:
+                    raise Refusal(
+                        TARGET_FORBIDDEN,
+                        "every address the name resolves to is in a refused range",
+                    )
                 return _render(
-                    req, dns, [],
+                    req, DNSOutcome(None, confirmed), [],
                     HTTPOutcome(f"unknown_failure: {TARGET_FORBIDDEN}", None, None, "", {}, ()),
-                    {endpoint_key(ip, p): TARGET_FORBIDDEN for _k, ip, p in req.tcp_connect},
+                    {key: TARGET_FORBIDDEN for key, _ip, _port in req.tcp_connect},
                 )
 
         targets: dict[str, tuple[str, int]] = {}

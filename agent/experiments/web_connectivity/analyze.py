@@ -680,7 +680,7 @@ class _Evidence:
         if not shakes or any(_tls_ok(h) for h in shakes):
             return None
         h = shakes[0]
-        if h.failure in CERT_FAILURES or h.cert_valid_for_host is False:
+        if h.failure in CERT_FAILURES or (h.failure is None and h.cert_valid_for_host is False):
             return _blocked(Blocking.TLS, "tls.mitm")
         kind = _failure_kind(h.failure)
         kind = "failure" if kind == "unreachable" else kind
