@@ -48,7 +48,8 @@ from lab.scenarios import Event, ScenarioSet, load_files
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(__file__).resolve().parent
-DEFAULT_SCENARIO_FILES = ("scenarios.toml", "scenarios_apps.toml", "selfcheck.toml")
+DEFAULT_SCENARIO_FILES = ("scenarios.toml", "scenarios_apps.toml", "selfcheck.toml",
+                          "scenarios_field.toml")
 READY_TIMEOUT_S = 30.0
 DETACHED_LIFETIME_S = 8 * 3600.0
 ATTACHED_LIFETIME_S = 2 * 3600.0
@@ -316,7 +317,9 @@ class Lab:
                 "scale_domain": SCALE_DOMAIN if p.scale_hosts else "",
                 "accept_delay_ms": DEFAULT_SITE_DELAY_MS,
                 "cert_file": str(pki.site_cert), "key_file": str(pki.site_key),
-                "broken_certs": {h: [str(c), str(k)] for h, (c, k) in pki.broken.items()},
+                # a misconfigured site's own address presents its broken leaf to any name
+                "broken_certs": {p.site(h).address: [str(c), str(k)]
+                                 for h, (c, k) in pki.broken.items()},
                 "isp_sources": [str(A.ISP_CLIENTS)],
             }),
             Proc("isp-proxy", "inet", "proxy", {
@@ -431,6 +434,20 @@ class Lab:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    # ---- the control helper blocked by the censor (a phase of its own) --------------------
+    def block_helper(self) -> None:
+        """The censor resets every connection from the probe to the helper's address."""
+        self._helper_rule("add")
+
+    def unblock_helper(self) -> None:
+        self._helper_rule("delete")
+
+    def _helper_rule(self, verb: str) -> None:
+        proc = self.run_in("isp", ["nft", verb, "element", "inet", CENSOR_TABLE, "ip_reset",
+                                   f"{{ {A.HELPER_ADDR} }}"], timeout=10)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft {verb} helper block: {proc.stderr.strip()}")
 
     # ---- using ---------------------------------------------------------------------------
     def exec_argv(self, role: str, argv: Sequence[str]) -> list[str]:

@@ -59,7 +59,9 @@ SITE_KINDS = frozenset(
 # An answer may name the ISP's transparent proxy instead of an address or a scenario host.
 PROXY_ANSWER = "isp-proxy"
 BLOCKPAGES = frozenset({"iran", "custom"})
-CONTROL_MODES = frozenset({"helper", "unreachable"})
+# helper: the real control; unreachable: a dead control URL; blocked: the censor resets every
+# flow from the probe to the real helper (a phase of its own: one agent run, rule removed after)
+CONTROL_MODES = frozenset({"helper", "unreachable", "blocked"})
 EVENT_KINDS = frozenset({"shutdown"})
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")

@@ -12,7 +12,8 @@ Sites that misbehave on their own (never censorship): ``redirect-to`` sends ever
 ``location``; ``redirect-loop`` redirects to itself forever; ``broken-location`` answers the
 ISP's clients (``isp_sources``) with an unusable ``Location`` and everyone else with a working
 redirect; ``captcha`` gives the ISP's clients a 503 challenge page and everyone else the page;
-broken-certificate sites present their own (expired, misnamed or unknown-issuer) leaf.
+broken-certificate sites' addresses present their own (expired, misnamed or unknown-issuer)
+leaf to any name, as a misconfigured server on its own address does.
 """
 
 from __future__ import annotations
@@ -245,17 +246,7 @@ class Conn(asyncio.Protocol):
 
 
 def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext:
-    ctx = _server_context(cfg["cert_file"], cfg["key_file"])
-    broken = {host: _server_context(cert, key)
-              for host, (cert, key) in cfg.get("broken_certs", {}).items()}
-    if broken:
-        def choose(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-            own = broken.get((server_name or "").lower())
-            if own is not None:
-                sock.context = own
-
-        ctx.sni_callback = choose
-    return ctx
+    return _server_context(cfg["cert_file"], cfg["key_file"])
 
 
 def _server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -272,12 +263,23 @@ async def main(cfg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     servers = []
-    addrs = list(cfg["listen"])
+    # A misconfigured site's address presents its own broken certificate, whatever the SNI.
+    broken = {addr: _server_context(cert, key)
+              for addr, (cert, key) in cfg.get("broken_certs", {}).items()}
+    addrs = [a for a in cfg["listen"] if a not in broken]
     if addrs:
         servers.append(await loop.create_server(lambda: Conn(sites, None, tasks), addrs,
                                                 int(cfg.get("http_port", 80)), backlog=1024))
         servers.append(await loop.create_server(lambda: Conn(sites, ctx, tasks), addrs,
                                                 int(cfg.get("https_port", 443)), backlog=1024))
+    for addr, own in broken.items():
+        if addr not in cfg["listen"]:
+            continue
+        servers.append(await loop.create_server(lambda: Conn(sites, None, tasks), addr,
+                                                int(cfg.get("http_port", 80)), backlog=64))
+        servers.append(await loop.create_server(
+            lambda own=own: Conn(sites, own, tasks), addr,  # type: ignore[misc]
+            int(cfg.get("https_port", 443)), backlog=64))
     mark_ready(cfg)
     try:
         await life.wait()
