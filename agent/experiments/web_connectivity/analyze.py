@@ -62,8 +62,9 @@ Precedence: the first row whose condition holds decides (h11-style: one function
   12 http_failed       every fetch failed (TCP/TLS were fine):
                          control could not fetch either            down: site.down
                          the site's own authenticated answer       down: site.down
-                         broke the fetch (a redirect loop or a
-                         broken Location over TLS valid for it)
+                         broke the fetch (a redirect loop, a
+                         broken Location or bytes that are not
+                         HTTP, over TLS valid for it)
                          a redirect hop failed; judged at the      blocked/tcp_ip, tls:
                          hop's failing layer from its own TCP and    tcp.* | tls.sni_* | tls.* |
                          TLS events (SNI retry included)             tls.mitm
@@ -171,7 +172,8 @@ CERT_FAILURES: Final = frozenset(
 # Failures a site's own answer causes (the fetch followed what the server said).
 REDIRECT_LOOP: Final = "unknown_failure: too many redirects"
 BAD_LOCATION: Final = "unknown_failure: invalid redirect location"
-SITE_ANSWER_FAILURES: Final = frozenset({REDIRECT_LOOP, BAD_LOCATION})
+MALFORMED_RESPONSE: Final = "unknown_failure: malformed response"
+SITE_ANSWER_FAILURES: Final = frozenset({REDIRECT_LOOP, BAD_LOCATION, MALFORMED_RESPONSE})
 
 # ---- reasons ---------------------------------------------------------------------------------
 REASONS: Final = frozenset(

@@ -668,6 +668,14 @@ ROWS: list[Any] = [
         (DOWN, None, "site.down", None), id="https-unusable-location-header",
     ),
     pytest.param(
+        site(requests=(req(failure="unknown_failure: malformed response"),)),
+        (DOWN, None, "site.down", None), id="https-answer-that-is-not-http",
+    ),
+    pytest.param(
+        site("http", requests=(req(HTTP, port=80, failure="unknown_failure: malformed response"),)),
+        (BLOCKED, HTTP_FAILURE, "http.failure", None), id="http-answer-that-is-not-http",
+    ),
+    pytest.param(
         site("http", requests=(req(HTTP, port=80, failure="unknown_failure: too many redirects",
                                    redirects=(HTTP, HTTP)),)),
         (BLOCKED, HTTP_FAILURE, "http.failure", None),
