@@ -3,7 +3,7 @@
 ``analyze(obs, fingerprints)`` reads what ``measure()`` recorded (``WebObservations``) and the
 control helper's view, and returns a ``Verdict`` (docs/design.md, Contracts).  No I/O, no clock, no
 randomness: a stored measurement re-analysed later gives the same answer, and every rule is a
-table row in tests/unit/test_analyze.py.
+table row in tests/unit/agent/test_analyze.py.
 
 Precedence: the first row whose condition holds decides (h11-style: one function per row,
 ``RULES`` below lists them in this order).  ``[c]`` marks confirmed verdicts.
