@@ -439,7 +439,9 @@ class Fetcher:
                 total += len(chunk)
                 if len(head) < TITLE_SCAN_BYTES:
                     head += chunk[: TITLE_SCAN_BYTES - len(head)]
-            truncated = total >= cap and not resp.content.at_eof()
+            # one byte more says whether the page really goes on (a page of exactly the cap
+            # is complete); it is not counted
+            truncated = total >= cap and bool(await resp.content.read(1))
         except Exception as exc:
             return HTTPOutcome(failure_string(exc), resp.status, None, "", headers, redirects)
         title = extract_title(bytes(head), resp.charset)
