@@ -41,7 +41,14 @@ class Outcome:
             return False
         if (self.status, self.blocking) != (exp.status, exp.blocking):
             return False
+        if exp.interference is not None and exp.interference != self.interference:
+            return False
         return exp.reason is None or exp.reason == self.reason
+
+    @property
+    def interference(self) -> str | None:
+        verdict = (self.record or {}).get("verdict")
+        return verdict.get("interference") if isinstance(verdict, dict) else None
 
     @property
     def expected_label(self) -> str:

@@ -101,6 +101,7 @@ class Expectation:
     status: str
     blocking: str | None
     reason: str | None = None  # None: any reason is accepted
+    interference: str | None = None  # verdict.interference the agent must record, if given
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +363,7 @@ def _check_params(where: str, kind: str, params: Mapping[str, Any]) -> None:
 def _parse_expect(where: str, raw: Any) -> Expectation:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: expect must be a table")
-    unknown = set(raw) - {"status", "blocking", "reason"}
+    unknown = set(raw) - {"status", "blocking", "reason", "interference"}
     if unknown:
         raise ScenarioError(f"{where}: unknown expect keys {sorted(unknown)}")
     status = str(raw.get("status", ""))
@@ -375,8 +376,10 @@ def _parse_expect(where: str, raw: Any) -> Expectation:
     if (status in ("blocked", "throttled")) != (blocking is not None):
         raise ScenarioError(f"{where}: status {status} is inconsistent with blocking {blocking}")
     reason = raw.get("reason")
+    interference = raw.get("interference")
     return Expectation(status=status, blocking=blocking,
-                       reason=None if reason in (None, "") else str(reason))
+                       reason=None if reason in (None, "") else str(reason),
+                       interference=None if interference in (None, "") else str(interference))
 
 
 def _parse_event(where: str, raw: Any) -> Event:
