@@ -38,6 +38,7 @@ from lab.plan import (
     ISP_RESOLVER_DELAY_MS,
     SCALE_DOMAIN,
     LabPlan,
+    broken_certs,
     build_plan,
     render_censor_nft,
     render_site_nft,
@@ -47,7 +48,8 @@ from lab.scenarios import Event, ScenarioSet, load_files
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(__file__).resolve().parent
-DEFAULT_SCENARIO_FILES = ("scenarios.toml", "scenarios_apps.toml", "selfcheck.toml")
+DEFAULT_SCENARIO_FILES = ("scenarios.toml", "scenarios_apps.toml", "selfcheck.toml",
+                          "scenarios_field.toml")
 READY_TIMEOUT_S = 30.0
 DELAY_LINE_TUN = "dly0"  # in the isp namespace: the path RTTs of distant sites
 DELAY_LINE_ADDR = "198.18.254.1"
@@ -195,7 +197,7 @@ class Lab:
     def _build(self, helper: bool) -> None:
         self._namespaces()
         self._links()
-        self.pki = make_pki(self.dir / "pki", self.plan.cert_names)
+        self.pki = make_pki(self.dir / "pki", self.plan.cert_names, broken_certs(self.plan))
         self._write_files()
         self._censor()
         procs = self._processes()
@@ -253,7 +255,7 @@ class Lab:
             f"link set {A.ISP_UPLINK_IF} up",
             f"route add {A.INET_NET} via {A.INET_DOWNLINK} dev {A.ISP_UPLINK_IF}",
         ])
-        services = [A.AUTH_DNS, A.OPEN_RESOLVER, A.HELPER_ADDR, A.BLOCKPAGE_ADDR,
+        services = [A.AUTH_DNS, A.OPEN_RESOLVER, A.HELPER_ADDR, A.BLOCKPAGE_ADDR, A.PROXY_ADDR,
                     A.BROKER_ADDR, A.COLLECTOR_ADDR]
         _batch(inet, [
             f"addr add {A.INET_DOWNLINK}/30 dev {A.INET_IF}",
@@ -295,9 +297,12 @@ class Lab:
         assert pki is not None
         sites = [
             {"host": s.host, "kind": s.kind, "delay_ms": s.delay_ms,
-             "body_bytes": s.body_bytes, "slow_s": s.slow_s, "rate_kbit": s.rate_kbit}
-            for s in p.sites if s.kind not in ("nxdomain",)
+             "body_bytes": s.body_bytes, "slow_s": s.slow_s, "rate_kbit": s.rate_kbit,
+             "location": s.location}
+            for s in p.sites if s.kind not in ("nxdomain", "loopback", "no-address")
         ]
+        origins = {s.host: s.address for s in p.sites
+                   if s.kind not in ("nxdomain", "loopback", "no-address")}
         delay_line = [] if not p.path_rtt_ms else [
             Proc("delayline", "isp", "delayline", {
                 "tun": DELAY_LINE_TUN, "tun_addr": DELAY_LINE_ADDR, "delays": p.path_rtt_ms,
@@ -324,6 +329,13 @@ class Lab:
                 "scale_domain": SCALE_DOMAIN if p.scale_hosts else "",
                 "accept_delay_ms": DEFAULT_SITE_DELAY_MS,
                 "cert_file": str(pki.site_cert), "key_file": str(pki.site_key),
+                # a misconfigured site's own address presents its broken leaf to any name
+                "broken_certs": {p.site(h).address: [str(c), str(k)]
+                                 for h, (c, k) in pki.broken.items()},
+                "isp_sources": [str(A.ISP_CLIENTS)],
+            }),
+            Proc("isp-proxy", "inet", "proxy", {
+                "listen": A.PROXY_ADDR, "origins": origins,
             }),
             Proc("blockpage", "inet", "web", {
                 "mode": "blockpage", "page": "iran", "listen": [A.BLOCKPAGE_ADDR],
@@ -434,6 +446,20 @@ class Lab:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    # ---- the control helper blocked by the censor (a phase of its own) --------------------
+    def block_helper(self) -> None:
+        """The censor resets every connection from the probe to the helper's address."""
+        self._helper_rule("add")
+
+    def unblock_helper(self) -> None:
+        self._helper_rule("delete")
+
+    def _helper_rule(self, verb: str) -> None:
+        proc = self.run_in("isp", ["nft", verb, "element", "inet", CENSOR_TABLE, "ip_reset",
+                                   f"{{ {A.HELPER_ADDR} }}"], timeout=10)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft {verb} helper block: {proc.stderr.strip()}")
 
     # ---- using ---------------------------------------------------------------------------
     def exec_argv(self, role: str, argv: Sequence[str]) -> list[str]:

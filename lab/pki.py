@@ -8,7 +8,9 @@ matches but nobody trusts the issuer.  Keys are ECDSA (fast to make and to use).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trustme
@@ -22,9 +24,17 @@ class LabPKI:
     censor_ca_file: Path  # NOT given to anyone; self-checks use it to prove the MITM
     blockpage_cert: Path
     blockpage_key: Path
+    # host -> (leaf + chain, key) for sites whose certificate is broken on purpose
+    broken: dict[str, tuple[Path, Path]] = field(default_factory=dict)
 
 
-def make_pki(directory: Path, names: list[str]) -> LabPKI:
+# broken-certificate site kinds, as a server misconfigured by its owner would present them
+BROKEN_CERT_KINDS = frozenset({"expired-cert", "wrong-name-cert", "untrusted-cert"})
+
+
+def make_pki(directory: Path, names: list[str],
+             broken: Mapping[str, str] | None = None) -> LabPKI:
+    """``broken`` maps a host to one of ``BROKEN_CERT_KINDS``: that host gets its own leaf."""
     directory.mkdir(parents=True, exist_ok=True)
     lab_ca = trustme.CA(organization_name="Vigil Lab CA")
     censor_ca = trustme.CA(organization_name="National Filtering Authority (lab censor)")
@@ -47,6 +57,23 @@ def make_pki(directory: Path, names: list[str]) -> LabPKI:
     block.private_key_pem.write_to_path(str(pki.blockpage_key))
     for p in (pki.site_key, pki.blockpage_key):
         p.chmod(0o600)
+    stranger_ca = trustme.CA(organization_name="Unknown Issuer (lab)")  # nobody trusts it
+    for i, (host, kind) in enumerate(sorted((broken or {}).items())):
+        if kind == "expired-cert":
+            now = datetime.datetime.now(datetime.UTC)
+            leaf = lab_ca.issue_cert(host, not_before=now - datetime.timedelta(days=400),
+                                     not_after=now - datetime.timedelta(days=30))
+        elif kind == "wrong-name-cert":
+            leaf = lab_ca.issue_cert(f"other-name-{i}.lab.test")
+        elif kind == "untrusted-cert":
+            leaf = stranger_ca.issue_cert(host)
+        else:
+            raise ValueError(f"unknown broken certificate kind {kind!r}")
+        cert_path, key_path = directory / f"broken-{i}-cert.pem", directory / f"broken-{i}-key.pem"
+        _write_chain(leaf, cert_path)
+        leaf.private_key_pem.write_to_path(str(key_path))
+        key_path.chmod(0o600)
+        pki.broken[host] = (cert_path, key_path)
     return pki
 
 

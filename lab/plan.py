@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab import addressing as A
-from lab.scenarios import Scenario, ScenarioSet
+from lab.scenarios import PROXY_ANSWER, Scenario, ScenarioSet
 
 DEFAULT_SITE_DELAY_MS = 40  # a "distant" server: the on-path injector must win the race
 ISP_RESOLVER_DELAY_MS = 20
@@ -33,6 +33,7 @@ class SitePlan:
     isp_address: str | None = None  # CDN: what the ISP's resolver is told instead
     scenario: str = ""
     rate_kbit: int = 0  # the server paces its answers to this rate (0: as fast as it can)
+    location: str = ""  # redirect-to: where everyone is sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ class LabPlan:
 
     @property
     def cert_names(self) -> list[str]:
-        names = sorted({s.host for s in self.sites})
+        """Names on the lab CA's site certificate: every served site with a sound one."""
+        names = sorted({s.host for s in self.sites if s.kind not in _NO_SITE_CERT})
         if self.scale_hosts:
             names.append(f"*.{SCALE_DOMAIN}")
         return names
@@ -78,6 +80,18 @@ class LabPlan:
         data = asdict(self)
         data["scale_hosts"] = len(self.scale_hosts)
         return data
+
+
+# Sites without a (valid) name on the shared certificate: nothing served, or their own leaf.
+_NO_SITE_CERT = frozenset({"nxdomain", "loopback", "no-address", "expired-cert",
+                           "wrong-name-cert", "untrusted-cert"})
+LOOPBACK_ANSWER = "127.0.0.1"
+
+
+def broken_certs(plan: LabPlan) -> dict[str, str]:
+    """host -> broken-certificate kind, for pki.make_pki."""
+    kinds = ("expired-cert", "wrong-name-cert", "untrusted-cert")
+    return {s.host: s.kind for s in plan.sites if s.kind in kinds}
 
 
 def build_plan(sset: ScenarioSet, scale: int = 0) -> LabPlan:
@@ -105,14 +119,28 @@ def build_plan(sset: ScenarioSet, scale: int = 0) -> LabPlan:
             continue  # rows sharing a host share (identical, validated) rules
         ruled.add(s.host)
         for rule in s.censor:
+            params = dict(rule.params)
+            if "answer" in params:
+                params["answer"] = _answer_address(str(params["answer"]), host_addr, s)
             _add_rule(plan, s, rule.kind, rule.target or s.host,
-                      rule.target or host_addr[s.host], dict(rule.params))
+                      rule.target or host_addr[s.host], params)
 
     if scale:
         _add_scale(plan, scale)
     plan.inet_addresses = sorted(set(plan.inet_addresses), key=_addr_key)
     plan.listen_addresses = sorted(set(plan.listen_addresses), key=_addr_key)
     return plan
+
+
+def _answer_address(answer: str, host_addr: dict[str, str], s: Scenario) -> str:
+    """A forged answer: an address, the ISP's proxy, or another scenario site's address."""
+    if answer == PROXY_ANSWER:
+        return A.PROXY_ADDR
+    if all(part.isdigit() for part in answer.split(".")):
+        return answer
+    if answer not in host_addr:
+        raise ValueError(f"{s.source}: answer names {answer!r}, which no scenario serves")
+    return host_addr[answer]
 
 
 def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) -> None:
@@ -126,6 +154,7 @@ def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) ->
     plan.sites.append(SitePlan(
         host=s.host, address=addr, kind=kind, delay_ms=delay, body_bytes=s.site.body_bytes,
         slow_s=s.site.slow_s, isp_address=isp_addr, scenario=s.id, rate_kbit=s.site.rate_kbit,
+        location=s.site.location,
     ))
     if s.site.rtt_ms:
         plan.path_rtt_ms[addr] = s.site.rtt_ms
@@ -133,6 +162,12 @@ def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) ->
         plan.path_loss_permille[addr] = round(s.site.loss_percent * 10)
     if kind == "nxdomain":
         return  # the name exists nowhere: no zone entry, no server
+    if kind == "loopback":
+        plan.zone[s.host] = {"a": [LOOPBACK_ANSWER]}  # the owner's DNS mistake, for everyone
+        return
+    if kind == "no-address":
+        plan.zone[s.host] = {"a": []}  # the name exists but has no address (NODATA)
+        return
     entry: dict[str, list[str]] = {"a": [addr]}
     if isp_addr:
         entry["isp"] = [isp_addr]
@@ -150,6 +185,10 @@ def _add_rule(plan: LabPlan, s: Scenario, kind: str, name: str, addr: str,
         plan.resolver_overrides[name] = {"action": "nxdomain"}
     elif kind == "dns_servfail":
         plan.resolver_overrides[name] = {"action": "servfail"}
+    elif kind == "dns_answer":
+        plan.resolver_overrides[name] = {"action": "answer", "a": [params["answer"]]}
+    elif kind == "dns_nodata":
+        plan.resolver_overrides[name] = {"action": "nodata"}
     elif kind == "dns_bogon":
         plan.resolver_overrides[name] = {"action": "answer",
                                          "a": [params.get("answer", A.BOGON_ANSWER)]}
@@ -178,6 +217,12 @@ def _add_rule(plan: LabPlan, s: Scenario, kind: str, name: str, addr: str,
                                  "page": params.get("page", "iran")})
     elif kind == "http_reset":
         plan.inject_http.append({"host": name, "action": "reset"})
+    elif kind == "http_drop":
+        plan.inject_http.append({"host": name, "action": "drop"})
+    elif kind == "http_close":
+        plan.inject_http.append({"host": name, "action": "close"})
+    elif kind == "tls_close":
+        plan.inject_tls.append({"sni": name, "action": "close"})
     else:  # pragma: no cover - scenarios.py validates kinds
         raise ValueError(f"{s.source}: unknown censor kind {kind}")
 

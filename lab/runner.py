@@ -41,7 +41,14 @@ class Outcome:
             return False
         if (self.status, self.blocking) != (exp.status, exp.blocking):
             return False
+        if exp.interference is not None and exp.interference != self.interference:
+            return False
         return exp.reason is None or exp.reason == self.reason
+
+    @property
+    def interference(self) -> str | None:
+        verdict = (self.record or {}).get("verdict")
+        return verdict.get("interference") if isinstance(verdict, dict) else None
 
     @property
     def expected_label(self) -> str:
@@ -152,7 +159,13 @@ def run_scenarios(lab: Lab, scenarios: Sequence[Scenario] | None = None,
         output.unlink(missing_ok=True)
         argv = lab.agent_argv([list_file], output, tests=test,
                               control_url=DEAD_CONTROL_URL if control == "unreachable" else None)
-        run = _run_agent(lab, argv, output, [s.id for s in group], events, timeout_s)
+        if control == "blocked":
+            lab.block_helper()  # the censor resets the probe's flows to the helper: a phase
+        try:
+            run = _run_agent(lab, argv, output, [s.id for s in group], events, timeout_s)
+        finally:
+            if control == "blocked":
+                lab.unblock_helper()
         report.runs.append(run)
         records = _read_records(output)
         for s in group:

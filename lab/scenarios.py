@@ -28,6 +28,8 @@ CENSOR_KINDS: dict[str, str] = {
     "dns_blockpage": "name",
     "dns_inject": "name",
     "dns_servfail": "name",
+    "dns_answer": "name",
+    "dns_nodata": "name",
     "tcp_drop": "address",
     "tcp_reset": "address",
     "tls_reset": "name",
@@ -35,21 +37,31 @@ CENSOR_KINDS: dict[str, str] = {
     "tls_mitm": "address",
     "http_blockpage": "name",
     "http_reset": "name",
+    "http_drop": "name",
+    "http_close": "name",
+    "tls_close": "name",
     "ip_throttle": "address",
     "sni_throttle": "name",
 }
 CENSOR_PARAMS: dict[str, frozenset[str]] = {
     "dns_bogon": frozenset({"answer"}),
     "dns_inject": frozenset({"answer"}),
+    "dns_answer": frozenset({"answer"}),
     "http_blockpage": frozenset({"page"}),
     "ip_throttle": frozenset({"rate_kbit"}),
     "sni_throttle": frozenset({"rate_kbit"}),
 }
 SITE_KINDS = frozenset(
-    {"normal", "slow", "dynamic", "redirect", "cdn", "down-refused", "down-timeout", "nxdomain"}
+    {"normal", "slow", "dynamic", "redirect", "cdn", "down-refused", "down-timeout", "nxdomain",
+     "redirect-to", "redirect-loop", "broken-location", "captcha", "expired-cert",
+     "wrong-name-cert", "untrusted-cert", "loopback", "no-address"}
 )
+# An answer may name the ISP's transparent proxy instead of an address or a scenario host.
+PROXY_ANSWER = "isp-proxy"
 BLOCKPAGES = frozenset({"iran", "custom"})
-CONTROL_MODES = frozenset({"helper", "unreachable"})
+# helper: the real control; unreachable: a dead control URL; blocked: the censor resets every
+# flow from the probe to the real helper (a phase of its own: one agent run, rule removed after)
+CONTROL_MODES = frozenset({"helper", "unreachable", "blocked"})
 EVENT_KINDS = frozenset({"shutdown"})
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -84,6 +96,7 @@ class Site:
     rtt_ms: int = 0  # round trip added on the path (the ISP router's delay line), 0: none
     loss_percent: float = 0.0  # random loss on the path, each direction (nft numgen)
     rate_kbit: int = 0  # the server itself sends no faster than this (0: unpaced)
+    location: str = ""  # where a "redirect-to" site sends everyone (an http(s) URL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,7 @@ class Expectation:
     status: str
     blocking: str | None
     reason: str | None = None  # None: any reason is accepted
+    interference: str | None = None  # verdict.interference the agent must record, if given
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +166,18 @@ class ScenarioSet:
 
 
 def host_of(url: str) -> str:
+    """The URL's host as DNS carries it (lower case; IDNA A-labels for Unicode names)."""
     host = urlsplit(url).hostname
     if not host:
         raise ValueError(f"URL without a host: {url!r}")
-    return host.lower()
+    return ascii_host(host)
+
+
+def ascii_host(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise ValueError(f"host {host!r} is not a valid IDNA name: {exc}") from None
 
 
 def load_files(paths: Iterable[str | Path]) -> ScenarioSet:
@@ -235,7 +257,11 @@ def _parse_scenario(where: str, row: Any) -> Scenario:
         raise ScenarioError(f"{where}: url must be http(s)://host/..., got {url!r}")
     if parts.port is not None:
         raise ScenarioError(f"{where}: url must use the default port (the lab serves 80/443)")
-    if not _HOST_RE.match(parts.hostname):
+    try:
+        encoded = ascii_host(parts.hostname)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    if not _HOST_RE.match(encoded):
         raise ScenarioError(f"{where}: bad host name {parts.hostname!r}")
     site = _parse_site(where, row.get("site", {}))
     censor = tuple(_parse_rule(f"{where}.censor[{i}]", r) for i, r in
@@ -260,7 +286,8 @@ def _parse_site(where: str, raw: Any) -> Site:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: site must be a string or a table")
     unknown = set(raw) - {"kind", "address_group", "delay_ms", "body_bytes", "slow_s",
-                          "rtt_ms", "loss_percent", "rate_kbit"}
+                          "rtt_ms", "loss_percent", "rate_kbit",
+                          "location"}
     if unknown:
         raise ScenarioError(f"{where}: unknown site keys {sorted(unknown)}")
     kind = str(raw.get("kind", "normal"))
@@ -289,8 +316,16 @@ def _parse_site(where: str, raw: Any) -> Site:
         raise ScenarioError(f"{where}: site.rate_kbit must be 0 or an integer 8..10000000")
     if (rtt or loss) and group:
         raise ScenarioError(f"{where}: rtt_ms/loss_percent are per address: no address_group")
+    location = str(raw.get("location", ""))
+    if (kind == "redirect-to") != bool(location):
+        raise ScenarioError(f"{where}: site.location is required by, and only by, redirect-to")
+    if location:
+        target = urlsplit(location)
+        if target.scheme not in ("http", "https") or not _HOST_RE.match(target.hostname or ""):
+            raise ScenarioError(f"{where}: site.location must be an http(s) URL of a lab host")
     return Site(kind=kind, address_group=group, delay_ms=delay, body_bytes=body,
-                slow_s=float(slow), rtt_ms=rtt, loss_percent=float(loss), rate_kbit=rate)
+                slow_s=float(slow), rtt_ms=rtt, loss_percent=float(loss), rate_kbit=rate,
+                location=location)
 
 
 def _parse_rule(where: str, raw: Any) -> CensorRule:
@@ -319,6 +354,8 @@ def _parse_rule(where: str, raw: Any) -> CensorRule:
 
 
 def _check_params(where: str, kind: str, params: Mapping[str, Any]) -> None:
+    if kind == "dns_answer" and "answer" not in params:
+        raise ScenarioError(f"{where}: dns_answer needs an answer")
     rate = params.get("rate_kbit")
     if rate is not None and not (isinstance(rate, int) and 8 <= rate <= 10_000_000):
         raise ScenarioError(f"{where}: rate_kbit must be an integer 8..10000000")
@@ -332,13 +369,17 @@ def _check_params(where: str, kind: str, params: Mapping[str, Any]) -> None:
         try:
             ipaddress.IPv4Address(str(answer))
         except ValueError:
-            raise ScenarioError(f"{where}: answer must be an IPv4 address") from None
+            if answer != PROXY_ANSWER and not _HOST_RE.match(str(answer)):
+                raise ScenarioError(
+                    f"{where}: answer must be an IPv4 address, a scenario host or "
+                    f"{PROXY_ANSWER!r}"
+                ) from None
 
 
 def _parse_expect(where: str, raw: Any) -> Expectation:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: expect must be a table")
-    unknown = set(raw) - {"status", "blocking", "reason"}
+    unknown = set(raw) - {"status", "blocking", "reason", "interference"}
     if unknown:
         raise ScenarioError(f"{where}: unknown expect keys {sorted(unknown)}")
     status = str(raw.get("status", ""))
@@ -351,8 +392,10 @@ def _parse_expect(where: str, raw: Any) -> Expectation:
     if (status in ("blocked", "throttled")) != (blocking is not None):
         raise ScenarioError(f"{where}: status {status} is inconsistent with blocking {blocking}")
     reason = raw.get("reason")
+    interference = raw.get("interference")
     return Expectation(status=status, blocking=blocking,
-                       reason=None if reason in (None, "") else str(reason))
+                       reason=None if reason in (None, "") else str(reason),
+                       interference=None if interference in (None, "") else str(interference))
 
 
 def _parse_event(where: str, raw: Any) -> Event:

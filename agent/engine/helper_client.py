@@ -94,8 +94,15 @@ class ControlClient:
             self._session = None
 
     # ---- API -------------------------------------------------------------------------------
-    async def control(self, url: str, tcp_connect: Sequence[str]) -> ControlResponse:
-        body = json.dumps({"url": url, "tcp_connect": list(tcp_connect)}).encode()
+    async def control(
+        self, url: str, tcp_connect: Sequence[str], body_cap: int | None = None
+    ) -> ControlResponse:
+        """The helper's view of ``url``; ``body_cap`` asks it to read as many body bytes as we do
+        (so a page larger than both caps compares equal instead of failing the control)."""
+        request: dict[str, Any] = {"url": url, "tcp_connect": list(tcp_connect)}
+        if body_cap is not None:
+            request["body_cap"] = body_cap
+        body = json.dumps(request).encode()
         data = await self._request("POST", "/api/v1/control", body)
         try:
             return control_from_json(data)

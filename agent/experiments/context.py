@@ -21,7 +21,9 @@ class HelperClient(Protocol):
 
     base_url: str
 
-    async def control(self, url: str, tcp_connect: Sequence[str]) -> ControlResponse: ...
+    async def control(
+        self, url: str, tcp_connect: Sequence[str], body_cap: int | None = None
+    ) -> ControlResponse: ...
 
     async def request_json(
         self, method: str, path: str, payload: Mapping[str, Any] | None = None

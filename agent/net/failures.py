@@ -147,6 +147,14 @@ def _direct(exc: BaseException) -> str | None:
     return _aiohttp_specific(exc)
 
 
+# aiohttp's parser errors: the server's bytes are not HTTP (a censor may forge them in clear
+# text; over TLS valid for the site they are the site's own)
+_MALFORMED_RESPONSE: Final = frozenset(
+    {"BadStatusLine", "BadHttpMessage", "LineTooLong", "InvalidHeader", "BadHttpMethod",
+     "InvalidURLError"}
+)
+
+
 def _aiohttp_specific(exc: BaseException) -> str | None:
     # Imported lazily by name: this module must stay importable without aiohttp in the path.
     name = type(exc).__name__
@@ -162,6 +170,10 @@ def _aiohttp_specific(exc: BaseException) -> str | None:
         return EOF_ERROR  # the peer closed before the announced length: truncated body
     if name == "TooManyRedirects":
         return unknown("too many redirects")
+    if name in ("InvalidUrlRedirectClientError", "NonHttpUrlRedirectClientError"):
+        return unknown("invalid redirect location")
+    if name in _MALFORMED_RESPONSE:
+        return unknown("malformed response")
     return None
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDictProxy
 
@@ -171,6 +172,7 @@ class _SocketTracker:
         self.peer: str | None = None
         self._socks: list[socket.socket] = []
         self._on_local = on_local
+        self.hops: list[tuple[str, str | None]] = []  # (URL that answered 3xx, its Location)
 
     def factory(self, addr_info: Any) -> socket.socket:
         family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
@@ -191,10 +193,39 @@ class _SocketTracker:
             break
         self._socks.clear()
 
+    async def on_redirect(self, session: Any, trace_ctx: Any, params: Any) -> None:
+        response = params.response
+        self.hops.append((str(response.url), response.headers.get("Location")))
+        self.peer = None  # the next hop connects anew; do not blame it on this one's peer
+
+    def chain(self) -> tuple[str, ...]:
+        """The redirect targets followed before a failure, the one being fetched last."""
+        urls = [url for url, _ in self.hops[1:]]
+        if self.hops:
+            last, location = self.hops[-1]
+            target = _join(last, location)
+            if target is not None and target != last:
+                urls.append(target)
+        return tuple(urls)
+
     def trace(self) -> aiohttp.TraceConfig:
         config = aiohttp.TraceConfig()
         config.on_connection_create_end.append(self.on_connected)
+        config.on_request_redirect.append(self.on_redirect)
         return config
+
+
+def _join(base: str, location: str | None) -> str | None:
+    """Where a Location header points, as an absolute http(s) URL; None when it does not."""
+    if not location:
+        return None
+    try:
+        target = yarl.URL(base).join(yarl.URL(location))
+    except (ValueError, TypeError):
+        return None
+    if target.scheme not in ("http", "https") or not target.raw_host:
+        return None
+    return str(target.with_fragment(None))
 
 
 async def fetch(
@@ -246,6 +277,8 @@ async def fetch(
     except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError, ValueError) as exc:
         if isinstance(exc, aiohttp.TooManyRedirects):
             state.redirects = tuple(str(r.url) for r in exc.history[1:])
+        elif tracker.hops and state.status is None:
+            state.redirects = tracker.chain()
         state.failure = failures.classify(exc)
         state.address = state.address or tracker.peer
     now = loop.time()

@@ -62,14 +62,16 @@ class TCPConnect:
     failure: str | None
     t0: float
     t: float
-    origin: str  # "dns" (system resolver), "control" (control helper's addresses) or "both"
+    origin: str  # "dns" (system resolver), "control" (control helper's addresses), "both",
+    # or "redirect" (the address of a redirect target the fetch failed on, opened afterwards)
 
 
 @dataclass(frozen=True, slots=True)
 class TLSHandshake:
     address: str  # "ip:port"
     server_name: str  # SNI sent
-    purpose: str  # "target" (SNI = host) or "benign_sni" (retry proving SNI filtering)
+    purpose: str  # "target" (SNI = host), "benign_sni" (retry proving SNI filtering), or
+    # "redirect" / "redirect_benign_sni": the same two for a redirect target the fetch failed on
     failure: str | None
     tls_version: str | None
     cipher_suite: str | None

@@ -28,9 +28,10 @@ class ControlTLS:
 class ControlHTTP:
     failure: str | None
     status_code: int | None
-    body_length: int | None
+    body_length: int | None  # bytes read; the cap when ``body_truncated``
     title: str
     headers: dict[str, str]
+    body_truncated: bool = False  # the helper stopped at the byte cap (a large page, not a failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ def _control_from(d: dict[str, Any]) -> ControlResponse:
             body_length=None if http["body_length"] is None else int(http["body_length"]),
             title=str(http.get("title", "")),
             headers={str(k): str(v) for k, v in http.get("headers", {}).items()},
+            body_truncated=http.get("body_truncated") is True,
         ),
         client=ClientInfo(
             asn=str(client["asn"]), network_name=str(client["network_name"]), cc=str(client["cc"])

@@ -32,7 +32,9 @@ class Verdict:
     """The conclusion of one measurement.
 
     ``reason`` is a dotted machine string (``dns.nxdomain``, ``tls.sni_reset``, ``site.down``...);
-    ``confirmed`` is true only when a known blockpage fingerprint matched.
+    ``confirmed`` is true only when a known blockpage fingerprint matched.  ``interference`` is
+    tampering seen on the way that did not decide the verdict (a dotted reason such as
+    ``dns.injected`` on an ``ok`` verdict: the genuine page still arrived).
     """
 
     status: Status
@@ -40,6 +42,7 @@ class Verdict:
     reason: str = ""
     confirmed: bool = False
     fingerprint: str | None = None
+    interference: str | None = None
 
     def __post_init__(self) -> None:
         blocked = self.status in (Status.BLOCKED, Status.THROTTLED)
@@ -57,6 +60,8 @@ class Verdict:
         }
         if self.fingerprint is not None:
             out["fingerprint"] = self.fingerprint
+        if self.interference is not None:
+            out["interference"] = self.interference
         return out
 
     @classmethod
@@ -68,6 +73,7 @@ class Verdict:
             reason=data.get("reason", ""),
             confirmed=bool(data.get("confirmed", False)),
             fingerprint=data.get("fingerprint"),
+            interference=data.get("interference"),
         )
 
 

@@ -43,6 +43,7 @@ from collector.helper.fetch import (
 from collector.helper.policy import TargetPolicy, port_allowed
 
 MAX_URL_LENGTH = 2048
+MIN_BODY_CAP = 1024  # a probe's cap below this could not tell one page from another
 EXTRA_PROBE_PORTS = frozenset({80, 443})  # the probe may report both for an http->https site
 
 
@@ -63,6 +64,7 @@ class ControlRequest:
     host: str  # IDNA-encoded host, or the IP literal without brackets
     port: int
     tcp_connect: tuple[tuple[str, str, int], ...]  # (key as echoed, ip, port)
+    body_cap: int | None = None  # the probe reads at most this many body bytes: so do we
 
 
 def _bad(detail: str) -> Refusal:
@@ -77,7 +79,12 @@ def parse_control_request(obj: Any, *, max_addresses: int) -> ControlRequest:
     # nothing else in the body can influence what the helper sends.
     url, host, port = _target_url(obj.get("url"))
     endpoints = _endpoints(obj.get("tcp_connect", []), port, max_addresses)
-    return ControlRequest(url.with_fragment(None), host, port, endpoints)
+    body_cap = obj.get("body_cap")
+    if body_cap is not None and (
+        isinstance(body_cap, bool) or not isinstance(body_cap, int) or body_cap < MIN_BODY_CAP
+    ):
+        raise _bad(f"body_cap must be an integer of at least {MIN_BODY_CAP}")
+    return ControlRequest(url.with_fragment(None), host, port, endpoints, body_cap)
 
 
 def _target_url(raw_url: object) -> tuple[URL, str, int]:
@@ -164,8 +171,21 @@ class ControlRunner:
             dns = await self.resolve(req.host)
             allowed = [str(d.address) for d in map(self.policy.check, dns.addrs) if d.allowed]
             if dns.addrs and not allowed:
-                raise Refusal(
-                    TARGET_FORBIDDEN, "every address the name resolves to is in a refused range"
+                # The name's own answer is unroutable (127.0.0.1, a private range).  When the
+                # probe got that very answer too, confirming it is evidence (the site's DNS is
+                # broken for everyone) and reveals nothing the probe does not know; connect to
+                # nothing either way, and otherwise refuse as before (no internal-DNS oracle).
+                seen = {str(ip_address(ip)) for _key, ip, _port in req.tcp_connect}
+                confirmed = tuple(a for a in dns.addrs if str(ip_address(a)) in seen)
+                if not confirmed:
+                    raise Refusal(
+                        TARGET_FORBIDDEN,
+                        "every address the name resolves to is in a refused range",
+                    )
+                return _render(
+                    req, DNSOutcome(None, confirmed), [],
+                    HTTPOutcome(f"unknown_failure: {TARGET_FORBIDDEN}", None, None, "", {}, ()),
+                    {key: TARGET_FORBIDDEN for key, _ip, _port in req.tcp_connect},
                 )
 
         targets: dict[str, tuple[str, int]] = {}
@@ -189,7 +209,7 @@ class ControlRunner:
             self._ssl,
             FetchLimits(
                 max_redirects=limits.max_redirects,
-                max_body_bytes=limits.max_body_bytes,
+                max_body_bytes=min(limits.max_body_bytes, req.body_cap or limits.max_body_bytes),
                 connect_timeout=limits.connect_timeout,
                 total_timeout=limits.http_timeout,
             ),
@@ -264,6 +284,7 @@ def _render(
             "title": http.title,
             "headers": http.headers,
             "redirects": list(http.redirects),
+            "body_truncated": http.body_truncated,
         },
         "skipped": skipped,
     }

@@ -39,7 +39,7 @@ from yarl import URL
 
 from agent.net.failures import classify_dns, classify_quietly
 from agent.net.http import extract_title
-from collector.helper.errors import RESPONSE_TOO_LARGE, TARGET_FORBIDDEN, Refusal
+from collector.helper.errors import TARGET_FORBIDDEN, Refusal
 from collector.helper.policy import TargetPolicy, port_allowed
 
 TITLE_SCAN_BYTES = 65_536
@@ -189,6 +189,7 @@ class HTTPOutcome:
     title: str
     headers: dict[str, str]
     redirects: tuple[str, ...]
+    body_truncated: bool = False  # stopped at the byte cap: a large page, not a failure
 
 
 def host_key(host: str) -> str:
@@ -356,28 +357,26 @@ class Fetcher:
     ) -> HTTPOutcome:
         cap = self._limits.max_body_bytes
         headers = _headers_json(resp)
-        if resp.content_length is not None and resp.content_length > cap:
-            raise Refusal(
-                RESPONSE_TOO_LARGE,
-                f"the page declares {resp.content_length} bytes; the helper reads at most {cap}",
-            )
         head = bytearray()
         total = 0
+        truncated = False
         try:
-            async for chunk in resp.content.iter_chunked(65_536):
+            # A page larger than the cap is read up to the cap, like the probe does: both sides
+            # then compare the same prefix (a download page is not a failed control).
+            while total < cap:
+                chunk = await resp.content.read(min(65_536, cap - total))
+                if not chunk:
+                    break
                 total += len(chunk)
-                if total > cap:
-                    raise Refusal(
-                        RESPONSE_TOO_LARGE, f"the page is over the helper's {cap}-byte limit"
-                    )
                 if len(head) < TITLE_SCAN_BYTES:
                     head += chunk[: TITLE_SCAN_BYTES - len(head)]
-        except Refusal:
-            raise
+            # one byte more says whether the page really goes on (a page of exactly the cap
+            # is complete); it is not counted
+            truncated = total >= cap and bool(await resp.content.read(1))
         except Exception as exc:
             return HTTPOutcome(classify_quietly(exc), resp.status, None, "", headers, redirects)
         title = extract_title(bytes(head), resp.charset)
-        return HTTPOutcome(None, resp.status, total, title, headers, redirects)
+        return HTTPOutcome(None, resp.status, total, title, headers, redirects, truncated)
 
 
 def _redirect_target(current: URL, location: str) -> URL | str:

@@ -81,7 +81,9 @@ class DNSLogic:
             addrs = entry["a"]
             if "isp" in entry and self._from_isp(client):
                 addrs = entry["isp"]
-            response.answer.append(dns.rrset.from_text_list(q.name, self.ttl, "IN", "A", addrs))
+            if addrs:  # a name without addresses answers NOERROR, no records (NODATA)
+                response.answer.append(
+                    dns.rrset.from_text_list(q.name, self.ttl, "IN", "A", addrs))
         return response  # other types: NOERROR without answers (NODATA)
 
     def _from_isp(self, client: str) -> bool:
@@ -122,6 +124,8 @@ class DNSLogic:
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif action == "servfail":
             response.set_rcode(dns.rcode.SERVFAIL)
+        elif action == "nodata":
+            pass  # NOERROR without records: a resolver hiding the name's addresses
         elif action == "answer" and q.rdtype == dns.rdatatype.A:
             response.answer.append(dns.rrset.from_text_list(q.name, self.ttl, "IN", "A",
                                                             rule["a"]))

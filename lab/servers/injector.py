@@ -7,8 +7,10 @@ hold a packet: it sees a copy (AF_PACKET with a kernel BPF filter compiled by tc
   - TLS ClientHello whose SNI matches: resets both ends (reset), or puts the flow in the
     router's drop set so the ServerHello never arrives (drop), or in the shaping map so the
     flow is squeezed to the throttle rate (throttle);
+  - TLS ClientHello whose SNI matches, or HTTP request whose Host matches: closes the
+    client's side with a forged FIN (close: the client reads EOF) and drops the flow;
   - HTTP request whose Host matches: forges the blockpage as the server's response (and
-    drops the real one), or resets both ends.
+    drops the real one), resets both ends, or black-holes the flow (drop).
 Lab servers answer after a few tens of milliseconds, so the injector wins the race.
 Every action is logged as one JSON line (the self-checks read them).
 """
@@ -139,6 +141,9 @@ class Injector:
             err = self._add("flow_reset", key)
         elif action == "drop":
             err = self._add("flow_drop", key)
+        elif action == "close":
+            self._close_client(ip, tcp)
+            err = self._add("flow_drop", key)
         elif action == "throttle":
             err = self._add("flow_throttle", f"{key} : {rule['classid']}")
         self.log({"event": f"tls_{action}", "sni": sni, "flow": key, "error": err})
@@ -163,7 +168,19 @@ class Injector:
         elif action == "reset":
             self._reset_both(ip, tcp)
             err = self._add("flow_reset", key)
+        elif action == "drop":
+            err = self._add("flow_drop", key)
+        elif action == "close":
+            self._close_client(ip, tcp)
+            err = self._add("flow_drop", key)
         self.log({"event": f"http_{action}", "host": host, "flow": key, "error": err})
+
+    def _close_client(self, ip: P.IPv4, tcp: P.TCP) -> None:
+        """A FIN to the client in the server's name (it reads EOF), a RST to the server."""
+        ack = tcp.seq + len(tcp.payload)
+        self.send(P.build_tcp(ip.dst, ip.src, tcp.dport, tcp.sport, tcp.ack, ack,
+                              P.FIN | P.ACK), ip.src)
+        self.send(P.build_tcp(ip.src, ip.dst, tcp.sport, tcp.dport, ack, 0, P.RST), ip.dst)
 
     def _reset_both(self, ip: P.IPv4, tcp: P.TCP) -> None:
         # to the client: the sequence number it expects next is the trigger's ack number

@@ -7,11 +7,19 @@ The TCP handshake itself is the kernel's and stays instant, as on a real server.
 
 Paths: ``/`` the site's page; ``/bytes/N`` N bytes (throughput self-checks).
 Modes: ``sites`` (the lab's sites) or ``blockpage`` (every request gets the blockpage).
+
+Sites that misbehave on their own (never censorship): ``redirect-to`` sends everyone to its
+``location``; ``redirect-loop`` redirects to itself forever; ``broken-location`` answers the
+ISP's clients (``isp_sources``) with an unusable ``Location`` and everyone else with a working
+redirect; ``captcha`` gives the ISP's clients a 503 challenge page and everyone else the page;
+broken-certificate sites' addresses present their own (expired, misnamed or unknown-issuer)
+leaf to any name, as a misconfigured server on its own address does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import ssl
 import sys
@@ -41,6 +49,14 @@ class Sites:
         self.scale_domain = cfg.get("scale_domain", "")
         self.default_delay = float(cfg.get("accept_delay_ms", 40)) / 1000.0
         self.blockpage = cfg.get("page", "iran")
+        self.isp_sources = [ipaddress.IPv4Network(n) for n in cfg.get("isp_sources", [])]
+
+    def from_isp(self, client: str) -> bool:
+        try:
+            addr = ipaddress.IPv4Address(client)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.isp_sources)
 
     def rate_of(self, host: str) -> int:
         """The site's own sending rate in kbit/s (a server slow by itself), 0: unpaced."""
@@ -54,7 +70,8 @@ class Sites:
                     "body_bytes": 4000 + sum(host.encode()) % 4000, "slow_s": 0.0}
         return site
 
-    async def respond(self, method: str, target: str, host: str, tls: bool) -> bytes:
+    async def respond(self, method: str, target: str, host: str, tls: bool,
+                      client: str = "") -> bytes:
         if self.mode == "blockpage":
             await asyncio.sleep(self.default_delay)
             return http_response(self.blockpage, close=False)
@@ -75,8 +92,31 @@ class Sites:
         if kind == "redirect" and not tls:
             return _response(301, "Moved Permanently", b"", extra={
                 "Location": f"https://{host}{target}"})
+        scheme = "https" if tls else "http"
+        if kind == "redirect-to":
+            return _response(308, "Permanent Redirect", b"", extra={
+                "Location": str(site["location"])})
+        if kind == "redirect-loop":
+            return _response(302, "Found", b"", extra={
+                "Location": f"{scheme}://{host}/loop/{random.getrandbits(32):08x}"})
+        if kind == "broken-location" and target == "/":
+            location = f"{scheme}://" if self.from_isp(client) else f"{scheme}://{host}/home"
+            return _response(302, "Found", b"", extra={"Location": location})
         body = _page(host, int(site.get("body_bytes", 6000)), dynamic=kind == "dynamic")
+        if kind == "captcha":
+            extra = {"X-Edge-Request": "lab-edge-7f3a", "Report-To": '{"group":"edge-nel"}'}
+            if self.from_isp(client):
+                return _response(503, "Service Unavailable", _CHALLENGE, extra=extra)
+            return _response(200, "OK", body, extra=extra, head_only=method == "HEAD")
         return _response(200, "OK", body, head_only=method == "HEAD")
+
+
+_CHALLENGE = (
+    b"<!doctype html><html><head><title>One moment, please...</title></head><body>"
+    b"<h1>Checking your browser before you reach the site</h1><noscript>Enable JavaScript and "
+    b"cookies to continue.</noscript><form id=challenge method=post action=/verify>"
+    b"<input type=hidden name=token value=4f1c2a></form></body></html>\n"
+)
 
 
 def _page(host: str, size: int, dynamic: bool) -> bytes:
@@ -120,11 +160,14 @@ class Conn(asyncio.Protocol):
         self.buffer = bytearray()
         self.more = asyncio.Event()
         self.closed = False
+        self.client = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         transport.pause_reading()  # the ClientHello stays in the kernel until we are "ready"
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
         task = asyncio.get_running_loop().create_task(self._run(transport))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -172,7 +215,8 @@ class Conn(asyncio.Protocol):
             method, target, headers = request
             host = headers.get("host", "").lower()
             host = host.rsplit(":", 1)[0] if ":" in host and not host.startswith("[") else host
-            reply = await self.sites.respond(method, target, host, self.tls is not None)
+            reply = await self.sites.respond(method, target, host, self.tls is not None,
+                                             self.client)
             if transport.is_closing():
                 return
             rate = self.sites.rate_of(host)
@@ -225,9 +269,13 @@ async def _paced_write(transport: asyncio.Transport, data: bytes, rate_kbit: int
 
 
 def tls_context(cfg: dict[str, Any]) -> ssl.SSLContext:
+    return _server_context(cfg["cert_file"], cfg["key_file"])
+
+
+def _server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg["cert_file"], cfg["key_file"])
+    ctx.load_cert_chain(cert_file, key_file)
     return ctx
 
 
@@ -238,12 +286,23 @@ async def main(cfg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     servers = []
-    addrs = list(cfg["listen"])
+    # A misconfigured site's address presents its own broken certificate, whatever the SNI.
+    broken = {addr: _server_context(cert, key)
+              for addr, (cert, key) in cfg.get("broken_certs", {}).items()}
+    addrs = [a for a in cfg["listen"] if a not in broken]
     if addrs:
         servers.append(await loop.create_server(lambda: Conn(sites, None, tasks), addrs,
                                                 int(cfg.get("http_port", 80)), backlog=1024))
         servers.append(await loop.create_server(lambda: Conn(sites, ctx, tasks), addrs,
                                                 int(cfg.get("https_port", 443)), backlog=1024))
+    for addr, own in broken.items():
+        if addr not in cfg["listen"]:
+            continue
+        servers.append(await loop.create_server(lambda: Conn(sites, None, tasks), addr,
+                                                int(cfg.get("http_port", 80)), backlog=64))
+        servers.append(await loop.create_server(
+            lambda own=own: Conn(sites, own, tasks), addr,  # type: ignore[misc]
+            int(cfg.get("https_port", 443)), backlog=64))
     mark_ready(cfg)
     try:
         await life.wait()

@@ -139,7 +139,9 @@ def make_record(probe: TestProbe, i: int, start: float, net: tuple[str, str, str
         probe_asn=asn,
         probe_network_name=name,
         verdict={"status": status, "blocking": blocking, "reason": reason,
-                 "confirmed": reason == "http.blockpage"},
+                 "confirmed": reason == "http.blockpage",
+                 # an injected DNS answer that still led to the genuine page: evidence on ok
+                 **({"interference": "dns.injected"} if status == "ok" and i % 2 else {})},
     )
 
 
@@ -385,6 +387,17 @@ async def test_envelope_reverifies_with_the_published_key(
         tampered = replace(env, payload=env.payload + b" ")
         with pytest.raises(SignatureError):
             wire.verify_envelope(tampered, Ed25519PublicKey.from_public_bytes(raw_key), probe_id)
+
+
+async def test_interference_on_an_ok_verdict_is_shown(
+    client: TestClient[Any, Any], dataset: Dataset
+) -> None:
+    marked = [m for m, r in dataset.records.items() if "interference" in r["verdict"]]
+    assert marked
+    for mid in marked[:3]:
+        body = await get_json(client, f"{API}/measurements/{mid}")
+        verdict = body["record"]["verdict"]
+        assert (verdict["status"], verdict["interference"]) == ("ok", "dns.injected")
 
 
 async def test_envelope_matches_the_bytes_the_probe_signed(

@@ -424,10 +424,46 @@ async def test_detail_never_names_the_refused_address(lab: Lab) -> None:
 
 # ---- caps ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/big", "/big-stream"])
-async def test_oversized_response(lab: Lab, path: str) -> None:
+async def test_large_response_is_read_up_to_the_cap(lab: Lab, path: str) -> None:
+    """A page over the cap is a large page, not a failed control: both sides compare a prefix."""
     base = await lab.helper(limits=Limits(control=ControlLimits(max_body_bytes=64 * 1024)))
-    status, reason = await refusal(lab, base, f"http://site.test:{lab.http_port}{path}")
-    assert (status, reason) == (422, "response_too_large")
+    status, body, _ = await lab.call(base, {"url": f"http://site.test:{lab.http_port}{path}"})
+    assert status == 200, body
+    http = body["http_request"]
+    assert (http["failure"], http["status_code"]) == (None, 200)
+    assert (http["body_length"], http["body_truncated"]) == (64 * 1024, True)
+
+
+async def test_probe_body_cap_lowers_the_helpers(lab: Lab) -> None:
+    base = await lab.helper()
+    status, body, _ = await lab.call(
+        base, {"url": f"http://site.test:{lab.http_port}/big", "body_cap": 4096})
+    assert status == 200, body
+    assert (body["http_request"]["body_length"], body["http_request"]["body_truncated"]) == (
+        4096, True)
+
+
+@pytest.mark.parametrize("cap", [0, 1023, "4096", True, 1.5])
+async def test_bad_body_cap(lab: Lab, cap: Any) -> None:
+    base = await lab.helper()
+    url = f"http://site.test:{lab.http_port}/"
+    assert (await refusal(lab, base, url, body_cap=cap))[0] == 400
+
+
+async def test_forbidden_answer_the_probe_also_got_is_confirmed_without_connecting(
+    lab: Lab,
+) -> None:
+    """127.0.0.1 for everyone is the site's own DNS mistake: the helper says so, connects to
+    nothing, and names only the address the probe itself reported."""
+    base = await lab.helper(allow=())
+    url = f"http://loopback.test:{lab.http_port}/"
+    status, body, _ = await lab.call(
+        base, {"url": url, "tcp_connect": [f"127.0.0.1:{lab.http_port}"]})
+    assert status == 200, body
+    assert body["dns"] == {"failure": None, "addrs": ["127.0.0.1"]}
+    assert body["tcp_connect"] == {} and body["tls_handshake"] == {}
+    assert body["http_request"]["failure"] == "unknown_failure: target_forbidden"
+    assert body["skipped"] == {f"127.0.0.1:{lab.http_port}": "target_forbidden"}
 
 
 async def test_request_flood_from_one_client(lab: Lab) -> None:

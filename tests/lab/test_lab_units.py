@@ -58,6 +58,15 @@ def _one(row: str) -> None:
     ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={rate_kbit=3}', "rate_kbit"),
     ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={rtt_ms=50,address_group="g"}',
      "per address"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={kind="redirect-to"}',
+     "site.location is required"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\nsite={kind="normal",'
+     'location="https://y.lab.test/"}', "site.location is required"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\ncensor=["dns_answer"]',
+     "needs an answer"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\ncensor=[{kind="dns_answer",'
+     'answer="not a host!"}]', "answer must be"),
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\ncontrol="sometimes"', "control must"),
 ])
 def test_bad_rows_are_rejected_with_a_clear_message(row: str, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
@@ -206,3 +215,41 @@ def test_throttling_matrix_plans_delays_loss_and_small_shaper_queues() -> None:
     limits = {c[c.index("parent") + 1]: int(c[-1]) for c in tc_commands(plan) if "pfifo" in c}
     by_rate = {cls.rate_kbit: limits[cls.classid] for cls in plan.shaping}
     assert by_rate[64] == 5 and by_rate[1000] == 16
+
+
+def test_field_rows_plan_answers_certificates_and_the_proxy() -> None:
+    from lab.plan import broken_certs
+
+    sset = load_files(default_scenario_files())
+    plan = build_plan(sset)
+    # a forged answer may name another scenario's site or the ISP's proxy
+    assert plan.resolver_overrides["phantom.lab.test"] == {
+        "action": "answer", "a": [plan.site("parking-lot.lab.test").address]}
+    assert {"name": "relayed.lab.test", "a": [A.PROXY_ADDR]} in plan.inject_dns
+    assert plan.resolver_overrides["hidden-records.lab.test"] == {"action": "nodata"}
+    # the site's own DNS: the same answer for everyone, and no server
+    assert plan.zone["misconfigured.lab.test"] == {"a": ["127.0.0.1"]}
+    assert plan.zone["addressless.lab.test"] == {"a": []}
+    # broken certificates get their own leaf; names that exist nowhere get none
+    assert broken_certs(plan) == {"stale-cert.lab.test": "expired-cert",
+                                  "misnamed-cert.lab.test": "wrong-name-cert",
+                                  "stranger-cert.lab.test": "untrusted-cert"}
+    assert "phantom.lab.test" not in plan.cert_names
+    assert "stale-cert.lab.test" not in plan.cert_names
+    # Unicode names are carried as IDNA A-labels
+    assert "xn--80abaqnbpf2a4b.lab.test" in plan.cert_names
+    idna = [s for s in sset.scenarios if s.id.startswith("idna-")]
+    assert {s.host for s in idna} == {"xn--80abaqnbpf2a4b.lab.test"}
+
+
+def test_expected_interference_is_part_of_being_right() -> None:
+    import tomllib
+
+    (row,) = parse_file("t.toml", tomllib.loads(
+        '[[scenario]]\nid="a"\nurl="http://x.lab.test/"\n'
+        'expect={status="ok",blocking="",interference="dns.injected"}')).scenarios
+    verdict = {"status": "ok", "blocking": None, "reason": "ok.http"}
+    plain = Outcome(row, "ok", None, "ok.http", False, {"verdict": verdict})
+    marked = Outcome(row, "ok", None, "ok.http", False,
+                     {"verdict": {**verdict, "interference": "dns.injected"}})
+    assert not plain.right and marked.right

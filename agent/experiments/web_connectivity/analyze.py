@@ -3,20 +3,26 @@
 ``analyze(obs, fingerprints)`` reads what ``measure()`` recorded (``WebObservations``) and the
 control helper's view, and returns a ``Verdict`` (docs/design.md, Contracts).  No I/O, no clock, no
 randomness: a stored measurement re-analysed later gives the same answer, and every rule is a
-table row in tests/unit/test_analyze.py.
+table row in tests/unit/agent/test_analyze.py.
 
 Precedence: the first row whose condition holds decides (h11-style: one function per row,
 ``RULES`` below lists them in this order).  ``[c]`` marks confirmed verdicts.
 
   #  rule              condition                                  status/blocking: reasons
   -- ----------------- ------------------------------------------ ----------------------------
-  1  control_failed    no usable answer from the control helper   inconclusive: control.failed
+  1  control_failed    no usable answer from the control helper:
+                         the page loaded over TLS valid for the    ok: ok.https
+                         site (no reference needed to say so)
+                         otherwise                                 inconclusive: control.failed
   2  dns_fingerprint   a DNS answer (any reply) is a known         blocked/dns [c]:
                        blockpage address or CNAME, neither the       dns.injected | dns.bogon |
                        control's nor TLS-validated for the host      dns.blockpage_ip |
                                                                      dns.blockpage_cname
   3  dns_injected      two replies to one query disagree, one of   blocked/dns: dns.injected
-                       them inconsistent with the control
+                       them inconsistent with the control, unless
+                       the page fetched is the control's page
+                       (interference without denial: later rows
+                       decide, the injection is kept as evidence)
   4  dns_failed        the system resolver gave no address:
                          control resolved the name                 blocked/dns: dns.nxdomain |
                                                                      dns.servfail | dns.refused |
@@ -28,15 +34,22 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                        blockpage fingerprint (dns when it came     or blocked/http-diff [c]:
                        from a suspect answer)                        http.blockpage
   6  https_loaded      the page loaded over TLS valid for the site ok: ok.https
-  7  dns_bogon         an answer is a bogon while the control      blocked/dns: dns.bogon
+  7  site_bogon        every answer is a bogon the control got     down: site.down
+                       too (the site's own DNS is broken; the
+                       helper never connects to such addresses)
+  8  ghost_name        the resolver gave public addresses for a    blocked/dns: dns.ghost_name
+                       name the control says does not exist
+                       (NXDOMAIN or no address): a lie (bogons:
+                       row 9, evidence only against a public one)
+  9  dns_bogon         an answer is a bogon while the control      blocked/dns: dns.bogon
                        sees a different public address
-  8  tcp               every connect to the resolved addresses failed:
+  10 tcp               every connect to the resolved addresses failed:
+                         suspect answers, site up elsewhere        blocked/dns: dns.inconsistent
                          the control reached those addresses       blocked/tcp_ip: tcp.timeout |
                                                                      tcp.reset | tcp.unreachable |
                                                                      tcp.failure
-                         suspect answers, dead from everywhere     blocked/dns: dns.inconsistent
                          otherwise                                 down: site.down
-  9  tls               (https inputs) no handshake with SNI=host succeeded:
+  11 tls               (https inputs) no handshake with SNI=host succeeded:
                          certificate not valid, suspect answer     blocked/dns: dns.blockpage_ip
                          certificate not valid, control's TLS ok   blocked/tls: tls.mitm
                          failed, benign-SNI retry to the same      blocked/tls: tls.sni_reset |
@@ -46,29 +59,48 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                                                                      tls.timeout | tls.failure
                          suspect answers only, site up elsewhere   blocked/dns: dns.inconsistent
                          control's TLS failed too                  down: site.down
-  10 http_failed       every fetch failed (TCP/TLS were fine):
+  12 http_failed       every fetch failed (TCP/TLS were fine):
                          control could not fetch either            down: site.down
+                         the site's own authenticated answer       down: site.down
+                         broke the fetch (a redirect loop, a
+                         broken Location or bytes that are not
+                         HTTP, over TLS valid for it)
+                         a redirect hop failed; judged at the      blocked/tcp_ip, tls:
+                         hop's failing layer from its own TCP and    tcp.* | tls.sni_* | tls.* |
+                         TLS events (SNI retry included)             tls.mitm
                          a redirect hop failed at DNS, TCP or a    blocked/dns, tcp_ip, tls:
-                         certificate                                 dns.* | tcp.* | tls.mitm
+                         certificate (no hop events)                 dns.* | tcp.* | tls.mitm
                          reset/eof, timeout, other                 blocked/http-failure:
                                                                      http.reset | http.timeout |
                                                                      http.failure
-  11 http_page         a plain-HTTP page was fetched:
+  13 http_page         a plain-HTTP page was fetched:
                          from a suspect answer, unlike control's   blocked/dns: dns.blockpage_ip
                          strongly unlike the control's page        blocked/http-diff: http.diff
                          otherwise (slow pages, dynamic pages)     ok: ok.http
-  12 (after the table) nothing fetched, nothing failed             inconclusive: probe.incomplete
+  14 (after the table) nothing fetched, nothing failed             inconclusive: probe.incomplete
+
+After the table: when replies to one query disagreed and one of them is not the control's
+answer (an injection, whatever the TLS validation says), a verdict that is not itself
+``dns.injected`` carries ``interference = "dns.injected"``: the user got the page (or was
+stopped elsewhere), and the tampering is kept as evidence.
 
 Why this order:
 
 * The control comes first because differential evidence without a reference is guesswork
-  (docs/design.md, Contracts: a failed control is inconclusive, never blocked).  This holds
-  even when a fingerprint matched: the raw evidence is kept and can be re-analysed.
+  (a failed control is inconclusive, never blocked).  This holds even when a fingerprint
+  matched: the raw evidence is kept and can be re-analysed.  One answer needs no reference: a
+  page that loaded over TLS valid for the site is accessible, whatever the control says.
 * Fingerprints (2, 5) come before every heuristic: they are the only *confirmed* evidence.
 * DNS evidence that does not depend on what happened next (injection, no answer) precedes
   ``https_loaded``; evidence that a valid certificate can refute (bogon answers, answers unlike
   the control's: CDNs, split-horizon DNS) comes after it.  "An HTTPS page that loads fully is
   ok" is therefore true except when the resolver demonstrably lied about the name.
+* The site's own DNS failures (7: the same bogon everywhere) and lies about names that do not
+  exist (8) come after ``https_loaded`` (a split-horizon name serving a valid certificate is
+  the site's) and before the layers, which would otherwise blame the address.
+* An answer authenticated by the site's certificate is the site's behaviour: a redirect loop
+  or a broken ``Location`` sent over valid TLS is never censorship (12), even when the site
+  sends it only to the probe.
 * Then the layers in the order a browser meets them, so when several fail the earliest one that
   explains the failure is reported (a blockpage address that also fails TLS is ``dns``).
 * Every layer compares with the control at the same layer: what fails from the control's
@@ -91,6 +123,12 @@ Terms used above:
   A plain-HTTP hop to another site may be a censor's injected redirect, so it is not trusted.
 * TLS failures decide only for https:// inputs; for http:// inputs a valid handshake (if
   measure() made one) still serves as proof that a different DNS answer is genuine.
+* *truncated bodies*: both sides read at most a byte cap (the probe's, which it sends the helper).
+  When either side stopped at its cap, lengths are compared up to the smaller cap: a page larger
+  than the cap is the same length on both sides, never a failed control.
+* *redirect hop events*: when a fetch fails on a redirect to another endpoint, measure() opens
+  that hop itself (TCP records with origin ``redirect``, TLS handshakes with purpose
+  ``redirect`` and ``redirect_benign_sni``), so the hop is judged at the layer that failed.
 * *strongly unlike* (http.diff): no distinctive response header shared with the control, and
   either the status code differs plus the title or the body length differs, or the titles differ
   and the body is less than 30% (or more than 3.3x) of the control's.  Lengths within 30% count
@@ -102,6 +140,7 @@ The reasons emitted are listed in ``REASONS``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from functools import cached_property
@@ -131,6 +170,11 @@ DNS_REFUSED: Final = "dns_refused_error"
 CERT_FAILURES: Final = frozenset(
     {"ssl_invalid_hostname", "ssl_invalid_certificate", "ssl_unknown_authority"}
 )
+# Failures a site's own answer causes (the fetch followed what the server said).
+REDIRECT_LOOP: Final = "unknown_failure: too many redirects"
+BAD_LOCATION: Final = "unknown_failure: invalid redirect location"
+MALFORMED_RESPONSE: Final = "unknown_failure: malformed response"
+SITE_ANSWER_FAILURES: Final = frozenset({REDIRECT_LOOP, BAD_LOCATION, MALFORMED_RESPONSE})
 
 # ---- reasons ---------------------------------------------------------------------------------
 REASONS: Final = frozenset(
@@ -139,7 +183,7 @@ REASONS: Final = frozenset(
         "dns.nxdomain", "dns.servfail", "dns.refused", "dns.no_answer",
         "dns.timeout", "dns.failure",
         "dns.injected", "dns.bogon", "dns.blockpage_ip", "dns.blockpage_cname",
-        "dns.inconsistent",
+        "dns.inconsistent", "dns.ghost_name",
         "tcp.timeout", "tcp.reset", "tcp.unreachable", "tcp.failure",
         "tls.sni_reset", "tls.sni_timeout", "tls.sni_failure",
         "tls.reset", "tls.timeout", "tls.failure", "tls.mitm",
@@ -287,6 +331,7 @@ def _blocked(blocking: Blocking, reason: str, fingerprint: Fingerprint | None = 
 
 
 _DOWN: Final = Verdict(status=Status.DOWN, reason="site.down")
+_OK_HTTPS: Final = Verdict(status=Status.OK, reason="ok.https")
 _INCOMPLETE: Final = Verdict(status=Status.INCONCLUSIVE, reason="probe.incomplete")
 
 
@@ -349,6 +394,27 @@ class _Evidence:
         return self._control_tls.get(_endpoint_key(ip, port))
 
     @cached_property
+    def length_cap(self) -> int | None:
+        """Bodies are compared up to this many bytes when either side stopped at its cap."""
+        caps = []
+        if self.control is not None and self.control.http_request.body_truncated:
+            caps.append(self.control.http_request.body_length)
+        if self.obs.extra.get("body_truncated") is True:
+            caps.extend(r.body_length for r in self.obs.requests)
+        known = [c for c in caps if c is not None and c > 0]
+        return min(known) if known else None
+
+    def compared_lengths(self, r: HTTPRequest) -> tuple[int | None, int | None]:
+        """(probe, control) body lengths, both cut at ``length_cap`` when there is one."""
+        mine = r.body_length
+        theirs = None if self.control is None else self.control.http_request.body_length
+        cap = self.length_cap
+        if cap is not None:
+            mine = None if mine is None else min(mine, cap)
+            theirs = None if theirs is None else min(theirs, cap)
+        return mine, theirs
+
+    @cached_property
     def control_site_ok(self) -> bool:
         """The site works from outside: the control fetched it or reached one of its addresses."""
         if self.control_http_ok:
@@ -404,6 +470,34 @@ class _Evidence:
         return is_bogon(ip) and self.suspect(ip) and self.control_has_public_answer
 
     @cached_property
+    def interference(self) -> str | None:
+        """Replies to one query that disagree, one of them not the control's answer.
+
+        Unlike ``injected`` this ignores TLS validation: an injected answer toward a proxy that
+        relays the genuine site is still tampering, kept as evidence even when it denied nothing.
+        """
+        if not self.control_dns_ok:
+            return None
+        for q in self.obs.dns:
+            if len(q.replies) < 2:
+                continue
+            views = [
+                (
+                    r.rcode.upper(),
+                    frozenset(
+                        _canon(a.value) for a in r.answers if a.answer_type in ("A", "AAAA")
+                    ),
+                )
+                for r in q.replies
+            ]
+            if _replies_disagree(views) and any(
+                rcode != "NOERROR" or not addrs or not addrs <= self.control_addrs
+                for rcode, addrs in views
+            ):
+                return "dns.injected"
+        return None
+
+    @cached_property
     def injected(self) -> bool:
         """Two replies to one query that disagree, one of them inconsistent with the control."""
         for q in self.obs.dns:
@@ -439,7 +533,10 @@ class _Evidence:
     def tcp_records(self) -> tuple[TCPConnect, ...]:
         """Connects to the resolver's addresses (measure() may also try the control's)."""
         wanted = set(self.probe_addrs)
-        mine = [c for c in self.obs.tcp_connect if _canon(c.ip) in wanted]
+        mine = [
+            c for c in self.obs.tcp_connect
+            if _canon(c.ip) in wanted and c.origin != "redirect"
+        ]
         mine = [c for c in mine if c.port == self.port] or mine  # the URL's own port first
         preferred = [c for c in mine if c.origin in ("dns", "both")]
         return tuple(preferred or mine)
@@ -524,7 +621,7 @@ class _Evidence:
         c = self.control.http_request
         if _uncommon_headers(r.headers) & _uncommon_headers(c.headers):
             return False  # a distinctive header both saw (x-request-id...): the same origin
-        ratio = _length_ratio(r.body_length, c.body_length)
+        ratio = _length_ratio(*self.compared_lengths(r))
         length_differs = ratio is not None and ratio < _LENGTH_EQUAL_RATIO
         return r.status_code != c.status_code or (
             _titles_differ(r.title, c.title) and length_differs
@@ -537,12 +634,51 @@ class _Evidence:
         c = self.control.http_request
         if _uncommon_headers(r.headers) & _uncommon_headers(c.headers):
             return False
-        ratio = _length_ratio(r.body_length, c.body_length)
+        ratio = _length_ratio(*self.compared_lengths(r))
         titles = _titles_differ(r.title, c.title)
         length_differs = ratio is not None and ratio < _LENGTH_EQUAL_RATIO
         far = ratio is not None and ratio < _LENGTH_FAR_RATIO
         status = r.status_code != c.status_code
         return (status and (titles or length_differs)) or (titles and far)
+
+
+    # -- redirect hops ------------------------------------------------------------------------
+    def failed_hop(self, r: HTTPRequest) -> tuple[str, str, int | None] | None:
+        """(scheme, host, port) of the redirect target a failed fetch died on, if another."""
+        if r.failure is None or not r.redirects:
+            return None
+        url = r.redirects[-1]
+        hop = (_scheme(url), _host(url), _url_port(url))
+        if hop == (self.scheme, self.hostname, self.port) or not hop[1]:
+            return None  # the measured endpoint itself: the main rows judge it
+        return hop
+
+    def hop_verdict(self, hop: tuple[str, str, int | None]) -> Verdict | None:
+        """The hop's own TCP and TLS events (measure() opens a failed hop itself)."""
+        scheme, host, port = hop
+        conns = [c for c in self.obs.tcp_connect if c.origin == "redirect" and c.port == port]
+        if conns and all(c.failure is not None for c in conns):
+            return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(conns[0].failure)}")
+        if scheme != "https":
+            return None
+        shakes = [
+            h for h in self.obs.tls_handshakes
+            if h.purpose == "redirect" and h.server_name.rstrip(".").lower() == host
+        ]
+        if not shakes or any(_tls_ok(h) for h in shakes):
+            return None
+        h = shakes[0]
+        if h.failure in CERT_FAILURES or (h.failure is None and h.cert_valid_for_host is False):
+            return _blocked(Blocking.TLS, "tls.mitm")
+        kind = _failure_kind(h.failure)
+        kind = "failure" if kind == "unreachable" else kind
+        benign = any(
+            b.purpose == "redirect_benign_sni"
+            and b.failure is None
+            and read_endpoint(b.address) == read_endpoint(h.address)
+            for b in self.obs.tls_handshakes
+        )
+        return _blocked(Blocking.TLS, f"tls.sni_{kind}" if benign else f"tls.{kind}")
 
 
 def _replies_disagree(views: list[tuple[str, frozenset[str]]]) -> bool:
@@ -567,6 +703,8 @@ Rule = Callable[[_Evidence], Verdict | None]
 
 def _rule_control_failed(ev: _Evidence) -> Verdict | None:
     if ev.control is None:
+        if any(_http_ok(r) and ev.authenticated(r) for r in ev.requests):
+            return _OK_HTTPS  # accessible needs no reference; only "blocked" does
         return Verdict(status=Status.INCONCLUSIVE, reason="control.failed")
     return None
 
@@ -600,8 +738,22 @@ def _rule_dns_fingerprint(ev: _Evidence) -> Verdict | None:
     return None
 
 
+def _genuine_page(ev: _Evidence, r: HTTPRequest) -> bool:
+    """The browser got the control's own page (same status, title or length; no blockpage)."""
+    if not (_http_ok(r) and ev.control_http_ok):
+        return False
+    matches = ev.http_matches(r)
+    if matches.strong is not None or matches.weak is not None:
+        return False
+    return not ev.differs(r)
+
+
 def _rule_dns_injected(ev: _Evidence) -> Verdict | None:
-    return _blocked(Blocking.DNS, "dns.injected") if ev.injected else None
+    if not ev.injected:
+        return None
+    if any(_genuine_page(ev, r) for r in ev.requests):
+        return None  # interference without denial: later rows decide, evidence kept
+    return _blocked(Blocking.DNS, "dns.injected")
 
 
 def _rule_dns_failed(ev: _Evidence) -> Verdict | None:
@@ -645,8 +797,27 @@ def _rule_http_fingerprint(ev: _Evidence) -> Verdict | None:
 
 def _rule_https_loaded(ev: _Evidence) -> Verdict | None:
     if any(_http_ok(r) and ev.authenticated(r) for r in ev.requests):
-        return Verdict(status=Status.OK, reason="ok.https")
+        return _OK_HTTPS
     return None
+
+
+def _rule_site_bogon(ev: _Evidence) -> Verdict | None:
+    addrs = set(ev.probe_addrs)
+    if ev.ip_literal or not addrs or not ev.control_addrs:
+        return None
+    if all(is_bogon(a) for a in addrs | ev.control_addrs) and addrs & ev.control_addrs:
+        return _DOWN  # the authoritative answer itself is unroutable, for everyone
+    return None
+
+
+def _rule_ghost_name(ev: _Evidence) -> Verdict | None:
+    if ev.ip_literal or not ev.probe_addrs or ev.control is None:
+        return None
+    if ev.control.dns.failure not in (DNS_NXDOMAIN, DNS_NO_ANSWER):
+        return None
+    if any(is_bogon(a) for a in ev.probe_addrs):
+        return None  # a bogon is evidence only against a public answer (row 9)
+    return _blocked(Blocking.DNS, "dns.ghost_name")
 
 
 def _rule_dns_bogon(ev: _Evidence) -> Verdict | None:
@@ -659,12 +830,15 @@ def _rule_tcp(ev: _Evidence) -> Verdict | None:
     records = ev.tcp_records
     if not records or any(c.failure is None for c in records):
         return None
+    if all(ev.suspect(c.ip) for c in records) and ev.control_site_ok:
+        # The resolver's answers are not the site's and lead nowhere from here, while the site
+        # works from outside: the answer is the problem (even if the control can reach them).
+        return _blocked(Blocking.DNS, "dns.inconsistent")
     for c in records:
         if ev.control_tcp(c.ip, c.port):
             return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(c.failure)}")
     if all(ev.suspect(c.ip) for c in records):
-        # The resolver's answers lead nowhere, from anywhere; the control's addresses work.
-        return _blocked(Blocking.DNS, "dns.inconsistent") if ev.control_site_ok else _DOWN
+        return _DOWN  # the resolver's answers lead nowhere, and the site is down anyway
     unknown = [c for c in records if ev.control_tcp(c.ip, c.port) is None and ev.consistent(c.ip)]
     if unknown and ev.control_http_ok:
         # The control did not test these addresses itself, but they are its own and it
@@ -715,6 +889,13 @@ def _rule_http_failed(ev: _Evidence) -> Verdict | None:
     failure = r.failure or "unknown_failure: no response"
     if not ev.control_http_ok:
         return _DOWN
+    if failure in SITE_ANSWER_FAILURES and ev.authenticated(r):
+        return _DOWN  # the site said so over TLS valid for it: its behaviour, not censorship
+    hop = ev.failed_hop(r)
+    if hop is not None:
+        verdict = ev.hop_verdict(hop)
+        if verdict is not None:
+            return verdict
     # Failures that can only happen while opening a new connection belong to an earlier layer
     # (typically a redirect hop to another host).
     if failure in _DNS_FAILURE_REASON and failure != TIMEOUT:
@@ -755,12 +936,14 @@ RULES: Final[tuple[tuple[str, Rule], ...]] = (
     ("dns_failed", _rule_dns_failed),
     ("http_fingerprint", _rule_http_fingerprint),
     ("https_loaded", _rule_https_loaded),
+    ("site_bogon", _rule_site_bogon),
+    ("ghost_name", _rule_ghost_name),
     ("dns_bogon", _rule_dns_bogon),
     ("tcp", _rule_tcp),
     ("tls", _rule_tls),
     ("http_failed", _rule_http_failed),
     ("http_page", _rule_http_page),
-)  # then row 12: nothing decided -> inconclusive, probe.incomplete
+)  # then row 14: nothing decided -> inconclusive, probe.incomplete
 
 
 def analyze(obs: WebObservations, fingerprints: Fingerprints) -> Verdict:
@@ -774,7 +957,15 @@ def explain(obs: WebObservations, fingerprints: Fingerprints) -> tuple[str, Verd
     for name, rule in RULES:
         verdict = rule(ev)
         if verdict is not None:
-            return name, verdict
-    return "incomplete", _INCOMPLETE
+            return name, _with_interference(ev, verdict)
+    return "incomplete", _with_interference(ev, _INCOMPLETE)
+
+
+def _with_interference(ev: _Evidence, verdict: Verdict) -> Verdict:
+    """Tampering that did not decide the verdict is still recorded as evidence."""
+    found = ev.interference if ev.control is not None else None
+    if found is None or found == verdict.reason:
+        return verdict
+    return dataclasses.replace(verdict, interference=found)
 
 

@@ -8,6 +8,8 @@ For one URL::
       └──► TCP to the system addresses ──► TLS with SNI = host (verified; on failure a second
            handshake with a benign SNI: success proves SNI filtering) ──► HTTP GET pinned to
            the addresses that worked, Host/SNI = host, redirects followed
+      └──► when the fetch died on a redirect to another endpoint: TCP [+TLS, +benign SNI] to
+           that hop's addresses, so the failure can be placed at the hop's layer
     then the DNS linger window closes and every reply is recorded.
 
 The two branches run concurrently, so the control's latency hides behind our own.  Nothing here
@@ -111,6 +113,9 @@ class Measurement:
         self.control_failure: str | None = None
         self.request: HTTPRequest | None = None
         self.extra: dict[str, Any] = {}
+        self.hop_addrs: dict[str, tuple[str, ...]] = {}  # redirect target host -> first answer
+        self.hop_tcp: list[TCPConnect] = []
+        self.hop_tls: list[TLSHandshake] = []
 
     # ---- top level --------------------------------------------------------------------------
     async def run(self) -> WebObservations:
@@ -185,9 +190,11 @@ class Measurement:
         resolver = self.ctx.resolver
 
         async def lookup(host: str) -> tuple[str, ...]:
-            return await resolve_first(
+            addrs = await resolve_first(
                 host, resolver, timeout=net.dns_timeout, on_bytes=self.ctx.on_bytes
             )
+            self.hop_addrs[host.lower().rstrip(".")] = tuple(addrs)
+            return addrs
 
         fetched = await fetch(
             self.target.url,
@@ -208,6 +215,64 @@ class Measurement:
         self.request = fetched.request
         if fetched.body_truncated:
             self.extra["body_truncated"] = True
+        await self._failed_hop(fetched.request)
+
+    async def _failed_hop(self, request: HTTPRequest) -> None:
+        """A fetch that died on a redirect to another endpoint: open that endpoint ourselves.
+
+        The fetch only says "reset" or "timeout"; a TCP connect, a TLS handshake with the hop's
+        name and, when that fails, one with a benign name tell at which layer it was stopped.
+        """
+        if request.failure is None or not request.redirects:
+            return
+        try:
+            parts = urlsplit(request.redirects[-1])
+            port = parts.port
+        except ValueError:
+            return
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").rstrip(".")
+        if scheme not in _DEFAULT_PORTS or not host:
+            return
+        port = port or _DEFAULT_PORTS[scheme]
+        t = self.target
+        if (scheme == "https", host.lower(), port) == (t.https, t.host.lower(), t.port):
+            return  # the measured endpoint itself: already measured above
+        addrs = (host.strip("[]"),) if is_ip(host) else self.hop_addrs.get(host.lower(), ())
+        usable = _first_unique(
+            [a for a in addrs if _usable_family(a, self.ctx.net.ipv6)], self.ctx.net.max_addresses
+        )
+        await asyncio.gather(*(self._hop_endpoint(ip, port, host, scheme) for ip in usable))
+
+    async def _hop_endpoint(self, ip: str, port: int, host: str, scheme: str) -> None:
+        net = self.ctx.net
+        conn = await tcpnet.connect(ip, port, timeout=net.connect_timeout, origin=self.origin)
+        self.ctx.note_local_address(conn.local_ip)
+        self.hop_tcp.append(TCPConnect(ip=ip, port=port, failure=conn.failure, t0=conn.t0,
+                                       t=conn.t, origin="redirect"))
+        if conn.sock is None or scheme != "https":
+            conn.close()
+            return
+        try:
+            hs = await tlsnet.handshake(
+                conn.sock, host, self.ctx.tls.verify, timeout=net.tls_timeout,
+                origin=self.origin, on_bytes=self.ctx.on_bytes,
+            )
+        finally:
+            conn.close()
+        self.hop_tls.append(_hop_record(ip, port, hs, "redirect"))
+        if hs.failure is None or failures.is_certificate_failure(hs.failure):
+            return
+        conn2, benign = await tlsnet.connect_and_handshake(
+            ip, port, net.benign_sni, self.ctx.tls.insecure,
+            connect_timeout=net.connect_timeout, tls_timeout=net.tls_timeout,
+            origin=self.origin, on_bytes=self.ctx.on_bytes,
+        )
+        self.ctx.note_local_address(conn2.local_ip)
+        if benign is None:
+            benign = tlsnet.Handshake(net.benign_sni, conn2.failure, None, None, None,
+                                      conn2.t0, conn2.t)
+        self.hop_tls.append(_hop_record(ip, port, benign, "redirect_benign_sni"))
 
     # ---- branch 2: the control's view --------------------------------------------------------
     async def _control_branch(self) -> None:
@@ -217,7 +282,8 @@ class Measurement:
         port = self.target.port
         try:
             self.control = await self.ctx.control.control(
-                self.target.url, [endpoint(ip, port) for ip in self.system_addrs]
+                self.target.url, [endpoint(ip, port) for ip in self.system_addrs],
+                body_cap=self.ctx.net.max_body_bytes,
             )
         except ControlError as exc:
             self.control_failure = getattr(exc, "failure", None) or failures.unknown(str(exc))
@@ -309,6 +375,8 @@ class Measurement:
                                         t0=record.t0, t=record.t, origin="both")
                 tcp.append(record)
             tls.extend(ep.tls)
+        tcp.extend(self.hop_tcp)
+        tls.extend(self.hop_tls)
         return WebObservations(
             input=self.target.url,
             hostname=self.target.host,
@@ -320,6 +388,21 @@ class Measurement:
             control_failure=self.control_failure,
             extra=self.extra,
         )
+
+
+def _hop_record(ip: str, port: int, hs: tlsnet.Handshake, purpose: str) -> TLSHandshake:
+    valid: bool | None = None
+    if purpose == "redirect":
+        if hs.failure is None:
+            valid = True
+        elif failures.is_certificate_failure(hs.failure):
+            valid = False
+    return TLSHandshake(
+        address=endpoint(ip, port), server_name=hs.server_name, purpose=purpose,
+        failure=hs.failure, tls_version=hs.tls_version, cipher_suite=hs.cipher_suite,
+        peer_certificate_sha256=hs.peer_certificate_sha256, cert_valid_for_host=valid,
+        t0=hs.t0, t=hs.t,
+    )
 
 
 async def measure(url: str, ctx: MeasureContext) -> WebObservations:

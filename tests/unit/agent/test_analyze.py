@@ -175,6 +175,48 @@ def site(scheme: str = "https", ips: Sequence[str] = (SITE_IP,), **changes: Any)
 
 HTTPS = f"https://{HOST}/"
 HTTP = f"http://{HOST}/"
+SHORT_HOST = "go.short.example"
+SHORT_IP = "198.19.1.40"
+PROXY_IP = "198.19.0.40"
+
+
+def hop_tls(failure: str | None, purpose: str = "redirect", ip: str = SITE_IP,
+            valid: bool | None = None) -> TLSHandshake:
+    """A handshake measure() made itself with a redirect target the fetch died on."""
+    base = tls(ip, failure, valid=valid if purpose == "redirect" else None)
+    name = HOST if purpose == "redirect" else "example.com"
+    return dataclasses.replace(base, purpose=purpose, server_name=name,
+                               cert_valid_for_host=base.cert_valid_for_host
+                               if purpose == "redirect" else None)
+
+
+def redirected(target: str, failure: str, hop_tcp: Sequence[TCPConnect] = (),
+               hop_tls_: Sequence[TLSHandshake] = ()) -> WebObservations:
+    """https://go.short.example/x answers 308 to ``target``, and the fetch dies there."""
+    url = f"https://{SHORT_HOST}/x"
+    return WebObservations(
+        input=url, hostname=SHORT_HOST,
+        dns=(dataclasses.replace(resolved(SHORT_IP), hostname=SHORT_HOST),),
+        tcp_connect=(tcp(SHORT_IP), *hop_tcp),
+        tls_handshakes=(dataclasses.replace(tls(SHORT_IP), server_name=SHORT_HOST), *hop_tls_),
+        requests=(req(url, ip=SHORT_IP, failure=failure, redirects=(target,)),),
+        control=control((SHORT_IP,)),
+    )
+
+
+def injected_toward_proxy(scheme: str, **changes: Any) -> WebObservations:
+    """An on-path box answers first with a proxy's address; the resolver's answer follows."""
+    port = 443 if scheme == "https" else 80
+    url = f"{scheme}://{HOST}/"
+    obs = site(
+        scheme,
+        dns=(query(reply(PROXY_IP, t=0.005), reply(SITE_IP, t=0.05)),),
+        tcp_connect=(tcp(PROXY_IP, port),),
+        tls_handshakes=(tls(PROXY_IP),) if scheme == "https" else (),
+        requests=(req(url, PROXY_IP, port),),
+        control=control(port=port),
+    )
+    return dataclasses.replace(obs, **changes)
 DOWN_CONTROL_REFUSED = control(
     tcp_map={ep(SITE_IP, 443): ControlTCP(False, "connection_refused")},
     tls_map={}, http_failure="connection_refused",
@@ -333,7 +375,7 @@ ROWS: list[Any] = [
     ),
     # -- inconclusive -------------------------------------------------------------------------
     pytest.param(
-        site(control=None, control_failure="connection_refused"),
+        site("http", control=None, control_failure="connection_refused"),
         (INCONCLUSIVE, None, "control.failed", None), id="control-failed",
     ),
     pytest.param(
@@ -562,6 +604,167 @@ ROWS: list[Any] = [
                  http_failure="connection_reset")),
         (DOWN, None, "site.down", None), id="tls-fails-from-control-too",
     ),
+    # -- redirect hops, judged at the layer where they failed -----------------------------------
+    pytest.param(
+        redirected(HTTPS, "connection_reset", (tcp(SITE_IP, origin="redirect"),),
+                   (hop_tls("connection_reset"), hop_tls(None, "redirect_benign_sni"))),
+        (BLOCKED, TLS, "tls.sni_reset", None), id="redirect-hop-sni-reset",
+    ),
+    pytest.param(
+        redirected(HTTPS, "eof_error", (tcp(SITE_IP, origin="redirect"),),
+                   (hop_tls("eof_error"), hop_tls(None, "redirect_benign_sni"))),
+        (BLOCKED, TLS, "tls.sni_reset", None), id="redirect-hop-sni-eof",
+    ),
+    pytest.param(
+        redirected(HTTPS, "generic_timeout_error", (tcp(SITE_IP, origin="redirect"),),
+                   (hop_tls("generic_timeout_error"), hop_tls(None, "redirect_benign_sni"))),
+        (BLOCKED, TLS, "tls.sni_timeout", None), id="redirect-hop-sni-timeout",
+    ),
+    pytest.param(
+        redirected(HTTPS, "connection_reset", (tcp(SITE_IP, origin="redirect"),),
+                   (hop_tls("connection_reset"),
+                    hop_tls("connection_reset", "redirect_benign_sni"))),
+        (BLOCKED, TLS, "tls.reset", None), id="redirect-hop-tls-reset-no-sni-proof",
+    ),
+    pytest.param(
+        redirected(HTTPS, "ssl_unknown_authority", (tcp(SITE_IP, origin="redirect"),),
+                   (hop_tls("ssl_unknown_authority", valid=False),)),
+        (BLOCKED, TLS, "tls.mitm", None), id="redirect-hop-certificate-replaced",
+    ),
+    pytest.param(
+        redirected(HTTP, "connection_refused",
+                   (tcp(SITE_IP, 80, "connection_refused", origin="redirect"),)),
+        (BLOCKED, TCP_IP, "tcp.reset", None), id="redirect-hop-tcp-refused",
+    ),
+    pytest.param(
+        redirected(HTTPS, "generic_timeout_error",
+                   (tcp(SITE_IP, failure="generic_timeout_error", origin="redirect"),)),
+        (BLOCKED, TCP_IP, "tcp.timeout", None), id="redirect-hop-tcp-timeout",
+    ),
+    pytest.param(
+        redirected(HTTP, "connection_reset", (tcp(SITE_IP, 80, origin="redirect"),)),
+        (BLOCKED, HTTP_FAILURE, "http.reset", None), id="redirect-hop-http-reset-tcp-fine",
+    ),
+    pytest.param(
+        redirected(HTTP, "generic_timeout_error", (tcp(SITE_IP, 80, origin="redirect"),)),
+        (BLOCKED, HTTP_FAILURE, "http.timeout", None), id="redirect-hop-http-timeout",
+    ),
+    pytest.param(
+        dataclasses.replace(
+            redirected(HTTPS, "connection_reset", (tcp(SITE_IP, origin="redirect"),),
+                       (hop_tls("connection_reset"), hop_tls(None, "redirect_benign_sni"))),
+            control=dataclasses.replace(control((SHORT_IP,)), http_request=ControlHTTP(
+                "connection_reset", None, None, "", {}))),
+        (DOWN, None, "site.down", None), id="redirect-hop-fails-for-the-control-too",
+    ),
+    # -- the site's own answers, authenticated by its certificate -------------------------------
+    pytest.param(
+        site(requests=(req(failure="unknown_failure: too many redirects",
+                           redirects=(HTTPS, HTTPS, HTTPS)),)),
+        (DOWN, None, "site.down", None), id="https-broken-location-only-to-the-probe",
+    ),
+    pytest.param(
+        site(requests=(req(failure="unknown_failure: invalid redirect location"),)),
+        (DOWN, None, "site.down", None), id="https-unusable-location-header",
+    ),
+    pytest.param(
+        site(requests=(req(failure="unknown_failure: malformed response"),)),
+        (DOWN, None, "site.down", None), id="https-answer-that-is-not-http",
+    ),
+    pytest.param(
+        site("http", requests=(req(HTTP, port=80, failure="unknown_failure: malformed response"),)),
+        (BLOCKED, HTTP_FAILURE, "http.failure", None), id="http-answer-that-is-not-http",
+    ),
+    pytest.param(
+        site("http", requests=(req(HTTP, port=80, failure="unknown_failure: too many redirects",
+                                   redirects=(HTTP, HTTP)),)),
+        (BLOCKED, HTTP_FAILURE, "http.failure", None),
+        id="http-broken-location-only-to-the-probe-is-not-authenticated",
+    ),
+    pytest.param(
+        site(requests=(req(failure="unknown_failure: too many redirects",
+                           redirects=(HTTPS, HTTPS)),),
+             control=control(http_failure="unknown_failure: too many redirects")),
+        (DOWN, None, "site.down", None), id="redirect-loop-everywhere",
+    ),
+    pytest.param(
+        site(control=None, control_failure="connection_reset"),
+        (OK, None, "ok.https", None), id="control-failed-but-https-page-loaded",
+    ),
+    # -- the site's own DNS, and lies about names that do not exist ----------------------------
+    pytest.param(
+        site("http", dns=(resolved("127.0.0.1"),),
+             tcp_connect=(tcp("127.0.0.1", 80, "connection_refused"),), requests=(),
+             control=control(("127.0.0.1",), port=80, tcp_map={}, tls_map={},
+                             http_failure="unknown_failure: target_forbidden")),
+        (DOWN, None, "site.down", None), id="loopback-answer-from-both-vantage-points",
+    ),
+    pytest.param(
+        site(dns=(resolved("127.0.0.1"),),
+             tcp_connect=(tcp("127.0.0.1", 443, "connection_refused"),), tls_handshakes=(),
+             requests=(),
+             control=control(("127.0.0.1",), tcp_map={}, tls_map={},
+                             http_failure="unknown_failure: target_forbidden")),
+        (DOWN, None, "site.down", None), id="loopback-answer-from-both-https",
+    ),
+    pytest.param(
+        site("http", dns=(resolved(SITE_IP2),), tcp_connect=(tcp(SITE_IP2, 80),),
+             requests=(req(HTTP, SITE_IP2, 80, status=404, title="404", length=40),),
+             control=control(dns_failure="dns_nxdomain_error", tcp_map={}, tls_map={},
+                             http_failure="dns_nxdomain_error")),
+        (BLOCKED, DNS, "dns.ghost_name", None), id="ghost-name-answer-serves-a-page",
+    ),
+    pytest.param(
+        site(dns=(resolved(SITE_IP2),), tcp_connect=(tcp(SITE_IP2),),
+             tls_handshakes=(tls(SITE_IP2, "ssl_invalid_hostname", valid=False),), requests=(),
+             control=control(dns_failure="dns_no_answer", tcp_map={}, tls_map={},
+                             http_failure="dns_no_answer")),
+        (BLOCKED, DNS, "dns.ghost_name", None), id="ghost-name-https-wrong-certificate",
+    ),
+    # -- interference without denial -----------------------------------------------------------
+    pytest.param(
+        injected_toward_proxy("http"), (OK, None, "ok.http", None),
+        id="injected-toward-proxy-serving-the-genuine-page",
+    ),
+    pytest.param(
+        injected_toward_proxy("https"), (OK, None, "ok.https", None),
+        id="injected-toward-tls-passthrough-proxy",
+    ),
+    pytest.param(
+        injected_toward_proxy("http", requests=(req(HTTP, PROXY_IP, 80, title="Access restricted",
+                                                    length=len(CUSTOM_PAGE), body=CUSTOM_PAGE),)),
+        (BLOCKED, DNS, "dns.injected", None), id="injected-toward-proxy-serving-a-blockpage",
+    ),
+    pytest.param(
+        site(tcp_connect=(tcp(SITE_IP),), tls_handshakes=(tls(SITE_IP, "connection_reset"),
+                                                          tls(PROXY_IP, "connection_reset")),
+             dns=(query(reply(PROXY_IP, t=0.005), reply(SITE_IP, t=0.05)),),
+             requests=()),
+        (BLOCKED, DNS, "dns.injected", None), id="injected-and-nothing-loaded",
+    ),
+    # -- pages larger than the byte caps --------------------------------------------------------
+    pytest.param(
+        site("http", requests=(req(HTTP, port=80, length=1_048_576, title="mirror 10:02:11"),),
+             extra={"body_truncated": True},
+             control=dataclasses.replace(control(port=80), http_request=ControlHTTP(
+                 None, 200, 8_388_608, "mirror 10:02:12", {}, body_truncated=True))),
+        (OK, None, "ok.http", None), id="large-page-compared-up-to-the-smaller-cap",
+    ),
+    pytest.param(
+        site("http", requests=(req(HTTP, port=80, length=1_048_576),),
+             extra={"body_truncated": True},
+             control=dataclasses.replace(control(port=80), http_request=ControlHTTP(
+                 None, 200, 1_048_576, TITLE, {}, body_truncated=True))),
+        (OK, None, "ok.http", None), id="large-page-both-truncated-at-the-same-cap",
+    ),
+    pytest.param(
+        site("http", dns=(resolved(BLOCKPAGE_IP),),
+             tcp_connect=(tcp(BLOCKPAGE_IP, 80, "connection_refused"),), requests=(),
+             control=control(port=80, tcp_map={ep(SITE_IP, 80): ControlTCP(True, None),
+                                               ep(BLOCKPAGE_IP, 80): ControlTCP(True, None)})),
+        (BLOCKED, DNS, "dns.inconsistent", None),
+        id="suspect-answer-refused-here-reachable-from-outside",
+    ),
     # -- HTTP ---------------------------------------------------------------------------------
     pytest.param(
         site(requests=(req(failure="connection_reset"),)),
@@ -652,6 +855,34 @@ def test_round_trip_through_test_keys(
     again = WebObservations.from_test_keys(obs.input, tk)
     assert analyze(again, fps) == analyze(obs, fps)
     _check(analyze(again, fps), expected)
+
+
+INTERFERENCE_ROWS = [
+    pytest.param(injected_toward_proxy("http"), "dns.injected", id="http-proxy-genuine-page"),
+    pytest.param(injected_toward_proxy("https"), "dns.injected", id="https-passthrough-proxy"),
+    pytest.param(
+        injected_toward_proxy("http", requests=(req(HTTP, PROXY_IP, 80, title="Access restricted",
+                                                    length=len(CUSTOM_PAGE), body=CUSTOM_PAGE),)),
+        None, id="the-injection-is-the-verdict-itself",
+    ),
+    pytest.param(site(), None, id="nothing-tampered"),
+    pytest.param(
+        site(dns=(query(reply(SITE_IP), reply(SITE_IP2, t=0.04)),),
+             control=control((SITE_IP, SITE_IP2))),
+        None, id="two-replies-both-the-controls",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "interference"), INTERFERENCE_ROWS)
+def test_interference_is_kept_as_evidence(
+    obs: WebObservations, interference: str | None, fps: Fingerprints
+) -> None:
+    verdict = analyze(obs, fps)
+    assert verdict.interference == interference
+    again = Verdict.from_json(json.loads(json.dumps(verdict.to_json())))
+    assert again == verdict
+    assert ("interference" in verdict.to_json()) is (interference is not None)
 
 
 def test_every_reason_has_a_row() -> None:
@@ -770,8 +1001,9 @@ def test_any_observation_gets_a_valid_verdict(
     verdict = analyze(obs, fps)
     assert verdict.reason in REASONS
     assert verdict.confirmed is (verdict.fingerprint is not None)
-    if ctl is None:
-        assert verdict.status is Status.INCONCLUSIVE
+    if ctl is None:  # without a reference only "accessible over valid TLS" can be said
+        assert verdict.status in (Status.INCONCLUSIVE, Status.OK)
+        assert verdict.status is Status.INCONCLUSIVE or verdict.reason == "ok.https"
     if verdict.status is Status.OK:
         assert verdict.reason in ("ok.https", "ok.http")
     if verdict.status is Status.DOWN:

@@ -131,7 +131,8 @@ async def test_run_once_writes_valid_scrubbed_records(lab: Lab, ca: trustme.CA,
     assert (record["probe_asn"], record["probe_cc"]) == ("AS64500", "IR")
     assert record["verdict"]["status"] == "ok", record["verdict"]
     assert PUBLIC_IP not in lines[0]
-    assert lab.control_calls == [{"url": url, "tcp_connect": [f"127.0.0.1:{lab.site_port}"]}]
+    assert lab.control_calls == [{"url": url, "tcp_connect": [f"127.0.0.1:{lab.site_port}"],
+                                  "body_cap": 1_048_576}]  # the probe's read cap
     assert "list.csv:4" in err  # the bad row, reported with file:line
     assert "event=measurement" in err and "status=ok" in err  # structured lines (no TTY)
     assert "measured 1 of 1" in err
@@ -160,7 +161,7 @@ async def test_run_once_usage_errors(lab: Lab, ca: trustme.CA,
     assert await _cli(["run", "--config", str(lab.tmp / "nope.toml")]) == 2
 
 
-async def test_run_once_with_unreachable_helper_is_inconclusive(
+async def test_run_once_with_unreachable_helper_records_the_control_failure(
     lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(lab, ca)
@@ -172,7 +173,9 @@ async def test_run_once_with_unreachable_helper_is_inconclusive(
                        "--control-url", f"http://127.0.0.1:{closed_port()}"])
     assert code == 0, capsys.readouterr().err
     record = json.loads(out.read_text())
-    assert record["verdict"]["status"] == "inconclusive"
+    # the page loaded over TLS valid for the site: accessible needs no reference (blocking
+    # would: without the control nothing is ever called blocked)
+    assert (record["verdict"]["status"], record["verdict"]["reason"]) == ("ok", "ok.https")
     assert record["test_keys"]["control_failure"] == "connection_refused"
 
 

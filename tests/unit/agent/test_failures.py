@@ -85,6 +85,16 @@ CASES: list[tuple[str, BaseException, str]] = [
     ("aiohttp payload cut by a close",
      aiohttp.ClientPayloadError("Response payload is not completed: <ContentLengthError>"),
      F.EOF_ERROR),
+    ("aiohttp unusable redirect location",
+     aiohttp.InvalidUrlRedirectClientError("https://[bad", "not a URL"),
+     "unknown_failure: invalid redirect location"),
+    ("aiohttp redirect to a non-web scheme",
+     aiohttp.NonHttpUrlRedirectClientError("ftp://files.test/"),
+     "unknown_failure: invalid redirect location"),
+    ("aiohttp bytes that are not an HTTP response",
+     _chained(aiohttp.ClientResponseError(None, (), message="bad status"),  # type: ignore[arg-type]
+              aiohttp.http_exceptions.BadStatusLine("HTTX/9 200")),
+     "unknown_failure: malformed response"),
     ("preset failure attribute", type("X", (OSError,), {"ooni_failure": F.DNS_NXDOMAIN})(),
      F.DNS_NXDOMAIN),
 ]

@@ -171,6 +171,51 @@ async def test_redirect_target_that_does_not_resolve(site, verify_ctx) -> None:
     assert got.request.failure == failures.DNS_NO_ANSWER
 
 
+async def test_failed_redirect_hop_is_named_in_the_chain(site, verify_ctx) -> None:
+    """A fetch that dies on a redirect target says which one (measure() then opens it)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+    dead_port = dead.getsockname()[1]
+
+    def routes(app: web.Application, state: Site) -> None:
+        async def start(request: web.Request) -> web.Response:
+            raise web.HTTPFound("/next")
+
+        async def hop(request: web.Request) -> web.Response:
+            raise web.HTTPFound(f"http://other.test:{dead_port}/landing")
+
+        app.router.add_get("/", start)
+        app.router.add_get("/next", hop)
+
+    async def lookup(host: str) -> tuple[str, ...]:
+        return ("127.0.0.1",)
+
+    try:
+        state = await site(routes)
+        got = await _fetch(f"http://site.test:{state.port}/", verify_ctx, lookup=lookup)
+    finally:
+        dead.close()
+    r = got.request
+    assert r.failure == failures.CONNECTION_REFUSED
+    assert r.redirects == (f"http://site.test:{state.port}/next",
+                           f"http://other.test:{dead_port}/landing")
+    assert r.address is None  # the hop never connected: no earlier peer is blamed
+
+
+@pytest.mark.parametrize("location", ["http://", "https://[bad", "ftp://files.test/"])
+async def test_unusable_location_is_the_sites_answer(site, verify_ctx, location: str) -> None:
+    def routes(app: web.Application, state: Site) -> None:
+        async def start(request: web.Request) -> web.Response:
+            return web.Response(status=302, headers={"Location": location})
+
+        app.router.add_get("/", start)
+
+    state = await site(routes)
+    got = await _fetch(f"http://site.test:{state.port}/", verify_ctx, max_redirects=3)
+    assert got.request.failure in ("unknown_failure: invalid redirect location",
+                                   "unknown_failure: too many redirects")
+
+
 async def test_too_many_redirects(site, verify_ctx) -> None:
     def routes(app: web.Application, state: Site) -> None:
         async def loop_(request: web.Request) -> web.Response:

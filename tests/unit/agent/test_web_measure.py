@@ -39,7 +39,9 @@ class FakeControl:
         self.answer = answer
         self.calls: list[tuple[str, list[str]]] = []
 
-    async def control(self, url: str, tcp_connect: Sequence[str]) -> ControlResponse:
+    async def control(
+        self, url: str, tcp_connect: Sequence[str], body_cap: int | None = None
+    ) -> ControlResponse:
         self.calls.append((url, list(tcp_connect)))
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -229,3 +231,44 @@ async def test_non_http_input_cannot_run(ca_file) -> None:
                          resolver=ResolverAddress("127.0.0.1", 9), control=None)
     with pytest.raises(VigilError):
         await measure("ftp://site.test/", ctx)
+
+
+async def test_failed_redirect_hop_is_opened_at_each_layer(dns_servers, ca, ca_file) -> None:
+    """A shortener redirects to a name whose SNI is reset: the hop's own TCP and TLS events
+    (and the benign-SNI retry) are recorded, so the verdict can name the TLS layer (the
+    analysis of these events is table-tested in test_analyze.py)."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("short.test", "blocked.test").configure_cert(server_ctx)
+    peer = await RawTLSPeer("reset", only_sni=b"blocked.test", tls_context=server_ctx).start()
+    target = f"https://blocked.test:{peer.port}/landing"
+
+    async def hop(request: web.Request) -> web.Response:
+        raise web.HTTPPermanentRedirect(target)
+
+    app = web.Application()
+    app.router.add_get("/x", hop)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        control = FakeControl(control_json(["127.0.0.1"], port))
+        zone = zone_handler({"short.test": ["127.0.0.1"], "blocked.test": ["127.0.0.1"]})
+        ctx = await _ctx(dns_servers, zone, ca_file, control)
+        url = f"https://short.test:{port}/x"
+        obs = await measure(url, ctx)
+    finally:
+        await runner.cleanup()
+        await peer.stop()
+    [req] = obs.requests
+    assert req.failure == failures.CONNECTION_RESET
+    assert req.redirects == (target,)
+    hop_tcp = [c for c in obs.tcp_connect if c.origin == "redirect"]
+    assert [(c.port, c.failure) for c in hop_tcp] == [(peer.port, None)]
+    hop_tls = [(h.purpose, h.server_name, h.failure) for h in obs.tls_handshakes
+               if h.purpose.startswith("redirect")]
+    assert hop_tls == [("redirect", "blocked.test", failures.CONNECTION_RESET),
+                       ("redirect_benign_sni", "example.com", None)]
+    again = WebObservations.from_test_keys(url, obs.to_test_keys())
+    assert again == obs

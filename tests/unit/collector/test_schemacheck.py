@@ -31,7 +31,8 @@ json_values = st.recursive(
 )
 
 FIELDS = sorted(wire.measurement_schema()["properties"])
-VERDICT_FIELDS = ["status", "blocking", "reason", "confirmed", "fingerprint", "extra"]
+VERDICT_FIELDS = ["status", "blocking", "reason", "confirmed", "fingerprint", "interference",
+                  "extra"]
 
 
 @st.composite
@@ -79,6 +80,10 @@ def test_valid_record_passes() -> None:
         ({"input": None}, True),
         ({"verdict": dict(BASE["verdict"], confirmed=1)}, False),
         ({"verdict": dict(BASE["verdict"], blocking=None)}, True),  # schema does not tie them
+        ({"verdict": dict(BASE["verdict"], interference="dns.injected")}, True),
+        ({"verdict": dict(BASE["verdict"], interference="DNS injected")}, False),
+        ({"verdict": dict(BASE["verdict"], interference="")}, False),
+        ({"verdict": dict(BASE["verdict"], interference=None)}, False),  # omitted, never null
         ({"annotations": {f"k{i}": "v" for i in range(33)}}, False),
         ({"annotations": {"k": 1}}, False),
     ],
