@@ -245,3 +245,13 @@ def test_truncated_reply_alone_is_not_a_second_answer(fps: Fingerprints) -> None
             tcp_connect=(tcp(V4),), tls_handshakes=(tls(V4),), requests=(req(V4),),
             control=control((V4,)))
     assert analyze(o, fps).status is OK
+
+
+@pytest.mark.parametrize(("observations", "expected"), ROWS)
+def test_verdict_survives_the_record(observations: WebObservations,
+                                     expected: tuple[Status, Blocking | None, str],
+                                     fps: Fingerprints) -> None:
+    """Stored test keys (truncated, transport included) re-analyse to the same verdict."""
+    again = WebObservations.from_test_keys(observations.input, observations.to_test_keys())
+    assert again.dns == observations.dns
+    assert analyze(again, fps) == analyze(observations, fps)
