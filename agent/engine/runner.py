@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import platform
@@ -37,6 +38,7 @@ from agent.experiments import Experiment, Outcome
 from agent.experiments import slots as slot_binding
 from agent.identity import Identity
 from agent.net.dns import ResolverAddress, parse_resolver, system_resolver
+from agent.net.ipv6route import has_global_ipv6
 from agent.net.tls import TLSContexts, make_contexts
 from agent.wire.envelope import encode_record, uuid7, validate_record
 from agent.wire.helper_api import ClientInfo, ControlResponse
@@ -163,8 +165,13 @@ async def open_context(
     tls = tls_contexts(config.net.ca_file)
     resolver = resolver_from(config.net)
     scrubber = Scrubber(local_addresses())
+    net = config.net
+    if net.ipv6 is None:
+        net = dataclasses.replace(net, ipv6=has_global_ipv6())
+        log.info("IPv6 %s (auto: global IPv6 route %s)", "on" if net.ipv6 else "off",
+                 "found" if net.ipv6 else "not found")
     ctx = MeasureContext(
-        net=config.net,
+        net=net,
         tls=tls,
         resolver=resolver,
         control=None,

@@ -80,20 +80,24 @@ def parse_target(url: str) -> _Target:
     return _Target(url=url, host=host, port=port or _DEFAULT_PORTS[scheme], https=scheme == "https")
 
 
-def _usable_family(ip: str, ipv6: bool) -> bool:
+def _usable_family(ip: str, ipv6: bool | None) -> bool:
     try:
-        return ipv6 or ipaddress.ip_address(ip).version == 4
+        return bool(ipv6) or ipaddress.ip_address(ip).version == 4
     except ValueError:
         return False
 
 
 def _first_unique(values: Sequence[str], limit: int) -> list[str]:
+    """Distinct addresses in order, at most ``limit`` of each family: a site with eight A
+    records still gets its IPv6 addresses measured (both families, as happy eyeballs)."""
     out: list[str] = []
+    per_family: dict[bool, int] = {False: 0, True: 0}
     for v in values:
-        if v not in out:
-            out.append(v)
-        if len(out) >= limit:
-            break
+        v6 = ":" in v
+        if v in out or per_family[v6] >= limit:
+            continue
+        out.append(v)
+        per_family[v6] += 1
     return out
 
 
@@ -142,7 +146,7 @@ class Measurement:
             self.system_addrs = [self.target.host.strip("[]")]
             return []
         net = self.ctx.net
-        types = ["A", "AAAA"] if net.ipv6 else ["A"]
+        types = ["A", "AAAA"] if net.ipv6 else ["A"]  # runner resolved "auto" to a bool
         queries: list[PendingQuery] = []
         try:
             for qtype in types:
