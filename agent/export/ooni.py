@@ -16,7 +16,6 @@ Analysts compare Vigil's evidence with OONI's using OONI's tooling, so ``vigil-a
 from __future__ import annotations
 
 import copy
-import ipaddress
 from datetime import datetime
 from typing import Any
 
@@ -83,15 +82,17 @@ def _web_test_keys(tk: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _resolver_ip(tk: dict[str, Any]) -> str:
-    for q in tk.get("queries", []):
-        address = str(q.get("resolver_address", ""))
-        host = address[1:].split("]")[0] if address.startswith("[") else address.rsplit(":", 1)[0]
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            continue
-    return ""
+UNKNOWN_RESOLVER_IP = "127.0.0.2"  # what OONI Probe writes when the lookup failed
+
+
+def _resolver_ip(record: dict[str, Any]) -> str:
+    """The resolver's egress seen from outside (the helper's DNS whoami), as OONI records it.
+
+    Never the address in resolv.conf: that is the home router's private address, which says
+    nothing about where the queries leave, and may identify the volunteer's network.
+    """
+    value = record.get("resolver_ip")
+    return str(value) if value else UNKNOWN_RESOLVER_IP
 
 
 def to_ooni(record: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +120,8 @@ def to_ooni(record: dict[str, Any]) -> dict[str, Any]:
         "probe_network_name": record["probe_network_name"],
         "report_id": report_id(record),
         "resolver_asn": record["resolver_asn"],
-        "resolver_ip": _resolver_ip(tk),
-        "resolver_network_name": "",
+        "resolver_ip": _resolver_ip(record),
+        "resolver_network_name": record.get("resolver_network_name", ""),
         "software_name": record["software_name"],
         "software_version": record["software_version"],
         "test_helpers": {"backend": {"address": "vigil-control-helper", "type": "vigil"}},
