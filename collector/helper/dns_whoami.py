@@ -118,9 +118,14 @@ class WhoamiZone:
     nameserver: dns.name.Name  # the NS/SOA name (the helper's own host name)
 
     @classmethod
-    def create(cls, zone: str, sightings: SightingLog, nameserver: str | None = None) -> WhoamiZone:
+    def create(
+        cls, zone: str, sightings: SightingLog, nameserver: str | None = None
+    ) -> WhoamiZone:
         """Raises ValueError for a zone that is not a domain name with at least two labels."""
-        name = dns.name.from_text(zone.strip().rstrip(".") + ".")
+        try:
+            name = dns.name.from_text(zone.strip().rstrip(".") + ".")
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"the whoami zone {zone!r} is not a domain name: {exc}") from None
         if len(name.labels) < 3 or any(not label for label in name.labels[:-1]):
             raise ValueError(f"the whoami zone must be a delegated domain name, not {zone!r}")
         ns = dns.name.from_text((nameserver or f"ns.{name.to_text()}").rstrip(".") + ".")
