@@ -37,6 +37,7 @@ CENSOR_KINDS: dict[str, str] = {
     "http_reset": "name",
     "ip_throttle": "address",
     "sni_throttle": "name",
+    "dns_tcp_reset": "name",
 }
 CENSOR_PARAMS: dict[str, frozenset[str]] = {
     "dns_bogon": frozenset({"answer"}),
@@ -44,9 +45,19 @@ CENSOR_PARAMS: dict[str, frozenset[str]] = {
     "http_blockpage": frozenset({"page"}),
     "ip_throttle": frozenset({"rate_kbit"}),
     "sni_throttle": frozenset({"rate_kbit"}),
+    "tcp_drop": frozenset({"family"}),
+    "tcp_reset": frozenset({"family"}),
 }
+FAMILIES = frozenset({"v4", "dual", "v6"})  # which addresses a site has (A, A+AAAA, AAAA)
+RULE_FAMILIES = frozenset({"v4", "v6", "both"})  # which of them an address rule hits
 SITE_KINDS = frozenset(
-    {"normal", "slow", "dynamic", "redirect", "cdn", "down-refused", "down-timeout", "nxdomain"}
+    {"normal", "slow", "dynamic", "redirect", "cdn", "down-refused", "down-timeout", "nxdomain",
+     # its DNS answer does not fit in UDP: truncated over UDP, whole over TCP, everywhere
+     "large-dns",
+     # the ISP has no IPv6 route to its IPv6 address (ICMPv6 "no route"): the network's fault
+     "v6-path-broken",
+     # its IPv6 address drops everything, for everyone: the site's fault
+     "v6-dead"}
 )
 BLOCKPAGES = frozenset({"iran", "custom"})
 CONTROL_MODES = frozenset({"helper", "unreachable"})
@@ -81,6 +92,7 @@ class Site:
     delay_ms: int | None = None  # server think time before answering (None: lab default)
     body_bytes: int = 6000
     slow_s: float = 2.0  # extra delay of a "slow" site
+    family: str = "v4"  # "v4", "dual" (A and AAAA) or "v6" (AAAA only): see FAMILIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +268,7 @@ def _parse_site(where: str, raw: Any) -> Site:
         raw = {"kind": raw}
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: site must be a string or a table")
-    unknown = set(raw) - {"kind", "address_group", "delay_ms", "body_bytes", "slow_s"}
+    unknown = set(raw) - {"kind", "address_group", "delay_ms", "body_bytes", "slow_s", "family"}
     if unknown:
         raise ScenarioError(f"{where}: unknown site keys {sorted(unknown)}")
     kind = str(raw.get("kind", "normal"))
@@ -274,8 +286,13 @@ def _parse_site(where: str, raw: Any) -> Site:
     group = str(raw.get("address_group", ""))
     if group and not _ID_RE.match(group):
         raise ScenarioError(f"{where}: bad address_group {group!r}")
+    family = str(raw.get("family", "dual" if kind in ("v6-path-broken", "v6-dead") else "v4"))
+    if family not in FAMILIES:
+        raise ScenarioError(f"{where}: site.family must be one of {sorted(FAMILIES)}")
+    if kind in ("v6-path-broken", "v6-dead") and family == "v4":
+        raise ScenarioError(f"{where}: a {kind} site has an IPv6 address (family dual or v6)")
     return Site(kind=kind, address_group=group, delay_ms=delay, body_bytes=body,
-                slow_s=float(slow))
+                slow_s=float(slow), family=family)
 
 
 def _parse_rule(where: str, raw: Any) -> CensorRule:
@@ -291,6 +308,8 @@ def _parse_rule(where: str, raw: Any) -> CensorRule:
     extra = set(params) - CENSOR_PARAMS.get(kind, frozenset())
     if extra:
         raise ScenarioError(f"{where}: {kind} does not take {sorted(extra)}")
+    if "family" in params and params["family"] not in RULE_FAMILIES:
+        raise ScenarioError(f"{where}: family must be one of {sorted(RULE_FAMILIES)}")
     target = str(raw.get(target_key, ""))
     if target and target_key == "name" and not _HOST_RE.match(target):
         raise ScenarioError(f"{where}: bad name {target!r}")
