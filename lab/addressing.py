@@ -86,6 +86,7 @@ ISP6_UPLINK: Final = "2001:2:0:2::1"
 INET6_DOWNLINK: Final = "2001:2:0:2::2"
 INET6_NET: Final = ipaddress.IPv6Network("2001:2:0:10::/60")  # services and sites
 SITE6_POOL: Final = ipaddress.IPv6Network("2001:2:0:11::/64")  # one address per IPv6 site
+SCALE6_POOL: Final = ipaddress.IPv6Network("2001:2:0:12::/64")  # scale-mode servers (dual-stack)
 
 
 class AddressPool6:

@@ -235,10 +235,18 @@ def _add_scale(plan: LabPlan, n: int) -> None:
     servers = [str(h) for h, _ in zip(A.SCALE_POOL.hosts(), range(SCALE_SERVERS), strict=False)]
     plan.inet_addresses.extend(servers)
     plan.listen_addresses.extend(servers)
+    servers6: list[str] = []
+    if plan.ipv6:  # a dual-stack lab: the generated sites are dual-stack too
+        servers6 = [str(A.SCALE6_POOL.network_address + 1 + i) for i in range(SCALE_SERVERS)]
+        plan.inet6_addresses.extend(servers6)
+        plan.listen_addresses.extend(servers6)
     for i in range(n):
         host = f"s{i:05d}.{SCALE_DOMAIN}"
         plan.scale_hosts.append(host)
-        plan.zone[host] = {"a": [servers[i % len(servers)]]}
+        entry: dict[str, Any] = {"a": [servers[i % len(servers)]]}
+        if servers6:
+            entry["aaaa"] = [servers6[i % len(servers6)]]
+        plan.zone[host] = entry
 
 
 def scale_site(host: str) -> SitePlan:
