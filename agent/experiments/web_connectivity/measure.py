@@ -179,10 +179,26 @@ class Measurement:
 
     # ---- branch 1: our own view -------------------------------------------------------------
     async def _own_branch(self) -> None:
-        await asyncio.gather(*(self._endpoint(ip, "dns") for ip in self.system_addrs))
-        working = [ip for ip in self.system_addrs if self.endpoints[ip].usable]
-        if working:
-            await self._http(working)
+        """Every address is measured; the page is fetched as soon as one of them is usable, as
+        a happy-eyeballs browser does (a dual-stack site does not wait for its slower family,
+        nor for a blocked address to time out), pinned to the addresses usable by then."""
+        tasks = [asyncio.create_task(self._endpoint(ip, "dns")) for ip in self.system_addrs]
+        fetch: asyncio.Task[None] | None = None
+        try:
+            for done in asyncio.as_completed(tasks):
+                await done
+                if fetch is None:
+                    working = [ip for ip, t in zip(self.system_addrs, tasks, strict=True)
+                               if t.done() and self.endpoints[ip].usable]
+                    if working:
+                        fetch = asyncio.create_task(self._http(working))
+            if fetch is not None:
+                await fetch
+        finally:
+            pending = [t for t in (*tasks, fetch) if t is not None and not t.done()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _http(self, addrs: list[str]) -> None:
         net = self.ctx.net
