@@ -82,7 +82,7 @@ def parse_target(url: str) -> _Target:
 
 def _usable_family(ip: str, ipv6: bool | None) -> bool:
     try:
-        return bool(ipv6) or ipaddress.ip_address(ip).version == 4
+        return ipaddress.ip_address(ip).version == 4 or bool(ipv6)
     except ValueError:
         return False
 
