@@ -40,7 +40,7 @@ from agent.experiments import Experiment, Outcome
 from agent.experiments import slots as slot_binding
 from agent.identity import Identity
 from agent.net.dns import ResolverAddress, parse_resolver, resolve_first, system_resolver
-from agent.net.ipv6route import has_global_ipv6
+from agent.net.ipv6route import IPv6Path, has_global_ipv6
 from agent.net.tls import TLSContexts, make_contexts
 from agent.wire.envelope import encode_record, uuid7, validate_record
 from agent.wire.helper_api import ClientInfo, ControlResponse, ResolverSighting
@@ -93,6 +93,12 @@ class MeasureContext:
     scrubber: Scrubber = field(default_factory=Scrubber)
     probe: ProbeInfo = field(default_factory=ProbeInfo)
     config: AgentConfig | None = None  # state_dir and other modules' sections
+    ipv6_path: IPv6Path = field(default_factory=IPv6Path)
+
+    @property
+    def ipv6_active(self) -> bool:
+        """Measure over IPv6 too: configured (or detected) on, and not found broken."""
+        return bool(self.net.ipv6) and not self.ipv6_path.broken
 
     def on_bytes(self, n: int) -> None:
         self.budget.charge(n)

@@ -125,3 +125,33 @@ def has_global_ipv6(route_file: Path = ROUTE_FILE, address_file: Path = ADDRESS_
     except OSError:
         return False
     return global_ipv6(parse_routes(routes), parse_addresses(addresses))
+
+
+class IPv6Path:
+    """Does IPv6 still work on this run's path?  Browsers remember a broken IPv6 path (RFC
+    8305 §5 lets them prefer IPv4 after failures); a measurement run must too, or a host whose
+    IPv6 silently blackholes would wait a connect timeout on every site.
+
+    The evidence is sites reachable over IPv4 whose IPv6 connects timed out: after
+    ``threshold`` of them in a row (no IPv6 success in between), IPv6 is off for the rest of the
+    run.  A censor dropping one site's IPv6 address does not look like that; a broken path
+    does.  Not thread-safe (one event loop).
+    """
+
+    def __init__(self, threshold: int = 8) -> None:
+        self.threshold = threshold
+        self.broken = False
+        self._strikes = 0
+
+    def note(self, ipv6_ok: bool, ipv6_timed_out_while_ipv4_worked: bool) -> bool:
+        """Record one measurement's outcome; True when this call declared the path broken."""
+        if self.broken:
+            return False
+        if ipv6_ok:
+            self._strikes = 0
+        elif ipv6_timed_out_while_ipv4_worked:
+            self._strikes += 1
+            if self._strikes >= self.threshold:
+                self.broken = True
+                return True
+        return False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from agent.wire.helper_api import ControlResponse
 if TYPE_CHECKING:
     from agent.engine.runner import MeasureContext
 
+log = logging.getLogger("vigil.web_connectivity")
 NO_CONTROL = failures.unknown("no control helper configured")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -115,6 +117,9 @@ class Measurement:
         self.control_failure: str | None = None
         self.request: HTTPRequest | None = None
         self.extra: dict[str, Any] = {}
+        self.ipv6 = ctx.ipv6_active
+        if ctx.net.ipv6 and not self.ipv6:
+            self.extra["ipv6"] = "off: this run found the IPv6 path broken"
 
     # ---- top level --------------------------------------------------------------------------
     async def run(self) -> WebObservations:
@@ -146,7 +151,7 @@ class Measurement:
             self.system_addrs = [self.target.host.strip("[]")]
             return []
         net = self.ctx.net
-        types = ["A", "AAAA"] if net.ipv6 else ["A"]  # runner resolved "auto" to a bool
+        types = ["A", "AAAA"] if self.ipv6 else ["A"]
         queries: list[PendingQuery] = []
         try:
             for qtype in types:
@@ -174,7 +179,7 @@ class Measurement:
             addrs.extend(
                 a.value for a in reply.answers if a.answer_type in ("A", "AAAA")
             )
-        usable = [a for a in addrs if _usable_family(a, self.ctx.net.ipv6)]
+        usable = [a for a in addrs if _usable_family(a, self.ipv6)]
         self.system_addrs = _first_unique(usable, self.ctx.net.max_addresses)
 
     # ---- branch 1: our own view -------------------------------------------------------------
@@ -194,11 +199,27 @@ class Measurement:
                         fetch = asyncio.create_task(self._http(working))
             if fetch is not None:
                 await fetch
+            self._note_ipv6_path()
         finally:
             pending = [t for t in (*tasks, fetch) if t is not None and not t.done()]
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _note_ipv6_path(self) -> None:
+        """Tell the run whether IPv6 worked here while IPv4 did (a blackholing IPv6 path)."""
+        if not self.ipv6:
+            return
+        conns = [ep.tcp for ep in self.endpoints.values() if ep.tcp is not None]
+        v6 = [c for c in conns if ":" in c.ip]
+        if not v6:
+            return
+        v4_ok = any(c.failure is None for c in conns if ":" not in c.ip)
+        v6_ok = any(c.failure is None for c in v6)
+        timed_out = v4_ok and all(c.failure == failures.GENERIC_TIMEOUT for c in v6)
+        if self.ctx.ipv6_path.note(v6_ok, timed_out):
+            log.warning("IPv6 connects time out where IPv4 works, site after site: the IPv6 "
+                        "path is broken; measuring IPv4 only for the rest of this run")
 
     async def _http(self, addrs: list[str]) -> None:
         net = self.ctx.net
@@ -245,7 +266,7 @@ class Measurement:
         self.ctx.observe_client(self.control.client)
         extra = [
             ip for ip in self.control.dns.addrs
-            if _usable_family(ip, self.ctx.net.ipv6) and ip not in self.system_addrs
+            if _usable_family(ip, self.ipv6) and ip not in self.system_addrs
         ]
         extra = _first_unique(extra, self.ctx.net.max_addresses)
         await asyncio.gather(*(self._endpoint(ip, "control") for ip in extra))

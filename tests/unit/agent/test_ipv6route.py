@@ -69,3 +69,16 @@ def test_files_read_and_missing_files_mean_no_ipv6(tmp_path: Path) -> None:
     addrs.write_text(GLOBAL + "\n")
     assert has_global_ipv6(routes, addrs) is True
     assert has_global_ipv6(tmp_path / "absent", addrs) is False
+
+
+def test_ipv6_path_is_declared_broken_after_consecutive_blackholes_only() -> None:
+    from agent.net.ipv6route import IPv6Path
+
+    path = IPv6Path(threshold=3)
+    assert [path.note(False, True), path.note(False, True)] == [False, False]
+    path.note(True, False)  # an IPv6 success in between: the path works
+    assert not path.broken
+    path.note(False, False)  # IPv4 failed too (a blocked or dead site): no evidence either way
+    assert [path.note(False, True) for _ in range(3)] == [False, False, True]
+    assert path.broken
+    assert path.note(False, True) is False  # declared once
