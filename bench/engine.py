@@ -18,6 +18,7 @@ and measures both families of every site (two DNS queries, two connects and hand
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -31,6 +32,33 @@ TARGET_RSS_MB = 80.0
 AGENT_TIMEOUT_S = 900.0
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (fields 14 and 15 of /proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _lab_cpu(lab: Any) -> dict[str, float]:
+    """CPU seconds used so far by the lab's own processes (sites, helper, DNS, censor): on a
+    shared machine they compete with the agent, and the dual-stack run doubles their work."""
+    pids = {name: p[0] for name, p in lab.state.data.get("processes", {}).items()}
+    child = lab.dir / "helper.child.pid"
+    if child.exists():
+        with contextlib.suppress(ValueError, IndexError):
+            pids["helper"] = int(child.read_text().split()[0])
+    out = {}
+    for name, pid in pids.items():
+        value = _cpu_seconds(pid)
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def _run_agent(lab: Any, concurrency: int, extra: list[str]) -> dict[str, Any]:
     output = lab.dir / f"bench-{concurrency}.jsonl"
     output.unlink(missing_ok=True)
@@ -38,6 +66,7 @@ def _run_agent(lab: Any, concurrency: int, extra: list[str]) -> dict[str, Any]:
                           extra=["--concurrency", str(concurrency), *extra])
     env = {**os.environ, **lab.agent_env()}
     log = lab.dir / f"bench-{concurrency}.stderr"
+    lab_cpu_before = _lab_cpu(lab)
     started = time.perf_counter()
     with open(log, "w") as err:  # a file, not a pipe: one log line per URL would fill a pipe
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err,
@@ -56,6 +85,10 @@ def _run_agent(lab: Any, concurrency: int, extra: list[str]) -> dict[str, Any]:
         proc.wait()
         raise SystemExit(f"agent did not finish within {AGENT_TIMEOUT_S} s")
     proc.returncode = os.waitstatus_to_exitcode(status)
+    lab_cpu_after = _lab_cpu(lab)
+    lab_cpu = {name: round(lab_cpu_after[name] - lab_cpu_before.get(name, 0.0), 1)
+               for name in lab_cpu_after if lab_cpu_after[name] - lab_cpu_before.get(name, 0.0)
+               >= 0.1}
     stderr = log.read_text(errors="replace")
     records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
     statuses = Counter(r["verdict"]["status"] for r in records)
@@ -73,6 +106,8 @@ def _run_agent(lab: Any, concurrency: int, extra: list[str]) -> dict[str, Any]:
         "median_runtime_s": runtimes[len(runtimes) // 2] if runtimes else None,
         "p95_runtime_s": runtimes[int(len(runtimes) * 0.95)] if runtimes else None,
         "agent_summary": summary[-1] if summary else stderr.strip().splitlines()[-3:],
+        "lab_cpu_s": lab_cpu,
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "urls_with_ipv6_connects": sum(
             any(":" in c.get("ip", "") for c in r["test_keys"].get("tcp_connect", []))
             for r in records
