@@ -282,7 +282,8 @@ def _whoami_dns(
         try:
             await server.start()
         except OSError as exc:
-            raise ConfigError(f"cannot listen for DNS on {listen}: {exc.strerror or exc}") from None
+            where = ", ".join(f"{h}:{p}" for h, p in listen)
+            raise ConfigError(f"cannot listen for DNS on {where}: {exc.strerror or exc}") from None
         log.info("DNS whoami zone %s on %s", zone.zone_text,
                  ", ".join(f"{h}:{p}" for h, p in server.bound), extra=OPERATOR_CONFIG)
         try:
