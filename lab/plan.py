@@ -199,9 +199,11 @@ def _add_rule(plan: LabPlan, s: Scenario, kind: str, name: str, addr: str,
     elif kind == "tls_mitm":
         plan.ip_mitm.append(addr)
     elif kind == "tls_reset":
-        plan.inject_tls.append({"sni": name, "action": "reset"})
+        plan.inject_tls.append({"sni": name, "action": "reset",
+                                "family": params.get("family", "both")})
     elif kind == "tls_drop":
-        plan.inject_tls.append({"sni": name, "action": "drop"})
+        plan.inject_tls.append({"sni": name, "action": "drop",
+                                "family": params.get("family", "both")})
     elif kind == "sni_throttle":
         cls = _new_class(plan, 0x100, int(params.get("rate_kbit", SNI_THROTTLE_KBIT)))
         plan.inject_tls.append({"sni": name, "action": "throttle", "classid": cls.classid})

@@ -47,6 +47,8 @@ CENSOR_PARAMS: dict[str, frozenset[str]] = {
     "sni_throttle": frozenset({"rate_kbit"}),
     "tcp_drop": frozenset({"family"}),
     "tcp_reset": frozenset({"family"}),
+    "tls_reset": frozenset({"family"}),
+    "tls_drop": frozenset({"family"}),
 }
 FAMILIES = frozenset({"v4", "dual", "v6"})  # which addresses a site has (A, A+AAAA, AAAA)
 RULE_FAMILIES = frozenset({"v4", "v6", "both"})  # which of them an address rule hits

@@ -106,7 +106,8 @@ class Injector:
         if tcp is None or not tcp.payload or tcp.dport != 443:
             return
         sni = P.tls_sni(tcp.payload)
-        rule = None if sni is None else _first(self.tls_rules, "sni", sni)
+        rules = [r for r in self.tls_rules if r.get("family", "both") != "v4"]
+        rule = None if sni is None else _first(rules, "sni", sni)
         if rule is None or rule["action"] not in ("reset", "drop"):
             return
         key = f"{ip.src} . {tcp.sport} . {ip.dst} . {tcp.dport}"
@@ -168,7 +169,7 @@ class Injector:
         sni = P.tls_sni(tcp.payload)
         if sni is None:
             return
-        rule = _first(self.tls_rules, "sni", sni)
+        rule = _first([r for r in self.tls_rules if r.get("family", "both") != "v6"], "sni", sni)
         if rule is None:
             return
         action = rule["action"]

@@ -87,3 +87,36 @@ def test_records_name_the_resolver_egress_and_both_countries(report: Any) -> Non
         assert record["resolver_ip"] != A.ISP_RESOLVER
         assert (record["resolver_asn"], record["resolver_network_name"]) == ("AS64500", "Lab ISP")
         assert (record["probe_cc"], record["probe_registration_cc"]) == ("IR", "IR")
+
+
+# ---- the IPv6 censor on the wire, with the lab's own client (independent of the agent) ----
+def _v6(dual_lab: Any, host: str) -> str:
+    address = dual_lab.plan.site(host).address6
+    assert address is not None
+    return str(address)
+
+
+def test_ipv6_address_drop_only_from_the_probe(dual_lab: Any) -> None:
+    ip = _v6(dual_lab, "only-drop.v6.lab.test")
+    out = dual_lab.clients({"probe": [{"type": "tcp", "ip": ip, "port": 443, "timeout": 2}],
+                            "inet": [{"type": "tcp", "ip": ip, "port": 443, "timeout": 2}]})
+    assert out["probe"][0]["error"] == "timeout"
+    assert out["inet"][0]["error"] is None
+
+
+def test_ipv6_sni_reset_spares_other_names(dual_lab: Any) -> None:
+    host = "only-sni.v6.lab.test"
+    ip = _v6(dual_lab, host)
+    censored, other = dual_lab.client("probe", [
+        {"type": "tls", "ip": ip, "sni": host, "timeout": 3},
+        {"type": "tls", "ip": ip, "sni": "only.v6.lab.test", "timeout": 3},
+    ])
+    assert censored["error"] == "connection_reset" and censored["t"] < 1.0
+    assert other["error"] is None
+
+
+def test_broken_ipv6_path_is_an_icmp_error_not_a_timeout(dual_lab: Any) -> None:
+    ip = _v6(dual_lab, "path.v6.lab.test")
+    probe = dual_lab.client("probe", [{"type": "tcp", "ip": ip, "port": 443, "timeout": 4}])[0]
+    # Linux reports the ICMPv6 error after one SYN retransmission (~1 s), well before a timeout
+    assert probe["error"] in ("enetunreach", "ehostunreach"), probe

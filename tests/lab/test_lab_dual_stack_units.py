@@ -64,7 +64,7 @@ def _one(row: str) -> None:
      "has an IPv6 address"),
     ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\ncensor=[{kind="tcp_drop",family="v7"}]',
      "family must be"),
-    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\ncensor=[{kind="tls_reset",family="v6"}]',
+    ('[[scenario]]\nid="a"\nurl="https://x.lab.test/"\ncensor=[{kind="http_reset",family="v6"}]',
      "does not take"),
 ])
 def test_bad_rows(row: str, message: str) -> None:
