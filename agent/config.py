@@ -53,9 +53,11 @@ class NetConfig:
     read_timeout: float = 10.0  # silence allowed between two body reads
     max_body_bytes: int = 1_048_576
     max_redirects: int = 10
-    max_addresses: int = 4  # per origin (system resolver, control) and measurement
+    max_addresses: int = 4  # per origin (system resolver, control), family and measurement
     benign_sni: str = "example.com"
-    ipv6: bool = False  # also query AAAA and connect over IPv6
+    # also query AAAA and connect over IPv6; None (the default): when this host has a global
+    # IPv6 route and address (agent.net.ipv6route), as a happy-eyeballs browser would
+    ipv6: bool | None = None
     ca_file: Path | None = None  # extra trust anchors (private deployments, the lab)
 
     def __post_init__(self) -> None:

@@ -75,3 +75,40 @@ def in_lab(addr: str) -> bool:
         return ipaddress.IPv4Address(addr) in LAB_RANGE
     except ValueError:
         return False
+
+
+# ---- IPv6 (dual-stack labs): the benchmarking prefix 2001:2::/48 (RFC 5180), same topology ----
+# Only labs with IPv6 sites enable IPv6 in their namespaces; nothing routes outside the prefix.
+LAB_RANGE6: Final = ipaddress.IPv6Network("2001:2::/48")
+PROBE6_NET: Final = ipaddress.IPv6Network("2001:2:0:1::/64")
+PROBE6_ADDR: Final = "2001:2:0:1::2"
+ISP6_GATEWAY: Final = "2001:2:0:1::1"
+UPLINK6_NET: Final = ipaddress.IPv6Network("2001:2:0:2::/64")
+ISP6_UPLINK: Final = "2001:2:0:2::1"
+INET6_DOWNLINK: Final = "2001:2:0:2::2"
+INET6_NET: Final = ipaddress.IPv6Network("2001:2:0:10::/60")  # services and sites
+SITE6_POOL: Final = ipaddress.IPv6Network("2001:2:0:11::/64")  # one address per IPv6 site
+SCALE6_POOL: Final = ipaddress.IPv6Network("2001:2:0:12::/64")  # scale-mode servers (dual-stack)
+
+
+class AddressPool6:
+    """Hands out addresses of an IPv6 pool in order (::1, ::2, ...), bounded."""
+
+    def __init__(self, network: ipaddress.IPv6Network, limit: int = 4096) -> None:
+        self._network = network
+        self._next = 1
+        self._limit = limit
+
+    def take(self) -> str:
+        if self._next > self._limit:
+            raise ValueError(f"address pool {self._network} exhausted ({self._limit} hosts)")
+        addr = str(self._network.network_address + self._next)
+        self._next += 1
+        return addr
+
+
+def in_lab6(addr: str) -> bool:
+    try:
+        return ipaddress.IPv6Address(addr) in LAB_RANGE6
+    except ValueError:
+        return False

@@ -8,6 +8,7 @@ It is deliberately independent of the agent: the self-checks prove the censor ma
 the wire with a client that knows nothing about verdicts.  Check types:
   dns  {name, server?, qtype?, listen_s?}   every reply to one query (listening listen_s
                                             after the first), with arrival times
+  dns_tcp {name, server?, qtype?, timeout?}  the same query over TCP: one answer or the error
   tcp  {ip, port, timeout?}                 connect outcome and time
   tls  {ip, port?, sni, ca_file?, timeout?} handshake outcome (verified when ca_file is set)
   http {ip, port?, host, path?, tls?, sni?, ca_file?, timeout?}
@@ -27,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -92,12 +94,37 @@ async def check_dns(c: dict[str, Any]) -> dict[str, Any]:
                 continue
             answers = [r.to_text() for rr in msg.answer for r in rr
                        if rr.rdtype == dns.rdatatype.A]
-            replies.append({"t": t, "rcode": dns.rcode.to_text(msg.rcode()), "answers": answers})
+            replies.append({"t": t, "rcode": dns.rcode.to_text(msg.rcode()), "answers": answers,
+                            "tc": bool(msg.flags & dns.flags.TC)})
             if len(replies) == 1:
                 deadline = min(deadline, time.monotonic() + listen)
     finally:
         sock.close()
     return {"replies": replies, "error": None if replies else "timeout"}
+
+
+async def check_dns_tcp(c: dict[str, Any]) -> dict[str, Any]:
+    server = c.get("server") or _system_resolver()
+    query = dns.message.make_query(c["name"], dns.rdatatype.from_text(c.get("qtype", "A")))
+    wire = query.to_wire()
+    t0 = time.monotonic()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(float(c.get("timeout", 3.0))):
+            reader, writer = await asyncio.open_connection(server, 53)
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            await writer.drain()
+            length = int.from_bytes(await reader.readexactly(2), "big")
+            msg = dns.message.from_wire(await reader.readexactly(length))
+        answers = [r.to_text() for rr in msg.answer for r in rr
+                   if rr.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)]
+        return {"ok": True, "error": None, "rcode": dns.rcode.to_text(msg.rcode()),
+                "answers": answers, "t": time.monotonic() - t0}
+    except Exception as exc:
+        return {"ok": False, "error": _error(exc), "t": time.monotonic() - t0}
+    finally:
+        if writer is not None:
+            await _close(writer)
 
 
 async def _open(c: dict[str, Any], tls: bool) -> tuple[asyncio.StreamReader,
@@ -199,7 +226,8 @@ async def check_http(c: dict[str, Any]) -> dict[str, Any]:
         await _close(writer)
 
 
-CHECKS = {"dns": check_dns, "tcp": check_tcp, "tls": check_tls, "http": check_http}
+CHECKS = {"dns": check_dns, "dns_tcp": check_dns_tcp, "tcp": check_tcp, "tls": check_tls,
+          "http": check_http}
 
 
 async def run_all(spec: dict[str, Any]) -> list[dict[str, Any]]:

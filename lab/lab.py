@@ -49,7 +49,14 @@ from lab.scenarios import Event, ScenarioSet, load_files
 REPO = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(__file__).resolve().parent
 DEFAULT_SCENARIO_FILES = ("scenarios.toml", "scenarios_apps.toml", "selfcheck.toml",
-                          "scenarios_field.toml")
+                          "scenarios_field.toml", "scenarios_resolver.toml")
+# Not in the default set: its IPv6 sites make the lab dual-stack (tests/lab/test_dual_stack.py).
+DUAL_STACK_SCENARIO_FILE = "scenarios_ipv6.toml"
+WHOAMI_ZONE = "whoami.lab.test"  # the control helper's DNS whoami zone (resolver attribution)
+GEO_ROWS = (  # IP location CSV (start, end, country): where the probe's addresses are used
+    ("198.18.1.0", "198.18.1.255", "IR"),
+    ("2001:2:0:1::", "2001:2:0:1:ffff:ffff:ffff:ffff", "IR"),
+)
 READY_TIMEOUT_S = 30.0
 DELAY_LINE_TUN = "dly0"  # in the isp namespace: the path RTTs of distant sites
 DELAY_LINE_ADDR = "198.18.254.1"
@@ -58,14 +65,21 @@ ACCESS_TABLE = "vigil_access"
 DETACHED_LIFETIME_S = 8 * 3600.0
 ATTACHED_LIFETIME_S = 2 * 3600.0
 INJECTOR_BPF = (
-    "udp dst port 53 or ((tcp dst port 443 or tcp dst port 80) and "
+    "udp dst port 53 or ((tcp dst port 443 or tcp dst port 80 or tcp dst port 53) and "
     "(ip[2:2] - ((ip[0]&0xf)<<2) - ((tcp[12]&0xf0)>>2)) != 0)"
+)
+# dual-stack labs: IPv6 TCP payload to 80/443 (no extension headers in the lab)
+INJECTOR_BPF6 = (
+    f"({INJECTOR_BPF}) or (ip6 and (tcp dst port 443 or tcp dst port 80) and "
+    "(ip6[4:2] - ((ip6[52]&0xf0)>>2)) != 0)"
 )
 IPDB_ROWS = (  # ip2asn-v4.tsv format: range_start, range_end, AS number, country, description
     ("198.18.0.0", "198.18.255.255", 64500, "IR", "Lab ISP"),
     ("198.19.0.0", "198.19.2.255", 64510, "US", "Lab Internet"),
     ("198.19.3.0", "198.19.3.255", 64520, "US", "Lab CDN"),
     ("198.19.4.0", "198.19.255.255", 64510, "US", "Lab Internet"),
+    ("2001:2::", "2001:2:0:f:ffff:ffff:ffff:ffff", 64500, "IR", "Lab ISP"),
+    ("2001:2:0:10::", "2001:2:0:1f:ffff:ffff:ffff:ffff", 64510, "US", "Lab Internet"),
 )
 
 
@@ -120,6 +134,10 @@ class Lab:
     @property
     def ipdb_file(self) -> Path:
         return self.dir / "ipdb.tsv"
+
+    @property
+    def geo_file(self) -> Path:
+        return self.dir / "geo.csv"
 
     @property
     def list_file(self) -> Path:
@@ -218,9 +236,17 @@ class Lab:
             nsctl.run(["ip", "netns", "add", ns])
         for ns in names:
             nsctl.run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            self.sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1",
-                        "net.ipv6.conf.default.disable_ipv6=1")
+            if self.plan.ipv6:  # dual-stack: no duplicate address detection delay either
+                self.sysctl(ns, "net.ipv6.conf.all.disable_ipv6=0",
+                            "net.ipv6.conf.default.disable_ipv6=0",
+                            "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+                            "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0")
+            else:
+                self.sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1",
+                            "net.ipv6.conf.default.disable_ipv6=1")
         self.sysctl(self.ns("isp"), "net.ipv4.ip_forward=1")
+        if self.plan.ipv6:
+            self.sysctl(self.ns("isp"), "net.ipv6.conf.all.forwarding=1")
         nsctl.ETC_NETNS.mkdir(mode=0o755, exist_ok=True)
         for role, resolver in (("probe", A.ISP_RESOLVER), ("inet", A.OPEN_RESOLVER)):
             d = nsctl.ETC_NETNS / self.ns(role)
@@ -263,11 +289,33 @@ class Lab:
             f"route add 198.18.0.0/16 via {A.ISP_UPLINK} dev {A.INET_IF}",
             *(f"addr add {a}/32 dev lo" for a in services + self.plan.inet_addresses),
         ])
+        if self.plan.ipv6:
+            self._links6(probe, isp, inet)
+
+    def _links6(self, probe: str, isp: str, inet: str) -> None:
+        """Dual-stack: the same topology in 2001:2::/48; only the probe has a default route."""
+        _batch(probe, [
+            f"addr add {A.PROBE6_ADDR}/64 dev {A.PROBE_IF} nodad",
+            f"route add default via {A.ISP6_GATEWAY} dev {A.PROBE_IF}",
+        ])
+        _batch(isp, [
+            f"addr add {A.ISP6_GATEWAY}/64 dev {A.ISP_PROBE_IF} nodad",
+            f"addr add {A.ISP6_UPLINK}/64 dev {A.ISP_UPLINK_IF} nodad",
+            f"route add {A.INET6_NET} via {A.INET6_DOWNLINK} dev {A.ISP_UPLINK_IF}",
+        ])
+        _batch(inet, [
+            f"addr add {A.INET6_DOWNLINK}/64 dev {A.INET_IF} nodad",
+            f"route add {A.PROBE6_NET} via {A.ISP6_UPLINK} dev {A.INET_IF}",
+            *(f"addr add {a}/128 dev lo nodad" for a in self.plan.inet6_addresses),
+        ])
 
     def _write_files(self) -> None:
         with open(self.ipdb_file, "w", encoding="utf-8") as f:
             for row in IPDB_ROWS:
                 f.write("\t".join(str(x) for x in row) + "\n")
+        with open(self.geo_file, "w", encoding="utf-8") as f:
+            for geo in GEO_ROWS:
+                f.write(",".join(geo) + "\n")
         _write_list(self.list_file, [(s.url, s.category) for s in self.scenarios.measured])
         if self.plan.scale_hosts:
             rows = [(f"https://{h}/", "CTRL") for h in self.plan.scale_hosts]
@@ -287,7 +335,8 @@ class Lab:
 
     def _bpf(self) -> list[list[int]]:
         proc = nsctl.run(["ip", "netns", "exec", self.ns("isp"), "tcpdump", "-i",
-                          A.ISP_PROBE_IF, "-ddd", INJECTOR_BPF])
+                          A.ISP_PROBE_IF, "-ddd",
+                          INJECTOR_BPF6 if self.plan.ipv6 else INJECTOR_BPF])
         lines = proc.stdout.split("\n")
         count = int(lines[0])
         return [[int(x) for x in line.split()] for line in lines[1 : 1 + count]]
@@ -318,10 +367,12 @@ class Lab:
             Proc("open-resolver", "inet", "dns", {
                 "role": "resolver", "listen": [A.OPEN_RESOLVER], "upstream": A.AUTH_DNS,
                 "source": A.OPEN_RESOLVER, "delay_ms": 0,
+                "truncate_udp": p.truncate_udp, "delegations": self._delegations(),
             }),
             Proc("isp-resolver", "isp", "dns", {
                 "role": "resolver", "listen": [A.ISP_RESOLVER], "upstream": A.AUTH_DNS,
                 "source": A.ISP_UPLINK, "delay_ms": ISP_RESOLVER_DELAY_MS,
+                "truncate_udp": p.truncate_udp, "delegations": self._delegations(),
                 "overrides": p.resolver_overrides,
             }),
             Proc("web", "inet", "web", {
@@ -345,9 +396,14 @@ class Lab:
             Proc("injector", "isp", "injector", {
                 "iface": A.ISP_PROBE_IF, "bpf": self._bpf(), "table": CENSOR_TABLE,
                 "dns": p.inject_dns, "tls": p.inject_tls, "http": p.inject_http,
+                "dns_tcp": p.inject_dns_tcp, "ipv6": p.ipv6,
                 "log_file": str(self.dir / "injector.jsonl"),
             }),
         ]
+
+    def _delegations(self) -> dict[str, list[Any]]:
+        """The helper's whoami zone, delegated to its DNS server (when the helper runs)."""
+        return {WHOAMI_ZONE: [A.HELPER_ADDR, 53]}
 
     def _common_cfg(self, name: str) -> dict[str, Any]:
         return {
@@ -368,7 +424,10 @@ class Lab:
         argv = [str(bindir / "vigil-collector"), "helper", "--host", A.HELPER_ADDR,
                 "--port", str(A.HELPER_PORT), "--allow-range", str(A.LAB_RANGE),
                 "--ipdb", str(self.ipdb_file), "--ca-file", str(self.ca_file),
-                "--resolver", A.OPEN_RESOLVER,
+                "--resolver", A.OPEN_RESOLVER, "--allow-range", str(A.LAB_RANGE6),
+                # resolver attribution and location country
+                "--dns-whoami-zone", WHOAMI_ZONE, "--dns-listen", f"{A.HELPER_ADDR}:53",
+                "--geo", str(self.geo_file),
                 # the lab measures the engine, not the helper's rate limiter
                 "--rate-per-minute", "1000000",
                 # the throttling test's bulk endpoint: any SNI, on 443 like a site

@@ -60,6 +60,49 @@ def parse_ipv4(data: bytes) -> IPv4 | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class IPv6:
+    src: str
+    dst: str
+    proto: int  # the transport after the fixed header (the lab sends no extension headers)
+    ttl: int  # hop limit
+    payload: bytes
+
+
+def parse_ipv6(data: bytes) -> IPv6 | None:
+    if len(data) < 40 or data[0] >> 4 != 6:
+        return None
+    length = struct.unpack_from("!H", data, 4)[0]
+    return IPv6(
+        src=socket.inet_ntop(socket.AF_INET6, data[8:24]),
+        dst=socket.inet_ntop(socket.AF_INET6, data[24:40]),
+        proto=data[6], ttl=data[7], payload=bytes(data[40:40 + length]),
+    )
+
+
+def dns_over_tcp_name(payload: bytes) -> str | None:
+    """The query name of a DNS-over-TCP message (2-byte length, then the message), or None."""
+    if len(payload) < 2 + 12 + 1:
+        return None
+    msg = payload[2:]
+    (qdcount,) = struct.unpack_from("!H", msg, 4)
+    if qdcount < 1 or msg[2] & 0x80:  # no question, or a response
+        return None
+    labels: list[str] = []
+    pos = 12
+    for _ in range(128):
+        if pos >= len(msg):
+            return None
+        n = msg[pos]
+        if n == 0:
+            return ".".join(labels).lower()
+        if n & 0xC0:  # no compression in a question
+            return None
+        labels.append(msg[pos + 1 : pos + 1 + n].decode("ascii", "replace"))
+        pos += 1 + n
+    return None
+
+
 def parse_tcp(seg: bytes) -> TCP | None:
     if len(seg) < 20:
         return None
@@ -115,6 +158,18 @@ def build_tcp(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, fl
     csum = checksum(_pseudo(src, dst, PROTO_TCP, len(seg)) + seg)
     seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
     return build_ipv4(src, dst, PROTO_TCP, seg)
+
+
+def build_tcp6(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
+               payload: bytes = b"", window: int = 65535, hop_limit: int = 64) -> bytes:
+    """A whole IPv6 packet (fixed header, no extensions) carrying one TCP segment."""
+    s_raw, d_raw = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                      5 << 4, flags, window, 0, 0) + payload
+    pseudo = s_raw + d_raw + struct.pack("!I3xB", len(seg), PROTO_TCP)
+    seg = seg[:16] + struct.pack("!H", checksum(pseudo + seg)) + seg[18:]
+    header = struct.pack("!IHBB", 6 << 28, len(seg), PROTO_TCP, hop_limit) + s_raw + d_raw
+    return header + seg
 
 
 def tls_sni(payload: bytes) -> str | None:

@@ -6,6 +6,7 @@ and it is JSON-serialisable so every server process gets exactly its share of it
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class SitePlan:
     scenario: str = ""
     rate_kbit: int = 0  # the server paces its answers to this rate (0: as fast as it can)
     location: str = ""  # redirect-to: where everyone is sent
+    address6: str | None = None  # dual-stack and IPv6-only sites
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,19 @@ class LabPlan:
     scale_hosts: list[str] = field(default_factory=list)
     path_rtt_ms: dict[str, int] = field(default_factory=dict)  # address -> added round trip
     path_loss_permille: dict[str, int] = field(default_factory=dict)  # address -> loss/1000
+    # DNS answers too big for UDP, the censor's DNS-over-TCP resets
+    truncate_udp: list[str] = field(default_factory=list)
+    inject_dns_tcp: list[dict[str, Any]] = field(default_factory=list)
+    # IPv6 (only when some site has an IPv6 address: the lab is then dual-stack)
+    inet6_addresses: list[str] = field(default_factory=list)
+    ip6_drop: list[str] = field(default_factory=list)
+    ip6_reset: list[str] = field(default_factory=list)
+    ip6_noroute: list[str] = field(default_factory=list)  # the ISP has no route: ICMPv6 error
+    down6_drop: list[str] = field(default_factory=list)  # the site's own v6 firewall drops
+
+    @property
+    def ipv6(self) -> bool:
+        return bool(self.inet6_addresses)
 
     @property
     def cert_names(self) -> list[str]:
@@ -100,6 +115,8 @@ def build_plan(sset: ScenarioSet, scale: int = 0) -> LabPlan:
     cdn_pool = A.AddressPool(A.CDN_EDGE_POOL)
     group_addr: dict[str, str] = {}
     host_addr: dict[str, str] = {}
+    site6_pool = A.AddressPool6(A.SITE6_POOL)
+    host_addr6: dict[str, str] = {}
 
     for s in sset.scenarios:
         if s.host in host_addr:
@@ -111,7 +128,9 @@ def build_plan(sset: ScenarioSet, scale: int = 0) -> LabPlan:
         else:
             addr = site_pool.take()
         host_addr[s.host] = addr
-        _add_site(plan, s, addr, cdn_pool)
+        if s.site.family != "v4":
+            host_addr6[s.host] = site6_pool.take()
+        _add_site(plan, s, addr, cdn_pool, host_addr6.get(s.host))
 
     ruled: set[str] = set()
     for s in sset.scenarios:
@@ -120,6 +139,13 @@ def build_plan(sset: ScenarioSet, scale: int = 0) -> LabPlan:
         ruled.add(s.host)
         for rule in s.censor:
             params = dict(rule.params)
+            family = params.get("family", "both")
+            if (rule.kind in ("tcp_drop", "tcp_reset") and not rule.target
+                    and s.host in host_addr6 and family in ("v6", "both")):
+                (plan.ip6_drop if rule.kind == "tcp_drop" else plan.ip6_reset).append(
+                    host_addr6[s.host])
+                if s.site.family == "v6" or family == "v6":
+                    continue  # the site has no IPv4 address, or the rule spares it
             if "answer" in params:
                 params["answer"] = _answer_address(str(params["answer"]), host_addr, s)
             _add_rule(plan, s, rule.kind, rule.target or s.host,
@@ -129,6 +155,7 @@ def build_plan(sset: ScenarioSet, scale: int = 0) -> LabPlan:
         _add_scale(plan, scale)
     plan.inet_addresses = sorted(set(plan.inet_addresses), key=_addr_key)
     plan.listen_addresses = sorted(set(plan.listen_addresses), key=_addr_key)
+    plan.inet6_addresses = sorted(set(plan.inet6_addresses))
     return plan
 
 
@@ -143,7 +170,8 @@ def _answer_address(answer: str, host_addr: dict[str, str], s: Scenario) -> str:
     return host_addr[answer]
 
 
-def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) -> None:
+def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool,
+              addr6: str | None = None) -> None:
     kind = s.site.kind
     delay = DEFAULT_SITE_DELAY_MS if s.site.delay_ms is None else s.site.delay_ms
     isp_addr = None
@@ -154,7 +182,7 @@ def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) ->
     plan.sites.append(SitePlan(
         host=s.host, address=addr, kind=kind, delay_ms=delay, body_bytes=s.site.body_bytes,
         slow_s=s.site.slow_s, isp_address=isp_addr, scenario=s.id, rate_kbit=s.site.rate_kbit,
-        location=s.site.location,
+        location=s.site.location, address6=addr6,
     ))
     if s.site.rtt_ms:
         plan.path_rtt_ms[addr] = s.site.rtt_ms
@@ -168,10 +196,23 @@ def _add_site(plan: LabPlan, s: Scenario, addr: str, cdn_pool: A.AddressPool) ->
     if kind == "no-address":
         plan.zone[s.host] = {"a": []}  # the name exists but has no address (NODATA)
         return
-    entry: dict[str, list[str]] = {"a": [addr]}
+    entry: dict[str, Any] = {"a": [] if s.site.family == "v6" else [addr]}
     if isp_addr:
         entry["isp"] = [isp_addr]
+    if addr6 is not None:
+        entry["aaaa"] = [addr6]
+        plan.inet6_addresses.append(addr6)
+        plan.listen_addresses.append(addr6)
+        if kind == "v6-path-broken":
+            plan.ip6_noroute.append(addr6)
+        elif kind == "v6-dead":
+            plan.down6_drop.append(addr6)
+    if kind == "large-dns":
+        entry["tc"] = True
+        plan.truncate_udp.append(s.host)
     plan.zone[s.host] = entry
+    if s.site.family == "v6":
+        return  # no IPv4 address to serve
     plan.inet_addresses.append(addr)
     if kind == "down-timeout":
         plan.down_timeout_addresses.append(addr)
@@ -203,9 +244,11 @@ def _add_rule(plan: LabPlan, s: Scenario, kind: str, name: str, addr: str,
     elif kind == "tls_mitm":
         plan.ip_mitm.append(addr)
     elif kind == "tls_reset":
-        plan.inject_tls.append({"sni": name, "action": "reset"})
+        plan.inject_tls.append({"sni": name, "action": "reset",
+                                "family": params.get("family", "both")})
     elif kind == "tls_drop":
-        plan.inject_tls.append({"sni": name, "action": "drop"})
+        plan.inject_tls.append({"sni": name, "action": "drop",
+                                "family": params.get("family", "both")})
     elif kind == "sni_throttle":
         cls = _new_class(plan, 0x100, int(params.get("rate_kbit", SNI_THROTTLE_KBIT)))
         plan.inject_tls.append({"sni": name, "action": "throttle", "classid": cls.classid})
@@ -223,6 +266,8 @@ def _add_rule(plan: LabPlan, s: Scenario, kind: str, name: str, addr: str,
         plan.inject_http.append({"host": name, "action": "close"})
     elif kind == "tls_close":
         plan.inject_tls.append({"sni": name, "action": "close"})
+    elif kind == "dns_tcp_reset":
+        plan.inject_dns_tcp.append({"name": name, "action": "reset"})
     else:  # pragma: no cover - scenarios.py validates kinds
         raise ValueError(f"{s.source}: unknown censor kind {kind}")
 
@@ -243,10 +288,18 @@ def _add_scale(plan: LabPlan, n: int) -> None:
     servers = [str(h) for h, _ in zip(A.SCALE_POOL.hosts(), range(SCALE_SERVERS), strict=False)]
     plan.inet_addresses.extend(servers)
     plan.listen_addresses.extend(servers)
+    servers6: list[str] = []
+    if plan.ipv6:  # a dual-stack lab: the generated sites are dual-stack too
+        servers6 = [str(A.SCALE6_POOL.network_address + 1 + i) for i in range(SCALE_SERVERS)]
+        plan.inet6_addresses.extend(servers6)
+        plan.listen_addresses.extend(servers6)
     for i in range(n):
         host = f"s{i:05d}.{SCALE_DOMAIN}"
         plan.scale_hosts.append(host)
-        plan.zone[host] = {"a": [servers[i % len(servers)]]}
+        entry: dict[str, Any] = {"a": [servers[i % len(servers)]]}
+        if servers6:
+            entry["aaaa"] = [servers6[i % len(servers6)]]
+        plan.zone[host] = entry
 
 
 def scale_site(host: str) -> SitePlan:
@@ -256,6 +309,8 @@ def scale_site(host: str) -> SitePlan:
 
 
 def _addr_key(a: str) -> tuple[int, ...]:
+    if ":" in a:
+        return (1 << 32, int(ipaddress.IPv6Address(a)))  # IPv6 after every IPv4 address
     return tuple(int(x) for x in a.split("."))
 
 
@@ -303,6 +358,27 @@ def render_censor_nft(plan: LabPlan) -> str:
         f'    oifname "{p}" meta priority set ip daddr . tcp dport . ip saddr . tcp sport '
         "map @flow_throttle",
     ]
+    if plan.ipv6:
+        flow6 = "ipv6_addr . inet_service . ipv6_addr . inet_service"
+        lines[1:1] = [
+            f"  set ip6_drop {{ type ipv6_addr;{_set_elems(plan.ip6_drop)} }}",
+            f"  set ip6_reset {{ type ipv6_addr;{_set_elems(plan.ip6_reset)} }}",
+            f"  set ip6_noroute {{ type ipv6_addr;{_set_elems(plan.ip6_noroute)} }}",
+            f"  set flow6_drop {{ type {flow6}; flags timeout; timeout {FLOW_TIMEOUT_S}s; }}",
+            f"  set flow6_reset {{ type {flow6}; flags timeout; timeout {FLOW_TIMEOUT_S}s; }}",
+        ]
+        lines += [
+            f"    ip6 daddr != {A.LAB_RANGE6} reject with icmpv6 type no-route",
+            f'    iifname "{p}" ip6 daddr @ip6_noroute reject with icmpv6 type no-route',
+            f'    iifname "{p}" ip6 daddr @ip6_drop drop',
+            f'    iifname "{p}" ip6 daddr @ip6_reset meta l4proto tcp reject with tcp reset',
+            f'    iifname "{p}" ip6 saddr . tcp sport . ip6 daddr . tcp dport @flow6_drop drop',
+            f'    iifname "{u}" ip6 daddr . tcp dport . ip6 saddr . tcp sport @flow6_drop drop',
+            f'    iifname "{p}" ip6 saddr . tcp sport . ip6 daddr . tcp dport @flow6_reset '
+            "reject with tcp reset",
+            f'    iifname "{u}" ip6 daddr . tcp dport . ip6 saddr . tcp sport @flow6_reset '
+            "reject with tcp reset",
+        ]
     lines += [
         "  }",
         # a lossy path (not the censor): dropped once per direction, on the way in (packets
@@ -326,12 +402,17 @@ def render_censor_nft(plan: LabPlan) -> str:
 
 def render_site_nft(plan: LabPlan) -> str:
     """inet's own firewall: sites that are down for everyone (not censorship)."""
+    v6 = ""
+    if plan.ipv6:
+        v6 = f"  set down6_drop {{ type ipv6_addr;{_set_elems(plan.down6_drop)} }}\n"
     return (
         f"table inet {SITE_TABLE} {{\n"
         f"  set down_drop {{ type ipv4_addr;{_set_elems(plan.down_timeout_addresses)} }}\n"
+        + v6 +
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"
         "    ip daddr @down_drop drop\n"
+        + ("    ip6 daddr @down6_drop drop\n" if plan.ipv6 else "") +
         "  }\n"
         "}\n"
     )

@@ -42,6 +42,7 @@ CENSOR_KINDS: dict[str, str] = {
     "tls_close": "name",
     "ip_throttle": "address",
     "sni_throttle": "name",
+    "dns_tcp_reset": "name",
 }
 CENSOR_PARAMS: dict[str, frozenset[str]] = {
     "dns_bogon": frozenset({"answer"}),
@@ -50,11 +51,23 @@ CENSOR_PARAMS: dict[str, frozenset[str]] = {
     "http_blockpage": frozenset({"page"}),
     "ip_throttle": frozenset({"rate_kbit"}),
     "sni_throttle": frozenset({"rate_kbit"}),
+    "tcp_drop": frozenset({"family"}),
+    "tcp_reset": frozenset({"family"}),
+    "tls_reset": frozenset({"family"}),
+    "tls_drop": frozenset({"family"}),
 }
+FAMILIES = frozenset({"v4", "dual", "v6"})  # which addresses a site has (A, A+AAAA, AAAA)
+RULE_FAMILIES = frozenset({"v4", "v6", "both"})  # which of them an address rule hits
 SITE_KINDS = frozenset(
     {"normal", "slow", "dynamic", "redirect", "cdn", "down-refused", "down-timeout", "nxdomain",
      "redirect-to", "redirect-loop", "broken-location", "captcha", "expired-cert",
-     "wrong-name-cert", "untrusted-cert", "loopback", "no-address"}
+     "wrong-name-cert", "untrusted-cert", "loopback", "no-address",
+     # its DNS answer does not fit in UDP: truncated over UDP, whole over TCP, everywhere
+     "large-dns",
+     # the ISP has no IPv6 route to its IPv6 address (ICMPv6 "no route"): the network's fault
+     "v6-path-broken",
+     # its IPv6 address drops everything, for everyone: the site's fault
+     "v6-dead"}
 )
 # An answer may name the ISP's transparent proxy instead of an address or a scenario host.
 PROXY_ANSWER = "isp-proxy"
@@ -97,6 +110,7 @@ class Site:
     loss_percent: float = 0.0  # random loss on the path, each direction (nft numgen)
     rate_kbit: int = 0  # the server itself sends no faster than this (0: unpaced)
     location: str = ""  # where a "redirect-to" site sends everyone (an http(s) URL)
+    family: str = "v4"  # "v4", "dual" (A and AAAA) or "v6" (AAAA only): see FAMILIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +300,7 @@ def _parse_site(where: str, raw: Any) -> Site:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: site must be a string or a table")
     unknown = set(raw) - {"kind", "address_group", "delay_ms", "body_bytes", "slow_s",
-                          "rtt_ms", "loss_percent", "rate_kbit",
-                          "location"}
+                          "rtt_ms", "loss_percent", "rate_kbit", "location", "family"}
     if unknown:
         raise ScenarioError(f"{where}: unknown site keys {sorted(unknown)}")
     kind = str(raw.get("kind", "normal"))
@@ -323,9 +336,14 @@ def _parse_site(where: str, raw: Any) -> Site:
         target = urlsplit(location)
         if target.scheme not in ("http", "https") or not _HOST_RE.match(target.hostname or ""):
             raise ScenarioError(f"{where}: site.location must be an http(s) URL of a lab host")
+    family = str(raw.get("family", "dual" if kind in ("v6-path-broken", "v6-dead") else "v4"))
+    if family not in FAMILIES:
+        raise ScenarioError(f"{where}: site.family must be one of {sorted(FAMILIES)}")
+    if kind in ("v6-path-broken", "v6-dead") and family == "v4":
+        raise ScenarioError(f"{where}: a {kind} site has an IPv6 address (family dual or v6)")
     return Site(kind=kind, address_group=group, delay_ms=delay, body_bytes=body,
                 slow_s=float(slow), rtt_ms=rtt, loss_percent=float(loss), rate_kbit=rate,
-                location=location)
+                location=location, family=family)
 
 
 def _parse_rule(where: str, raw: Any) -> CensorRule:
@@ -341,6 +359,8 @@ def _parse_rule(where: str, raw: Any) -> CensorRule:
     extra = set(params) - CENSOR_PARAMS.get(kind, frozenset())
     if extra:
         raise ScenarioError(f"{where}: {kind} does not take {sorted(extra)}")
+    if "family" in params and params["family"] not in RULE_FAMILIES:
+        raise ScenarioError(f"{where}: family must be one of {sorted(RULE_FAMILIES)}")
     target = str(raw.get(target_key, ""))
     if target and target_key == "name" and not _HOST_RE.match(target):
         raise ScenarioError(f"{where}: bad name {target!r}")

@@ -25,7 +25,14 @@ import aiohttp
 
 from agent.errors import ControlError
 from agent.net import failures
-from agent.wire.helper_api import ClientInfo, ControlResponse, control_from_json
+from agent.wire.helper_api import (
+    ClientInfo,
+    ControlResponse,
+    ResolverSighting,
+    client_info_from,
+    control_from_json,
+    resolver_sighting_from,
+)
 
 MAX_ANSWER_BYTES = 1_048_576
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -50,6 +57,7 @@ class WhoAmI:
 
     ip: str | None
     client: ClientInfo
+    dns_whoami: str | None = None  # the helper's DNS whoami zone, when it serves one
 
 
 class ControlClient:
@@ -115,12 +123,24 @@ class ControlClient:
         data = await self._request("GET", "/api/v1/whoami", b"")
         try:
             ip = data.get("ip")
-            client = ClientInfo(
-                asn=str(data["asn"]), network_name=str(data["network_name"]), cc=str(data["cc"])
-            )
+            client = client_info_from(data)
+            zone = data.get("dns_whoami")
         except (KeyError, TypeError, AttributeError) as exc:
             raise ControlFailed(failures.unknown(f"malformed whoami answer: {exc}")) from None
-        return WhoAmI(ip=str(ip) if ip else None, client=client)
+        return WhoAmI(
+            ip=str(ip) if ip else None,
+            client=client,
+            dns_whoami=zone if isinstance(zone, str) and zone else None,
+        )
+
+    async def resolver(self, nonce: str) -> ResolverSighting:
+        """What the helper's DNS whoami zone saw for ``nonce`` (docs/control-protocol.md)."""
+        body = json.dumps({"nonce": nonce}).encode()
+        data = await self._request("POST", "/api/v1/resolver", body)
+        try:
+            return resolver_sighting_from(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ControlFailed(failures.unknown(f"malformed resolver answer: {exc}")) from None
 
     async def request_json(
         self, method: str, path: str, payload: Mapping[str, Any] | None = None

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import ipaddress
 import logging
 import os
 import platform
+import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,10 +40,11 @@ from agent.experiments import Experiment, Outcome
 from agent.experiments import slots as slot_binding
 from agent.experiments.context import HelperClient
 from agent.identity import Identity
-from agent.net.dns import ResolverAddress, parse_resolver, system_resolver
+from agent.net.dns import ResolverAddress, parse_resolver, resolve_first, system_resolver
+from agent.net.ipv6route import IPv6Path, has_global_ipv6
 from agent.net.tls import TLSContexts, make_contexts
 from agent.wire.envelope import encode_record, uuid7, validate_record
-from agent.wire.helper_api import ClientInfo
+from agent.wire.helper_api import ClientInfo, ResolverSighting
 from agent.wire.record import MeasurementRecord, ProbeInfo, Target, Verdict
 
 log = logging.getLogger("vigil.runner")
@@ -84,6 +88,12 @@ class MeasureContext:
     scrubber: Scrubber = field(default_factory=Scrubber)
     probe: ProbeInfo = field(default_factory=ProbeInfo)
     config: AgentConfig | None = None  # state_dir and other modules' sections
+    ipv6_path: IPv6Path = field(default_factory=IPv6Path)
+
+    @property
+    def ipv6_active(self) -> bool:
+        """Measure over IPv6 too: configured (or detected) on, and not found broken."""
+        return bool(self.net.ipv6) and not self.ipv6_path.broken
 
     def on_bytes(self, n: int) -> None:
         self.budget.charge(n)
@@ -94,16 +104,64 @@ class MeasureContext:
             log.debug("scrubbing a newly seen local address")
 
     def observe_client(self, client: ClientInfo) -> None:
-        """The helper's view of our network (ASN, country), refreshed by every control answer."""
-        if client.asn == self.probe.probe_asn and client.cc == self.probe.probe_cc:
+        """The helper's view of our network (ASN, country where the address is used, country
+        where the network is registered), refreshed by every control answer."""
+        registration = _cc(client.registration_cc) if client.registration_cc else ""
+        probe = self.probe
+        if (client.asn, client.cc, registration) == (
+            probe.probe_asn, probe.probe_cc, probe.probe_registration_cc
+        ):
             return
-        self.probe = ProbeInfo(
-            probe_id=self.probe.probe_id,
+        self.probe = dataclasses.replace(
+            probe,
             probe_asn=_asn(client.asn),
             probe_cc=_cc(client.cc),
             probe_network_name=client.network_name[:256],
-            resolver_asn=self.probe.resolver_asn,
+            probe_registration_cc=registration,
         )
+
+    def observe_resolver(self, sighting: ResolverSighting) -> None:
+        """The resolver's egress as the helper's DNS whoami zone saw it.  An egress on the
+        volunteer's own address (a recursive resolver at home) or IPv6 /64 is not recorded:
+        it would locate them; its network is the probe's own anyway."""
+        if not sighting.seen or sighting.client is None:
+            return
+        ip = _canonical_ip(sighting.ip)
+        if ip is None:
+            return
+        if _near_any(ip, self.scrubber.addresses):
+            ip = ""
+        self.probe = dataclasses.replace(
+            self.probe,
+            resolver_ip=ip,
+            resolver_asn=_asn(sighting.client.asn),
+            resolver_network_name=sighting.client.network_name[:256],
+        )
+
+
+def _canonical_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _near_any(ip: str, addresses: Iterable[str]) -> bool:
+    """``ip`` is one of ``addresses`` or, for IPv6, in the /64 of one of them."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for other_text in addresses:
+        try:
+            other = ipaddress.ip_address(other_text)
+        except ValueError:
+            continue
+        if addr == other:
+            return True
+        if addr.version == 6 and other.version == 6 and int(addr) >> 64 == int(other) >> 64:
+            return True
+    return False
 
 
 def _asn(value: str) -> str:
@@ -158,8 +216,13 @@ async def open_context(
     tls = tls_contexts(config.net.ca_file)
     resolver = resolver_from(config.net)
     scrubber = Scrubber(local_addresses())
+    net = config.net
+    if net.ipv6 is None:
+        net = dataclasses.replace(net, ipv6=has_global_ipv6())
+        log.info("IPv6 %s (auto: global IPv6 route %s)", "on" if net.ipv6 else "off",
+                 "found" if net.ipv6 else "not found")
     ctx = MeasureContext(
-        net=config.net,
+        net=net,
         tls=tls,
         resolver=resolver,
         control=None,
@@ -184,6 +247,12 @@ async def open_context(
         if who is not None:
             scrubber.add(who.ip)
             ctx.observe_client(who.client)
+            if who.dns_whoami:
+                sighting = await identify_resolver(
+                    client, who.dns_whoami, resolver, config.net.dns_timeout
+                )
+                if sighting is not None:
+                    ctx.observe_resolver(sighting)
         yield ctx
     finally:
         await client.close()
@@ -199,6 +268,31 @@ async def discover(client: ControlClient, attempts: int = 3) -> WhoAmI | None:
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.5 * (attempt + 1))
     return None
+
+
+async def identify_resolver(
+    client: ControlClient, zone: str, resolver: ResolverAddress, timeout: float
+) -> ResolverSighting | None:
+    """Which egress address does our resolver use?  Resolve a fresh random name under the
+    helper's DNS whoami zone through it, then ask the helper what its zone saw (as OONI does
+    with whoami.v4.powerdns.org, but with a nonce so the answer is ours and authenticated)."""
+    nonce = secrets.token_hex(12)
+    answer = await resolve_first(f"{nonce}.{zone}", resolver, timeout=timeout)
+    try:
+        sighting = await client.resolver(nonce)
+    except ControlError as exc:
+        log.warning("resolver attribution failed: %s", exc)
+        return None
+    if not sighting.seen:
+        log.warning(
+            "the resolver %s the whoami name, but the helper never saw the query: %s",
+            "answered" if answer else "did not answer",
+            "something on the path answers DNS by itself" if answer else "no attribution",
+        )
+    elif sighting.client is not None:
+        log.info("resolver egress network: %s %s", sighting.client.asn,
+                 sighting.client.network_name)
+    return sighting
 
 
 # ---- sinks ----------------------------------------------------------------------------------
@@ -306,6 +400,9 @@ def build_record(
         "engine": f"{SOFTWARE_NAME}/{__version__}",
     }
     base.update(outcome.annotations)
+    resolver_ip = probe.resolver_ip
+    if _near_any(resolver_ip, ctx.scrubber.addresses):  # the scrubber learns addresses as it goes
+        resolver_ip = ""
     return MeasurementRecord(
         measurement_id=uuid7(int(started.timestamp() * 1000)),
         test_name=job.experiment.name,
@@ -317,6 +414,9 @@ def build_record(
         probe_cc=probe.probe_cc,
         probe_network_name=ctx.scrubber.text(probe.probe_network_name),
         resolver_asn=probe.resolver_asn,
+        probe_registration_cc=probe.probe_registration_cc,
+        resolver_ip=resolver_ip,
+        resolver_network_name=ctx.scrubber.text(probe.resolver_network_name),
         measurement_start_time=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         test_runtime=round(min(max(runtime, 0.0), 86400.0), 6),
         software_name=SOFTWARE_NAME,

@@ -19,8 +19,6 @@ import copy
 from datetime import datetime
 from typing import Any
 
-from agent.net.addr import is_ip, read_endpoint
-
 DATA_FORMAT_VERSION = "0.2.0"
 
 
@@ -84,12 +82,17 @@ def _web_test_keys(tk: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _resolver_ip(tk: dict[str, Any]) -> str:
-    for q in tk.get("queries", []):
-        host, _ = read_endpoint(str(q.get("resolver_address", "")))
-        if is_ip(host):
-            return host
-    return ""
+UNKNOWN_RESOLVER_IP = "127.0.0.2"  # what OONI Probe writes when the lookup failed
+
+
+def _resolver_ip(record: dict[str, Any]) -> str:
+    """The resolver's egress seen from outside (the helper's DNS whoami), as OONI records it.
+
+    Never the address in resolv.conf: that is the home router's private address, which says
+    nothing about where the queries leave, and may identify the volunteer's network.
+    """
+    value = record.get("resolver_ip")
+    return str(value) if value else UNKNOWN_RESOLVER_IP
 
 
 def to_ooni(record: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +120,8 @@ def to_ooni(record: dict[str, Any]) -> dict[str, Any]:
         "probe_network_name": record["probe_network_name"],
         "report_id": report_id(record),
         "resolver_asn": record["resolver_asn"],
-        "resolver_ip": _resolver_ip(tk),
-        "resolver_network_name": "",
+        "resolver_ip": _resolver_ip(record),
+        "resolver_network_name": record.get("resolver_network_name", ""),
         "software_name": record["software_name"],
         "software_version": record["software_version"],
         "test_helpers": {"backend": {"address": "vigil-control-helper", "type": "vigil"}},

@@ -8,6 +8,13 @@ one query are the signature of injection; the first one is what an application w
 
 Datagrams that do not parse, or that answer another query, are counted but not recorded as
 replies (they are not answers to *this* query).
+
+A first reply with the TC bit set (the answer did not fit in UDP) is what a stub resolver
+answers by asking again over TCP (RFC 7766), and so do we, on a fresh connection to the same
+resolver within what is left of the timeout, while still listening on UDP: the truncated
+datagram, any injected ones and the TCP reply are all recorded (``DNSReply.truncated`` and
+``transport``), and the TCP reply is the one used.  When the TCP retry fails, its failure
+(``connection_reset``, ``generic_timeout_error``...) is the query's failure.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -29,10 +38,12 @@ import dns.rdatatype
 
 from agent.net import failures
 from agent.net.addr import endpoint, parse_endpoint
-from agent.net.observations import DNSAnswer, DNSQuery, DNSReply
+from agent.net.observations import DNSAnswer, DNSQuery, DNSReply, used_reply
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 value: avoids fragmentation, rarely truncates
 MAX_REPLIES = 16  # bound the memory a flood of forged replies can take
+MIN_TCP_TIMEOUT = 1.0  # the TCP retry gets at least this long, even late in the timeout
+MAX_TCP_MESSAGE = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +140,7 @@ class PendingQuery:
         self._first: asyncio.Future[None] = self._loop.create_future()
         self._sent_at = self._loop.time()
         self._transport: asyncio.DatagramTransport | None = None
+        self._tcp_failure: str | None = None
         self._task = asyncio.create_task(self._drive(), name=f"dns {hostname} {query_type}")
 
     # ---- protocol callbacks ------------------------------------------------------------------
@@ -148,15 +160,20 @@ class PendingQuery:
             self.ignored += 1
             return
         source = endpoint(str(addr[0]), int(addr[1]))
-        self._replies.append(
-            DNSReply(
-                t=round(now - self._sent_at, 6),
-                rcode=dns.rcode.to_text(msg.rcode()),
-                answers=_answers(msg),
-                source=source,
-            )
-        )
+        self._replies.append(self._reply(msg, now, source, "udp"))
         self._wakeup.set()
+
+    def _reply(
+        self, msg: dns.message.Message, now: float, source: str, transport: str
+    ) -> DNSReply:
+        return DNSReply(
+            t=round(now - self._sent_at, 6),
+            rcode=dns.rcode.to_text(msg.rcode()),
+            answers=_answers(msg),
+            source=source,
+            truncated=bool(msg.flags & dns.flags.TC),
+            transport=transport,
+        )
 
     def _errored(self, exc: BaseException) -> None:
         if self._error is None:
@@ -183,6 +200,9 @@ class PendingQuery:
                 await self._wait_for_event(wait_until)
                 if self._replies or self._error is not None:
                     break
+            if self._replies and self._replies[0].truncated:
+                remaining = deadline - self._loop.time()
+                await self._retry_over_tcp(max(MIN_TCP_TIMEOUT, remaining))
             ended_at = self._loop.time()
             self._mark_first()
             if self._replies:
@@ -198,6 +218,46 @@ class PendingQuery:
                 self._transport.close()
             self._mark_first()
         return self._build(ended_at if ended_at is not None else self._loop.time())
+
+    async def _retry_over_tcp(self, timeout: float) -> None:
+        """Ask the same question over TCP (the UDP answer was truncated); record the reply or
+        the failure.  UDP datagrams keep being recorded meanwhile."""
+        source = str(self.resolver)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.resolver.ip, self.resolver.port
+                )
+                writer.write(struct.pack("!H", len(self._wire)) + self._wire)
+                await writer.drain()
+                if self._on_bytes is not None:
+                    self._on_bytes(len(self._wire) + 2)
+                for _ in range(MAX_REPLIES):
+                    (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    data = await reader.readexactly(length)
+                    if self._on_bytes is not None:
+                        self._on_bytes(length + 2)
+                    try:
+                        msg = dns.message.from_wire(data)
+                    except (dns.exception.DNSException, ValueError, UnicodeError, IndexError):
+                        self.ignored += 1
+                        continue
+                    if not self._query.is_response(msg):
+                        self.ignored += 1
+                        continue
+                    self._replies.append(self._reply(msg, self._loop.time(), source, "tcp"))
+                    return
+                self._tcp_failure = failures.unknown("no answer over TCP")
+        except TimeoutError:
+            self._tcp_failure = failures.GENERIC_TIMEOUT
+        except asyncio.IncompleteReadError:
+            self._tcp_failure = failures.EOF_ERROR
+        except OSError as exc:
+            self._tcp_failure = failures.classify(exc)
+        finally:
+            if writer is not None:
+                writer.close()
 
     def _send(self) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -221,12 +281,15 @@ class PendingQuery:
             self._first.set_result(None)
 
     def _build(self, ended_at: float) -> DNSQuery:
-        if self._replies:
-            first = self._replies[0]
+        replies = tuple(self._replies)
+        used = used_reply(replies)
+        if used is not None:
             wanted = {"A"} if self.query_type == "A" else {"AAAA"}
-            has_addr = any(a.answer_type in wanted for a in first.answers)
-            failure = failures.from_dns_rcode(first.rcode, has_addr)
-            ended_at = self._sent_at + first.t
+            has_addr = any(a.answer_type in wanted for a in used.answers)
+            failure = failures.from_dns_rcode(used.rcode, has_addr)
+            ended_at = self._sent_at + used.t
+        elif replies:  # truncated over UDP, and the TCP retry got nothing
+            failure = self._tcp_failure or failures.GENERIC_TIMEOUT
         elif self._error is not None:
             failure = failures.classify(self._error)
         else:
@@ -237,7 +300,7 @@ class PendingQuery:
             resolver_address=str(self.resolver),
             engine="udp",
             failure=failure,
-            replies=tuple(self._replies),
+            replies=replies,
             t0=round(self._sent_at - self._origin, 6),
             t=round(ended_at - self._origin, 6),
         )
@@ -246,7 +309,7 @@ class PendingQuery:
     async def first(self) -> DNSReply | None:
         """Wait for the first reply (or the failure); returns it, or None on failure."""
         await asyncio.shield(self._first)
-        return self._replies[0] if self._replies else None
+        return used_reply(tuple(self._replies))
 
     async def result(self) -> DNSQuery:
         """Wait until the linger window closed; every reply received is in the result."""

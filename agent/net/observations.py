@@ -19,12 +19,29 @@ class DNSAnswer:
 
 @dataclass(frozen=True, slots=True)
 class DNSReply:
-    """One UDP datagram received in answer to the query (there may be several: injection)."""
+    """One reply received for the query (several over UDP: injection).
+
+    ``truncated``: the TC bit was set (the answer did not fit in UDP); a stub resolver then asks
+    again over TCP, whose reply is recorded with ``transport = "tcp"``.
+    """
 
     t: float  # seconds after the query was sent
     rcode: str  # "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", ...
     answers: tuple[DNSAnswer, ...]
     source: str  # "ip:port" the datagram came from
+    truncated: bool = False
+    transport: str = "udp"  # "udp" or "tcp"
+
+
+def used_reply(replies: tuple[DNSReply, ...]) -> DNSReply | None:
+    """The reply an application would have used: the first one, or, when that one was
+    truncated, the reply to the retry over TCP (None when that retry got no answer)."""
+    if not replies:
+        return None
+    first = replies[0]
+    if not first.truncated:
+        return first
+    return next((r for r in replies if r.transport == "tcp"), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,18 +49,24 @@ class DNSQuery:
     hostname: str
     query_type: str  # "A" or "AAAA"
     resolver_address: str  # "ip:port" of the system resolver
-    engine: str  # "udp"
-    failure: str | None  # from the FIRST reply (what an application would have used)
+    engine: str  # "udp" (a truncated reply is retried over TCP: see DNSReply.transport)
+    failure: str | None  # from the reply an application would have used (``used_reply``)
     replies: tuple[DNSReply, ...]
     t0: float
     t: float
 
     @property
     def addrs(self) -> tuple[str, ...]:
-        """Addresses of the first reply: what a browser would connect to."""
-        if not self.replies:
+        """Addresses of the reply used (``used_reply``): what a browser would connect to."""
+        reply = used_reply(self.replies)
+        if reply is None:
             return ()
-        return tuple(a.value for a in self.replies[0].answers if a.answer_type in ("A", "AAAA"))
+        return tuple(a.value for a in reply.answers if a.answer_type in ("A", "AAAA"))
+
+    @property
+    def retried_over_tcp(self) -> bool:
+        """The first reply was truncated, so the query was asked again over TCP."""
+        return bool(self.replies) and self.replies[0].truncated
 
     @property
     def all_addrs(self) -> tuple[str, ...]:

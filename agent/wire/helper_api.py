@@ -46,7 +46,8 @@ class ClientInfo:
 
     asn: str  # "AS1234", "AS0" when unknown
     network_name: str
-    cc: str  # "ZZ" when unknown
+    cc: str  # where the address is used (location), else registered; "ZZ" when unknown
+    registration_cc: str = ""  # where the network is registered; "" from older helpers
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,32 @@ def _control_from(d: dict[str, Any]) -> ControlResponse:
             headers={str(k): str(v) for k, v in http.get("headers", {}).items()},
             body_truncated=http.get("body_truncated") is True,
         ),
-        client=ClientInfo(
-            asn=str(client["asn"]), network_name=str(client["network_name"]), cc=str(client["cc"])
-        ),
+        client=client_info_from(client),
     )
+
+
+def client_info_from(d: dict[str, Any]) -> ClientInfo:
+    """The ``client`` object (control answers, whoami); raises KeyError/TypeError if malformed."""
+    return ClientInfo(
+        asn=str(d["asn"]),
+        network_name=str(d["network_name"]),
+        cc=str(d["cc"]),
+        registration_cc=str(d.get("registration_cc") or ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverSighting:
+    """What the helper's DNS whoami zone saw for a nonce: the resolver's egress, as seen from
+    outside, and its network.  ``seen`` false: no query with that nonce reached the helper."""
+
+    seen: bool
+    ip: str = ""
+    client: ClientInfo | None = None
+
+
+def resolver_sighting_from(d: dict[str, Any]) -> ResolverSighting:
+    """Parse ``POST /api/v1/resolver``'s answer; raises KeyError/TypeError/ValueError."""
+    if not d["seen"]:
+        return ResolverSighting(seen=False)
+    return ResolverSighting(seen=True, ip=str(d["ip"]), client=client_info_from(d))

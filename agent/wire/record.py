@@ -86,6 +86,9 @@ class ProbeInfo:
     probe_cc: str = "ZZ"
     probe_network_name: str = ""
     resolver_asn: str = "AS0"
+    probe_registration_cc: str = ""  # where the network is registered ("" unknown)
+    resolver_ip: str = ""  # the resolver's egress as seen from outside ("" unknown)
+    resolver_network_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +112,13 @@ class MeasurementRecord:
     test_keys: dict[str, Any]
     verdict: Verdict
     annotations: dict[str, str] = field(default_factory=dict)
+    # Known only when the control helper told them; absent from the JSON otherwise.
+    probe_registration_cc: str = ""  # where probe_asn's network is registered
+    resolver_ip: str = ""  # the DNS resolver's egress address seen from outside
+    resolver_network_name: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "measurement_id": self.measurement_id,
             "test_name": self.test_name,
             "test_version": self.test_version,
@@ -130,6 +137,13 @@ class MeasurementRecord:
             "verdict": self.verdict.to_json(),
             "annotations": self.annotations,
         }
+        optional = {
+            "probe_registration_cc": self.probe_registration_cc,
+            "resolver_ip": self.resolver_ip,
+            "resolver_network_name": self.resolver_network_name,
+        }
+        out.update({k: v for k, v in optional.items() if v})
+        return out
 
 
 @dataclass(frozen=True, slots=True)

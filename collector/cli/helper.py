@@ -15,6 +15,9 @@ Flags win over the config file; a list flag given on the command line (``--ipdb`
     mode = "signed"                      # or "open" (public research helper)
     probes_file = "/var/lib/vigil/probes.jsonl"
     ipdb = ["/var/lib/vigil/ip2asn-v4.tsv.gz", "/var/lib/vigil/ip2asn-v6.tsv.gz"]
+    geo = ["/var/lib/vigil/dbip-country-lite.csv.gz"]   # where addresses are used (optional)
+    whoami_zone = "whoami.helper.example.org"  # delegated here (NS): resolver attribution
+    dns_listen = ["0.0.0.0:53", "[::]:53"]     # its DNS server (UDP and TCP)
     allow_range = ["198.18.0.0/15"]      # the namespace lab; nothing is allowed implicitly
     deny_range = ["203.0.113.7/32"]      # e.g. the collector's public (NATed) address
     ca_file = "/etc/vigil/lab-ca.pem"
@@ -86,8 +89,16 @@ _LIMIT_FIELDS = {f.name for f in fields(Limits)} - {"control"}
 _CONTROL_FIELDS = {f.name for f in fields(ControlLimits)}
 _HELPER_KEYS = {
     "host", "port", "tls_cert", "tls_key", "mode", "probes_file", "ipdb", "allow_range",
-    "deny_range", "ca_file", "resolver", "limits",
+    "deny_range", "ca_file", "resolver", "limits", "geo", "whoami_zone", "dns_listen",
 }
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``IP:PORT`` or ``[IPv6]:PORT`` (a DNS listen address; the port is required)."""
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise ConfigError(f"bad DNS listen address: {exc}") from None
 
 
 def parse_config_data(data: Mapping[str, Any]) -> tuple[HelperConfig, ServeOptions]:
@@ -126,8 +137,11 @@ def parse_config_data(data: Mapping[str, Any]) -> tuple[HelperConfig, ServeOptio
         ca_file=_path(text("ca_file")),
         resolver=None if resolver is None else parse_resolver(resolver),
         ipdb_files=tuple(Path(p) for p in strings("ipdb")),
+        geo_files=tuple(Path(p) for p in strings("geo")),
         probes_file=_path(text("probes_file")),
         limits=_parse_limits(section.get("limits", {})),
+        whoami_zone=text("whoami_zone"),
+        whoami_listen=tuple(parse_listen(v) for v in strings("dns_listen")),
     )
     serve = ServeOptions(
         host=text("host") or DEFAULT_HOST,
@@ -207,6 +221,14 @@ def _install_sighup(app: web.Application) -> None:
               help="Private key for --tls-cert (PEM).")
 @click.option("--ipdb", "ipdb_files", multiple=True, type=click.Path(path_type=Path),
               help="iptoasn.com ip2asn TSV (v4, v6 or combined; .gz ok). Repeatable.")
+@click.option("--geo", "geo_files", multiple=True, type=click.Path(path_type=Path),
+              help="IP location CSV (start,end,country; DB-IP/IPinfo/IP2Location lite); "
+                   "repeatable. probe_cc is where the address is used when it knows.")
+@click.option("--dns-whoami-zone", "whoami_zone", default=None, metavar="ZONE",
+              help="A DNS zone delegated to this host: its answers tell probes their "
+                   "resolver's egress address (resolver_ip, resolver_asn).")
+@click.option("--dns-listen", "dns_listen", multiple=True, metavar="IP:PORT",
+              help="Where the whoami zone's DNS server listens (UDP and TCP); repeatable.")
 @click.option("--allow-range", "allow_ranges", multiple=True, metavar="CIDR",
               help="Allow targets in this otherwise refused range (lab: 198.18.0.0/15).")
 @click.option("--deny-range", "deny_ranges", multiple=True, metavar="CIDR",
@@ -237,6 +259,9 @@ def helper(
     tls_cert: Path | None,
     tls_key: Path | None,
     ipdb_files: tuple[Path, ...],
+    geo_files: tuple[Path, ...],
+    whoami_zone: str | None,
+    dns_listen: tuple[str, ...],
     allow_ranges: tuple[str, ...],
     deny_ranges: tuple[str, ...],
     ca_file: Path | None,
@@ -263,6 +288,9 @@ def helper(
     config = _apply_flags(
         config,
         ipdb_files=ipdb_files,
+        geo_files=geo_files,
+        whoami_zone=whoami_zone,
+        dns_listen=dns_listen,
         allow_ranges=allow_ranges,
         deny_ranges=deny_ranges,
         ca_file=ca_file,
@@ -310,6 +338,9 @@ def _apply_flags(
     config: HelperConfig,
     *,
     ipdb_files: tuple[Path, ...],
+    geo_files: tuple[Path, ...] = (),
+    whoami_zone: str | None = None,
+    dns_listen: tuple[str, ...] = (),
     allow_ranges: tuple[str, ...],
     deny_ranges: tuple[str, ...],
     ca_file: Path | None,
@@ -330,6 +361,9 @@ def _apply_flags(
     return replace(
         config,
         ipdb_files=ipdb_files or config.ipdb_files,
+        geo_files=geo_files or config.geo_files,
+        whoami_zone=whoami_zone if whoami_zone is not None else config.whoami_zone,
+        whoami_listen=tuple(parse_listen(v) for v in dns_listen) or config.whoami_listen,
         allow_ranges=allow_ranges or config.allow_ranges,
         deny_ranges=deny_ranges or config.deny_ranges,
         ca_file=ca_file if ca_file is not None else config.ca_file,

@@ -4,6 +4,7 @@ Routes::
 
     POST /api/v1/control   one control measurement (docs/control-protocol.md)
     GET  /api/v1/whoami    the caller's own address and network, to the caller only
+    POST /api/v1/resolver  which resolver egress asked the DNS "whoami" zone for a nonce
     GET  /healthz          liveness, no authentication
 
 Every route except the public ones goes through the same gate, in this order: request size cap,
@@ -12,7 +13,9 @@ none), per-client rate limit, then (for controls) the concurrency gate and an ov
 Refusals are JSON ``{"error": reason, "detail": text}`` (``collector.helper.errors``).
 
 Privacy: the caller's address is used for three things only, all in memory: the ``client``
-network lookup, the whoami answer, and (open mode) a keyed hash as rate-limit key.  It is never
+network lookup, the whoami answer, and (open mode) a keyed hash as rate-limit key.  Resolver
+addresses seen by the DNS "whoami" zone (``collector.helper.dns_whoami``) are kept in memory
+for two minutes, keyed by the probe's random nonce, and never logged.  It is never
 logged: the access logger here prints no remote address (aiohttp's default does), and a log
 filter redacts any address that some library would put in a log line.
 
@@ -46,6 +49,7 @@ from agent.errors import ConfigError
 from collector.helper import ipdb as ipdb_mod
 from collector.helper.auth import FileProbeKeys, ProbeKeys, ProbesFileError, RequestVerifier
 from collector.helper.control import ControlLimits, ControlRunner, parse_control_request
+from collector.helper.dns_whoami import NONCE_RE, SightingLog, WhoamiServer, WhoamiZone
 from collector.helper.errors import (
     BAD_REQUEST,
     CONTROL_TIMEOUT,
@@ -56,6 +60,8 @@ from collector.helper.errors import (
     Refusal,
 )
 from collector.helper.fetch import local_addresses, make_resolver
+from collector.helper.geodb import GeoDB, client_info
+from collector.helper.geodb import load as load_geo_files
 from collector.helper.ipdb import IPDB
 from collector.helper.limits import ClientHasher, ConcurrencyGate, RateLimiter, client_label
 from collector.helper.policy import PolicyError, TargetPolicy
@@ -88,8 +94,11 @@ class HelperConfig:
     ca_file: Path | None = None
     resolver: tuple[str, int] | None = None  # None: the system resolver
     ipdb_files: tuple[Path, ...] = ()
+    geo_files: tuple[Path, ...] = ()  # IP location (country where used) beside the ipdb
     probes_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    whoami_zone: str | None = None  # a DNS zone delegated to this helper (resolver whoami)
+    whoami_listen: tuple[tuple[str, int], ...] = ()  # where its DNS server listens
 
     @property
     def per_client_per_minute(self) -> int:
@@ -110,6 +119,8 @@ class HelperState:
     config: HelperConfig
     policy: TargetPolicy
     ipdb: IPDB
+    geo: GeoDB
+    whoami: WhoamiZone | None
     probe_keys: ProbeKeys | None
     verifier: RequestVerifier | None
     limiter: RateLimiter
@@ -154,6 +165,33 @@ def load_ipdb(paths: Sequence[Path]) -> IPDB:
         report.ranges_v4, report.ranges_v6, report.bad_lines,
     )
     return db
+
+
+def load_geo(paths: Sequence[Path]) -> GeoDB:
+    if not paths:
+        return GeoDB.empty()
+    try:
+        db, report = load_geo_files(paths)
+    except ipdb_mod.IPDBError as exc:
+        raise ConfigError(str(exc)) from None
+    for err in report.errors:
+        log.warning("location database: %s", err)
+    log.info(
+        "location database: %d IPv4 and %d IPv6 ranges (%d bad lines skipped)",
+        report.ranges_v4, report.ranges_v6, report.bad_lines,
+    )
+    return db
+
+
+def whoami_zone(config: HelperConfig) -> WhoamiZone | None:
+    if config.whoami_zone is None:
+        if config.whoami_listen:
+            raise ConfigError("a DNS listen address needs the whoami zone it serves")
+        return None
+    try:
+        return WhoamiZone.create(config.whoami_zone, SightingLog())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def create_app(
@@ -206,6 +244,8 @@ def create_app(
         config=config,
         policy=policy,
         ipdb=ipdb if ipdb is not None else load_ipdb(config.ipdb_files),
+        geo=load_geo(config.geo_files),
+        whoami=whoami_zone(config),
         probe_keys=probe_keys,
         verifier=verifier,
         limiter=RateLimiter(config.per_client_per_minute),
@@ -223,10 +263,35 @@ def create_app(
     app[HELPER_STATE] = state
     add_route(app, "POST", "/api/v1/control", handle_control)
     add_route(app, "GET", "/api/v1/whoami", handle_whoami)
+    add_route(app, "POST", "/api/v1/resolver", handle_resolver)
+    if state.whoami is not None and config.whoami_listen:
+        app.cleanup_ctx.append(_whoami_dns(state.whoami, config.whoami_listen))
     add_route(app, "GET", "/healthz", handle_healthz, public=True)
     for install in extensions:
         install(app)
     return app
+
+
+def _whoami_dns(
+    zone: WhoamiZone, listen: Sequence[tuple[str, int]]
+) -> Callable[[web.Application], Any]:
+    """The whoami zone's DNS server lives as long as the app (cleanup_ctx)."""
+
+    async def serve(app: web.Application) -> Any:
+        server = WhoamiServer(zone, listen)
+        try:
+            await server.start()
+        except OSError as exc:
+            where = ", ".join(f"{h}:{p}" for h, p in listen)
+            raise ConfigError(f"cannot listen for DNS on {where}: {exc.strerror or exc}") from None
+        log.info("DNS whoami zone %s on %s", zone.zone_text,
+                 ", ".join(f"{h}:{p}" for h, p in server.bound), extra=OPERATOR_CONFIG)
+        try:
+            yield
+        finally:
+            await server.close()
+
+    return serve
 
 
 def add_route(
@@ -255,6 +320,15 @@ async def reload_data(app: web.Application) -> None:
         else:
             state.ipdb = db
             log.info("IP database reloaded: %d ranges (%d bad lines)", len(db), report.bad_lines)
+    if config.geo_files:
+        try:
+            geo, geo_report = await asyncio.to_thread(load_geo_files, config.geo_files)
+        except ipdb_mod.IPDBError as exc:
+            log.error("location database reload failed, keeping the loaded one: %s", exc)
+        else:
+            state.geo = geo
+            log.info("location database reloaded: %d ranges (%d bad lines)", len(geo),
+                     geo_report.bad_lines)
     if isinstance(state.probe_keys, FileProbeKeys):
         try:
             count = await asyncio.to_thread(state.probe_keys.reload)
@@ -351,7 +425,7 @@ async def handle_control(request: web.Request) -> web.Response:
                 CONTROL_TIMEOUT, "the control did not finish within the helper's deadline"
             ) from None
     state.controls += 1
-    answer["client"] = state.ipdb.lookup(caller_address(request)).client_json()
+    answer["client"] = client_info(state.ipdb, state.geo, caller_address(request))
     return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
 
@@ -359,10 +433,30 @@ async def handle_whoami(request: web.Request) -> web.Response:
     """The caller's own public address, for the probe to scrub from its records; no-store."""
     state = request.app[HELPER_STATE]
     address = caller_address(request)
-    info = state.ipdb.lookup(address).client_json()
-    return web.json_response(
-        {"ip": address, **info}, headers={"Cache-Control": "no-store, private"}
-    )
+    answer: dict[str, Any] = {"ip": address, **client_info(state.ipdb, state.geo, address)}
+    if state.whoami is not None:
+        answer["dns_whoami"] = state.whoami.zone_text
+    return web.json_response(answer, headers={"Cache-Control": "no-store, private"})
+
+
+async def handle_resolver(request: web.Request) -> web.Response:
+    """What the DNS whoami zone saw for the caller's nonce: the resolver's egress address and
+    its network.  ``seen: false`` when no query with that nonce reached this helper."""
+    state = request.app[HELPER_STATE]
+    try:
+        body = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Refusal(BAD_REQUEST, "body is not JSON") from None
+    nonce = body.get("nonce") if isinstance(body, dict) else None
+    if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
+        raise Refusal(BAD_REQUEST, "nonce must be 16-48 lower-case letters and digits")
+    if state.whoami is None:
+        raise Refusal(NOT_FOUND, "this helper serves no DNS whoami zone")
+    address = state.whoami.sightings.lookup(nonce)
+    answer: dict[str, Any] = {"seen": address is not None}
+    if address is not None:
+        answer.update({"ip": address, **client_info(state.ipdb, state.geo, address)})
+    return web.json_response(answer, headers={"Cache-Control": "no-store, private"})
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -372,6 +466,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
             "status": "ok",
             "mode": state.config.mode,
             "ipdb_ranges": len(state.ipdb),
+            "geo_ranges": len(state.geo),
             "controls": state.controls,
             "in_flight": state.gate.in_flight,
             "refusals": dict(state.refusals),

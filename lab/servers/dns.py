@@ -9,6 +9,12 @@ resolver: forwards to the authoritative server, except for names the censor over
 
 Every answer waits ``delay_ms`` first: a real resolver is some distance away, and the on-path
 injector must be able to win the race as it does in the wild.
+
+Zone entries may carry ``aaaa`` (dual-stack and IPv6-only sites) and ``tc`` (an answer too big
+for UDP: over UDP the reply is truncated, TC set and no records; over TCP it is whole).  A
+resolver truncates the names in ``truncate_udp`` the same way (it asks upstream over TCP when
+told to) and forwards the zones in ``delegations`` to their own servers (the control helper's
+DNS whoami zone), as a recursive resolver follows an NS delegation.
 """
 
 from __future__ import annotations
@@ -50,8 +56,14 @@ class DNSLogic:
         self.upstream = str(cfg.get("upstream", ""))
         self.source = cfg.get("source")
         self.timeout = float(cfg.get("upstream_timeout", 2.0))
+        self.truncate_udp = [n.lower().rstrip(".") for n in cfg.get("truncate_udp", [])]
+        self.delegations: list[tuple[str, str, int]] = sorted(
+            ((z.lower().rstrip("."), str(ip), int(port))
+             for z, (ip, port) in cfg.get("delegations", {}).items()),
+            key=lambda d: -len(d[0]),
+        )
 
-    async def answer(self, wire: bytes, client: str) -> bytes | None:
+    async def answer(self, wire: bytes, client: str, tcp: bool = False) -> bytes | None:
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
@@ -63,9 +75,18 @@ class DNSLogic:
             response = self._authoritative(query, client)
         else:
             response = await self._resolve(query)
+        if response is not None and not tcp and self._too_big(query):
+            response.answer = []
+            response.flags |= dns.flags.TC
         if self.delay:
             await asyncio.sleep(self.delay)
         return response.to_wire() if response is not None else None
+
+    def _too_big(self, query: dns.message.Message) -> bool:
+        """Does this name's answer not fit in UDP (a zone entry with ``tc``, or listed)?"""
+        name = query.question[0].name.to_text().lower().rstrip(".")
+        entry = self.zone.get(name)
+        return bool(entry and entry.get("tc")) or name in self.truncate_udp
 
     def _authoritative(self, query: dns.message.Message, client: str) -> dns.message.Message:
         response = dns.message.make_response(query)
@@ -77,13 +98,16 @@ class DNSLogic:
             in_zone = any(name_matches(name, z) for z in self.zone_suffixes)
             response.set_rcode(dns.rcode.NXDOMAIN if in_zone else dns.rcode.REFUSED)
             return response
-        if q.rdtype == dns.rdatatype.A and q.rdclass == dns.rdataclass.IN:
+        if q.rdtype == dns.rdatatype.A and q.rdclass == dns.rdataclass.IN and entry["a"]:
             addrs = entry["a"]
             if "isp" in entry and self._from_isp(client):
                 addrs = entry["isp"]
             if addrs:  # a name without addresses answers NOERROR, no records (NODATA)
                 response.answer.append(
                     dns.rrset.from_text_list(q.name, self.ttl, "IN", "A", addrs))
+        elif q.rdtype == dns.rdatatype.AAAA and entry.get("aaaa"):
+            response.answer.append(
+                dns.rrset.from_text_list(q.name, self.ttl, "IN", "AAAA", entry["aaaa"]))
         return response  # other types: NOERROR without answers (NODATA)
 
     def _from_isp(self, client: str) -> bool:
@@ -100,9 +124,14 @@ class DNSLogic:
             if name_matches(name, pattern):
                 return self._forged(query, rule)
         forward = dns.message.make_query(q.name, q.rdtype, q.rdclass)
+        server, port = self.upstream, 53
+        for zone, ip, zone_port in self.delegations:
+            if name_matches(name, zone):
+                server, port = ip, zone_port
+                break
         try:
-            upstream = await dns.asyncquery.udp(
-                forward, self.upstream, timeout=self.timeout, source=self.source
+            upstream, _ = await dns.asyncquery.udp_with_fallback(
+                forward, server, timeout=self.timeout, port=port, source=self.source
             )
         except (dns.exception.DNSException, OSError):
             response = dns.message.make_response(query)
@@ -160,7 +189,7 @@ async def _tcp_client(logic: DNSLogic, reader: asyncio.StreamReader,
             head = await asyncio.wait_for(reader.readexactly(2), 10)
             (length,) = struct.unpack("!H", head)
             wire = await asyncio.wait_for(reader.readexactly(length), 10)
-            reply = await logic.answer(wire, str(peer[0]))
+            reply = await logic.answer(wire, str(peer[0]), tcp=True)
             if reply is None:
                 break
             writer.write(struct.pack("!H", len(reply)) + reply)

@@ -10,7 +10,11 @@ hold a packet: it sees a copy (AF_PACKET with a kernel BPF filter compiled by tc
   - TLS ClientHello whose SNI matches, or HTTP request whose Host matches: closes the
     client's side with a forged FIN (close: the client reads EOF) and drops the flow;
   - HTTP request whose Host matches: forges the blockpage as the server's response (and
-    drops the real one), resets both ends, or black-holes the flow (drop).
+    drops the real one), resets both ends, or black-holes the flow (drop);
+  - DNS query over TCP whose name matches: resets both ends (censors that inject into UDP
+    DNS reset TCP DNS);
+  - dual-stack labs: an IPv6 ClientHello whose SNI matches is reset (both ends, forged) or
+    dropped like an IPv4 one, through the router's IPv6 flow sets.
 Lab servers answer after a few tens of milliseconds, so the injector wins the race.
 Every action is logged as one JSON line (the self-checks read them).
 """
@@ -38,6 +42,8 @@ from lab.blockpages import http_response
 from lab.servers.common import Lifetime, load_config, mark_ready
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 ETH_HLEN = 14
@@ -82,14 +88,38 @@ class Nft:
 
 
 class Injector:
-    def __init__(self, cfg: dict[str, Any], nft: Nft, send: Any, log: Any) -> None:
+    def __init__(self, cfg: dict[str, Any], nft: Nft, send: Any, log: Any,
+                 send6: Any = None) -> None:
         self.table = cfg.get("table", "vigil_censor")
         self.dns_rules = cfg.get("dns", [])
         self.tls_rules = cfg.get("tls", [])
         self.http_rules = cfg.get("http", [])
+        self.dns_tcp_rules = cfg.get("dns_tcp", [])
         self.nft = nft
         self.send = send  # callable(packet_bytes, dst_ip)
+        self.send6 = send6  # the same for whole IPv6 packets
         self.log = log  # callable(dict)
+
+    def handle6(self, ip: P.IPv6) -> None:
+        """IPv6: SNI rules only, through the router's IPv6 flow sets (nothing forged)."""
+        if ip.proto != P.PROTO_TCP:
+            return
+        tcp = P.parse_tcp(ip.payload)
+        if tcp is None or not tcp.payload or tcp.dport != 443:
+            return
+        sni = P.tls_sni(tcp.payload)
+        rules = [r for r in self.tls_rules if r.get("family", "both") != "v4"]
+        rule = None if sni is None else _first(rules, "sni", sni)
+        if rule is None or rule["action"] not in ("reset", "drop"):
+            return
+        key = f"{ip.src} . {tcp.sport} . {ip.dst} . {tcp.dport}"
+        if rule["action"] == "reset" and self.send6 is not None:
+            ack = tcp.seq + len(tcp.payload)
+            self.send6(P.build_tcp6(ip.dst, ip.src, tcp.dport, tcp.sport, tcp.ack, ack,
+                                    P.RST | P.ACK), ip.src)
+            self.send6(P.build_tcp6(ip.src, ip.dst, tcp.sport, tcp.dport, ack, 0, P.RST), ip.dst)
+        err = self._add(f"flow6_{rule['action']}", key)
+        self.log({"event": f"tls6_{rule['action']}", "sni": sni, "flow": key, "error": err})
 
     def handle(self, ip: P.IPv4) -> None:
         if ip.proto == P.PROTO_UDP:
@@ -104,6 +134,17 @@ class Injector:
                 self._tls(ip, tcp)
             elif tcp.dport == 80:
                 self._http(ip, tcp)
+            elif tcp.dport == 53:
+                self._dns_tcp(ip, tcp)
+
+    def _dns_tcp(self, ip: P.IPv4, tcp: P.TCP) -> None:
+        name = P.dns_over_tcp_name(tcp.payload)
+        rule = None if name is None else _first(self.dns_tcp_rules, "name", name)
+        if rule is None:
+            return
+        self._reset_both(ip, tcp)
+        self.log({"event": "dns_tcp_reset", "name": name,
+                  "flow": f"{ip.src} . {tcp.sport} . {ip.dst} . {tcp.dport}"})
 
     def _dns(self, ip: P.IPv4, udp: P.UDP) -> None:
         try:
@@ -130,7 +171,7 @@ class Injector:
         sni = P.tls_sni(tcp.payload)
         if sni is None:
             return
-        rule = _first(self.tls_rules, "sni", sni)
+        rule = _first([r for r in self.tls_rules if r.get("family", "both") != "v6"], "sni", sni)
         if rule is None:
             return
         action = rule["action"]
@@ -202,14 +243,14 @@ def _first(rules: list[dict[str, Any]], key: str, name: str) -> dict[str, Any] |
     return None
 
 
-def _open_sniffer(iface: str, bpf: list[list[int]]) -> socket.socket:
+def _open_sniffer(iface: str, bpf: list[list[int]], ipv6: bool = False) -> socket.socket:
     # protocol 0 first: no packet is queued before the filter is attached
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     prog = b"".join(struct.pack("HBBI", *ins) for ins in bpf)
     buf = ctypes.create_string_buffer(prog)
     fprog = struct.pack("HL", len(bpf), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    sock.bind((iface, ETH_P_IP))
+    sock.bind((iface, ETH_P_ALL if ipv6 else ETH_P_IP))
     sock.settimeout(0.5)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     return sock
@@ -218,7 +259,8 @@ def _open_sniffer(iface: str, bpf: list[list[int]]) -> socket.socket:
 def main(cfg: dict[str, Any]) -> None:
     life = Lifetime(cfg)
     life.install_signals()
-    sniffer = _open_sniffer(cfg["iface"], cfg["bpf"])
+    ipv6 = bool(cfg.get("ipv6"))
+    sniffer = _open_sniffer(cfg["iface"], cfg["bpf"], ipv6)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     log_file = open(cfg["log_file"], "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
@@ -232,7 +274,16 @@ def main(cfg: dict[str, Any]) -> None:
         entry["t"] = time.time()
         log_file.write(json.dumps(entry) + "\n")
 
-    injector = Injector(cfg, Nft(), send, log)
+    raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) if ipv6 else None
+
+    def send6(pkt: bytes, dst: str) -> None:
+        try:
+            assert raw6 is not None
+            raw6.sendto(pkt, (dst, 0))
+        except OSError as exc:
+            log({"event": "send_error", "error": str(exc)})
+
+    injector = Injector(cfg, Nft(), send, log, send6 if ipv6 else None)
     mark_ready(cfg)
     try:
         while not life.expired():
@@ -244,12 +295,20 @@ def main(cfg: dict[str, Any]) -> None:
                 continue
             if addr[2] == PACKET_OUTGOING or len(data) <= ETH_HLEN:
                 continue
+            ethertype = struct.unpack_from("!H", data, 12)[0]
+            if ethertype == ETH_P_IPV6:
+                ip6 = P.parse_ipv6(data[ETH_HLEN:])
+                if ip6 is not None:
+                    injector.handle6(ip6)
+                continue
             ip = P.parse_ipv4(data[ETH_HLEN:])
             if ip is not None:
                 injector.handle(ip)
     finally:
         sniffer.close()
         raw.close()
+        if raw6 is not None:
+            raw6.close()
         log_file.close()
 
 

@@ -347,7 +347,7 @@ async def test_whoami_answers_the_caller_only_and_nothing_logs_the_address(
     status, body, headers = await lab.call(base, path="/api/v1/whoami")
     assert status == 200
     assert body == {"ip": "127.0.0.1", "asn": "AS64500", "network_name": "Vigil Loopback Net",
-                    "cc": "IR"}
+                    "cc": "IR", "registration_cc": "IR"}
     assert "no-store" in headers["Cache-Control"]
     await lab.call(base, {"url": f"https://site.test:{lab.https_port}/"})
     await lab.call(base, {"url": "http://10.0.0.1/"}, identity=None)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import struct
@@ -64,29 +65,78 @@ class _DNSProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(payload, addr)
 
 
+TCPHandler = Callable[[dns.message.Message], "bytes | None"]
+"""DNS over TCP: the answer to send, ``b""`` to stay silent, or None to reset the connection."""
+
+
 @dataclass
 class NanoDNS:
     handler: Handler
+    tcp_handler: TCPHandler | None = None  # also listen on TCP, same port, when given
     queries: list[bytes] = field(default_factory=list)
+    tcp_queries: list[bytes] = field(default_factory=list)
     pending: list[asyncio.TimerHandle] = field(default_factory=list)
     port: int = 0
     _transport: asyncio.DatagramTransport | None = None
+    _tcp: asyncio.Server | None = None
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def start(self) -> NanoDNS:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DNSProtocol(self), local_addr=("127.0.0.1", 0)
-        )
+        for _ in range(10):  # the TCP port of the same number may be taken: try another
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _DNSProtocol(self), local_addr=("127.0.0.1", 0)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            if self.tcp_handler is None:
+                break
+            try:
+                self._tcp = await asyncio.start_server(self._tcp_client, "127.0.0.1", port)
+            except OSError:
+                transport.close()
+                continue
+            break
+        else:
+            raise OSError("no port free for both UDP and TCP")
         self._transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
+        self.port = port
         return self
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        assert self.tcp_handler is not None
+        try:
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            wire = await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        self.tcp_queries.append(wire)
+        reply = self.tcp_handler(dns.message.from_wire(wire))
+        if reply is None:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        if reply:
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+            writer.close()
+            return
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # silent: hold the connection until the client gives up
 
     async def stop(self) -> None:
         for handle in self.pending:
             handle.cancel()
         if self._transport is not None:
             self._transport.close()
-            await asyncio.sleep(0)
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        await asyncio.sleep(0)
 
 
 def zone_handler(zone: dict[str, list[str]], *, delay: float = 0.0) -> Handler:

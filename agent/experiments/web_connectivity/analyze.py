@@ -24,6 +24,9 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                        (interference without denial: later rows
                        decide, the injection is kept as evidence)
   4  dns_failed        the system resolver gave no address:
+                         truncated over UDP, the retry over TCP    blocked/dns: dns.tcp_reset |
+                         reset or timed out, control resolved it     dns.tcp_timeout
+                         ... the TCP retry failed otherwise        inconclusive: dns.tcp_failure
                          control resolved the name                 blocked/dns: dns.nxdomain |
                                                                      dns.servfail | dns.refused |
                                                                      dns.no_answer
@@ -44,6 +47,9 @@ Precedence: the first row whose condition holds decides (h11-style: one function
   9  dns_bogon         an answer is a bogon while the control      blocked/dns: dns.bogon
                        sees a different public address
   10 tcp               every connect to the resolved addresses failed:
+                         only over IPv6, "unreachable": the         inconclusive:
+                         probe's own IPv6 path is broken              probe.ipv6_unreachable
+                         (such failures never count as blocking)
                          suspect answers, site up elsewhere        blocked/dns: dns.inconsistent
                          the control reached those addresses       blocked/tcp_ip: tcp.timeout |
                                                                      tcp.reset | tcp.unreachable |
@@ -191,6 +197,8 @@ REASONS: Final = frozenset(
         "site.down",
         "ok.https", "ok.http",
         "probe.incomplete",
+        "dns.tcp_reset", "dns.tcp_timeout", "dns.tcp_failure",
+        "probe.ipv6_unreachable",
     }
 )
 
@@ -501,7 +509,9 @@ class _Evidence:
     def injected(self) -> bool:
         """Two replies to one query that disagree, one of them inconsistent with the control."""
         for q in self.obs.dns:
-            if len(q.replies) < 2:
+            # A truncated datagram is the resolver saying "ask over TCP", not an answer.
+            replies = [r for r in q.replies if not r.truncated]
+            if len(replies) < 2:
                 continue
             views = [
                 (
@@ -510,7 +520,7 @@ class _Evidence:
                         _canon(a.value) for a in r.answers if a.answer_type in ("A", "AAAA")
                     ),
                 )
-                for r in q.replies
+                for r in replies
             ]
             if not _replies_disagree(views):
                 continue
@@ -765,6 +775,9 @@ def _rule_dns_failed(ev: _Evidence) -> Verdict | None:
     failure = next((f for f in _DNS_FAILURE_RANK if f in failures), failures[0])
     if not ev.control_dns_ok:
         return _DOWN
+    over_tcp = _dns_tcp_retry_failed(ev)
+    if over_tcp is not None:
+        return over_tcp
     reason = _DNS_FAILURE_REASON.get(failure, "dns.failure")
     if reason in ("dns.timeout", "dns.failure"):
         # A resolver that does not answer says more about a flaky link than about censorship.
@@ -775,6 +788,40 @@ def _rule_dns_failed(ev: _Evidence) -> Verdict | None:
         if not asked & families:
             return Verdict(status=Status.INCONCLUSIVE, reason=reason)
     return _blocked(Blocking.DNS, reason)
+
+
+def _dns_tcp_retry_failed(ev: _Evidence) -> Verdict | None:
+    """The resolver answered over UDP, truncated, and the same question over TCP failed.
+
+    The resolver is alive (it answered) and the control resolved the name, so a TCP flow to
+    the resolver that is reset or goes silent right after the question is interference with
+    this lookup (censors that inject into UDP DNS reset TCP DNS).  A refused connection or a
+    close without an answer is the resolver's own limitation (home routers without DNS over
+    TCP): inconclusive.
+    """
+    for q in ev.obs.dns:
+        if not q.retried_over_tcp or q.addrs or q.failure is None:
+            continue
+        if q.failure == CONNECTION_RESET:
+            return _blocked(Blocking.DNS, "dns.tcp_reset")
+        if q.failure == TIMEOUT:
+            return _blocked(Blocking.DNS, "dns.tcp_timeout")
+        if q.failure in _DNS_FAILURE_REASON:
+            continue  # the TCP answer itself said NXDOMAIN, SERVFAIL...: judged as any answer
+        return Verdict(status=Status.INCONCLUSIVE, reason="dns.tcp_failure")
+    return None
+
+
+def _ipv6_path_failure(c: TCPConnect) -> bool:
+    """An IPv6 connect that failed as "unreachable": the probe's IPv6 path, not a censor.
+
+    A host with an IPv6 address but broken IPv6 routing (a common home-router fault) gets
+    these for every IPv6 destination while IPv4 works; OONI ignores them for the same reason.
+    """
+    ip = _ip(c.ip)
+    return ip is not None and ip.version == 6 and c.failure in (
+        HOST_UNREACHABLE, NETWORK_UNREACHABLE,
+    )
 
 
 def _rule_http_fingerprint(ev: _Evidence) -> Verdict | None:
@@ -830,6 +877,10 @@ def _rule_tcp(ev: _Evidence) -> Verdict | None:
     records = ev.tcp_records
     if not records or any(c.failure is None for c in records):
         return None
+    path = [c for c in records if _ipv6_path_failure(c)]
+    if len(path) == len(records):
+        return Verdict(status=Status.INCONCLUSIVE, reason="probe.ipv6_unreachable")
+    records = tuple(c for c in records if c not in path)
     if all(ev.suspect(c.ip) for c in records) and ev.control_site_ok:
         # The resolver's answers are not the site's and lead nowhere from here, while the site
         # works from outside: the answer is the problem (even if the control can reach them).

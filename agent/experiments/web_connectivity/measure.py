@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from agent.wire.helper_api import ControlResponse
 if TYPE_CHECKING:
     from agent.engine.runner import MeasureContext
 
+log = logging.getLogger("vigil.web_connectivity")
 NO_CONTROL = failures.unknown("no control helper configured")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -82,20 +84,24 @@ def parse_target(url: str) -> _Target:
     return _Target(url=url, host=host, port=port or _DEFAULT_PORTS[scheme], https=scheme == "https")
 
 
-def _usable_family(ip: str, ipv6: bool) -> bool:
+def _usable_family(ip: str, ipv6: bool | None) -> bool:
     try:
-        return ipv6 or ipaddress.ip_address(ip).version == 4
+        return ipaddress.ip_address(ip).version == 4 or bool(ipv6)
     except ValueError:
         return False
 
 
 def _first_unique(values: Sequence[str], limit: int) -> list[str]:
+    """Distinct addresses in order, at most ``limit`` of each family: a site with eight A
+    records still gets its IPv6 addresses measured (both families, as happy eyeballs)."""
     out: list[str] = []
+    per_family: dict[bool, int] = {False: 0, True: 0}
     for v in values:
-        if v not in out:
-            out.append(v)
-        if len(out) >= limit:
-            break
+        v6 = ":" in v
+        if v in out or per_family[v6] >= limit:
+            continue
+        out.append(v)
+        per_family[v6] += 1
     return out
 
 
@@ -116,6 +122,9 @@ class Measurement:
         self.hop_addrs: dict[str, tuple[str, ...]] = {}  # redirect target host -> first answer
         self.hop_tcp: list[TCPConnect] = []
         self.hop_tls: list[TLSHandshake] = []
+        self.ipv6 = ctx.ipv6_active
+        if ctx.net.ipv6 and not self.ipv6:
+            self.extra["ipv6"] = "off: this run found the IPv6 path broken"
 
     # ---- top level --------------------------------------------------------------------------
     async def run(self) -> WebObservations:
@@ -147,7 +156,7 @@ class Measurement:
             self.system_addrs = [self.target.host.strip("[]")]
             return []
         net = self.ctx.net
-        types = ["A", "AAAA"] if net.ipv6 else ["A"]
+        types = ["A", "AAAA"] if self.ipv6 else ["A"]
         queries: list[PendingQuery] = []
         try:
             for qtype in types:
@@ -175,15 +184,47 @@ class Measurement:
             addrs.extend(
                 a.value for a in reply.answers if a.answer_type in ("A", "AAAA")
             )
-        usable = [a for a in addrs if _usable_family(a, self.ctx.net.ipv6)]
+        usable = [a for a in addrs if _usable_family(a, self.ipv6)]
         self.system_addrs = _first_unique(usable, self.ctx.net.max_addresses)
 
     # ---- branch 1: our own view -------------------------------------------------------------
     async def _own_branch(self) -> None:
-        await asyncio.gather(*(self._endpoint(ip, "dns") for ip in self.system_addrs))
-        working = [ip for ip in self.system_addrs if self.endpoints[ip].usable]
-        if working:
-            await self._http(working)
+        """Every address is measured; the page is fetched as soon as one of them is usable, as
+        a happy-eyeballs browser does (a dual-stack site does not wait for its slower family,
+        nor for a blocked address to time out), pinned to the addresses usable by then."""
+        tasks = [asyncio.create_task(self._endpoint(ip, "dns")) for ip in self.system_addrs]
+        fetch: asyncio.Task[None] | None = None
+        try:
+            for done in asyncio.as_completed(tasks):
+                await done
+                if fetch is None:
+                    working = [ip for ip, t in zip(self.system_addrs, tasks, strict=True)
+                               if t.done() and self.endpoints[ip].usable]
+                    if working:
+                        fetch = asyncio.create_task(self._http(working))
+            if fetch is not None:
+                await fetch
+            self._note_ipv6_path()
+        finally:
+            pending = [t for t in (*tasks, fetch) if t is not None and not t.done()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _note_ipv6_path(self) -> None:
+        """Tell the run whether IPv6 worked here while IPv4 did (a blackholing IPv6 path)."""
+        if not self.ipv6:
+            return
+        conns = [ep.tcp for ep in self.endpoints.values() if ep.tcp is not None]
+        v6 = [c for c in conns if ":" in c.ip]
+        if not v6:
+            return
+        v4_ok = any(c.failure is None for c in conns if ":" not in c.ip)
+        v6_ok = any(c.failure is None for c in v6)
+        timed_out = v4_ok and all(c.failure == failures.GENERIC_TIMEOUT for c in v6)
+        if self.ctx.ipv6_path.note(v6_ok, timed_out):
+            log.warning("IPv6 connects time out where IPv4 works, site after site: the IPv6 "
+                        "path is broken; measuring IPv4 only for the rest of this run")
 
     async def _http(self, addrs: list[str]) -> None:
         net = self.ctx.net
@@ -291,7 +332,7 @@ class Measurement:
         self.ctx.observe_client(self.control.client)
         extra = [
             ip for ip in self.control.dns.addrs
-            if _usable_family(ip, self.ctx.net.ipv6) and ip not in self.system_addrs
+            if _usable_family(ip, self.ipv6) and ip not in self.system_addrs
         ]
         extra = _first_unique(extra, self.ctx.net.max_addresses)
         await asyncio.gather(*(self._endpoint(ip, "control") for ip in extra))

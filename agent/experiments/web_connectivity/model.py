@@ -20,6 +20,7 @@ from agent.net.observations import (
     HTTPRequest,
     TCPConnect,
     TLSHandshake,
+    used_reply,
 )
 from agent.wire.helper_api import (
     ControlResponse,
@@ -85,7 +86,7 @@ class WebObservations:
 
 
 def _query_json(q: DNSQuery) -> dict[str, Any]:
-    first = q.replies[0] if q.replies else None
+    first = used_reply(q.replies)
     return {
         "hostname": q.hostname,
         "query_type": q.query_type,
@@ -94,18 +95,24 @@ def _query_json(q: DNSQuery) -> dict[str, Any]:
         "failure": q.failure,
         "answers": [] if first is None else [asdict(a) for a in first.answers],
         "rcode": None if first is None else first.rcode,
-        "replies": [
-            {
-                "t": r.t,
-                "rcode": r.rcode,
-                "source": r.source,
-                "answers": [asdict(a) for a in r.answers],
-            }
-            for r in q.replies
-        ],
+        "replies": [_reply_json(r) for r in q.replies],
         "t0": q.t0,
         "t": q.t,
     }
+
+
+def _reply_json(r: DNSReply) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "t": r.t,
+        "rcode": r.rcode,
+        "source": r.source,
+        "answers": [asdict(a) for a in r.answers],
+    }
+    if r.truncated:  # only when set: most replies never carry them, older readers ignore them
+        out["truncated"] = True
+    if r.transport != "udp":
+        out["transport"] = r.transport
+    return out
 
 
 def _query_from(d: dict[str, Any]) -> DNSQuery:
@@ -119,6 +126,8 @@ def _query_from(d: dict[str, Any]) -> DNSQuery:
             DNSReply(
                 t=r["t"], rcode=r["rcode"], source=r["source"],
                 answers=tuple(DNSAnswer(**a) for a in r["answers"]),
+                truncated=bool(r.get("truncated", False)),
+                transport=str(r.get("transport", "udp")),
             )
             for r in d.get("replies", [])
         ),

@@ -886,7 +886,9 @@ def test_interference_is_kept_as_evidence(
 
 
 def test_every_reason_has_a_row() -> None:
-    reasons = {p.values[1][2] for p in ROWS}
+    from tests.unit.agent.test_analyze_families import ROWS as FAMILY_ROWS
+
+    reasons = {p.values[1][2] for p in (*ROWS, *FAMILY_ROWS)}
     assert reasons == set(REASONS)
 
 

@@ -204,7 +204,7 @@ async def test_export_ooni(lab: Lab, ca: trustme.CA, tmp_path: Path,
         assert key in ooni, key
     assert ooni["data_format_version"] == "0.2.0"
     assert ooni["probe_ip"] == "127.0.0.1"
-    assert ooni["resolver_ip"] == "127.0.0.1"
+    assert ooni["resolver_ip"] == "127.0.0.2"  # OONI's "unknown": never resolv.conf's address
     assert len(ooni["measurement_start_time"]) == 19 and "T" not in ooni["measurement_start_time"]
     tk = ooni["test_keys"]
     assert tk["accessible"] is True and tk["blocking"] is False

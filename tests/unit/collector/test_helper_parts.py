@@ -279,3 +279,29 @@ def test_access_log_line_has_no_remote_address(caplog: pytest.LogCaptureFixture)
     caplog.set_level(logging.INFO, logger=logger.name)
     PrivacyAccessLogger(logger, "").log(request, web.Response(status=200), 0.0123)
     assert caplog.messages == ["GET /api/v1/whoami 200 0B 12.3ms"]
+
+
+def test_dns_whoami_settings_from_the_config_file() -> None:
+    from collector.cli.helper import parse_listen
+
+    config, _ = parse_config_data({"helper": {
+        "whoami_zone": "whoami.helper.example", "dns_listen": ["0.0.0.0:53", "[::]:5353"],
+        "geo": ["/var/lib/vigil/geo.csv"],
+    }})
+    assert config.whoami_zone == "whoami.helper.example"
+    assert config.whoami_listen == (("0.0.0.0", 53), ("::", 5353))
+    assert [str(p) for p in config.geo_files] == ["/var/lib/vigil/geo.csv"]
+    assert parse_listen("[2001:2::1]:53") == ("2001:2::1", 53)
+    for bad in ("53", "host:53", "1.2.3.4", "1.2.3.4:0", "[::1]"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
+
+
+def test_a_dns_listen_address_needs_a_zone_and_a_zone_must_be_delegable() -> None:
+    from collector.helper.app import HelperConfig, create_app
+
+    with pytest.raises(ConfigError, match="whoami zone"):
+        create_app(HelperConfig(mode="open", whoami_listen=(("127.0.0.1", 0),)),
+                   own_addresses=())
+    with pytest.raises(ConfigError, match="delegated"):
+        create_app(HelperConfig(mode="open", whoami_zone="com"), own_addresses=())
