@@ -52,7 +52,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import ConfigError, VigilError
-from agent.wire.topics import MEASUREMENTS_FILTER, STATUS_FILTER, measurements_topic, shared
+from agent.wire.topics import (
+    COLLECTOR_MEASUREMENTS_FILTER,
+    COLLECTOR_STATUS_FILTER,
+    measurements_topic,
+    shared,
+    topic_parts,
+)
 from collector.config import BrokerConfig, IngestConfig
 from collector.ingest.verify import (
     Accepted,
@@ -258,13 +264,13 @@ class Ingest:
         now = time.monotonic()
         fresh: set[str] = set()
         for m in messages:
-            parts = m.topic.split("/")
+            parts = topic_parts(m.topic)
             if (
-                len(parts) == 5
-                and parts[3] not in self.keys
-                and now - self._unknown.get(parts[3], -UNKNOWN_RECHECK_S) >= UNKNOWN_RECHECK_S
+                parts is not None
+                and parts[0] not in self.keys
+                and now - self._unknown.get(parts[0], -UNKNOWN_RECHECK_S) >= UNKNOWN_RECHECK_S
             ):
-                fresh.add(parts[3])
+                fresh.add(parts[0])
         if not fresh:
             return
         wait = self._keys_loaded_at + 1.0 - now
@@ -346,7 +352,7 @@ class Ingest:
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         group = self.broker.share_group
-        for topic_filter in (MEASUREMENTS_FILTER, STATUS_FILTER):
+        for topic_filter in (COLLECTOR_MEASUREMENTS_FILTER, COLLECTOR_STATUS_FILTER):
             codes = await client.subscribe(shared(group, topic_filter), qos=1)
             for code in codes:
                 value = getattr(code, "value", code)

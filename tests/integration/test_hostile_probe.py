@@ -1,0 +1,92 @@
+"""What one enrolled probe gone hostile can do to the others, against the real parts.
+
+A real Mosquitto with the project's configs (configs/mosquitto/, rendered by
+scripts/mosquitto_conf.py through lab.broker), the real collector ingest and a real SQLite store.
+Every test counts what the honest probe sent against what the collector stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.uplink.publisher import RC_NOT_AUTHORIZED, MqttSession
+from agent.wire.topics import probe_topic
+from lab.broker import BrokerInfo, MosquittoBroker
+from lab.probes import TestProbe
+from tests.integration.test_ingest import count, enrol, in_process, sqlite_url, wait_for
+
+V5 = aiomqtt.ProtocolVersion.V5
+
+
+def probe_client(info: BrokerInfo, probe_id: str, *, clean: bool = True) -> aiomqtt.Client:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    return aiomqtt.Client(
+        info.host, info.probe_port, username=probe_id,
+        password=info.probes[probe_id].password, identifier=probe_id, protocol=V5,
+        tls_context=info.tls_context(), clean_start=clean, properties=props,
+    )
+
+
+# Every way a probe could name the collectors' shared subscription (or everything at once).
+HIJACK_FILTERS = (
+    "$share/collectors/vigil/v1/probes/+/measurements",
+    "$share/collectors/edge/vigil/v1/probes/+/measurements",
+    "$share/collectors/#",
+    "#",
+)
+
+
+async def test_probe_cannot_steal_other_probes_measurements_through_the_shared_group(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    victim, attacker = TestProbe.new(), TestProbe.new()
+    broker = broker_factory(probe_ids=[victim.probe_id, attacker.probe_id])
+    info = broker.info
+    url = sqlite_url(tmp_path)
+    enrol(url, victim, attacker)
+    stolen: list[str] = []
+    async with in_process(info, url, "c1"):
+        # The attacker joins with a persistent session, then leaves: its subscriptions (had
+        # the broker made them shared) would keep taking a share of every delivery.
+        async with probe_client(info, attacker.probe_id, clean=False) as spy:
+            for f in HIJACK_FILTERS:
+                await spy.subscribe(f, qos=1)
+        async with probe_client(info, attacker.probe_id, clean=False) as spy:
+            async with probe_client(info, victim.probe_id) as honest:
+                session = MqttSession(honest)
+                codes = [await session.publish(victim.topic, victim.envelope())
+                         for _ in range(100)]
+                session.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for message in spy.messages:
+                        stolen.append(str(message.topic))
+        assert all(c < 0x80 for c in codes), codes  # every message acknowledged to the victim
+        await wait_for(lambda: count(url) >= 100, "all 100 of the victim's measurements", 30)
+    assert count(url) == 100, broker.log_text()[-2000:]
+    assert stolen == []
+
+
+@pytest.mark.parametrize("kind", ["extra", "status/extra", "measurements/extra", "commands"])
+async def test_probe_writes_only_its_measurements_and_status(
+    kind: str, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    probe = TestProbe.new()
+    broker = broker_factory(probe_ids=[probe.probe_id])
+    async with probe_client(broker.info, probe.probe_id) as client:
+        session = MqttSession(client)
+        refused = await session.publish(probe_topic(probe.probe_id, kind), b"x" * 10_000,
+                                        retain=True)
+        own = await session.publish(probe.status_topic, b"online", retain=True)
+        session.close()
+    assert refused == RC_NOT_AUTHORIZED  # no retained message on any other sub-topic
+    assert own < 0x80
