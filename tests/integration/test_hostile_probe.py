@@ -21,7 +21,14 @@ from agent.uplink.publisher import RC_NOT_AUTHORIZED, MqttSession
 from agent.wire.topics import probe_topic
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.probes import TestProbe
-from tests.integration.test_ingest import count, enrol, in_process, sqlite_url, wait_for
+from tests.integration.test_ingest import (
+    count,
+    enrol,
+    in_process,
+    rejections,
+    sqlite_url,
+    wait_for,
+)
 
 V5 = aiomqtt.ProtocolVersion.V5
 
@@ -90,3 +97,24 @@ async def test_probe_writes_only_its_measurements_and_status(
         session.close()
     assert refused == RC_NOT_AUTHORIZED  # no retained message on any other sub-topic
     assert own < 0x80
+
+
+async def test_deeply_nested_json_is_counted_malformed_not_an_internal_error(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    probe = TestProbe.new()
+    broker = broker_factory(probe_ids=[probe.probe_id])
+    url = sqlite_url(tmp_path)
+    enrol(url, probe)
+    deep = b"[" * 20_000 + b"]" * 20_000  # deeper than any JSON parser's recursion limit
+    shallow_enough = b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}"  # parses, still an attack
+    async with in_process(broker.info, url, "c1"):
+        async with probe_client(broker.info, probe.probe_id) as client:
+            await client.publish(probe.topic, probe.sign(deep), qos=1)
+            await client.publish(probe.topic, probe.sign(shallow_enough), qos=1)
+            await client.publish(probe.status_topic, b"[" * 5000 + b"]" * 5000, qos=1)
+            await client.publish(probe.topic, probe.envelope(), qos=1)  # and an honest one
+        await wait_for(lambda: sum(rejections(url).values()) >= 3 and count(url) >= 1,
+                       "three rejections and one measurement", 30)
+    assert rejections(url) == {"malformed_json": 3}
+    assert count(url) == 1

@@ -32,7 +32,7 @@ from agent.uplink.publisher import (
     Publisher,
     PublisherSettings,
 )
-from agent.wire.topics import measurements_topic, probe_view, status_topic
+from agent.wire.topics import at_broker, measurements_topic, probe_view, status_topic
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.mini_collector import Collector
 from lab.records import make_record
@@ -82,7 +82,7 @@ async def retained_status(info: BrokerInfo, probe_id: str) -> dict[str, Any]:
         info.host, info.collector_port, username=info.collector.username,
         password=info.collector.password, tls_context=info.tls_context(), protocol=V5, timeout=5,
     ) as client:
-        await client.subscribe(status_topic(probe_id), qos=1)
+        await client.subscribe(at_broker(status_topic(probe_id)), qos=1)
         async with asyncio.timeout(5):
             async for message in client.messages:
                 assert message.retain
