@@ -34,7 +34,7 @@ class BrokerConfig:
     cert_file: str | None = None  # client certificate (optional)
     key_file: str | None = None
     username: str | None = "vigil-collector"
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log line
     password_file: str | None = None
     # Unique per collector process: the broker keeps this session (and its queued messages)
     # across restarts of the process.
@@ -62,7 +62,7 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    url: str = ""
+    url: str = field(default="", repr=False)  # may hold a database password
     busy_timeout_ms: int = 5000  # SQLite: wait this long for a lock before "unavailable"
     connect_timeout_s: int = 10  # PostgreSQL
 

@@ -240,13 +240,15 @@ class Outbox:
             return db
 
     def _connect_and_check(self) -> sqlite3.Connection:
-        fresh = not self.path.exists()
+        # A new outbox is created 0600 before SQLite opens it (SQLite gives its -wal and -shm
+        # files the database's mode): never readable by others, not even for a moment.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600))
         db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         try:
-            if fresh:
-                os.chmod(self.path, 0o600)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"outbox {self.path}: cannot enable WAL (got {mode})")

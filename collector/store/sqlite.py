@@ -10,6 +10,7 @@ Times are stored as Unix seconds (REAL); the raw signed bytes as BLOBs.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -145,6 +146,11 @@ class SqliteStore(SqlStore):
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            # A new database is created 0600 before SQLite opens it (its -wal and -shm files
+            # get the same mode): the raw measurements and quarantine are not for others.
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             # check_same_thread=False: AsyncStore creates the store on its worker thread, but
             # tests and commands may open it elsewhere; callers serialise access themselves.
             self._db = sqlite3.connect(
