@@ -51,6 +51,7 @@ from collector.api.params import (
 from collector.metrics import StoreSnapshot, store_snapshot
 from collector.runtime import METRICS, RUNTIME, SETTINGS, STORE, events_store
 from collector.store.base import (
+    QUARANTINE_DROPPED,
     Dimension,
     Filter,
     MeasurementSummary,
@@ -420,10 +421,12 @@ async def rejections(request: web.Request) -> web.Response:
     if reason is not None and not (reason.replace("_", "").isalpha() and len(reason) <= 64):
         raise BadRequest("reason", "must be a rejection reason like bad_signature")
     counts, rows = await query(request, _rejections, _store(request), recent, reason)
+    dropped = counts.pop(QUARANTINE_DROPPED, 0)  # not a reason: rejected, bytes not kept
     ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return json_ok({
         "counts": ordered,
         "total": sum(counts.values()),
+        "quarantine_dropped": dropped,
         "recent": [quarantine_json(q, detail=False) for q in rows],
     })
 

@@ -114,6 +114,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
+    ),    Migration(
+        2,
+        "quarantine usage per probe (bounded quarantine); per-probe sequence numbers",
+        (
+            """CREATE TABLE quarantine_usage (
+                probe_id text PRIMARY KEY,
+                n_rows   bigint NOT NULL,
+                n_bytes  bigint NOT NULL
+            )""",
+            "INSERT INTO quarantine_usage (probe_id, n_rows, n_bytes) "
+            "SELECT COALESCE(probe_id, ''), COUNT(*), SUM(LENGTH(raw)) FROM quarantine "
+            "GROUP BY COALESCE(probe_id, '')",
+            "ALTER TABLE measurements ADD COLUMN probe_seq bigint",
+            "CREATE INDEX measurements_probe_seq ON measurements (probe_id, probe_seq)",
+        ),
     ),
 )
 

@@ -112,6 +112,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
+    ),    Migration(
+        2,
+        "quarantine usage per probe (bounded quarantine); per-probe sequence numbers",
+        (
+            """CREATE TABLE quarantine_usage (
+                probe_id TEXT PRIMARY KEY,
+                n_rows   INTEGER NOT NULL,
+                n_bytes  INTEGER NOT NULL
+            )""",
+            "INSERT INTO quarantine_usage (probe_id, n_rows, n_bytes) "
+            "SELECT COALESCE(probe_id, ''), COUNT(*), SUM(LENGTH(raw)) FROM quarantine "
+            "GROUP BY COALESCE(probe_id, '')",
+            "ALTER TABLE measurements ADD COLUMN probe_seq INTEGER",
+            "CREATE INDEX measurements_probe_seq ON measurements (probe_id, probe_seq)",
+        ),
     ),
 )
 

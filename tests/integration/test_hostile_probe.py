@@ -19,6 +19,9 @@ from paho.mqtt.properties import Properties
 
 from agent.uplink.publisher import RC_NOT_AUTHORIZED, MqttSession
 from agent.wire.topics import probe_topic
+from collector.store import open_store
+from collector.store.base import QuarantineLimits
+from collector.store.sqlbase import SqlStore
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.probes import TestProbe
 from tests.integration.test_ingest import (
@@ -118,3 +121,40 @@ async def test_deeply_nested_json_is_counted_malformed_not_an_internal_error(
                        "three rejections and one measurement", 30)
     assert rejections(url) == {"malformed_json": 3}
     assert count(url) == 1
+
+
+async def test_quarantine_is_bounded_per_probe_and_in_total_and_drops_are_counted(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limits = QuarantineLimits(per_probe_rows=50, per_probe_bytes=400_000, total_rows=80,
+                              total_bytes=10_000_000)
+    monkeypatch.setattr(SqlStore, "quarantine_limits", limits)
+    a, b, honest = TestProbe.new(), TestProbe.new(), TestProbe.new()
+    broker = broker_factory(probe_ids=[a.probe_id, b.probe_id, honest.probe_id])
+    url = sqlite_url(tmp_path)
+    enrol(url, a, b, honest)
+    garbage = b"\xff" * 5_000
+    async with in_process(broker.info, url, "c1"):
+        for attacker in (a, b):
+            async with probe_client(broker.info, attacker.probe_id) as client:
+                for _ in range(100):
+                    await client.publish(attacker.topic, garbage, qos=1)
+        async with probe_client(broker.info, honest.probe_id) as client:
+            for _ in range(10):
+                await client.publish(honest.topic, honest.envelope(), qos=1)
+        await wait_for(lambda: count(url) >= 10
+                       and rejections(url).get("malformed_envelope", 0) >= 200,
+                       "every message stored or counted", 30)
+    store = open_store(url)
+    try:
+        kept = store._query("SELECT probe_id, COUNT(*), SUM(LENGTH(raw)) FROM quarantine "
+                            "GROUP BY probe_id")
+        counts = store.rejection_counts()
+    finally:
+        store.close()
+    per_probe = {pid: (int(n), int(size)) for pid, n, size in kept}
+    assert sum(n for n, _ in per_probe.values()) == 80  # the total bound
+    assert all(n <= 50 and size <= 400_000 for n, size in per_probe.values())
+    assert counts == {"malformed_envelope": 200, "quarantine_dropped": 120}
+    assert count(url) == 10  # the honest probe lost nothing
