@@ -90,6 +90,10 @@ class IngestConfig:
     stats_interval_s: float = 30.0  # log a line of counters this often (0: never)
     drain_timeout_s: float = 30.0  # on shutdown, wait this long to store what is in flight
     max_message_bytes: int = _POLICY.max_bytes
+    # Memory bound of what the broker may have in flight to this process (unacknowledged QoS 1
+    # messages): the Receive Maximum asked for is lowered to fit (collector.ingest.intake).
+    # 256 MiB: 250 messages of 1 MiB, or the full receive_maximum of ordinary few-kB ones.
+    max_inflight_bytes: int = 268_435_456
     max_future_s: float = _POLICY.max_future_s
     max_age_days: float = _POLICY.max_age_s / 86400
 
@@ -161,6 +165,8 @@ class CollectorConfig:
                 f"receive_maximum {b.receive_maximum} is below batch_size {i.batch_size}: "
                 f"batches could never fill (use at least {needed})"
             )
+        if i.max_inflight_bytes < i.max_message_bytes:
+            raise ConfigError("max_inflight_bytes must be at least max_message_bytes")
         if not b.client_id or len(b.client_id) > 128:
             raise ConfigError("broker client_id must be 1-128 characters")
         self._validate_serve()

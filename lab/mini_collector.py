@@ -14,7 +14,12 @@ from paho.mqtt.properties import Properties
 
 from agent.identity import Identity
 from agent.wire import envelope as wire
-from agent.wire.topics import DEFAULT_SHARE_GROUP, COLLECTOR_MEASUREMENTS_FILTER, shared, topic_parts
+from agent.wire.topics import (
+    COLLECTOR_MEASUREMENTS_FILTER,
+    DEFAULT_SHARE_GROUP,
+    shared,
+    topic_parts,
+)
 from lab.broker import BrokerInfo
 
 SHARED = shared(DEFAULT_SHARE_GROUP, COLLECTOR_MEASUREMENTS_FILTER)

@@ -60,6 +60,7 @@ from agent.wire.topics import (
     topic_parts,
 )
 from collector.config import BrokerConfig, IngestConfig
+from collector.ingest.intake import PACKET_OVERHEAD, IntakeQueue, inflight_window
 from collector.ingest.verify import (
     Accepted,
     KeyTable,
@@ -178,7 +179,7 @@ class Ingest:
         self.stats = IngestStats()
         self._generation = 0
         self._paho: paho.Client | None = None  # the current connection's client
-        self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        self._queue = IntakeQueue(self.stats.rejected)
         self._pipeline: asyncio.Queue[_Pending | None] = asyncio.Queue(ingest.pipeline_depth)
         self._verify_pool = (
             ThreadPoolExecutor(ingest.verify_workers, thread_name_prefix="vigil-verify")
@@ -290,8 +291,14 @@ class Ingest:
         b = self.broker
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = b.session_expiry_s
-        props.ReceiveMaximum = b.receive_maximum
-        self._queue = asyncio.Queue()
+        # Bounded in bytes (collector.ingest.intake): the broker sends at most this many
+        # unacknowledged messages, none bigger than the verifier accepts, and no QoS 0
+        # measurement is queued.
+        props.ReceiveMaximum = inflight_window(
+            b.receive_maximum, self.cfg.max_inflight_bytes, self.cfg.max_message_bytes
+        )
+        props.MaximumPacketSize = self.cfg.max_message_bytes + PACKET_OVERHEAD
+        self._queue = IntakeQueue(self.stats.rejected)
         queue = self._queue
         return aiomqtt.Client(
             b.host,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,3 +159,43 @@ async def test_quarantine_is_bounded_per_probe_and_in_total_and_drops_are_counte
     assert all(n <= 50 and size <= 400_000 for n, size in per_probe.values())
     assert counts == {"malformed_envelope": 200, "quarantine_dropped": 120}
     assert count(url) == 10  # the honest probe lost nothing
+
+
+async def test_qos0_measurements_are_refused_and_inflight_bytes_are_bounded(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    attacker, honest = TestProbe.new(), TestProbe.new()
+    broker = broker_factory(probe_ids=[attacker.probe_id, honest.probe_id])
+    url = sqlite_url(tmp_path)
+    enrol(url, attacker, honest)
+    big = attacker.envelope(test_keys={"padding": "x" * 150_000})  # valid, signed, ~200 kB
+    budget = 1_000_000  # bytes in flight to the collector: 3 messages of 256 kB + overhead
+    async with in_process(broker.info, url, "c1", max_message_bytes=262_144,
+                          max_inflight_bytes=budget) as ingest:
+        async with probe_client(broker.info, attacker.probe_id) as client:
+            for _ in range(50):  # QoS 0 escapes the broker's flow control: refused
+                await client.publish(attacker.topic, big, qos=0)
+        async with probe_client(broker.info, honest.probe_id) as client:
+            await client.publish(honest.topic, honest.envelope(), qos=1)
+        await wait_for(lambda: count(url) >= 1, "the honest measurement", 30)
+        await wait_for(lambda: ingest.stats.rejected["qos0_refused"] >= 50, "refusals", 30)
+        # The store stalls (a writer holds the SQLite lock): nothing is acknowledged, and the
+        # broker may not send more than the byte budget allows.
+        lock = sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            before = ingest.stats.received
+            async with probe_client(broker.info, attacker.probe_id) as client:
+                for _ in range(40):
+                    await client.publish(attacker.topic, attacker.envelope(
+                        test_keys={"padding": "x" * 150_000}), qos=1)
+            await wait_for(lambda: ingest.stats.received - before >= 3, "the first ones", 30)
+            await asyncio.sleep(1.0)  # give the broker every chance to send more
+            in_flight = ingest.stats.received - before
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        await wait_for(lambda: count(url) >= 41, "everything once the store is back", 60)
+    assert ingest.stats.rejected["qos0_refused"] == 50
+    assert in_flight <= budget // 262_144
+    assert count(url) == 41  # the honest one and the 40 QoS 1 ones: nothing lost

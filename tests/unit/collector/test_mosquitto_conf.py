@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from agent.wire.topics import PROBE_MOUNT
-
 from scripts.mosquitto_conf import (
     COLLECTORS_ACL,
     PROBES_ACL,
