@@ -103,9 +103,11 @@ class MeasurementRecord:
     test_keys: dict[str, Any]
     verdict: Verdict
     annotations: dict[str, str] = field(default_factory=dict)
+    # Set by the outbox when it takes the record (1, 2, 3, ... per probe); optional on the wire.
+    probe_seq: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "measurement_id": self.measurement_id,
             "test_name": self.test_name,
             "test_version": self.test_version,
@@ -124,6 +126,9 @@ class MeasurementRecord:
             "verdict": self.verdict.to_json(),
             "annotations": self.annotations,
         }
+        if self.probe_seq is not None:
+            out["probe_seq"] = self.probe_seq
+        return out
 
 
 @dataclass(frozen=True, slots=True)

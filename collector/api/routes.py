@@ -52,6 +52,7 @@ from collector.metrics import StoreSnapshot, store_snapshot
 from collector.runtime import METRICS, RUNTIME, SETTINGS, STORE, events_store
 from collector.store.base import (
     QUARANTINE_DROPPED,
+    DeliveryGaps,
     Dimension,
     Filter,
     MeasurementSummary,
@@ -233,6 +234,13 @@ def probe_json(p: ProbeRecord, a: ProbeActivity | None) -> dict[str, Any]:
     }
 
 
+def delivery_json(g: DeliveryGaps | None) -> dict[str, int] | None:
+    """Sequence numbers seen from a probe: the highest, how many arrived, how many never did."""
+    if g is None:
+        return None
+    return {"last_seq": g.last_seq, "received": g.received, "missing": g.missing}
+
+
 def export_line(m: StoredMeasurement) -> bytes:
     line = {
         "measurement_id": m.summary.measurement_id,
@@ -360,20 +368,23 @@ async def stats(request: web.Request) -> web.Response:
     return json_ok(body)
 
 
-def _probe_rows(store: Store) -> tuple[list[ProbeRecord], list[ProbeActivity]]:
-    return store.list_probes(), store.last_seen()
+def _probe_rows(
+    store: Store,
+) -> tuple[list[ProbeRecord], list[ProbeActivity], dict[str, DeliveryGaps]]:
+    return store.list_probes(), store.last_seen(), store.delivery_gaps()
 
 
 async def probes(request: web.Request) -> web.Response:
     p = Params(request.query.items(), ("limit", "revoked"))
     limit = p.integer("limit", 1000, 1, 10_000)
     with_revoked = p.boolean("revoked", True)
-    records, activity = await query(request, _probe_rows, _store(request))
+    records, activity, gaps = await query(request, _probe_rows, _store(request))
     by_id = {a.probe_id: a for a in activity}
     chosen = [r for r in records if with_revoked or r.revoked_at is None]
     chosen.sort(key=lambda r: r.probe_id)
     return json_ok({
-        "probes": [probe_json(r, by_id.get(r.probe_id)) for r in chosen[:limit]],
+        "probes": [probe_json(r, by_id.get(r.probe_id)) | {"delivery": delivery_json(
+            gaps.get(r.probe_id))} for r in chosen[:limit]],
         "count": min(len(chosen), limit),
         "total": len(chosen),
     })

@@ -506,6 +506,7 @@ class Verifier:
             payload_type=item.env.payload_type,
             payload=payload,
             signature=signature,
+            probe_seq=record.get("probe_seq"),
         ))
 
     def _validate(self, record: Any) -> None:

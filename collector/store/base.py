@@ -122,6 +122,7 @@ class MeasurementRow:
     payload_type: str
     payload: bytes
     signature: bytes
+    probe_seq: int | None = None  # the probe's sequence number, when the record carries one
 
     def column_values(self, *, confirmed_as_int: bool = False) -> tuple[object, ...]:
         """The row's values in the ``measurements`` column order both stores write.
@@ -149,7 +150,22 @@ class MeasurementRow:
             self.payload_type,
             self.payload,
             self.signature,
+            self.probe_seq,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryGaps:
+    """Per probe: the highest ``probe_seq`` stored, how many distinct numbers arrived, and how
+    many below the highest never did (lost on the way, or dropped by a full probe outbox)."""
+
+    probe_id: str
+    last_seq: int
+    received: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.last_seq - self.received)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +340,8 @@ class Store(Protocol):
 
     # ---- queries ------------------------------------------------------------------------
     def rejection_counts(self) -> dict[str, int]: ...
+
+    def delivery_gaps(self) -> dict[str, DeliveryGaps]: ...
     def recent(self, limit: int = 20, where: Filter | None = None) -> list[MeasurementSummary]: ...
     def count_by(
         self, dimension: Dimension, where: Filter | None = None, limit: int = 50

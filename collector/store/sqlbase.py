@@ -23,6 +23,7 @@ from agent.wire.topics import measurements_topic
 from collector.store.base import (
     QUARANTINE_DROPPED,
     QUARANTINE_MAX_RAW,
+    DeliveryGaps,
     Dimension,
     Filter,
     IngestBatch,
@@ -547,6 +548,15 @@ class SqlStore(abc.ABC):
             )
             for r in rows
         ]
+
+    def delivery_gaps(self) -> dict[str, DeliveryGaps]:
+        """Sequence numbers per probe (index measurements_probe_seq); probes without any
+        numbered record are left out."""
+        rows = self._query(
+            "SELECT probe_id, MAX(probe_seq), COUNT(DISTINCT probe_seq) FROM measurements "
+            "WHERE probe_seq IS NOT NULL GROUP BY probe_id"
+        )
+        return {str(r[0]): DeliveryGaps(str(r[0]), int(r[1]), int(r[2])) for r in rows}
 
     def rejection_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._query("SELECT reason, count FROM rejections")}

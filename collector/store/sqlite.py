@@ -133,8 +133,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 _INSERT_MEASUREMENT = (
     "INSERT OR IGNORE INTO measurements (measurement_id, probe_id, test_name, input, domain, "
     "category_code, probe_cc, probe_asn, probe_network_name, status, blocking, reason, "
-    "confirmed, start_time, received_at, payload_type, payload, signature) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "confirmed, start_time, received_at, payload_type, payload, signature, probe_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 

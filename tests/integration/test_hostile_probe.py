@@ -15,11 +15,15 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.uplink.publisher import RC_NOT_AUTHORIZED, MqttSession
 from agent.wire.topics import probe_topic
+from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
+from collector.runtime import ServeSettings
+from collector.service import create_app
 from collector.store import open_store
 from collector.store.base import QuarantineLimits
 from collector.store.sqlbase import SqlStore
@@ -74,8 +78,8 @@ async def test_probe_cannot_steal_other_probes_measurements_through_the_shared_g
         async with probe_client(info, attacker.probe_id, clean=False) as spy:
             async with probe_client(info, victim.probe_id) as honest:
                 session = MqttSession(honest)
-                codes = [await session.publish(victim.topic, victim.envelope())
-                         for _ in range(100)]
+                codes = [await session.publish(victim.topic, victim.envelope(probe_seq=i))
+                         for i in range(1, 101)]
                 session.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -85,6 +89,37 @@ async def test_probe_cannot_steal_other_probes_measurements_through_the_shared_g
         await wait_for(lambda: count(url) >= 100, "all 100 of the victim's measurements", 30)
     assert count(url) == 100, broker.log_text()[-2000:]
     assert stolen == []
+    store = open_store(url)
+    try:
+        gaps = store.delivery_gaps()[victim.probe_id]
+    finally:
+        store.close()
+    assert (gaps.last_seq, gaps.received, gaps.missing) == (100, 100, 0)
+
+
+async def test_collector_counts_and_shows_the_deliveries_it_never_got(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    probe = TestProbe.new()
+    broker = broker_factory(probe_ids=[probe.probe_id])
+    url = sqlite_url(tmp_path)
+    enrol(url, probe)
+    sent = [n for n in range(1, 21) if n not in (4, 7, 8)]  # three never reach the collector
+    async with in_process(broker.info, url, "c1"):
+        async with probe_client(broker.info, probe.probe_id) as client:
+            for n in sent:
+                await client.publish(probe.topic, probe.envelope(probe_seq=n), qos=1)
+        await wait_for(lambda: count(url) >= len(sent), "every numbered measurement", 30)
+    app = create_app(ServeSettings(
+        config=CollectorConfig(store=StoreConfig(url=url), api=ApiConfig(stats_cache_s=0.0),
+                               outages=OutagesConfig(enabled=False)).validate(),
+        ingest=False, outages=False))
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/api/v1/probes")
+        (shown,) = (await resp.json())["probes"]
+        metrics = await (await client.get("/metrics")).text()
+    assert shown["delivery"] == {"last_seq": 20, "received": 17, "missing": 3}
+    assert "vigil_measurements_missing 3.0" in metrics
 
 
 @pytest.mark.parametrize("kind", ["extra", "status/extra", "measurements/extra", "commands"])
