@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from agent.errors import ConfigError
 from collector.ingest.verify import VerifyPolicy
+from collector.revocation import RevocationConfig
 
 T = TypeVar("T")
 
@@ -144,6 +145,7 @@ class CollectorConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     outages: OutagesConfig = field(default_factory=OutagesConfig)
+    revocation: RevocationConfig = field(default_factory=RevocationConfig)
 
     def validate(self) -> CollectorConfig:
         b, i = self.broker, self.ingest
@@ -218,16 +220,24 @@ def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+# Every section of collector.toml.  [helper] belongs to `vigil-collector helper`, which parses
+# it strictly (collector.cli.helper); the other commands only check that it is a table.
+SECTIONS = ("broker", "store", "ingest", "api", "outages", "revocation", "helper")
+
+
 def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
-    unknown = sorted(set(data) - {"broker", "store", "ingest", "api", "outages"})
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
+    if not isinstance(data.get("helper", {}), Mapping):
+        raise ConfigError("[helper] must be a table")
     return CollectorConfig(
         broker=_section(BrokerConfig, data.get("broker", {}), "broker"),
         store=_section(StoreConfig, data.get("store", {}), "store"),
         ingest=_section(IngestConfig, data.get("ingest", {}), "ingest"),
         api=_section(ApiConfig, data.get("api", {}), "api"),
         outages=_section(OutagesConfig, data.get("outages", {}), "outages"),
+        revocation=_section(RevocationConfig, data.get("revocation", {}), "revocation"),
     )
 
 

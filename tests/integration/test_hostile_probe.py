@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from paho.mqtt.properties import Properties
 from agent.uplink.publisher import RC_NOT_AUTHORIZED, MqttSession
 from agent.wire.topics import probe_topic
 from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
+from collector.helper.auth import parse_probes
 from collector.runtime import ServeSettings
 from collector.service import create_app
 from collector.store import open_store
@@ -39,6 +43,7 @@ from tests.integration.test_ingest import (
 )
 
 V5 = aiomqtt.ProtocolVersion.V5
+REPO = Path(__file__).resolve().parents[2]
 
 
 def probe_client(info: BrokerInfo, probe_id: str, *, clean: bool = True) -> aiomqtt.Client:
@@ -234,3 +239,52 @@ async def test_qos0_measurements_are_refused_and_inflight_bytes_are_bounded(
     assert ingest.stats.rejected["qos0_refused"] == 50
     assert in_flight <= budget // 262_144
     assert count(url) == 41  # the honest one and the 40 QoS 1 ones: nothing lost
+
+
+async def test_one_command_revokes_everywhere_and_cuts_the_probe_off(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    probe, other = TestProbe.new(), TestProbe.new()
+    broker = broker_factory(probe_ids=[probe.probe_id, other.probe_id])
+    info = broker.info
+    url = sqlite_url(tmp_path)
+    enrol(url, probe, other)
+    helper_file = tmp_path / "probes.jsonl"
+    helper_file.write_text("".join(
+        json.dumps({"probe_id": p.probe_id, "public_key": p.public_b64, "revoked": False}) + "\n"
+        for p in (probe, other)))
+    pid_file = tmp_path / "mosquitto.pid"
+    pid_file.write_text(f"{broker.pid}\n")
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f'[store]\nurl = "{url}"\n[revocation]\n'
+        f'broker_password_file = "{broker.workdir / "probes.passwd"}"\n'
+        f'broker_pid_file = "{pid_file}"\nhelper_probes_file = "{helper_file}"\n')
+
+    async with probe_client(info, probe.probe_id) as client:
+        async def until_disconnected() -> None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                async for _ in client.messages:
+                    pass
+
+        watcher = asyncio.create_task(until_disconnected())
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "collector", "probes", "revoke", probe.probe_id,
+             "--config", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        await asyncio.wait_for(watcher, 10)  # cut off within seconds
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with probe_client(info, probe.probe_id):
+            pass
+    async with probe_client(info, other.probe_id):  # the others are untouched
+        pass
+    keys = parse_probes(helper_file.read_text(), str(helper_file))
+    assert keys[probe.probe_id][1] is True and keys[other.probe_id][1] is False
+    store = open_store(url)
+    try:
+        assert store.get_probe(probe.probe_id).revoked  # type: ignore[union-attr]
+    finally:
+        store.close()
