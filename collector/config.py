@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, locate
 from collector.ingest.verify import VerifyPolicy
 from collector.revocation import RevocationConfig
 
@@ -228,7 +228,7 @@ SECTIONS = ("broker", "store", "ingest", "api", "outages", "revocation", "helper
 def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(SECTIONS)})")
     if not isinstance(data.get("helper", {}), Mapping):
         raise ConfigError("[helper] must be a table")
     return CollectorConfig(
@@ -266,7 +266,7 @@ def load_toml(path: Path, parse: Callable[[dict[str, Any]], T]) -> T:
     try:
         return parse(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{locate(path, str(exc))}: {exc}") from None
 
 
 def override(config: CollectorConfig, section: str, **values: Any) -> CollectorConfig:
