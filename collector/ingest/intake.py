@@ -9,8 +9,11 @@ Two rules keep one hostile probe from filling the collector's memory:
   queued.  Statuses may be QoS 0 (a Last Will); they are at most ``MAX_STATUS_BYTES`` each.
 * **At most ``max_inflight_bytes`` of QoS 1 messages in flight.**  The collector asks the
   broker for a Receive Maximum of ``max_inflight_bytes // max_message_bytes`` unacknowledged
-  messages (:func:`inflight_window`) and a Maximum Packet Size just above
-  ``max_message_bytes``, so the broker itself never sends more than that.
+  messages (:func:`inflight_window`), so the broker itself never sends more than that.  The
+  bound holds when the broker's ``message_size_limit`` is the collector's
+  ``max_message_bytes`` (both 1 MiB by default).  No Maximum Packet Size is asked for: the
+  broker would drop a bigger message for us silently, where the verifier counts it
+  ``oversized``.
 """
 
 from __future__ import annotations

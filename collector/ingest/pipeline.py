@@ -60,7 +60,7 @@ from agent.wire.topics import (
     topic_parts,
 )
 from collector.config import BrokerConfig, IngestConfig
-from collector.ingest.intake import PACKET_OVERHEAD, IntakeQueue, inflight_window
+from collector.ingest.intake import IntakeQueue, inflight_window
 from collector.ingest.verify import (
     Accepted,
     KeyTable,
@@ -292,12 +292,11 @@ class Ingest:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = b.session_expiry_s
         # Bounded in bytes (collector.ingest.intake): the broker sends at most this many
-        # unacknowledged messages, none bigger than the verifier accepts, and no QoS 0
+        # unacknowledged messages (each at most its message_size_limit), and no QoS 0
         # measurement is queued.
         props.ReceiveMaximum = inflight_window(
             b.receive_maximum, self.cfg.max_inflight_bytes, self.cfg.max_message_bytes
         )
-        props.MaximumPacketSize = self.cfg.max_message_bytes + PACKET_OVERHEAD
         self._queue = IntakeQueue(self.stats.rejected)
         queue = self._queue
         return aiomqtt.Client(
