@@ -180,6 +180,12 @@ class Ingest:
         self._generation = 0
         self._paho: paho.Client | None = None  # the current connection's client
         self._queue = IntakeQueue(self.stats.rejected)
+        # Unacknowledged messages the broker may send us (bounded in bytes); a batch takes at
+        # most half of it, so one batch fills while the previous one is verified and stored.
+        self._window = inflight_window(
+            broker.receive_maximum, ingest.max_inflight_bytes, ingest.max_message_bytes
+        )
+        self._batch_limit = max(1, min(ingest.batch_size, self._window // 2))
         self._pipeline: asyncio.Queue[_Pending | None] = asyncio.Queue(ingest.pipeline_depth)
         self._verify_pool = (
             ThreadPoolExecutor(ingest.verify_workers, thread_name_prefix="vigil-verify")
@@ -294,9 +300,7 @@ class Ingest:
         # Bounded in bytes (collector.ingest.intake): the broker sends at most this many
         # unacknowledged messages (each at most its message_size_limit), and no QoS 0
         # measurement is queued.
-        props.ReceiveMaximum = inflight_window(
-            b.receive_maximum, self.cfg.max_inflight_bytes, self.cfg.max_message_bytes
-        )
+        props.ReceiveMaximum = self._window
         self._queue = IntakeQueue(self.stats.rejected)
         queue = self._queue
         return aiomqtt.Client(
@@ -475,7 +479,7 @@ class Ingest:
     async def _fill(self, batch: list[_Msg]) -> None:
         """Add whatever has already arrived, waiting at most batch_wait_ms for more."""
         queue = self._queue
-        limit = self.cfg.batch_size
+        limit = self._batch_limit
         deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
         while True:
             while len(batch) < limit:
