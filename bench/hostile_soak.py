@@ -113,10 +113,11 @@ async def attack_broker(info: BrokerInfo, bad: TestProbe, stop: float, tally: Co
                     for _ in range(20):
                         await c.publish(bad.topic, big, qos=0)
                     tally["qos0_big"] += 20
-                    for _ in range(5):
-                        await c.publish(bad.topic, bad.envelope(
-                            test_keys={"padding": "y" * 650_000}), qos=1)
-                    tally["qos1_big"] += 5
+                    # QoS 1 in parallel: up to the broker's max_inflight_messages at once, so
+                    # the collector's in-flight window is what bounds its memory.
+                    await asyncio.gather(*(c.publish(bad.topic, bad.envelope(
+                        test_keys={"padding": "y" * 650_000}), qos=1) for _ in range(40)))
+                    tally["qos1_big"] += 40
 
 
 async def attack_helper(base: str, bad: Identity, title_url: str, stop: float,
