@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, locate
 
 DEFAULT_CONFIG_PATH = Path("/etc/vigil/agent.toml")
 DEFAULT_LISTS_SOURCE = "https://raw.githubusercontent.com/citizenlab/test-lists/master/lists/"
@@ -192,11 +192,28 @@ def load(explicit: Path | None = None) -> AgentConfig:
 
 
 _KNOWN = ("agent", "net", "control", "run", "lists")
+# Sections other parts of the agent own and parse (agent.cli.config_check runs their parsers).
+OWNED_ELSEWHERE = ("mqtt", "outbox", "scheduler", "campaigns", "throttling", "connectivity",
+                   "apps")
 T = TypeVar("T")
 
 
 def from_mapping(data: Mapping[str, Any], path: Path | None = None) -> AgentConfig:
+    try:
+        return _from_mapping(data, path)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        message = str(exc).removeprefix(f"{path}: ")
+        raise ConfigError(f"{locate(path, message)}: {message}") from None
+
+
+def _from_mapping(data: Mapping[str, Any], path: Path | None = None) -> AgentConfig:
     where = str(path) if path is not None else "config"
+    unknown_sections = sorted(set(data) - set(_KNOWN) - set(OWNED_ELSEWHERE))
+    if unknown_sections:
+        raise ConfigError(f"{where}: unknown section [{unknown_sections[0]}] (known: "
+                          f"{', '.join(sorted((*_KNOWN, *OWNED_ELSEWHERE)))})")
     for name in _KNOWN:
         if name in data and not isinstance(data[name], Mapping):
             raise ConfigError(f"{where}: [{name}] must be a table")

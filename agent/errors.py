@@ -21,6 +21,9 @@ not do its job, and they say whose fault it was::
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 
 class VigilError(Exception):
     """Base of every error Vigil raises on purpose."""
@@ -76,3 +79,26 @@ class PublishError(VigilError):
 
 class BudgetExceeded(VigilError):
     """A runtime or data budget is exhausted."""
+
+
+def locate(path: Path, message: str) -> str:
+    """``path:line`` of the section or key a ConfigError message names (``[name]`` or
+    ``unknown key(s) in [section]: key``), else just ``path``."""
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return str(path)
+    section = re.search(r"\[([A-Za-z0-9_.-]+)\]", message)
+    key = re.search(r"unknown keys? ?(?:\(s\))? in \[[^\]]+\]:? ([A-Za-z0-9_-]+)", message)
+    current = ""
+    for number, line in enumerate(lines, 1):
+        head = re.match(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
+        if head:
+            current = head.group(1)
+            if section and key is None and current == section.group(1):
+                return f"{path}:{number}"
+            continue
+        if (key and section and current == section.group(1)
+                and re.match(rf"\s*{re.escape(key.group(1))}\s*=", line)):
+            return f"{path}:{number}"
+    return str(path)

@@ -50,19 +50,30 @@ def key_path(state_dir: Path) -> Path:
 
 
 def load(state_dir: Path) -> Identity:
+    """Open the key once (no symlink followed), check the open file's mode, read that file."""
     path = key_path(state_dir)
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise IdentityError(f"no probe key at {path}: run `vigil-agent init` first") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise IdentityError(
-            f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-            f"fix with: chmod 600 {path}"
-        )
+    except OSError as exc:  # ELOOP: a symlink where the key should be
+        raise IdentityError(f"cannot open probe key {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise IdentityError(f"{path} is not a regular file")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise IdentityError(
+                f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                f"fix with: chmod 600 {path}"
+            )
+        try:
+            pem = fh.read(65_536)
+        except OSError as exc:
+            raise IdentityError(f"cannot read probe key {path}: {exc.strerror}") from None
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
         raise IdentityError(f"cannot read probe key {path}: {exc.__class__.__name__}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise IdentityError(f"{path} is not an Ed25519 key")
@@ -77,7 +88,11 @@ def create(state_dir: Path) -> Identity:
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     tmp = path.with_suffix(".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A leftover (or planted) temp file or symlink is removed, never written through:
+        # O_EXCL|O_NOFOLLOW create a new file, with its final mode from the start.
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
             fh.flush()

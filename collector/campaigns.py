@@ -43,7 +43,7 @@ from agent.wire.commands import (
 )
 from agent.wire.envelope import encode_record, parse_envelope, raw_public_key, sign_envelope, uuid7
 from agent.wire.record import Target
-from agent.wire.topics import commands_topic, country_topic
+from agent.wire.topics import at_broker, commands_topic, country_topic
 
 
 # ---- operator key ------------------------------------------------------------------------------
@@ -162,10 +162,11 @@ def sign_command(cmd: Command, key: Ed25519PrivateKey) -> bytes:
 
 
 def topic_for(audience: Audience) -> str:
+    """Where a collector publishes for ``audience``: the probe's name under the probe mount."""
     if audience.probe_id is not None:
-        return commands_topic(audience.probe_id)
+        return at_broker(commands_topic(audience.probe_id))
     assert audience.cc is not None  # Audience is either a probe or a country (parser enforces)
-    return country_topic(audience.cc)
+    return at_broker(country_topic(audience.cc))
 
 
 def read_signed(data: bytes) -> Command:

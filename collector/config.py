@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, locate
 from collector.ingest.verify import VerifyPolicy
+from collector.revocation import RevocationConfig
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ class BrokerConfig:
     cert_file: str | None = None  # client certificate (optional)
     key_file: str | None = None
     username: str | None = "vigil-collector"
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log line
     password_file: str | None = None
     # Unique per collector process: the broker keeps this session (and its queued messages)
     # across restarts of the process.
@@ -62,7 +63,7 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    url: str = ""
+    url: str = field(default="", repr=False)  # may hold a database password
     busy_timeout_ms: int = 5000  # SQLite: wait this long for a lock before "unavailable"
     connect_timeout_s: int = 10  # PostgreSQL
 
@@ -90,6 +91,10 @@ class IngestConfig:
     stats_interval_s: float = 30.0  # log a line of counters this often (0: never)
     drain_timeout_s: float = 30.0  # on shutdown, wait this long to store what is in flight
     max_message_bytes: int = _POLICY.max_bytes
+    # Memory bound of what the broker may have in flight to this process (unacknowledged QoS 1
+    # messages): the Receive Maximum asked for is lowered to fit (collector.ingest.intake).
+    # 256 MiB: 250 messages of 1 MiB, or the full receive_maximum of ordinary few-kB ones.
+    max_inflight_bytes: int = 268_435_456
     max_future_s: float = _POLICY.max_future_s
     max_age_days: float = _POLICY.max_age_s / 86400
 
@@ -155,6 +160,7 @@ class CollectorConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     outages: OutagesConfig = field(default_factory=OutagesConfig)
     slowdowns: SlowdownsConfig = field(default_factory=SlowdownsConfig)
+    revocation: RevocationConfig = field(default_factory=RevocationConfig)
 
     def validate(self) -> CollectorConfig:
         b, i = self.broker, self.ingest
@@ -176,6 +182,8 @@ class CollectorConfig:
                 f"receive_maximum {b.receive_maximum} is below batch_size {i.batch_size}: "
                 f"batches could never fill (use at least {needed})"
             )
+        if i.max_inflight_bytes < i.max_message_bytes:
+            raise ConfigError("max_inflight_bytes must be at least max_message_bytes")
         if not b.client_id or len(b.client_id) > 128:
             raise ConfigError("broker client_id must be 1-128 characters")
         self._validate_serve()
@@ -244,10 +252,17 @@ def _section(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+# Every section of collector.toml.  [helper] belongs to `vigil-collector helper`, which parses
+# it strictly (collector.cli.helper); the other commands only check that it is a table.
+SECTIONS = ("broker", "store", "ingest", "api", "outages", "slowdowns", "revocation", "helper")
+
+
 def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
-    unknown = sorted(set(data) - {"broker", "store", "ingest", "api", "outages", "slowdowns"})
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown section(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(SECTIONS)})")
+    if not isinstance(data.get("helper", {}), Mapping):
+        raise ConfigError("[helper] must be a table")
     return CollectorConfig(
         broker=_section(BrokerConfig, data.get("broker", {}), "broker"),
         store=_section(StoreConfig, data.get("store", {}), "store"),
@@ -255,6 +270,7 @@ def parse_config(data: Mapping[str, Any]) -> CollectorConfig:
         api=_section(ApiConfig, data.get("api", {}), "api"),
         outages=_section(OutagesConfig, data.get("outages", {}), "outages"),
         slowdowns=_section(SlowdownsConfig, data.get("slowdowns", {}), "slowdowns"),
+        revocation=_section(RevocationConfig, data.get("revocation", {}), "revocation"),
     )
 
 
@@ -283,7 +299,7 @@ def load_toml(path: Path, parse: Callable[[dict[str, Any]], T]) -> T:
     try:
         return parse(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{locate(path, str(exc))}: {exc}") from None
 
 
 def override(config: CollectorConfig, section: str, **values: Any) -> CollectorConfig:

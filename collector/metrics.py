@@ -45,6 +45,7 @@ class StoreSnapshot:
     probes: dict[str, int] = field(default_factory=dict)  # enrolled, by last status
     revoked: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
+    missing: int = 0  # measurements numbered by probes that never arrived (all probes)
     taken_at: float = 0.0
 
 
@@ -68,6 +69,7 @@ def store_snapshot(store: Store) -> StoreSnapshot:
         probes=probes,
         revoked=revoked,
         rejections=store.rejection_counts(),
+        missing=sum(g.missing for g in store.delivery_gaps().values()),
         taken_at=time.time(),
     )
 
@@ -140,6 +142,9 @@ class _VigilCollector(Collector):
         yield _by_label(GaugeMetricFamily, "vigil_probes",
                         "enrolled probes by last reported status", "status", snap.probes)
         yield _one(GaugeMetricFamily, "vigil_probes_revoked", "revoked probe keys", snap.revoked)
+        yield _one(GaugeMetricFamily, "vigil_measurements_missing",
+                   "measurements probes numbered (probe_seq) that never reached the store",
+                   snap.missing)
         yield _by_label(CounterMetricFamily, "vigil_rejections",
                         "messages rejected by all collectors (persisted), by reason", "reason",
                         snap.rejections)

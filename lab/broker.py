@@ -24,9 +24,11 @@ Fixture API (stable; the collector tests use it too)::
 pytest fixtures (tests/integration/conftest.py): ``broker`` (started, no probes yet) and
 ``broker_factory(**kwargs)`` for brokers with non-default limits (e.g. message_size_limit).
 
-Topics and ACL (configs/mosquitto/*.acl): probes write ``vigil/v1/probes/<own id>/#`` and read
-only ``vigil/v1/probes/<own id>/commands``; collectors read ``vigil/v1/probes/#`` (also as
-``$share/collectors/vigil/v1/probes/+/measurements``) and write ``.../+/commands``.
+Topics and ACL (configs/mosquitto/*.acl): the probe listeners mount every probe topic under
+``edge/`` (agent.wire.topics.PROBE_MOUNT); probes write only
+``vigil/v1/probes/<own id>/measurements`` and ``.../status`` and read only
+``.../<own id>/commands``; collectors read ``edge/vigil/v1/probes/#`` (also as
+``$share/collectors/edge/vigil/v1/probes/+/measurements``) and write ``.../+/commands``.
 
 Stops the broker by PID (never by name); waits for readiness with a real MQTT CONNECT, bounded.
 """

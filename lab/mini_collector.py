@@ -14,10 +14,15 @@ from paho.mqtt.properties import Properties
 
 from agent.identity import Identity
 from agent.wire import envelope as wire
-from agent.wire.topics import DEFAULT_SHARE_GROUP, MEASUREMENTS_FILTER, shared
+from agent.wire.topics import (
+    COLLECTOR_MEASUREMENTS_FILTER,
+    DEFAULT_SHARE_GROUP,
+    shared,
+    topic_parts,
+)
 from lab.broker import BrokerInfo
 
-SHARED = shared(DEFAULT_SHARE_GROUP, MEASUREMENTS_FILTER)
+SHARED = shared(DEFAULT_SHARE_GROUP, COLLECTOR_MEASUREMENTS_FILTER)
 V5 = aiomqtt.ProtocolVersion.V5
 
 
@@ -89,7 +94,8 @@ class Collector:
     def _check(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         self.by_topic[topic] += 1
-        probe_id = topic.split("/")[3]
+        parts = topic_parts(topic)
+        probe_id = parts[0] if parts else ""
         payload = message.payload
         assert isinstance(payload, bytes | bytearray)
         try:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.wire.topics import PROBE_MOUNT
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "mosquitto"
 TEMPLATE = CONFIG_DIR / "vigil.conf.in"
 PROBES_ACL = CONFIG_DIR / "probes.acl"
@@ -60,6 +62,8 @@ class BrokerSettings:
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     max_inflight_messages: int = DEFAULT_MAX_INFLIGHT
     message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT
+    # The probe listeners' mount_point; the shipped ACL files are written for this value.
+    probe_mount: str = PROBE_MOUNT
 
     def values(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}

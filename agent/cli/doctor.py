@@ -240,9 +240,9 @@ def run_checks(
     checks: list[Check] = []
     try:
         config = load_config(config_file)
-        from agent.daemon.settings import settings
+        from agent.cli.config_check import check_all
 
-        settings(config)
+        check_all(config)
     except VigilError as exc:
         checks.append(Check("config", FAIL, str(exc), "edit the config file and run doctor again"))
         return checks

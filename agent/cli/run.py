@@ -316,8 +316,12 @@ def run(
     config_file: Path | None,
 ) -> None:
     """Measure censorship on the test lists' URLs."""
+    from agent.cli.config_check import check_all
+
+    loaded = agent_config.load(config_file)
+    check_all(loaded)  # every section, by its owner's parser: a typo stops the agent here
     config = _with_overrides(
-        agent_config.load(config_file), ca_file=ca_file, control_url=control_url,
+        loaded, ca_file=ca_file, control_url=control_url,
         concurrency=concurrency, max_runtime=max_runtime, data_budget=data_budget,
     )
     if not once:

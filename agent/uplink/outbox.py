@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_deferred ON outbox (not_before);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS probe_sequence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS open_drop_report (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
@@ -240,13 +244,15 @@ class Outbox:
             return db
 
     def _connect_and_check(self) -> sqlite3.Connection:
-        fresh = not self.path.exists()
+        # A new outbox is created 0600 before SQLite opens it (SQLite gives its -wal and -shm
+        # files the database's mode): never readable by others, not even for a moment.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600))
         db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         try:
-            if fresh:
-                os.chmod(self.path, 0o600)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"outbox {self.path}: cannot enable WAL (got {mode})")
@@ -325,12 +331,23 @@ class Outbox:
                 f"record claims probe {record.probe_id!r}, this probe is "
                 f"{self.identity.probe_id!r}: the collector would reject it"
             )
+        if record.probe_seq is None:
+            record = replace(record, probe_seq=self._next_probe_seq())
         payload = wire.encode_record(record.to_json())
         envelope = self.sign(payload)
         now = self._clock()
         with self._lock:  # the totals change with the commit, never without it
             seq, self._count, self._bytes = self._enqueue_tx(record, envelope, now)
         return seq
+
+    def _next_probe_seq(self) -> int:
+        """The next per-probe sequence number (1, 2, 3, ...), durable across restarts: the
+        collector counts the numbers it never received.  A number whose record then fails to
+        be written is simply skipped (counted as missing)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO probe_sequence (id, last) VALUES (1, 0)")
+            db.execute("UPDATE probe_sequence SET last = last + 1 WHERE id = 1")
+            return int(db.execute("SELECT last FROM probe_sequence WHERE id = 1").fetchone()[0])
 
     def _enqueue_tx(
         self, record: MeasurementRecord, envelope: bytes, now: float

@@ -59,7 +59,7 @@ from agent import SOFTWARE_NAME, __version__
 from agent.errors import ConfigError, OutboxError, PublishError
 from agent.uplink.outbox import Outbox, OutboxItem, rfc3339
 from agent.wire import envelope as wire
-from agent.wire.topics import measurements_topic, status_topic
+from agent.wire.topics import measurements_topic, probe_view, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -651,7 +651,7 @@ class Publisher:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
             try:
-                await self.on_message(str(message.topic), data)
+                await self.on_message(probe_view(str(message.topic)), data)
             except Exception:
                 log.exception("handler for %s failed", message.topic)
 

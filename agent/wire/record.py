@@ -117,8 +117,11 @@ class MeasurementRecord:
     resolver_ip: str = ""  # the DNS resolver's egress address seen from outside
     resolver_network_name: str = ""
 
+    # Set by the outbox when it takes the record (1, 2, 3, ... per probe); optional on the wire.
+    probe_seq: int | None = None
+
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "measurement_id": self.measurement_id,
             "test_name": self.test_name,
             "test_version": self.test_version,
@@ -143,6 +146,8 @@ class MeasurementRecord:
             "resolver_network_name": self.resolver_network_name,
         }
         out.update({k: v for k, v in optional.items() if v})
+        if self.probe_seq is not None:
+            out["probe_seq"] = self.probe_seq
         return out
 
 

@@ -8,7 +8,15 @@
     vigil/v1/campaigns/{CC}                   retained, operator-signed    collector -> probes
 
 Collectors subscribe through a shared subscription (``$share/{group}/...``) so several processes
-split the load.  The broker's ACL (configs/mosquitto/) lets a probe write only under its own id.
+split the load.  The broker's ACL (configs/mosquitto/) lets a probe write only its own
+measurements and status topics.
+
+**Mount point.**  The broker's probe listeners prefix every topic a probe names with
+:data:`PROBE_MOUNT` (Mosquitto ``mount_point``), so a probe can never name a shared subscription
+and take (and drop, being refused by the read ACL) the collectors' messages.  Probes keep using
+the names above; collectors, on their own listener, see and use them with the prefix
+(:func:`at_broker`, :data:`COLLECTOR_MEASUREMENTS_FILTER`).  Mosquitto 2.0.11 does not remove the
+prefix from what it delivers to a probe, later versions do: :func:`probe_view` accepts both.
 """
 
 from __future__ import annotations
@@ -26,6 +34,21 @@ COMMANDS: Final = "commands"
 MEASUREMENTS_FILTER: Final = f"{PROBES}/+/{MEASUREMENTS}"
 STATUS_FILTER: Final = f"{PROBES}/+/{STATUS}"
 DEFAULT_SHARE_GROUP: Final = "collectors"
+
+# Mosquitto mount_point of the probe listeners (configs/mosquitto/vigil.conf.in, *.acl).
+PROBE_MOUNT: Final = "edge/"
+COLLECTOR_MEASUREMENTS_FILTER: Final = PROBE_MOUNT + MEASUREMENTS_FILTER
+COLLECTOR_STATUS_FILTER: Final = PROBE_MOUNT + STATUS_FILTER
+
+
+def at_broker(topic: str) -> str:
+    """The name a probe topic has on the collectors' listener (with the probe mount point)."""
+    return PROBE_MOUNT + topic
+
+
+def probe_view(topic: str) -> str:
+    """A topic as a probe names it: the mount point removed if the broker left it on."""
+    return topic[len(PROBE_MOUNT) :] if topic.startswith(PROBE_MOUNT) else topic
 
 
 def probe_topic(probe_id: str, kind: str) -> str:
@@ -56,7 +79,8 @@ def shared(group: str, topic_filter: str) -> str:
 
 
 def topic_parts(topic: str) -> tuple[str, str] | None:
-    """``vigil/v1/probes/<id>/<kind>`` -> (id, kind), else None."""
+    """``[edge/]vigil/v1/probes/<id>/<kind>`` -> (id, kind), else None."""
+    topic = probe_view(topic)
     prefix = PROBES + "/"
     if not topic.startswith(prefix):
         return None

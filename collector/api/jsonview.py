@@ -40,13 +40,17 @@ def summary_json(m: MeasurementSummary, *, time: TimeFormat = iso) -> dict[str, 
 
 
 def quarantine_json(
-    q: QuarantinedRow, *, time: TimeFormat = iso, raw: bool = False
+    q: QuarantinedRow, *, time: TimeFormat = iso, raw: bool = False, detail: bool = True
 ) -> dict[str, Any]:
-    """A quarantined message's metadata; with ``raw`` also its (possibly truncated) bytes."""
-    out: dict[str, Any] = {
-        "id": q.id,
-        "reason": q.reason,
-        "detail": q.detail,
+    """A quarantined message's metadata; with ``raw`` also its (possibly truncated) bytes.
+
+    ``detail`` (the verifier's own words, which may quote parser or exception text) is for the
+    operator's CLI; the public API leaves it out and carries the reason only.
+    """
+    out: dict[str, Any] = {"id": q.id, "reason": q.reason}
+    if detail:
+        out["detail"] = q.detail
+    out |= {
         "topic": q.topic,
         "probe_id": q.probe_id,
         "size": q.size,

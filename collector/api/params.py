@@ -112,7 +112,12 @@ def parse_time(name: str, text: str) -> datetime:
         raise BadRequest(
             name, f"not an ISO 8601 date or time: {text[:64]!r} (e.g. 2025-06-13T08:00:00Z)"
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        utc.timestamp()  # the stores compare Unix seconds
+    except (OverflowError, ValueError, OSError):
+        raise BadRequest(name, f"out of range: {text[:64]!r}") from None
+    return utc
 
 
 def measurement_id(text: str, name: str = "measurement_id") -> str:

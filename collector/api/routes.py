@@ -53,6 +53,8 @@ from collector.api.params import (
 from collector.metrics import StoreSnapshot, store_snapshot
 from collector.runtime import METRICS, RUNTIME, SETTINGS, STORE, events_store
 from collector.store.base import (
+    QUARANTINE_DROPPED,
+    DeliveryGaps,
     Dimension,
     Filter,
     MeasurementSummary,
@@ -234,6 +236,13 @@ def probe_json(p: ProbeRecord, a: ProbeActivity | None) -> dict[str, Any]:
     }
 
 
+def delivery_json(g: DeliveryGaps | None) -> dict[str, int] | None:
+    """Sequence numbers seen from a probe: the highest, how many arrived, how many never did."""
+    if g is None:
+        return None
+    return {"last_seq": g.last_seq, "received": g.received, "missing": g.missing}
+
+
 def export_line(m: StoredMeasurement) -> bytes:
     line = {
         "measurement_id": m.summary.measurement_id,
@@ -361,20 +370,23 @@ async def stats(request: web.Request) -> web.Response:
     return json_ok(body)
 
 
-def _probe_rows(store: Store) -> tuple[list[ProbeRecord], list[ProbeActivity]]:
-    return store.list_probes(), store.last_seen()
+def _probe_rows(
+    store: Store,
+) -> tuple[list[ProbeRecord], list[ProbeActivity], dict[str, DeliveryGaps]]:
+    return store.list_probes(), store.last_seen(), store.delivery_gaps()
 
 
 async def probes(request: web.Request) -> web.Response:
     p = Params(request.query.items(), ("limit", "revoked"))
     limit = p.integer("limit", 1000, 1, 10_000)
     with_revoked = p.boolean("revoked", True)
-    records, activity = await query(request, _probe_rows, _store(request))
+    records, activity, gaps = await query(request, _probe_rows, _store(request))
     by_id = {a.probe_id: a for a in activity}
     chosen = [r for r in records if with_revoked or r.revoked_at is None]
     chosen.sort(key=lambda r: r.probe_id)
     return json_ok({
-        "probes": [probe_json(r, by_id.get(r.probe_id)) for r in chosen[:limit]],
+        "probes": [probe_json(r, by_id.get(r.probe_id)) | {"delivery": delivery_json(
+            gaps.get(r.probe_id))} for r in chosen[:limit]],
         "count": min(len(chosen), limit),
         "total": len(chosen),
     })
@@ -422,11 +434,13 @@ async def rejections(request: web.Request) -> web.Response:
     if reason is not None and not (reason.replace("_", "").isalpha() and len(reason) <= 64):
         raise BadRequest("reason", "must be a rejection reason like bad_signature")
     counts, rows = await query(request, _rejections, _store(request), recent, reason)
+    dropped = counts.pop(QUARANTINE_DROPPED, 0)  # not a reason: rejected, bytes not kept
     ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return json_ok({
         "counts": ordered,
         "total": sum(counts.values()),
-        "recent": [quarantine_json(q) for q in rows],
+        "quarantine_dropped": dropped,
+        "recent": [quarantine_json(q, detail=False) for q in rows],
     })
 
 
@@ -485,7 +499,10 @@ async def healthz(request: web.Request) -> web.Response:
         store = app[STORE]
         await asyncio.wait_for(store.call(store.store.schema_version), HEALTH_TIMEOUT)
     except (StoreError, TimeoutError) as exc:
-        store_ok, store_detail = False, f"{type(exc).__name__}: {exc}"[:300]
+        # The reason only: the exception text (hosts, paths, driver messages) goes to the log.
+        log.warning("health check: store not answering: %s", exc)
+        store_ok = False
+        store_detail = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
     ingest: dict[str, Any] = {"enabled": settings.ingest}
     if rt.ingest is not None:
         s = rt.ingest.stats

@@ -50,7 +50,7 @@ from aiohttp import web
 
 from agent.errors import ConfigError
 from agent.net.addr import parse_endpoint
-from collector.config import load_toml
+from collector.config import SECTIONS, load_toml
 from collector.helper.app import (
     HELPER_STATE,
     OPERATOR_CONFIG,
@@ -102,8 +102,14 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_config_data(data: Mapping[str, Any]) -> tuple[HelperConfig, ServeOptions]:
-    """The ``[helper]`` table of a TOML document (other tables are ignored: the file may be
-    shared with other collector commands).  Unknown keys inside it are errors."""
+    """The ``[helper]`` table of a TOML document.  The file may be collector.toml, shared with
+    the other collector commands: their sections are allowed (and checked by them), any other
+    section, and any unknown key inside [helper], is an error."""
+    unknown_sections = sorted(set(data) - set(SECTIONS))
+    if unknown_sections:
+        raise ConfigError(
+            f"unknown section [{unknown_sections[0]}] (known: {', '.join(SECTIONS)})"
+        )
     section = data.get("helper", {})
     if not isinstance(section, Mapping):
         raise ConfigError("[helper] must be a table")

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.errors import UsageError
 from agent.wire.envelope import probe_id_for
 from collector.cli.storeargs import config_option, open_command_store, store_option
+from collector.config import load_config
+from collector.revocation import revoke_everywhere
 from collector.store import ProbeRecord
 
 
@@ -111,11 +113,19 @@ def list_(as_json: bool, store_url: str | None, config_path: Path | None) -> Non
 @store_option
 @config_option
 def revoke(probe_id: str, store_url: str | None, config_path: Path | None) -> None:
-    """Revoke PROBE_ID's key: its messages are rejected (and quarantined) from now on."""
+    """Revoke PROBE_ID everywhere: its key in the store (measurements rejected from now on),
+    its broker login (removed from the password file, broker reloaded: disconnected) and the
+    helper's probes file, as ``[revocation]`` in --config names them."""
+    revocation = load_config(config_path).revocation
     store = open_command_store(store_url, config_path)
     try:
         record = store.revoke_probe(probe_id)
     finally:
         store.close()
     when = record.revoked_at.isoformat() if record.revoked_at else "?"
-    click.echo(f"revoked {record.probe_id} (since {when})")
+    click.echo(f"revoked {record.probe_id} in the store (since {when})")
+    for line in revoke_everywhere(revocation, record.probe_id, record.public_key):
+        click.echo(line)
+    if not (revocation.broker_password_file and revocation.broker_pid_file):
+        click.echo("warning: no [revocation] broker_password_file and broker_pid_file in the "
+                   "config: the probe can still log in to the broker", err=True)

@@ -47,7 +47,14 @@ from aiohttp.typedefs import Handler
 
 from agent.errors import ConfigError
 from collector.helper import ipdb as ipdb_mod
-from collector.helper.auth import FileProbeKeys, ProbeKeys, ProbesFileError, RequestVerifier
+from collector.helper.auth import (
+    DEFAULT_REPLAY_CAPACITY,
+    FileProbeKeys,
+    ProbeKeys,
+    ProbesFileError,
+    ReplayCache,
+    RequestVerifier,
+)
 from collector.helper.control import ControlLimits, ControlRunner, parse_control_request
 from collector.helper.dns_whoami import NONCE_RE, SightingLog, WhoamiServer, WhoamiZone
 from collector.helper.errors import (
@@ -70,6 +77,7 @@ log = logging.getLogger("vigil.helper")
 
 Mode = Literal["signed", "open"]
 DEFAULT_PER_MINUTE = {"signed": 3000, "open": 120}
+UNAUTH_PER_MINUTE = 120  # failed authentications per address and minute (signed mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,7 @@ class Limits:
     per_client_per_minute: int | None = None  # None: 3000 signed (a probe's full list), 120 open
     max_request_bytes: int = 16_384
     max_clock_skew: float = 300.0
+    replay_capacity: int = DEFAULT_REPLAY_CAPACITY  # signatures remembered (evicted by age)
     total_timeout: float = 30.0  # one control, end to end
     control: ControlLimits = field(default_factory=ControlLimits)
 
@@ -125,6 +134,7 @@ class HelperState:
     verifier: RequestVerifier | None
     limiter: RateLimiter
     gate: ConcurrencyGate
+    unauthenticated: RateLimiter  # per address, before a signature is checked (signed mode)
     hasher: ClientHasher
     runner: ControlRunner
     public_paths: set[str]
@@ -233,7 +243,10 @@ def create_app(
                 probe_keys = FileProbeKeys(config.probes_file)
             except ProbesFileError as exc:
                 raise ConfigError(str(exc)) from None
-        verifier = RequestVerifier(probe_keys, max_skew=limits.max_clock_skew)
+        verifier = RequestVerifier(
+            probe_keys, max_skew=limits.max_clock_skew,
+            replay=ReplayCache(ttl=2 * limits.max_clock_skew + 1, capacity=limits.replay_capacity),
+        )
     runner = ControlRunner(
         policy,
         resolver if resolver is not None else make_resolver(config.resolver),
@@ -249,6 +262,7 @@ def create_app(
         probe_keys=probe_keys,
         verifier=verifier,
         limiter=RateLimiter(config.per_client_per_minute),
+        unauthenticated=RateLimiter(UNAUTH_PER_MINUTE),
         gate=ConcurrencyGate(
             limits.max_concurrent, limits.per_client_concurrent, limits.queue_timeout
         ),
@@ -384,9 +398,15 @@ async def client_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     body = await request.read()  # bounded by client_max_size
     if state.verifier is not None:
+        # Limited before verifying: each address may fail authentication UNAUTH_PER_MINUTE
+        # times a minute; a request that verifies gets its token back, so probes sharing an
+        # address (CGNAT) are limited only by their own per-probe budget below.
+        net_key = state.hasher(f"net:{client_label(request.remote or '')}")
+        state.unauthenticated.take(net_key)
         probe_id = await state.verifier.verify(
             request.method, request.raw_path, request.headers, body
         )
+        state.unauthenticated.refund(net_key)
         key = state.hasher(f"probe:{probe_id}")
     else:
         probe_id = None
@@ -409,12 +429,23 @@ def caller_address(request: web.Request) -> str:
     return str(addr)
 
 
-async def handle_control(request: web.Request) -> web.Response:
-    state = request.app[HELPER_STATE]
+def read_json_object(data: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a ``bad_request`` refusal (never an exception:
+    nesting too deep for the parser is a bad request like any other malformed body)."""
     try:
-        body = json.loads(await request.read())
+        body = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise Refusal(BAD_REQUEST, "body is not JSON") from None
+    except RecursionError:
+        raise Refusal(BAD_REQUEST, "body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise Refusal(BAD_REQUEST, "body is not a JSON object")
+    return body
+
+
+async def handle_control(request: web.Request) -> web.Response:
+    state = request.app[HELPER_STATE]
+    body = read_json_object(await request.read())
     control = parse_control_request(body, max_addresses=state.config.limits.control.max_addresses)
     async with state.gate.slot(request[CLIENT].key):
         try:

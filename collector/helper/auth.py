@@ -42,7 +42,6 @@ from agent.wire.helper_auth import (
 )
 from collector.helper.errors import (
     CLOCK_SKEW,
-    HELPER_BUSY,
     PROBE_REVOKED,
     REPLAYED,
     UNAUTHENTICATED,
@@ -199,8 +198,11 @@ class ReplayCache:
     """Signatures seen within the acceptance window, so a captured request cannot be resent.
 
     Entries expire in insertion order (a deque), so pruning is O(expired).  Only hashes are
-    kept.  When full, new requests are refused as ``helper_busy`` rather than forgetting early:
-    forgetting would reopen the replay window.
+    kept.  When full, the oldest entries are evicted (by age, never refusing new requests:
+    a full cache must not lock every probe out), and the cache stops accepting any request
+    issued at or before the newest evicted one's timestamp (``horizon``): a forgotten
+    signature can never be replayed, and honest probes, whose requests carry the current
+    time, are not affected unless the flood is as recent as they are.
     """
 
     def __init__(
@@ -213,25 +215,33 @@ class ReplayCache:
         self._capacity = capacity
         self._clock = clock
         self._seen: set[bytes] = set()
-        self._order: deque[tuple[float, bytes]] = deque()
+        self._order: deque[tuple[float, bytes, float]] = deque()  # (expiry, key, issued_at)
+        self.horizon = float("-inf")
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check_and_add(self, signature: bytes) -> bool:
-        """True when new (and now remembered); False when seen before (a replay)."""
+    def check_and_add(self, signature: bytes, issued_at: float | None = None) -> bool:
+        """True when new (and now remembered); False when seen before (a replay) or issued
+        at or before the horizon of evicted entries."""
         now = self._clock()
         while self._order and self._order[0][0] <= now:
-            _, old = self._order.popleft()
+            _, old, _ = self._order.popleft()
             self._seen.discard(old)
+        if issued_at is not None and issued_at <= self.horizon:
+            return False
         key = hashlib.sha256(signature).digest()[:16]
         if key in self._seen:
             return False
-        if len(self._seen) >= self._capacity:
-            raise Refusal(HELPER_BUSY, "too many signed requests in flight; retry shortly",
-                          retry_after=5)
+        while len(self._seen) >= self._capacity and self._order:
+            _, old, old_issued = self._order.popleft()
+            self._seen.discard(old)
+            self.horizon = max(self.horizon, old_issued)
+            self.evicted += 1
         self._seen.add(key)
-        self._order.append((now + self._ttl, key))
+        self._order.append((now + self._ttl, key, float("-inf") if issued_at is None
+                            else issued_at))
         return True
 
 
@@ -295,7 +305,7 @@ class RequestVerifier:
             raise Refusal(UNAUTHENTICATED, "enrolled key does not match the probe id")
         if revoked:
             raise Refusal(PROBE_REVOKED, "this probe's key has been revoked by the operator")
-        if not self._replay.check_and_add(signature):
+        if not self._replay.check_and_add(signature, float(timestamp)):
             raise Refusal(REPLAYED, "this signed request was already used")
         return probe_id
 

@@ -74,14 +74,16 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: bytes) -> None:
-        """Spend one token or raise ``too_many_requests`` with the wait in ``retry_after``."""
+    def take(self, key: bytes, cost: int = 1) -> None:
+        """Spend ``cost`` tokens (one per connection a request makes the helper open) or
+        raise ``too_many_requests`` with the wait in ``retry_after``."""
         now = self._clock()
         tokens, last = self._buckets.get(key, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
+        need = float(min(max(cost, 1), self.capacity))
+        if tokens < need:
             self._buckets[key] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
+            wait = (need - tokens) / self.rate
             raise Refusal(
                 TOO_MANY_REQUESTS,
                 f"more than {int(self.capacity)} requests per minute from this client",
@@ -91,7 +93,14 @@ class RateLimiter:
             self._prune(now)
             if len(self._buckets) >= self._max_keys:
                 raise Refusal(HELPER_BUSY, "too many distinct clients right now", retry_after=60)
-        self._buckets[key] = (tokens - 1.0, now)
+        self._buckets[key] = (tokens - need, now)
+
+    def refund(self, key: bytes, cost: int = 1) -> None:
+        """Give back tokens taken for a request that turned out to be legitimate."""
+        found = self._buckets.get(key)
+        if found is not None:
+            tokens, last = found
+            self._buckets[key] = (min(self.capacity, tokens + cost), last)
 
     def _prune(self, now: float) -> None:
         """Forget buckets that have refilled completely: they hold no information."""

@@ -25,7 +25,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import socket
 import ssl
 import time
@@ -48,11 +47,13 @@ from collector.helper.app import (
     HelperExtension,
     add_route,
     outbound_ssl_context,
+    read_json_object,
 )
 from collector.helper.bulk import BulkServer
 from collector.helper.errors import BAD_REQUEST, TARGET_FORBIDDEN, Refusal
 from collector.helper.fetch import ForbiddenAddress, guarded_socket, make_resolver
 from collector.helper.fetch import resolve as helper_resolve
+from collector.helper.policy import port_allowed
 
 MAX_CHECKS = 32
 CHECKS = frozenset({"tcp", "tls", "https", "wireguard", "openvpn-udp", "openvpn-tcp"})
@@ -68,19 +69,15 @@ class ExtLimits:
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Refusal(BAD_REQUEST, "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise Refusal(BAD_REQUEST, "body is not a JSON object")
-    return body
+    return read_json_object(await request.read())
 
 
 def _endpoint(text: Any) -> tuple[str, int]:
     if not isinstance(text, str) or ":" not in text:
         raise Refusal(BAD_REQUEST, "address must be ip:port")
     host, _, port = text.rpartition(":")
+    if port.isdigit() and 0 < int(port) < 65536 and not port_allowed(int(port)):
+        raise Refusal(TARGET_FORBIDDEN, f"port {int(port)} is refused by the target policy")
     host = host.strip("[]")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise Refusal(BAD_REQUEST, "bad port")
@@ -323,7 +320,12 @@ def reach_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) ->
             if max_bytes <= 0 or not max_seconds > 0:
                 raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be positive")
             host = parts.hostname
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                raise Refusal(BAD_REQUEST, "url has an invalid port") from None
+            if not port_allowed(port):
+                raise Refusal(TARGET_FORBIDDEN, f"port {port} is refused by the target policy")
             out: dict[str, Any] = {"url": url}
             try:
                 socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
@@ -403,6 +405,10 @@ def reach_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) ->
                 ip, _ = _endpoint(c.get("address"))
                 if not state.policy.allows(ip):
                     raise Refusal(TARGET_FORBIDDEN, "an address is refused by the target policy")
+            # One rate-limit token per connection the request makes the helper open: a list of
+            # checks costs what that many single requests would.
+            if len(checks) > 1:
+                state.limiter.take(request[CLIENT].key, cost=len(checks) - 1)
             async with state.gate.slot(request[CLIENT].key):
                 results = await asyncio.gather(*(one_check(c) for c in checks))
             return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})

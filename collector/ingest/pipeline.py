@@ -52,8 +52,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import ConfigError, VigilError
-from agent.wire.topics import MEASUREMENTS_FILTER, STATUS_FILTER, measurements_topic, shared
+from agent.wire.topics import (
+    COLLECTOR_MEASUREMENTS_FILTER,
+    COLLECTOR_STATUS_FILTER,
+    measurements_topic,
+    shared,
+    topic_parts,
+)
 from collector.config import BrokerConfig, IngestConfig
+from collector.ingest.intake import IntakeQueue, inflight_window
 from collector.ingest.verify import (
     Accepted,
     KeyTable,
@@ -172,7 +179,13 @@ class Ingest:
         self.stats = IngestStats()
         self._generation = 0
         self._paho: paho.Client | None = None  # the current connection's client
-        self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        self._queue = IntakeQueue(self.stats.rejected)
+        # Unacknowledged messages the broker may send us (bounded in bytes); a batch takes at
+        # most half of it, so one batch fills while the previous one is verified and stored.
+        self._window = inflight_window(
+            broker.receive_maximum, ingest.max_inflight_bytes, ingest.max_message_bytes
+        )
+        self._batch_limit = max(1, min(ingest.batch_size, self._window // 2))
         self._pipeline: asyncio.Queue[_Pending | None] = asyncio.Queue(ingest.pipeline_depth)
         self._verify_pool = (
             ThreadPoolExecutor(ingest.verify_workers, thread_name_prefix="vigil-verify")
@@ -258,13 +271,13 @@ class Ingest:
         now = time.monotonic()
         fresh: set[str] = set()
         for m in messages:
-            parts = m.topic.split("/")
+            parts = topic_parts(m.topic)
             if (
-                len(parts) == 5
-                and parts[3] not in self.keys
-                and now - self._unknown.get(parts[3], -UNKNOWN_RECHECK_S) >= UNKNOWN_RECHECK_S
+                parts is not None
+                and parts[0] not in self.keys
+                and now - self._unknown.get(parts[0], -UNKNOWN_RECHECK_S) >= UNKNOWN_RECHECK_S
             ):
-                fresh.add(parts[3])
+                fresh.add(parts[0])
         if not fresh:
             return
         wait = self._keys_loaded_at + 1.0 - now
@@ -284,8 +297,11 @@ class Ingest:
         b = self.broker
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = b.session_expiry_s
-        props.ReceiveMaximum = b.receive_maximum
-        self._queue = asyncio.Queue()
+        # Bounded in bytes (collector.ingest.intake): the broker sends at most this many
+        # unacknowledged messages (each at most its message_size_limit), and no QoS 0
+        # measurement is queued.
+        props.ReceiveMaximum = self._window
+        self._queue = IntakeQueue(self.stats.rejected)
         queue = self._queue
         return aiomqtt.Client(
             b.host,
@@ -346,7 +362,7 @@ class Ingest:
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         group = self.broker.share_group
-        for topic_filter in (MEASUREMENTS_FILTER, STATUS_FILTER):
+        for topic_filter in (COLLECTOR_MEASUREMENTS_FILTER, COLLECTOR_STATUS_FILTER):
             codes = await client.subscribe(shared(group, topic_filter), qos=1)
             for code in codes:
                 value = getattr(code, "value", code)
@@ -463,7 +479,7 @@ class Ingest:
     async def _fill(self, batch: list[_Msg]) -> None:
         """Add whatever has already arrived, waiting at most batch_wait_ms for more."""
         queue = self._queue
-        limit = self.cfg.batch_size
+        limit = self._batch_limit
         deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
         while True:
             while len(batch) < limit:

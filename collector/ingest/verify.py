@@ -301,6 +301,11 @@ class _Reject(Exception):
         self.detail = detail
 
 
+# A measurement record nests about 6 levels (test_keys -> list -> object -> list ...); deeper
+# than this is an attack on the parsers and validators that follow, never a real record.
+MAX_JSON_DEPTH = 32
+
+
 # ---- pure helpers -----------------------------------------------------------------------------
 def domain_of(value: str | None) -> str | None:
     """The host an input names (URL or bare host), lower-case, for per-domain counts."""
@@ -454,6 +459,10 @@ class Verifier:
             record = self._decoder.decode(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise _Reject(Reason.MALFORMED_JSON, f"payload is not JSON: {exc}") from None
+        except RecursionError:
+            raise _Reject(Reason.MALFORMED_JSON, "payload is nested too deeply") from None
+        if json_depth(record) > MAX_JSON_DEPTH:
+            raise _Reject(Reason.MALFORMED_JSON, f"payload nests deeper than {MAX_JSON_DEPTH}")
         self._validate(record)
         start_ts = self._start_time(record)
         if record["probe_id"] != keyid:
@@ -497,6 +506,7 @@ class Verifier:
             payload_type=item.env.payload_type,
             payload=payload,
             signature=signature,
+            probe_seq=record.get("probe_seq"),
         ))
 
     def _validate(self, record: Any) -> None:
@@ -534,7 +544,11 @@ class Verifier:
             raise _Reject(Reason.UNKNOWN_KEY, f"status from unenrolled probe {probe_id[:64]!r}")
         if key.revoked:
             raise _Reject(Reason.REVOKED_KEY, f"status from revoked probe {probe_id}")
-        return StatusUpdate(probe_id, status_state(raw), bytes(raw), now)
+        try:
+            state = status_state(raw)
+        except RecursionError:
+            raise _Reject(Reason.MALFORMED_JSON, "status is nested too deeply") from None
+        return StatusUpdate(probe_id, state, bytes(raw), now)
 
     # ---- rejection ----------------------------------------------------------------------
     @staticmethod
@@ -556,6 +570,20 @@ class Verifier:
                 probe_id=parts[0][:64] if parts else None,
             )
         )
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` (decoded JSON) nests containers; iterative, linear in its size."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return deepest
 
 
 def status_state(raw: bytes) -> str:

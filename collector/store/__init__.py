@@ -64,14 +64,28 @@ def open_store(url: str, *, busy_timeout_ms: int = 5000, connect_timeout: int = 
 
 
 def describe_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
+    """The URL with any password replaced, for logs and error messages.
+
+    The network location is rebuilt from its parts (a percent-encoded password would survive a
+    textual replace), and libpq ``password=`` parameters in the query are masked too.
+    """
+    import re
     from urllib.parse import urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    query = re.sub(r"(?i)(^|&)(password|passfile)=[^&]*", r"\1\2=***", parts.query)
+    if "@" not in parts.netloc and query == parts.query:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if "@" in netloc:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        secret = ":***" if ":" in parts.netloc.rpartition("@")[0] else ""
+        netloc = f"{user}{secret}@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

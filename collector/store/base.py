@@ -28,6 +28,25 @@ from agent.errors import UsageError, VigilError
 # A quarantined message keeps at most this many raw bytes (plus its full length and SHA-256):
 # an attacker sending huge messages must not be able to fill the collector's disk.
 QUARANTINE_MAX_RAW = 65_536
+# Rejected messages whose bytes were not kept because the quarantine was full: counted among
+# the rejection counters under this name (the message itself is counted under its reason).
+QUARANTINE_DROPPED = "quarantine_dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineLimits:
+    """Bounds of the quarantine, in rows and raw bytes, per probe and in total.
+
+    A message over a bound is still counted under its rejection reason, and under
+    ``quarantine_dropped``; only its bytes are not kept.  The first bytes kept are kept (drop
+    newest): evidence of the start of an attack is worth more than its thousandth repeat.
+    Worst case on disk: ``total_bytes`` plus about 1 kB of metadata per row.
+    """
+
+    per_probe_rows: int = 1_000
+    per_probe_bytes: int = 8 * 1_048_576
+    total_rows: int = 50_000
+    total_bytes: int = 512 * 1_048_576
 
 
 class StoreError(VigilError):
@@ -103,6 +122,7 @@ class MeasurementRow:
     payload_type: str
     payload: bytes
     signature: bytes
+    probe_seq: int | None = None  # the probe's sequence number, when the record carries one
 
     def column_values(self, *, confirmed_as_int: bool = False) -> tuple[object, ...]:
         """The row's values in the ``measurements`` column order both stores write.
@@ -130,7 +150,22 @@ class MeasurementRow:
             self.payload_type,
             self.payload,
             self.signature,
+            self.probe_seq,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryGaps:
+    """Per probe: the highest ``probe_seq`` stored, how many distinct numbers arrived, and how
+    many below the highest never did (lost on the way, or dropped by a full probe outbox)."""
+
+    probe_id: str
+    last_seq: int
+    received: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.last_seq - self.received)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +340,8 @@ class Store(Protocol):
 
     # ---- queries ------------------------------------------------------------------------
     def rejection_counts(self) -> dict[str, int]: ...
+
+    def delivery_gaps(self) -> dict[str, DeliveryGaps]: ...
     def recent(self, limit: int = 20, where: Filter | None = None) -> list[MeasurementSummary]: ...
     def count_by(
         self, dimension: Dimension, where: Filter | None = None, limit: int = 50

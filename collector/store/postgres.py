@@ -114,6 +114,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
+    ),    Migration(
+        2,
+        "quarantine usage per probe (bounded quarantine); per-probe sequence numbers",
+        (
+            """CREATE TABLE quarantine_usage (
+                probe_id text PRIMARY KEY,
+                n_rows   bigint NOT NULL,
+                n_bytes  bigint NOT NULL
+            )""",
+            "INSERT INTO quarantine_usage (probe_id, n_rows, n_bytes) "
+            "SELECT COALESCE(probe_id, ''), COUNT(*), SUM(LENGTH(raw)) FROM quarantine "
+            "GROUP BY COALESCE(probe_id, '')",
+            "ALTER TABLE measurements ADD COLUMN probe_seq bigint",
+            "CREATE INDEX measurements_probe_seq ON measurements (probe_id, probe_seq)",
+        ),
     ),
 )
 
@@ -123,19 +138,19 @@ MIGRATIONS: tuple[Migration, ...] = (
 _INCOMING = """
 CREATE TEMPORARY TABLE IF NOT EXISTS vigil_incoming (
     m text, p text, t text, i text, d text, c text, cc text, asn text, nn text, st text,
-    bl text, rs text, cf boolean, s float8, r float8, pt text, pl bytea, sg bytea
+    bl text, rs text, cf boolean, s float8, r float8, pt text, pl bytea, sg bytea, q int8
 ) ON COMMIT DELETE ROWS
 """
 _INCOMING_TYPES = (
-    ["text"] * 12 + ["bool", "float8", "float8", "text", "bytea", "bytea"]
+    ["text"] * 12 + ["bool", "float8", "float8", "text", "bytea", "bytea", "int8"]
 )
 _COPY_INCOMING = "COPY vigil_incoming FROM STDIN (FORMAT BINARY)"
 _MOVE_INCOMING = """
 INSERT INTO measurements (measurement_id, probe_id, test_name, input, domain, category_code,
     probe_cc, probe_asn, probe_network_name, status, blocking, reason, confirmed, start_time,
-    received_at, payload_type, payload, signature)
+    received_at, payload_type, payload, signature, probe_seq)
 SELECT m::uuid, p, t, i, d, c, cc, asn, nn, st, bl, rs, cf, to_timestamp(s), to_timestamp(r),
-       pt, pl, sg
+       pt, pl, sg, q
 FROM vigil_incoming
 ON CONFLICT (measurement_id) DO NOTHING
 RETURNING measurement_id

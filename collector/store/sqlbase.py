@@ -21,7 +21,9 @@ from typing import Any
 
 from agent.wire.topics import measurements_topic
 from collector.store.base import (
+    QUARANTINE_DROPPED,
     QUARANTINE_MAX_RAW,
+    DeliveryGaps,
     Dimension,
     Filter,
     IngestBatch,
@@ -35,6 +37,7 @@ from collector.store.base import (
     ProbeSighting,
     QuarantinedRow,
     QuarantineItem,
+    QuarantineLimits,
     StatusUpdate,
     StoredMeasurement,
     StoreError,
@@ -189,6 +192,7 @@ class SqlStore(abc.ABC):
     """Queries common to both backends; subclasses own the connection and the inserts."""
 
     url: str
+    quarantine_limits: QuarantineLimits = QuarantineLimits()
 
     # ---- backend hooks ------------------------------------------------------------------
     @abc.abstractmethod
@@ -354,13 +358,49 @@ class SqlStore(abc.ABC):
                         )
             if batch.statuses:
                 self._upsert_status(cur, batch.statuses)
-            if quarantine:
-                self._insert_quarantine(cur, quarantine)
+            kept = self._quarantine_room(cur, quarantine) if quarantine else []
+            if kept:
+                self._insert_quarantine(cur, kept)
             plain_dups = len(result.duplicates) - len(result.conflicts)
-            counts = rejection_totals(quarantine, {"duplicate": plain_dups})
+            counts = rejection_totals(quarantine, {"duplicate": plain_dups,
+                                                   QUARANTINE_DROPPED: len(quarantine) - len(kept)})
             if counts:
                 self._add_rejections(cur, counts, now)
         return result
+
+    def _quarantine_room(self, cur: Any, items: Sequence[QuarantineItem]) -> list[QuarantineItem]:
+        """The items that fit in the quarantine's bounds; their usage recorded (same tx)."""
+        lim = self.quarantine_limits
+        cur.execute("SELECT COALESCE(SUM(n_rows), 0), COALESCE(SUM(n_bytes), 0) "
+                    "FROM quarantine_usage")
+        row = cur.fetchone()
+        total_rows, total_bytes = (int(row[0]), int(row[1])) if row else (0, 0)
+        usage: dict[str, tuple[int, int]] = {}
+        for key in dict.fromkeys(item.probe_id or "" for item in items):
+            cur.execute("SELECT n_rows, n_bytes FROM quarantine_usage WHERE probe_id = ?", (key,))
+            found = cur.fetchone()
+            usage[key] = (int(found[0]), int(found[1])) if found else (0, 0)
+        kept: list[QuarantineItem] = []
+        changed: set[str] = set()
+        for item in items:
+            key = item.probe_id or ""
+            size = min(len(item.raw), QUARANTINE_MAX_RAW)
+            rows, nbytes = usage[key]
+            if (rows + 1 > lim.per_probe_rows or nbytes + size > lim.per_probe_bytes
+                    or total_rows + 1 > lim.total_rows or total_bytes + size > lim.total_bytes):
+                continue
+            usage[key] = (rows + 1, nbytes + size)
+            total_rows, total_bytes = total_rows + 1, total_bytes + size
+            changed.add(key)
+            kept.append(item)
+        if changed:
+            cur.executemany(
+                "INSERT INTO quarantine_usage (probe_id, n_rows, n_bytes) VALUES (?, ?, ?) "
+                "ON CONFLICT (probe_id) DO UPDATE SET n_rows = excluded.n_rows, "
+                "n_bytes = excluded.n_bytes",
+                [(key, *usage[key]) for key in sorted(changed)],
+            )
+        return kept
 
     # ---- queries ------------------------------------------------------------------------
     def _where(self, where: Filter | None) -> tuple[str, list[Any]]:
@@ -508,6 +548,15 @@ class SqlStore(abc.ABC):
             )
             for r in rows
         ]
+
+    def delivery_gaps(self) -> dict[str, DeliveryGaps]:
+        """Sequence numbers per probe (index measurements_probe_seq); probes without any
+        numbered record are left out."""
+        rows = self._query(
+            "SELECT probe_id, MAX(probe_seq), COUNT(DISTINCT probe_seq) FROM measurements "
+            "WHERE probe_seq IS NOT NULL GROUP BY probe_id"
+        )
+        return {str(r[0]): DeliveryGaps(str(r[0]), int(r[1]), int(r[2])) for r in rows}
 
     def rejection_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._query("SELECT reason, count FROM rejections")}

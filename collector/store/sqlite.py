@@ -10,6 +10,7 @@ Times are stored as Unix seconds (REAL); the raw signed bytes as BLOBs.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -111,14 +112,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
+    ),    Migration(
+        2,
+        "quarantine usage per probe (bounded quarantine); per-probe sequence numbers",
+        (
+            """CREATE TABLE quarantine_usage (
+                probe_id TEXT PRIMARY KEY,
+                n_rows   INTEGER NOT NULL,
+                n_bytes  INTEGER NOT NULL
+            )""",
+            "INSERT INTO quarantine_usage (probe_id, n_rows, n_bytes) "
+            "SELECT COALESCE(probe_id, ''), COUNT(*), SUM(LENGTH(raw)) FROM quarantine "
+            "GROUP BY COALESCE(probe_id, '')",
+            "ALTER TABLE measurements ADD COLUMN probe_seq INTEGER",
+            "CREATE INDEX measurements_probe_seq ON measurements (probe_id, probe_seq)",
+        ),
     ),
 )
 
 _INSERT_MEASUREMENT = (
     "INSERT OR IGNORE INTO measurements (measurement_id, probe_id, test_name, input, domain, "
     "category_code, probe_cc, probe_asn, probe_network_name, status, blocking, reason, "
-    "confirmed, start_time, received_at, payload_type, payload, signature) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "confirmed, start_time, received_at, payload_type, payload, signature, probe_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -145,6 +161,11 @@ class SqliteStore(SqlStore):
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            # A new database is created 0600 before SQLite opens it (its -wal and -shm files
+            # get the same mode): the raw measurements and quarantine are not for others.
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             # check_same_thread=False: AsyncStore creates the store on its worker thread, but
             # tests and commands may open it elsewhere; callers serialise access themselves.
             self._db = sqlite3.connect(

@@ -489,6 +489,8 @@ async def test_rejections_counted_per_reason(
     # every rejection but the plain duplicate keeps its bytes in quarantine
     assert quarantined == dataset.rejected - Counter({"duplicate": 1})
     assert all("raw" not in q and "raw_b64" not in q for q in body["recent"])
+    # Public output names the reason only: no parser or exception text (that is for the CLI).
+    assert all("detail" not in q for q in body["recent"])
     one = await get_json(client, f"{API}/rejections", reason="bad_signature")
     assert [q["reason"] for q in one["recent"]] == ["bad_signature"]
 
@@ -604,6 +606,11 @@ BAD = [
     ("outages", {"since": "2025-99-01"}, "since"),
     ("rejections", {"reason": "drop table"}, "reason"),
     ("rejections", {"recent": "1000"}, "recent"),
+    # Valid ISO 8601 that no UTC timestamp can hold: a 400, never a 500.
+    *((endpoint, {param: value}, param)
+      for endpoint in ("measurements", "stats", "outages", "export")
+      for param in (("since",) if endpoint == "outages" else ("since", "until"))
+      for value in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")),
 ]
 
 

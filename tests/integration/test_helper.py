@@ -37,6 +37,7 @@ from agent.wire.helper_api import control_from_json
 from agent.wire.helper_auth import sign_request
 from collector.helper.app import (
     HELPER_STATE,
+    UNAUTH_PER_MINUTE,
     HelperConfig,
     Limits,
     create_app,
@@ -618,3 +619,27 @@ async def test_revocation_in_the_probes_file_takes_effect_on_reload(lab: Lab) ->
     await reload_data(app)  # what SIGHUP does (the file is also re-read by itself within 5 s)
     status, body, _ = await lab.call(base, path="/api/v1/whoami")
     assert (status, body["error"]) == (403, "probe_revoked")
+
+
+async def test_unauthenticated_requests_are_rate_limited_before_verifying(lab: Lab) -> None:
+    base = await lab.helper()
+    answers = [(await lab.call(base, {"url": "https://site.test/"}, identity=make_identity()))[0]
+               for _ in range(UNAUTH_PER_MINUTE + 30)]
+    assert answers[:UNAUTH_PER_MINUTE] == [401] * UNAUTH_PER_MINUTE
+    assert set(answers[UNAUTH_PER_MINUTE:]) == {429}
+
+
+async def test_a_full_replay_cache_evicts_by_age_and_locks_nobody_out(lab: Lab) -> None:
+    base = await lab.helper(limits=Limits(replay_capacity=3))
+    data = json.dumps({"url": f"http://site.test:{lab.http_port}/"}).encode()
+    now = time.time()
+    first = sign_request(lab.probe, "POST", CONTROL, data, now - 10)
+    assert (await lab.call(base, raw=data, headers=first, identity=None))[0] == 200
+    for i in range(5):  # more than the cache holds: the oldest are evicted, nobody refused
+        fresh = sign_request(lab.probe, "POST", CONTROL, data, now + i)
+        status, body, _ = await lab.call(base, raw=data, headers=fresh, identity=None)
+        assert status == 200, body
+    # The first request was forgotten: replaying it is still refused (issued before the
+    # evicted entries' horizon), never accepted twice.
+    status, body, _ = await lab.call(base, raw=data, headers=first, identity=None)
+    assert (status, body["error"]) == (401, "replayed")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -27,7 +28,7 @@ from agent.net.dns import parse_resolver
 from agent.net.handshakes import raw_public, wg_initiation
 from agent.net.tls import make_contexts
 from agent.wire.record import Status, Target
-from collector.helper.app import HelperConfig, create_app
+from collector.helper.app import HelperConfig, Limits, create_app
 from collector.helper.bulk import BulkConfig, BulkServer, bulk_bytes
 from collector.helper.reach import reach_extension
 from lab.app_endpoints import _UDP
@@ -254,3 +255,49 @@ async def test_throughput_route_refuses_bad_numbers(helper: Helper) -> None:
                                           {"url": "https://127.0.0.1/", "max_bytes": "lots"})
     with pytest.raises(ControlFailed, match="bad_request"):
         await helper.client.request_json("POST", "/api/v1/throughput", {"url": "ftp://x/"})
+
+
+# ---- the same target policy and budget on every route ------------------------------------------
+async def test_every_route_refuses_banned_and_invalid_ports(helper: Helper) -> None:
+    for url in ("http://127.0.0.1:6667/", "http://127.0.0.1:25/", "https://127.0.0.1:22/"):
+        with pytest.raises(ControlFailed, match="target_forbidden"):
+            await helper.client.request_json("POST", "/api/v1/throughput", {"url": url})
+    with pytest.raises(ControlFailed, match="bad_request"):
+        await helper.client.request_json("POST", "/api/v1/throughput",
+                                         {"url": "http://127.0.0.1:70000/"})
+    for check in ("tcp", "tls", "openvpn-tcp"):
+        with pytest.raises(ControlFailed, match="target_forbidden"):
+            await helper.client.request_json("POST", "/api/v1/reach", {"checks": [
+                {"address": f"127.0.0.1:{helper.bulk.port}", "check": "tcp"},
+                {"address": "127.0.0.1:25", "check": check}]})
+
+
+async def test_reach_spends_one_token_per_connection(ca: tuple[trustme.CA, Path]) -> None:
+    config = HelperConfig(mode="open", allow_ranges=("127.0.0.0/8",), ca_file=ca[1],
+                          limits=Limits(per_client_per_minute=40))
+    app = create_app(config, own_addresses=[], extensions=[reach_extension(None)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = ControlClient(f"http://127.0.0.1:{port}", ssl_context=ssl.create_default_context())
+    closed = free_udp_port()  # nothing listens on this TCP port either
+    checks = {"checks": [{"address": f"127.0.0.1:{closed}", "check": "tcp"}] * 32}
+    try:
+        first = await client.request_json("POST", "/api/v1/reach", checks)
+        assert len(first["results"]) == 32
+        with pytest.raises(ControlFailed, match="too_many_requests"):
+            await client.request_json("POST", "/api/v1/reach", checks)  # 64 dials > 40/min
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_deeply_nested_bodies_are_bad_requests_on_every_route(helper: Helper) -> None:
+    deep = b"[" * 5_000 + b"]" * 5_000
+    async with aiohttp.ClientSession() as session:
+        for path in ("/api/v1/control", "/api/v1/throughput", "/api/v1/reach"):
+            async with session.post(helper.url + path, data=deep) as resp:
+                body = await resp.json()
+                assert (resp.status, body["error"]) == (400, "bad_request"), path

@@ -31,14 +31,14 @@ from agent.uplink.publisher import (
     Publisher,
     PublisherSettings,
 )
-from agent.wire.topics import measurements_topic, status_topic
+from agent.wire.topics import at_broker, measurements_topic, probe_view, status_topic
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.mini_collector import Collector
 from lab.records import make_record
 from tests.support.waiting import wait_until as poll
 
 REPO = Path(__file__).resolve().parent.parent.parent
-SHARED = "$share/collectors/vigil/v1/probes/+/measurements"
+SHARED = "$share/collectors/edge/vigil/v1/probes/+/measurements"
 V5 = aiomqtt.ProtocolVersion.V5
 
 
@@ -78,7 +78,7 @@ async def retained_status(info: BrokerInfo, probe_id: str) -> dict[str, Any]:
         info.host, info.collector_port, username=info.collector.username,
         password=info.collector.password, tls_context=info.tls_context(), protocol=V5, timeout=5,
     ) as client:
-        await client.subscribe(status_topic(probe_id), qos=1)
+        await client.subscribe(at_broker(status_topic(probe_id)), qos=1)
         async with asyncio.timeout(5):
             async for message in client.messages:
                 assert message.retain
@@ -264,8 +264,8 @@ async def test_probe_reads_nothing_of_other_probes(
                     password=info.collector.password, tls_context=info.tls_context(),
                     protocol=V5,
                 ) as operator:
-                    await operator.publish(f"vigil/v1/probes/{b.probe_id}/commands", b"c-b", 1)
-                    await operator.publish(f"vigil/v1/probes/{a.probe_id}/commands", b"c-a", 1)
+                    await operator.publish(f"edge/vigil/v1/probes/{b.probe_id}/commands", b"c-b", 1)
+                    await operator.publish(f"edge/vigil/v1/probes/{a.probe_id}/commands", b"c-a", 1)
                 await wait_until(lambda: len(seen) == 1, 10, "B got its own command")
         got: list[str] = []
         with contextlib.suppress(TimeoutError):
@@ -274,7 +274,7 @@ async def test_probe_reads_nothing_of_other_probes(
                     got.append(str(message.topic))
     # Mosquitto 2.0.11 grants the subscription (SUBACK) but delivers only what A may read.
     assert [int(g.value) for g in granted] == [1]  # type: ignore[union-attr]
-    assert got == [f"vigil/v1/probes/{a.probe_id}/commands"]
+    assert [probe_view(t) for t in got] == [f"vigil/v1/probes/{a.probe_id}/commands"]
     assert seen == [f"vigil/v1/probes/{b.probe_id}/commands"]
 
 

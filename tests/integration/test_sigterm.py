@@ -102,7 +102,7 @@ async def collect(
         tls_context=info.tls_context(),
         identifier="test-collector",
     ) as client:
-        await client.subscribe("vigil/v1/probes/+/measurements", qos=1)
+        await client.subscribe("edge/vigil/v1/probes/+/measurements", qos=1)
         ready.set()
         async for msg in client.messages:
             data = bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""

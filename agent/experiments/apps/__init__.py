@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.experiments import ExperimentBase, InputPolicy, Outcome, register
 from agent.experiments.context import MeasurementContext
@@ -22,8 +23,8 @@ from agent.wire.record import Target
 DEFAULT_DIRECTORIES = (Path("/etc/vigil/apps"),)
 
 
-def directories(ctx: MeasurementContext) -> tuple[Path, ...]:
-    config = ctx.config
+def directories(config: AgentConfig | None) -> tuple[Path, ...]:
+    """Where the app endpoint lists are (``[apps] directories``; relative to the config file)."""
     if config is None:
         return DEFAULT_DIRECTORIES
     section: Mapping[str, Any] = config.section("apps")
@@ -47,7 +48,7 @@ class _AppExperiment(ExperimentBase):
         from agent.experiments.apps.measure import measure
         from agent.experiments.apps.spec import load_specs
 
-        specs = load_specs(directories(ctx))
+        specs = load_specs(directories(ctx.config))
         spec = specs.get(self.name)
         if spec is None:
             raise ConfigError(f"no endpoint list for {self.name!r}")

@@ -288,8 +288,8 @@ def test_public_key_from_config(operator: Ed25519PrivateKey):
 
 
 def test_topics():
-    assert topic_for(Audience(probe_id=PROBE)) == f"vigil/v1/probes/{PROBE}/commands"
-    assert topic_for(Audience(cc="IR")) == "vigil/v1/campaigns/IR"
+    assert topic_for(Audience(probe_id=PROBE)) == f"edge/vigil/v1/probes/{PROBE}/commands"
+    assert topic_for(Audience(cc="IR")) == "edge/vigil/v1/campaigns/IR"
 
 
 def test_cli_keygen_create_cancel_roundtrip(tmp_path: Path):
@@ -331,7 +331,7 @@ def test_cli_keygen_create_cancel_roundtrip(tmp_path: Path):
     assert res.exit_code == 0, res.output
     data = out.read_bytes().strip()
     cmd = read_signed(data)
-    assert topic_for(cmd.audience) == "vigil/v1/campaigns/IR"
+    assert topic_for(cmd.audience) == "edge/vigil/v1/campaigns/IR"
     book = CampaignBook(tmp_path / "state")
     d = handle_command(
         data,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,22 @@ def test_enqueue_stores_the_signed_envelope_of_the_exact_record_bytes(
     assert item.measurement_id == rec.measurement_id
     env = wire.parse_envelope(item.envelope)
     assert env.keyid == ident.probe_id
+    # The exact record, numbered by the outbox (probe_seq 1, 2, 3... per probe).
     assert wire.verify_envelope(env, ident.public_key, ident.probe_id) == wire.encode_record(
-        rec.to_json()
+        replace(rec, probe_seq=1).to_json()
     )
+
+
+def test_probe_seq_counts_up_across_restarts(state: Path, ident: Identity) -> None:
+    with open_outbox(state, ident) as ob:
+        ob.enqueue(make_record(ident.probe_id, 1))
+        ob.enqueue(make_record(ident.probe_id, 2))
+        ob.ack([item.seq for item in ob.take(10)])
+    with open_outbox(state, ident) as ob:
+        ob.enqueue(make_record(ident.probe_id, 3))
+        items = ob.take(10)
+    seqs = [json.loads(wire.parse_envelope(i.envelope).payload)["probe_seq"] for i in items]
+    assert seqs == [3]
 
 
 def test_database_is_wal_fsync_full_and_private(state: Path, ident: Identity) -> None:

@@ -169,19 +169,20 @@ async def test_revoked_probe_is_told_only_after_a_valid_signature(probe: Identit
     assert await refused(verifier, forged) == "unauthenticated"
 
 
-def test_replay_cache_expires_and_caps() -> None:
+def test_replay_cache_expires_and_evicts_by_age_when_full() -> None:
     now = [0.0]
     cache = ReplayCache(ttl=10, capacity=2, clock=lambda: now[0])
-    assert cache.check_and_add(b"a")
-    assert not cache.check_and_add(b"a")
-    assert cache.check_and_add(b"b")
-    with pytest.raises(Refusal) as info:
-        cache.check_and_add(b"c")
-    assert info.value.reason == "helper_busy"
-    now[0] = 11
-    assert cache.check_and_add(b"c")
-    assert cache.check_and_add(b"a")  # expired: its timestamp is out of the window by now
+    assert cache.check_and_add(b"a", 100.0)
+    assert not cache.check_and_add(b"a", 100.0)
+    assert cache.check_and_add(b"b", 101.0)
+    assert cache.check_and_add(b"c", 102.0)  # full: "a" evicted, nobody refused
+    assert cache.evicted == 1 and cache.horizon == 100.0
+    assert not cache.check_and_add(b"a", 100.0)  # forgotten, but issued before the horizon
+    assert not cache.check_and_add(b"d", 99.0)  # same: anything that old is refused
     assert len(cache) == 2
+    now[0] = 11
+    assert cache.check_and_add(b"e", 103.0)  # the others expired
+    assert len(cache) == 1
 
 
 # ---- probes file --------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ log redaction and the command's configuration parsing."""
 from __future__ import annotations
 
 import errno
+import html
 import logging
+import re
 import ssl
 from pathlib import Path
 
@@ -178,6 +180,19 @@ def test_failure_text_never_carries_the_address() -> None:
 )
 def test_extract_title(head: bytes, title: str) -> None:
     assert extract_title(head, None) == title
+
+
+_REFERENCE_TITLE = re.compile(rb"<title(?:[\s/][^>]*)?>(.*?)</title", re.IGNORECASE | re.DOTALL)
+
+
+@given(st.lists(st.sampled_from([b"<title>", b"</title>", b"<TITLE a=1>", b"</TiTlE >", b"<titlex>",
+                                 b"<title", b">", b"x", b" ", b"&amp;", b"<", b"/"]),
+                max_size=30).map(b"".join))
+def test_extract_title_agrees_with_a_reference_regex(head: bytes) -> None:
+    match = _REFERENCE_TITLE.search(head)
+    expected = "" if match is None else " ".join(
+        html.unescape(match.group(1).decode("utf-8", "replace")).split())[:256]
+    assert extract_title(head, None) == expected
 
 
 def test_local_addresses_reads_proc(tmp_path: Path) -> None:

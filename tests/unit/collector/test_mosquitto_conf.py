@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.wire.topics import PROBE_MOUNT
 from scripts.mosquitto_conf import (
     COLLECTORS_ACL,
     PROBES_ACL,
@@ -40,6 +41,7 @@ def test_security_settings(tmp_path: Path) -> None:
     assert "per_listener_settings true" in lines
     assert lines.count("allow_anonymous false") == 3
     assert lines.count("use_username_as_clientid true") == 2  # both probe listeners
+    assert lines.count(f"mount_point {PROBE_MOUNT}") == 2  # both probe listeners
     assert "use_identity_as_username true" in lines
     assert "require_certificate true" in lines
     assert "persistence true" in lines
@@ -49,13 +51,18 @@ def test_security_settings(tmp_path: Path) -> None:
 
 def test_acls_confine_probes_to_their_own_id() -> None:
     probe_rules = [ln for ln in PROBES_ACL.read_text().splitlines() if ln and ln[0] != "#"]
-    assert "pattern write vigil/v1/probes/%u/#" in probe_rules
-    assert "pattern read vigil/v1/probes/%u/commands" in probe_rules
-    assert not any(r.startswith("pattern read vigil/v1/probes/") and "%u" not in r
+    # Exactly the probe's own measurements and status topics, under the probe mount point.
+    writes = sorted(r for r in probe_rules if r.startswith("pattern write"))
+    assert writes == [
+        f"pattern write {PROBE_MOUNT}vigil/v1/probes/%u/measurements",
+        f"pattern write {PROBE_MOUNT}vigil/v1/probes/%u/status",
+    ]
+    assert f"pattern read {PROBE_MOUNT}vigil/v1/probes/%u/commands" in probe_rules
+    assert not any(r.startswith("pattern read") and "/probes/" in r and "%u" not in r
                    for r in probe_rules)
     assert not any(r.startswith(("topic", "user")) for r in probe_rules)
     collector_rules = COLLECTORS_ACL.read_text().splitlines()
-    assert "pattern read vigil/v1/probes/#" in collector_rules
+    assert f"pattern read {PROBE_MOUNT}vigil/v1/probes/#" in collector_rules
 
 
 def test_missing_placeholder_value_fails_loudly(tmp_path: Path) -> None:
