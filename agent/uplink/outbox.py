@@ -983,9 +983,8 @@ class Outbox:
             if self._lock_fd < 0:
                 return
             if self._unsaved:  # counts the full disk kept from being written, if it can now
-                with contextlib.suppress(OutboxError):
-                    with self._tx():
-                        pass
+                with contextlib.suppress(OutboxError), self._tx():
+                    pass
             self._db.close()
             os.close(self._lock_fd)
             self._lock_fd = -1
