@@ -24,7 +24,7 @@ LIMITS = OutboxLimits(min_free_bytes=32 * MB)
 def test_check_disk(free: int | None, level: str, words: str) -> None:
     check = check_disk(free, LIMITS)
     assert check.level == level and words in check.message
-    assert bool(check.fix) == (level == WARN and free is not None or level == FAIL)
+    assert bool(check.fix) == ((level == WARN and free is not None) or level == FAIL)
 
 
 def stats(count: int = 0, awaiting: int = 0, refused: int = 0, **counters: int) -> OutboxStats:
