@@ -271,3 +271,71 @@ def test_record_ids_are_unique_across_jumps() -> None:
 
     ids = {uuid7(1_000) for _ in range(5000)}
     assert len(ids) == 5000 and all(uuid.UUID(i).version == 7 for i in ids)
+
+
+# ---- the broker's own limits ----------------------------------------------------------------
+async def test_queue_overflow_at_the_broker_is_covered_by_receipts(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    """max_queued_messages 50 while the collectors are away: Mosquitto PUBACKs all 200 and
+    drops 150 of them; the receipts for the 50 it kept leave 150 unreceipted, sent again."""
+    broker = broker_factory(max_queued_messages=50)
+    url = f"sqlite://{tmp_path}/collector.db"
+    ident = new_probe(tmp_path, broker, url, "p")
+    async with collector_proc(tmp_path, broker.info, url, "c1") as col:
+        col.start()
+        await col.wait_connected()
+        assert col.terminate() == 0
+        with Outbox(tmp_path / "p", ident) as ob:
+            records = [make_record(ident.probe_id, i) for i in range(N)]
+            for rec in records:
+                ob.enqueue(rec)
+            pub = Publisher(ob, settings_for(broker.info, ident.probe_id,
+                                             receipt_timeout=3.0, receipt_timeout_max=3.0))
+            await pub.flush()
+            assert pub.counters.sent == N and pub.counters.refused == 0
+            col.start()
+            await col.wait_connected()
+            # 50 queued, a few of them the probe's status messages (also queued for us)
+            await wait_for(lambda: len(stored_ids(url)) >= 45, "what the queue kept")
+            first = len(stored_ids(url))
+            async with running(Publisher(ob, settings_for(broker.info, ident.probe_id))):
+                await wait_for(lambda: len(ob) == 0, "every record receipted", WAIT)
+        assert col.terminate() == 0, col.log_text()
+    assert stored_ids(url) == {r.measurement_id for r in records}
+    assert set(rejections(url)) <= {"duplicate"}
+    assert first < N  # the broker did drop what it had acknowledged
+    print(f"queue overflow: {first}/{N} survived the broker queue, {N}/{N} stored")
+
+
+def final_receipts(log_text: str) -> int:
+    lines = [ln for ln in log_text.splitlines() if "ingest stopped:" in ln]
+    assert lines, log_text[-2000:]
+    return int(lines[-1].split("receipts=")[1].split()[0])
+
+
+async def test_each_collector_of_the_shared_subscription_sends_its_receipts(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    broker = broker_factory()
+    url = f"sqlite://{tmp_path}/collector.db"
+    ident = new_probe(tmp_path, broker, url, "p")
+    async with collector_proc(tmp_path, broker.info, url, "c1", batch_size=5) as c1, \
+            collector_proc(tmp_path, broker.info, url, "c2", batch_size=5) as c2:
+        for c in (c1, c2):
+            c.start()
+            await c.wait_connected()
+        with Outbox(tmp_path / "p", ident) as ob:
+            records = [make_record(ident.probe_id, i) for i in range(N)]
+            pub = Publisher(ob, settings_for(broker.info, ident.probe_id, receipt_timeout=30.0))
+            async with running(pub):
+                for rec in records:
+                    ob.enqueue(rec)
+                    pub.notify()
+                await wait_for(lambda: len(ob) == 0, "every record receipted", WAIT)
+            assert ob.stats().counters["resent"] == 0  # every receipt came the first time
+        assert c1.terminate() == 0 and c2.terminate() == 0
+        sent = (final_receipts(c1.log_text()), final_receipts(c2.log_text()))
+    assert stored_ids(url) == {r.measurement_id for r in records}
+    assert min(sent) > 0, sent
+    print(f"two collectors: receipts sent {sent[0]} + {sent[1]} for {N} records")
