@@ -235,3 +235,28 @@ def test_schema_1_outbox_is_upgraded_in_place(tmp_path: Path, ident: Identity) -
     db = sqlite3.connect(state / DB_FILE)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
+
+
+def test_free_space_settings_from_config() -> None:
+    from agent.errors import ConfigError
+    from agent.uplink.outbox import limits_from_config
+
+    limits = limits_from_config({"min_free_mb": 1, "reserve_mb": 0.5})
+    assert (limits.min_free_bytes, limits.reserve_bytes) == (1_048_576, 524_288)
+    assert limits_from_config({"reserve_mb": 0}).reserve_bytes == 0  # no reserve file
+    for bad in ({"min_free_mb": -1}, {"reserve_mb": "8"}, {"reserve_mb": True}):
+        with pytest.raises(ConfigError):
+            limits_from_config(bad)
+
+
+def test_receipt_settings_from_config() -> None:
+    from agent.errors import ConfigError
+    from agent.uplink.publisher import settings_from_config
+
+    s = settings_from_config({"host": "b", "password": "x", "receipts": False,
+                              "receipt_timeout": 30, "receipt_timeout_max": 600})
+    assert s is not None and not s.receipts and s.receipt_timeout == 30.0
+    assert settings_from_config({"host": "b", "password": "x"}).receipts  # type: ignore[union-attr]
+    for bad in ({"receipts": "no"}, {"receipts": 0}, {"receipt_timeout": -1}):
+        with pytest.raises(ConfigError):
+            settings_from_config({"host": "b", "password": "x", **bad})
