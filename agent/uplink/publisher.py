@@ -204,7 +204,7 @@ def _coerce_setting(key: str, value: Any, kind: type, base_dir: Path | None) -> 
             raise ConfigError(f"[mqtt] {key} must be true or false, not {value!r}")
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)  # and checked like one below
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"[mqtt] {key} must be a {kind.__name__}, not {value!r}")
     if isinstance(value, int | float) and value <= 0:
