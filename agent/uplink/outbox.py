@@ -780,38 +780,47 @@ class Outbox:
             )
             self._bump(db, {"sent": len(rows), "resent": sum(1 for _, n in rows if n)})
 
-    def apply_receipt(self, receipt: Receipt) -> dict[str, int]:
+    def apply_receipt(self, receipt: Receipt, lag: float = 120.0) -> dict[str, int]:
         """A collector's receipt: delete what it stored, move what it refused to the refused
         table, back off what it asked to retry.  Ids not held here are ignored (a duplicate's
-        receipt).  Returns counts by outcome."""
+        receipt).  Returns counts by outcome.
+
+        A receipt also shows the collectors are back: a row sent more than ``lag`` seconds
+        before the oldest row receipted now, and still without its receipt, was lost (a
+        broker queue is first in, first out) and is made ready at once ("pulled") instead of
+        waiting out its doubled receipt timeout.
+        """
         ids = [*receipt.stored, *receipt.refused, *receipt.retry]
         if not ids:
-            return {"stored": 0, "refused": 0, "retry": 0}
-        return dict(self._write(lambda: self._receipt_tx(receipt, ids)))
+            return {"stored": 0, "refused": 0, "retry": 0, "pulled": 0}
+        return dict(self._write(lambda: self._receipt_tx(receipt, ids, lag)))
 
-    def _receipt_tx(self, receipt: Receipt, ids: list[str]) -> dict[str, int]:
+    def _receipt_tx(self, receipt: Receipt, ids: list[str], lag: float) -> dict[str, int]:
         now = self._clock()
-        out = {"stored": 0, "refused": 0, "retry": 0}
+        out = {"stored": 0, "refused": 0, "retry": 0, "pulled": 0}
+        oldest_sent: float | None = None
         with self._lock:
             freed = removed = 0
             with self._tx() as db:
-                held: dict[str, list[tuple[int, int, int]]] = {}
+                held: dict[str, list[tuple[int, int, int, float | None]]] = {}
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
-                    for seq, mid, size, refusals in db.execute(
-                        "SELECT seq, measurement_id, size, refusals FROM outbox "
+                    for seq, mid, size, refusals, sent_at in db.execute(
+                        "SELECT seq, measurement_id, size, refusals, sent_at FROM outbox "
                         f"WHERE measurement_id IN ({','.join('?' * len(chunk))})",
                         chunk,
                     ):
-                        held.setdefault(mid, []).append((seq, size, refusals))
+                        held.setdefault(mid, []).append((seq, size, refusals, sent_at))
                 gone: list[int] = []
                 for mid in receipt.stored:
-                    for seq, size, _ in held.pop(mid, []):
+                    for seq, size, _, sent_at in held.pop(mid, []):
+                        if sent_at is not None:
+                            oldest_sent = min(sent_at, oldest_sent or sent_at)
                         gone.append(seq)
                         freed += size
                         out["stored"] += 1
                 for mid, why in receipt.refused.items():
-                    for seq, size, _ in held.pop(mid, []):
+                    for seq, size, _, _ in held.pop(mid, []):
                         db.execute(
                             "INSERT OR REPLACE INTO refused (seq, kind, measurement_id, reason, "
                             "refused_at, envelope) SELECT seq, kind, measurement_id, ?, ?, "
@@ -824,7 +833,7 @@ class Outbox:
                         log.error("collector %s refused measurement %s for good: %s; moved "
                                   "to the refused table", receipt.by or "?", mid, why)
                 for mid, why in receipt.retry.items():
-                    for seq, _, refusals in held.pop(mid, []):
+                    for seq, _, refusals, _ in held.pop(mid, []):
                         db.execute(
                             "UPDATE outbox SET refusals = ?, last_error = ?, not_before = ? "
                             "WHERE seq = ?",
@@ -833,6 +842,11 @@ class Outbox:
                         )
                         out["retry"] += 1
                 db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in gone])
+                if oldest_sent is not None:
+                    out["pulled"] = db.execute(
+                        "UPDATE outbox SET not_before = ? WHERE sends > 0 AND sent_at < ? "
+                        "AND not_before > ?", (now, oldest_sent - lag, now),
+                    ).rowcount
                 removed = len(gone)
                 if out["refused"]:
                     db.execute(

@@ -733,7 +733,13 @@ class Publisher:
             log.warning("ignoring a malformed receipt: %s", exc)
             return
         self.counters.receipts += 1
-        done = await asyncio.to_thread(self.outbox.apply_receipt, receipt)
+        done = await asyncio.to_thread(
+            self.outbox.apply_receipt, receipt, self.settings.receipt_timeout
+        )
+        if done["pulled"]:
+            log.info("%d sent record(s) older than the ones just receipted never got a "
+                     "receipt (lost by the broker): sending them again now", done["pulled"])
+            self._wake.set()
         self.counters.receipted += done["stored"]
         self.counters.published += done["stored"]
         self.counters.collector_refused += done["refused"]

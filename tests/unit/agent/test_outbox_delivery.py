@@ -96,7 +96,7 @@ def test_sent_rows_wait_for_their_receipt_then_go_again(tmp_path: Path, ident: I
         clock.now += 61
         assert [i.measurement_id for i in ob.take(10)] == ids[1:]  # the resent one waits 120 s
         done = ob.apply_receipt(Receipt(stored=(ids[0], ids[1], "not-ours")))
-        assert done == {"stored": 2, "refused": 0, "retry": 0}
+        assert done == {"stored": 2, "refused": 0, "retry": 0, "pulled": 0}
         assert len(ob) == 1
         counters = ob.stats().counters
         assert counters["sent"] == 4 and counters["resent"] == 1
@@ -116,7 +116,7 @@ def test_refused_rows_leave_for_the_refused_table(tmp_path: Path, ident: Identit
         ids = fill(ob, ident, 3)
         done = ob.apply_receipt(Receipt(refused={ids[0]: "schema_violation"},
                                         retry={ids[1]: "unknown_key"}))
-        assert done == {"stored": 0, "refused": 1, "retry": 1}
+        assert done == {"stored": 0, "refused": 1, "retry": 1, "pulled": 0}
         assert [i.measurement_id for i in ob.take(10)] == [ids[2]]  # the retry is backed off
         stats = ob.stats()
         assert stats.count == 2 and stats.refused_kept == 1
@@ -260,3 +260,21 @@ def test_receipt_settings_from_config() -> None:
     for bad in ({"receipts": "no"}, {"receipts": 0}, {"receipt_timeout": -1}):
         with pytest.raises(ConfigError):
             settings_from_config({"host": "b", "password": "x", **bad})
+
+
+def test_rows_older_than_a_receipted_one_are_sent_again_at_once(
+    tmp_path: Path, ident: Identity
+) -> None:
+    """Receipts for rows sent at T0+1000 while rows sent at T0 never got one: the broker lost
+    those (its queue is first in, first out); they go again now, not after an hour."""
+    clock = Clock()
+    with outbox(tmp_path, ident, clock) as ob:
+        ids = fill(ob, ident, 4)
+        items = ob.take(10)
+        ob.mark_sent([i.seq for i in items[:2]], 3600.0, 3600.0)
+        clock.now += 1000
+        ob.mark_sent([i.seq for i in items[2:]], 3600.0, 3600.0)
+        assert ob.take(10) == []
+        done = ob.apply_receipt(Receipt(stored=(ids[3],)), lag=120.0)
+        assert done == {"stored": 1, "refused": 0, "retry": 0, "pulled": 2}
+        assert [i.measurement_id for i in ob.take(10)] == ids[:2]  # ids[2]: sent with ids[3]
