@@ -125,7 +125,7 @@ async def test_broker_sigkill_while_collectors_are_away_loses_nothing(
     legacy_stored = len(stored) - len(ours)
     assert ours == produced, f"lost {len(produced - ours)} of {N}"
     assert set(rejections(url)) <= {"duplicate"}, rejections(url)
-    assert stats.counters["receipted"] == N and stats.counters["resent"] >= N
+    assert stats.counters["receipted"] == N and stats.counters["resent"] > 0
     assert stats.awaiting_receipt == 0
     assert legacy_stored < N  # without receipts the crash did lose records
     print(f"receipts: {len(ours)}/{N} stored after the broker SIGKILL; "
