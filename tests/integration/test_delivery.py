@@ -339,3 +339,62 @@ async def test_each_collector_of_the_shared_subscription_sends_its_receipts(
     assert stored_ids(url) == {r.measurement_id for r in records}
     assert min(sent) > 0, sent
     print(f"two collectors: receipts sent {sent[0]} + {sent[1]} for {N} records")
+
+
+# ---- contract versions and the ACL ----------------------------------------------------------
+async def test_an_agent_older_than_receipts_is_stored_and_sent_no_receipt(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    broker = broker_factory()
+    url = f"sqlite://{tmp_path}/collector.db"
+    ident = new_probe(tmp_path, broker, url, "p")
+    async with collector_proc(tmp_path, broker.info, url, "c1") as col:
+        col.start()
+        await col.wait_connected()
+        with Outbox(tmp_path / "p", ident) as ob:
+            records = [make_record(ident.probe_id, i) for i in range(20)]
+            for rec in records:
+                ob.enqueue(rec)
+            # receipts off: no vigil-receipt property on its publishes, as an older agent
+            await Publisher(ob, settings_for(broker.info, ident.probe_id, receipts=False)).flush()
+        await wait_for(lambda: len(stored_ids(url)) == 20, "the older agent's 20 records")
+        assert col.terminate() == 0
+        assert final_receipts(col.log_text()) == 0
+
+
+async def test_a_probe_reads_its_own_receipts_and_no_one_elses(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    import aiomqtt
+
+    broker = broker_factory()
+    url = f"sqlite://{tmp_path}/collector.db"
+    a = new_probe(tmp_path, broker, url, "a")
+    b = new_probe(tmp_path, broker, url, "b")
+    info = broker.info
+    v5 = aiomqtt.ProtocolVersion.V5
+
+    def probe_client(ident: Identity) -> aiomqtt.Client:
+        return aiomqtt.Client(info.host, info.probe_port, username=ident.probe_id,
+                              password=info.probes[ident.probe_id].password,
+                              tls_context=info.tls_context(), protocol=v5,
+                              identifier=ident.probe_id)
+
+    got: dict[str, list[bytes]] = {a.probe_id: [], b.probe_id: []}
+    async with probe_client(a) as ca, probe_client(b) as cb:
+        await ca.subscribe(f"vigil/v1/probes/{a.probe_id}/receipts", qos=1)
+        await cb.subscribe(f"vigil/v1/probes/{a.probe_id}/receipts", qos=1)  # a spy
+        await cb.subscribe(f"vigil/v1/probes/{b.probe_id}/receipts", qos=1)
+        # A probe cannot forge receipts for another probe (its ACL writes only its own id).
+        await cb.publish(f"vigil/v1/probes/{a.probe_id}/receipts", b'{"v": 1}', qos=1)
+        async with aiomqtt.Client(info.host, info.collector_port,
+                                  username=info.collector.username,
+                                  password=info.collector.password,
+                                  tls_context=info.tls_context(), protocol=v5) as collector:
+            await collector.publish(f"vigil/v1/probes/{a.probe_id}/receipts", b"for-a", qos=1)
+        for ident, client in ((a, ca), (b, cb)):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for message in client.messages:
+                        got[ident.probe_id].append(bytes(message.payload))  # type: ignore[arg-type]
+    assert got == {a.probe_id: [b"for-a"], b.probe_id: []}
