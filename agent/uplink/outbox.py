@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -244,16 +245,22 @@ def disk_free(path: Path) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+@functools.cache
+def boot_id() -> str:
+    """This boot's id (Linux), "" when unknown: a boot clock reading is only comparable with
+    another of the same boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text("ascii").strip()
+    except OSError:
+        return ""
+
+
 def boot_clock() -> tuple[str, float]:
     """(this boot's id, seconds since boot including suspend): a clock NTP never moves."""
     try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text("ascii").strip()
-    except OSError:
-        boot_id = ""
-    try:
-        return boot_id, time.clock_gettime(time.CLOCK_BOOTTIME)
+        return boot_id(), time.clock_gettime(time.CLOCK_BOOTTIME)
     except (AttributeError, OSError):
-        return boot_id, time.monotonic()
+        return boot_id(), time.monotonic()
 
 
 def receipt_wait(sends: int, timeout: float, maximum: float) -> float:
