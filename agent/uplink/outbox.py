@@ -113,6 +113,7 @@ COUNTERS = (
     "collector_retry",  # "not now" answers from a collector (kept, backed off)
     "disk_full_refused",  # measurements refused because the state filesystem was full
     "reserve_released",  # times the disk reserve was released to keep the outbox working
+    "released_on_puback",  # rows deleted on a PUBACK because no collector ever sent receipts
 )
 
 _SCHEMA = """
@@ -142,6 +143,7 @@ CREATE TABLE IF NOT EXISTS open_drop_report (
 _SCHEMA_V2 = """
 ALTER TABLE outbox ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN sent_at REAL;
+ALTER TABLE outbox ADD COLUMN first_sent_at REAL;
 ALTER TABLE outbox ADD COLUMN boot_id TEXT;
 ALTER TABLE outbox ADD COLUMN boot_ts REAL;
 CREATE INDEX IF NOT EXISTS outbox_measurement ON outbox (measurement_id);
@@ -766,26 +768,66 @@ class Outbox:
             db.execute("DELETE FROM open_drop_report")
 
     # ---- receipts ----------------------------------------------------------------------------
-    def mark_sent(self, seqs: Iterable[int], timeout: float, maximum: float) -> None:
+    def mark_sent(
+        self, seqs: Iterable[int], timeout: float, maximum: float, fallback: float = 0.0
+    ) -> int:
         """The broker PUBACKed these rows: *sent*, held until a receipt; offered again if
-        none comes within receipt_wait(sends) seconds."""
+        none comes within receipt_wait(sends) seconds.
+
+        ``fallback`` > 0: while this outbox has never had an answer from a collector (no
+        receipt at all: a collector older than receipts, or a broker ACL without the
+        receipts topic), a row first sent at least ``fallback`` seconds ago is deleted on
+        its PUBACK, as before receipts, and counted as ``released_on_puback``.  Returns how
+        many rows were released so.
+        """
         seqs = list(seqs)
+        released = 0
         for i in range(0, len(seqs), 500):  # stay under SQLite's variable limit
             chunk = seqs[i : i + 500]
-            self._write(partial(self._mark_sent_tx, chunk, timeout, maximum))
+            released += int(self._write(
+                partial(self._mark_sent_tx, chunk, timeout, maximum, fallback)
+            ))
+        return released
 
-    def _mark_sent_tx(self, seqs: list[int], timeout: float, maximum: float) -> None:
+    def _mark_sent_tx(
+        self, seqs: list[int], timeout: float, maximum: float, fallback: float
+    ) -> int:
         now = self._clock()
-        with self._tx() as db:
-            rows = db.execute(
-                f"SELECT seq, sends FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})",
-                seqs,
-            ).fetchall()
-            db.executemany(
-                "UPDATE outbox SET sends = ?, sent_at = ?, not_before = ? WHERE seq = ?",
-                [(n + 1, now, now + receipt_wait(n + 1, timeout, maximum), q) for q, n in rows],
-            )
-            self._bump(db, {"sent": len(rows), "resent": sum(1 for _, n in rows if n)})
+        with self._lock:
+            with self._tx() as db:
+                rows = db.execute(
+                    "SELECT seq, sends, size, COALESCE(first_sent_at, ?) FROM outbox "
+                    f"WHERE seq IN ({','.join('?' * len(seqs))})",
+                    [now, *seqs],
+                ).fetchall()
+                release: list[tuple[int, int]] = []
+                if fallback > 0 and rows and not self._ever_answered(db):
+                    release = [(q, size) for q, _, size, first in rows if first + fallback <= now]
+                gone = {q for q, _ in release}
+                db.executemany(
+                    "UPDATE outbox SET sends = ?, sent_at = ?, not_before = ?, "
+                    "first_sent_at = COALESCE(first_sent_at, ?) WHERE seq = ?",
+                    [(n + 1, now, now + receipt_wait(n + 1, timeout, maximum), now, q)
+                     for q, n, _, _ in rows if q not in gone],
+                )
+                db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in gone])
+                self._bump(db, {"sent": len(rows), "resent": sum(1 for _, n, _, _ in rows if n),
+                                "released_on_puback": len(gone), "published": len(gone)})
+            self._count -= len(release)
+            self._bytes -= sum(size for _, size in release)
+        if release:
+            log.warning("no collector has ever sent a receipt to this probe: %d record(s) "
+                        "released on the broker's PUBACK alone (is the collector older than "
+                        "receipts, or the broker ACL without the receipts topic?)", len(release))
+        return len(release)
+
+    @staticmethod
+    def _ever_answered(db: sqlite3.Connection) -> bool:
+        row = db.execute(
+            "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name IN "
+            "('receipted', 'collector_refused', 'collector_retry')"
+        ).fetchone()
+        return bool(row[0])
 
     def apply_receipt(self, receipt: Receipt, lag: float = 120.0) -> dict[str, int]:
         """A collector's receipt: delete what it stored, move what it refused to the refused

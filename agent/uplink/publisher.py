@@ -6,7 +6,9 @@ PUBACK only marks a row *sent*; the row leaves the outbox when a collector's rec
 a receipt after ``receipt_timeout`` (doubling per send, at most ``receipt_timeout_max``) is
 published again, so a broker that crashed before saving its queue, or dropped messages over
 ``max_queued_messages``, loses nothing.  ``receipts = false`` is for a collector older than
-receipts: then a success PUBACK deletes the row, as described below.
+receipts: then a success PUBACK deletes the row, as described below.  Without the switch, an
+outbox that has never had any answer from a collector falls back to that after
+``receipt_fallback`` (24 h) from a row's first send (Outbox.mark_sent).
 
 Without receipts a row leaves the outbox when the broker acknowledged it with a *success*
 PUBACK.  aiomqtt
@@ -127,6 +129,9 @@ class PublisherSettings:
     receipts: bool = True  # hold sent rows until a collector's receipt (False: PUBACK deletes)
     receipt_timeout: float = 120.0  # no receipt this long after the PUBACK: publish again
     receipt_timeout_max: float = 3600.0  # ... doubling per send up to this
+    # Never any receipt (a collector older than receipts): after this long, a PUBACK alone
+    # deletes a row, as before receipts.  0: never (keep resending until receipts come).
+    receipt_fallback: float = 86400.0
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
@@ -155,8 +160,11 @@ _SETTING_TYPES: dict[str, type] = {
     "connect_timeout": float, "ack_timeout": float, "max_inflight": int, "batch": int,
     "ack_batch": int, "max_message_bytes": int, "backoff_initial": float, "backoff_max": float,
     "status_interval": float, "unrouted_retry": float, "receipts": bool,
-    "receipt_timeout": float, "receipt_timeout_max": float,
+    "receipt_timeout": float, "receipt_timeout_max": float, "receipt_fallback": float,
 }
+
+
+_ZERO_OK = frozenset({"receipt_fallback"})  # 0 switches it off
 
 
 def settings_from_config(
@@ -207,7 +215,7 @@ def _coerce_setting(key: str, value: Any, kind: type, base_dir: Path | None) -> 
         value = float(value)  # and checked like one below
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"[mqtt] {key} must be a {kind.__name__}, not {value!r}")
-    if isinstance(value, int | float) and value <= 0:
+    if isinstance(value, int | float) and (value < 0 or (value == 0 and key not in _ZERO_OK)):
         raise ConfigError(f"[mqtt] {key} must be positive, not {value!r}")
     return value
 
@@ -629,10 +637,12 @@ class Publisher:
         """PUBACKed rows: deleted (receipts off) or marked sent, awaiting a receipt."""
         s = self.settings
         if s.receipts:
-            await asyncio.to_thread(
-                self.outbox.mark_sent, seqs, s.receipt_timeout, s.receipt_timeout_max
+            released = await asyncio.to_thread(
+                self.outbox.mark_sent, seqs, s.receipt_timeout, s.receipt_timeout_max,
+                s.receipt_fallback,
             )
-            self.counters.sent += len(seqs)
+            self.counters.sent += len(seqs) - released
+            self.counters.published += released
         else:
             await self.outbox.aack(seqs)
 

@@ -500,3 +500,24 @@ async def test_collector_without_receipts_keeps_records_and_sends_again(
         assert len(ob) == 20 and stats.awaiting_receipt == 20
         assert stats.counters["sent"] >= 40 and stats.counters["resent"] >= 20
         assert stats.counters["published"] == 0 and not col.bad
+
+
+async def test_collector_without_receipts_falls_back_to_puback_after_the_fallback(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """No receipt ever (a collector older than receipts): after ``receipt_fallback`` from a
+    record's first send, its next PUBACK deletes it, as before receipts; nothing is lost."""
+    ident = new_probe(tmp_path, broker, "p")
+    info = broker.info
+    with Outbox(tmp_path / "p", ident) as ob:
+        for i in range(20):
+            ob.enqueue(make_record(ident.probe_id, i))
+        pub = Publisher(ob, settings_for(info, ident.probe_id, receipts=True,
+                                         receipt_timeout=0.3, receipt_timeout_max=0.3,
+                                         receipt_fallback=1.0))
+        async with Collector(info, {ident.probe_id: ident}) as col, running(pub):
+            await wait_until(lambda: len(ob) == 0, 20, "the fallback to drain the outbox")
+            await wait_until(lambda: len(col.received) == 20, 10, "every record delivered")
+        counters = ob.stats().counters
+        assert counters["released_on_puback"] == 20 and counters["published"] == 20
+        assert min(col.received.values()) >= 2 and not col.bad  # sent, then sent again

@@ -257,7 +257,10 @@ def test_receipt_settings_from_config() -> None:
                               "receipt_timeout": 30, "receipt_timeout_max": 600})
     assert s is not None and not s.receipts and s.receipt_timeout == 30.0
     assert settings_from_config({"host": "b", "password": "x"}).receipts  # type: ignore[union-attr]
-    for bad in ({"receipts": "no"}, {"receipts": 0}, {"receipt_timeout": -1}):
+    off = settings_from_config({"host": "b", "password": "x", "receipt_fallback": 0})
+    assert off is not None and off.receipt_fallback == 0.0
+    for bad in ({"receipts": "no"}, {"receipts": 0}, {"receipt_timeout": -1},
+                {"receipt_timeout": 0}, {"receipt_fallback": -1}):
         with pytest.raises(ConfigError):
             settings_from_config({"host": "b", "password": "x", **bad})
 
@@ -278,3 +281,33 @@ def test_rows_older_than_a_receipted_one_are_sent_again_at_once(
         done = ob.apply_receipt(Receipt(stored=(ids[3],)), lag=120.0)
         assert done == {"stored": 1, "refused": 0, "retry": 0, "pulled": 2}
         assert [i.measurement_id for i in ob.take(10)] == ids[:2]  # ids[2]: sent with ids[3]
+
+
+def test_never_any_receipt_falls_back_to_the_puback_after_the_fallback(
+    tmp_path: Path, ident: Identity
+) -> None:
+    """A collector older than receipts never answers: after ``fallback`` seconds from a row's
+    first send, its next PUBACK deletes it, as before receipts."""
+    clock = Clock()
+    with outbox(tmp_path, ident, clock) as ob:
+        fill(ob, ident, 2)
+        assert ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=3600.0) == 0
+        clock.now += 3599
+        assert ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=3600.0) == 0
+        clock.now += 601
+        assert ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=3600.0) == 2
+        assert len(ob) == 0 and ob.size_bytes == 0
+        counters = ob.stats().counters
+        assert counters["released_on_puback"] == 2 and counters["published"] == 2
+
+
+def test_no_fallback_once_a_collector_has_answered(tmp_path: Path, ident: Identity) -> None:
+    """Receipts were seen: a missing one means a lost record, never "an old collector"."""
+    clock = Clock()
+    with outbox(tmp_path, ident, clock) as ob:
+        ids = fill(ob, ident, 2)
+        ob.apply_receipt(Receipt(stored=(ids[0],)))
+        ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=10.0)
+        clock.now += 10 * 86400
+        assert ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=10.0) == 0
+        assert len(ob) == 1 and ob.awaiting_receipt() == 1
