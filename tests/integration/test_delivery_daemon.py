@@ -1,0 +1,97 @@
+"""The real long-running agent on a state filesystem that fills up, then drains without help.
+
+``agent.daemon.loop.run_forever`` (runner, outbox, publisher, campaigns; the loopback
+``slow_fetch`` experiment of tests/integration/sigterm_agent.py) measures an operator campaign
+with its state directory on a small tmpfs and no collector listening.  The filesystem is then
+filled to the last byte; the agent refuses new records (counted), is stopped and started again
+on the full filesystem, as systemd would, and once a collector (``python -m collector
+ingest``) is back every record it had committed is stored and its outbox is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.uplink.outbox import read_stats
+from agent.wire.envelope import raw_public_key
+from collector.store import open_store
+from lab.broker import MosquittoBroker
+from tests.integration.test_delivery import fill, small_tmpfs
+from tests.integration.test_ingest import collector_proc, rejections
+from tests.integration.test_sigterm import journal, make_setup, slow_server, terminate, wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def stored_nonces(url: str) -> set[str]:
+    import json
+
+    store = open_store(url)
+    try:
+        rows = store.export_page(limit=100_000)
+    finally:
+        store.close()
+    return {json.loads(r.payload)["test_keys"]["nonce"] for r in rows
+            if json.loads(r.payload)["test_name"] == "slow_fetch"}
+
+
+async def test_real_agent_on_a_full_state_filesystem_drains_without_help(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    with small_tmpfs(tmp_path / "state", "8m") as state:
+        async with slow_server(delay=0.05) as port:
+            setup = await make_setup(tmp_path, broker_factory, 30, "d", port, grace=2.0)
+            assert setup.config.read_text().rstrip().splitlines()[-1].startswith("password")
+            setup.config.write_text(
+                setup.config.read_text()
+                # [mqtt] goes on: retry soon once a collector subscribes
+                + "unrouted_retry = 0.2\nreceipt_timeout = 2.0\n"
+                + "[outbox]\nmin_free_mb = 1\nreserve_mb = 0.5\n"
+                # list updates stay on loopback (a closed port), never the internet
+                + '[lists]\nsource_url = "http://127.0.0.1:9/"\n'
+            )
+            url = f"sqlite://{tmp_path}/collector.db"
+            store = open_store(url)
+            try:
+                store.add_probe(setup.ident.probe_id, raw_public_key(setup.ident.public_key))
+            finally:
+                store.close()
+
+            proc = setup.start()  # no collector: records stay in the outbox
+            try:
+                await wait_for(lambda: len(journal(setup.journal)[1]) >= 10, 60,
+                               "10 measurements", setup)
+                fill(state)  # the SD card fills up (logs, another program)
+                await wait_for(lambda: "new measurements refused" in setup.log(), 60,
+                               "a measurement refused for the full disk", setup)
+            finally:
+                await terminate(proc, setup)
+
+            proc = setup.start()  # restarted on a filesystem with no byte left
+            try:
+                await wait_for(lambda: setup.log().count("connected to") >= 2, 60,
+                               "the restarted agent to connect", setup)
+                async with collector_proc(tmp_path, setup.broker.info, url, "c1") as col:
+                    col.start()
+                    await col.wait_connected()
+                    await wait_for(
+                        lambda: (s := read_stats(state)) is not None and s.count == 0, 90,
+                        "the outbox to drain", setup)
+                    assert col.terminate() == 0, col.log_text()
+            finally:
+                await terminate(proc, setup)
+            final = read_stats(state)
+    assert final is not None
+    _, done = journal(setup.journal)
+    stored = stored_nonces(url)
+    enqueued, refused = final.counters["enqueued"], final.counters["disk_full_refused"]
+    print(f"real agent on a full disk: {len(done)} measured, {enqueued} committed, {refused} "
+          f"refused for the full disk, {len(stored)} stored, outbox left {final.count}")
+    assert final.count == 0 and len(stored) == enqueued >= 10  # everything it held drained
+    assert stored <= done and refused >= 1
+    assert len(done) == enqueued + refused  # every measurement: stored, or refused and counted
+    assert set(rejections(url)) <= {"duplicate"}, rejections(url)
+    assert "cannot open outbox" not in setup.log() and "Traceback" not in setup.log()
