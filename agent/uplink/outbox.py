@@ -1091,6 +1091,8 @@ def read_stats(state_dir: Path) -> OutboxStats | None:
     try:
         return _stats(db, state_dir)
     except sqlite3.Error as exc:
+        if "no such table: outbox" in str(exc):
+            return None  # being created by the agent this very moment
         raise OutboxError(f"cannot read outbox {path}: {exc}") from None
     finally:
         db.close()

@@ -95,3 +95,61 @@ async def test_real_agent_on_a_full_state_filesystem_drains_without_help(
     assert len(done) == enqueued + refused  # every measurement: stored, or refused and counted
     assert set(rejections(url)) <= {"duplicate"}, rejections(url)
     assert "cannot open outbox" not in setup.log() and "Traceback" not in setup.log()
+
+
+async def test_real_agent_loses_nothing_to_a_broker_sigkill_while_collectors_are_away(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    """The long-running agent measures while the collectors are away; every record is
+    PUBACKed into the broker's queue; the broker is SIGKILLed before it saved anything and
+    restarted.  Once the collector is back, every measurement taken is stored."""
+    async with slow_server(delay=0.05) as port:
+        setup = await make_setup(
+            tmp_path, lambda **kw: broker_factory(autosave_interval=3600, **kw), 40, "d",
+            port, grace=2.0,
+        )
+        setup.config.write_text(
+            setup.config.read_text() + "receipt_timeout = 2.0\nunrouted_retry = 0.2\n"
+            + '[lists]\nsource_url = "http://127.0.0.1:9/"\n'
+        )
+        url = f"sqlite://{tmp_path}/collector.db"
+        store = open_store(url)
+        try:
+            store.add_probe(setup.ident.probe_id, raw_public_key(setup.ident.public_key))
+        finally:
+            store.close()
+        state = tmp_path / "state"
+        async with collector_proc(tmp_path, setup.broker.info, url, "c1") as col:
+            col.start()
+            await col.wait_connected()  # its session and shared subscription now exist
+            assert col.terminate() == 0  # the collectors go away
+
+            proc = setup.start()
+            try:
+                def all_sent() -> bool:
+                    s = read_stats(state)
+                    return (s is not None and s.counters["enqueued"] >= 30
+                            and s.awaiting_receipt == s.count)
+
+                await wait_for(all_sent, 60, "30 measurements sent into the broker's queue",
+                               setup)
+                taken = len(journal(setup.journal)[1])
+                setup.broker.kill()  # before any autosave: its queue is gone
+                setup.broker.start()
+                col.start()
+                await col.wait_connected()
+                await wait_for(lambda: len(stored_nonces(url)) >= taken, 90,
+                               "every measurement taken before the crash", setup)
+            finally:
+                await terminate(proc, setup)
+            assert col.terminate() == 0, col.log_text()
+    _, done = journal(setup.journal)
+    stored = stored_nonces(url)
+    final = read_stats(state)
+    assert final is not None
+    print(f"real agent, broker SIGKILL: {taken} measured before the crash, {len(stored)} of "
+          f"{len(done)} measured stored, outbox left {final.count} (awaiting receipts "
+          f"{final.awaiting_receipt})")
+    assert stored <= done and len(stored) >= taken >= 30
+    assert len(done) - len(stored) == final.count  # the rest is still held, none lost
+    assert set(rejections(url)) <= {"duplicate"}, rejections(url)
