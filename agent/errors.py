@@ -11,9 +11,11 @@ not do its job, and they say whose fault it was::
     ├── WireError             bytes from elsewhere that are not what the contract says
     │   ├── EnvelopeError     malformed DSSE envelope
     │   ├── SignatureError    signature does not verify
-    │   └── SchemaError       record does not match the JSON Schema
+    │   ├── SchemaError       record does not match the JSON Schema
+    │   └── ReceiptError      a delivery receipt that is not what the contract says
     ├── IdentityError         probe key missing, unreadable or with unsafe permissions
     ├── OutboxError           the durable outbox cannot be written (disk full, corrupt db)
+    │   └── StateDiskFull     the state filesystem is (nearly) full: new records refused
     ├── ControlError          the control helper could not be asked (measurement → inconclusive)
     ├── PublishError          the broker refused or did not acknowledge a publish
     └── BudgetExceeded        runtime or data budget used up: stop scheduling new work
@@ -57,12 +59,20 @@ class SchemaError(WireError):
     """A measurement record does not validate against the JSON Schema."""
 
 
+class ReceiptError(WireError):
+    """A delivery receipt from the collector does not follow the receipt contract."""
+
+
 class IdentityError(VigilError):
     """The probe's key is missing, unreadable or unsafe."""
 
 
 class OutboxError(VigilError):
     """The durable outbox cannot be written or read."""
+
+
+class StateDiskFull(OutboxError):
+    """The state filesystem is (nearly) full: new records are refused, old ones still drain."""
 
 
 class ControlError(VigilError):

@@ -9,6 +9,8 @@ is 2-6 kB signed):
   transaction, as the runner does it (this is the durability cost per measurement);
 * sign-only rate (the Ed25519 + JSON share of it);
 * take+ack rate without a broker (acks deleted in batches of 64, one fsync per batch);
+* take + mark sent + receipt without a broker (receipts on: two transactions per batch of 64,
+  the PUBACK marking the rows sent and the collector's receipt deleting them);
 * drain rate through a real Mosquitto (configs/mosquitto/, TLS, QoS 1, a collector subscribed
   through the shared subscription), unless ``--no-broker``.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from agent import identity
 from agent.uplink.outbox import Outbox, OutboxLimits
 from agent.wire import envelope as wire
+from agent.wire.receipts import Receipt
 from lab.records import make_record
 
 
@@ -59,6 +62,20 @@ def bench_local(tmp: Path, n: int, pad: int) -> None:
                 ob.ack(x.seq for x in items[i : i + 64])
             done += len(items)
         print(f"take + ack (batches of 64):      {rate(done, time.perf_counter() - t)}")
+        for r in recs:
+            ob.enqueue(r)
+        t = time.perf_counter()
+        done = 0
+        while True:
+            items = ob.take(256)
+            if not items:
+                break
+            for i in range(0, len(items), 64):
+                batch = items[i : i + 64]
+                ob.mark_sent([x.seq for x in batch], 120.0, 3600.0)
+                ob.apply_receipt(Receipt(stored=tuple(x.measurement_id for x in batch)))
+            done += len(items)
+        print(f"take + sent + receipt (64s):     {rate(done, time.perf_counter() - t)}")
 
 
 async def bench_broker(tmp: Path, n: int, pad: int) -> None:
@@ -78,6 +95,7 @@ async def bench_broker(tmp: Path, n: int, pad: int) -> None:
             settings = PublisherSettings(
                 host=info.host, port=info.probe_port, ca_file=info.ca_file,
                 password=info.probes[ident.probe_id].password,
+                receipts=False,  # the minimal collector sends none: the broker layer alone
             )
             async with Collector(info, {ident.probe_id: ident}) as col:
                 t = time.perf_counter()

@@ -125,11 +125,18 @@ class _VigilCollector(Collector):
             ("batches", stats.batches, "store transactions committed"),
             ("store_retries", stats.store_retries, "store writes retried (database down)"),
             ("connections", stats.connections, "broker connections made"),
+            ("receipts", stats.receipts, "delivery receipts published to probes after commits"),
+            ("receipts_skipped", stats.receipts_skipped,
+             "receipts not published (broker connection gone; the probe sends again)"),
         ):
             yield _one(CounterMetricFamily, f"vigil_ingest_{name}", doc, value)
         yield _by_label(CounterMetricFamily, "vigil_ingest_rejected",
                         "messages rejected by this process, by reason", "reason",
                         stats.rejected)
+        yield _by_label(CounterMetricFamily, "vigil_ingest_start_placed",
+                        "records stored whose claimed start time came from a wrong clock, by "
+                        "how they were placed (age: the probe's boot clock, arrival)", "how",
+                        stats.placed)
 
     def _store(self) -> Iterable[Metric]:
         snap = self.sources.snapshot

@@ -9,6 +9,8 @@ Checks, in order (a later check is skipped when it depends on a failed one):
   broker       the MQTT broker's TLS endpoint answers and its certificate is trusted
   helper       the control helper answers ``whoami`` (signed with the probe key)
   agent        the long-running agent's last state (running? connected? errors?)
+  disk         room left on the state filesystem (warns well before new records are refused)
+  delivery     records awaiting a collector's receipt, records a collector refused
 
 The broker check stops after the TLS handshake on purpose: the broker forces the client id to
 the probe id, so a full MQTT login from here would kick the running agent off.  Whether the
@@ -36,6 +38,7 @@ from agent.config import AgentConfig
 from agent.config import load as load_config
 from agent.errors import IdentityError, VigilError
 from agent.state import read_state
+from agent.uplink.outbox import OutboxLimits, OutboxStats, disk_free, limits_from_config, read_stats
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 MIN_PLAUSIBLE = datetime(2025, 1, 1, tzinfo=UTC)  # a Pi without RTC boots in 1970
@@ -232,6 +235,41 @@ def check_agent(state_dir: Path, now: datetime) -> Check:
     return Check("agent", OK, f"running, connected, last upload {state.last_upload or 'none yet'}")
 
 
+DISK_WARN_FACTOR = 4  # warn while less than this many times the refusal threshold is free
+
+
+def check_disk(free: int | None, limits: OutboxLimits) -> Check:
+    if free is None:
+        return Check("disk", WARN, "cannot tell how much room the state filesystem has")
+    mb, floor = free / 1e6, limits.min_free_bytes / 1e6
+    fix = ("free space on the state filesystem (old logs: journalctl --vacuum-size=50M); "
+           "records already taken still upload")
+    if free < limits.min_free_bytes:
+        return Check("disk", FAIL, f"state filesystem full ({mb:.1f} MB free < {floor:.0f} MB):"
+                     " new measurements are refused", fix)
+    if free < DISK_WARN_FACTOR * limits.min_free_bytes:
+        return Check("disk", WARN, f"state filesystem nearly full ({mb:.1f} MB free); new "
+                     f"measurements will be refused below {floor:.0f} MB", fix)
+    return Check("disk", OK, f"{mb:.0f} MB free on the state filesystem")
+
+
+def check_delivery(stats: OutboxStats | None) -> Check:
+    if stats is None:
+        return Check("delivery", OK, "nothing measured yet")
+    c = stats.counters
+    text = (f"{stats.count} in the outbox, {stats.awaiting_receipt} sent and awaiting a "
+            f"collector's receipt, {c.get('receipted', 0)} receipted")
+    if stats.refused_kept:
+        return Check("delivery", WARN, f"{text}; {stats.refused_kept} refused by a collector",
+                     "see the reasons: sqlite3 <state dir>/outbox.sqlite3 'SELECT measurement_id,"
+                     " reason FROM refused'; tell the collector's operator")
+    if stats.awaiting_receipt and not c.get("receipted", 0) and c.get("resent", 0):
+        return Check("delivery", WARN, f"{text}; no receipt ever came",
+                     "the collector may be older than receipts (set [mqtt] receipts = false) or"
+                     " the broker ACL lacks the receipts topic (configs/mosquitto/)")
+    return Check("delivery", OK, text)
+
+
 def run_checks(
     config_file: Path | None,
     timeout: float,
@@ -259,6 +297,14 @@ def run_checks(
     checks.append(helper)
     if state.level == OK:
         checks.append(check_agent(config.state_dir, now()))
+        try:
+            limits = limits_from_config(config.section("outbox"))
+            stats = read_stats(config.state_dir)
+        except VigilError as exc:
+            checks.append(Check("delivery", WARN, str(exc)))
+        else:
+            checks.append(check_disk(disk_free(config.state_dir), limits))
+            checks.append(check_delivery(stats))
     return checks
 
 

@@ -107,7 +107,25 @@ def render(state: AgentState | None, outbox: dict[str, object] | None, now: date
             f"outbox:    {outbox.get('count', 0)} waiting ({int(outbox.get('bytes', 0)) / 1e6:.1f}"  # type: ignore[call-overload]
             f" MB){age}; dropped when full: {outbox.get('dropped', 0)}"
         )
+        lines.append(delivery_line(outbox))
     return "\n".join(lines)
+
+
+def delivery_line(outbox: dict[str, object]) -> str:
+    """Receipts and the state disk, from the outbox's statistics (OutboxStats.to_json)."""
+
+    def n(key: str) -> int:
+        value = outbox.get(key, 0)
+        return int(value) if isinstance(value, int | float) else 0
+
+    free = outbox.get("disk_free")
+    disk = f"{free / 1e6:.1f} MB free" if isinstance(free, int | float) else "free space unknown"
+    return (
+        f"delivery:  {n('awaiting_receipt')} sent, awaiting a collector's receipt; "
+        f"{n('receipted')} receipted, {n('resent')} sent again; "
+        f"{n('collector_refused')} refused by a collector ({n('refused_kept')} kept); "
+        f"disk {disk}, {n('disk_full_refused')} measurements refused for a full disk"
+    )
 
 
 @click.command()

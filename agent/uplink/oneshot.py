@@ -3,8 +3,9 @@
 The long-running agent owns its outbox and publisher for months (agent.daemon.backend); a
 ``--once`` run borrows them for its duration: every record is committed to the outbox first,
 then written to the run's own sink (JSONL), and a publisher drains the outbox while the run
-measures.  At the end the publisher gets a bounded grace to finish; what the broker has not
-acknowledged stays in the outbox for the next run or the daemon.
+measures.  At the end the publisher gets a bounded grace to finish; what no collector has
+receipted yet (with receipts off: what the broker has not acknowledged) stays in the outbox
+for the next run or the daemon.
 
 When the outbox is in use (the daemon is running on the same state directory) the run does
 not publish; its records are still in its JSONL output, and a warning says so.
@@ -80,7 +81,12 @@ async def publishing(
             yield TeeSink(OutboxSink(outbox, on_commit=publisher.notify), sink)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            while outbox.has_ready() and loop.time() < deadline and not task.done():
+            # Ready rows, and (receipts on) sent rows whose receipt has not come yet.
+            while (
+                (outbox.has_ready() or (settings.receipts and outbox.awaiting_receipt()))
+                and loop.time() < deadline
+                and not task.done()
+            ):
                 await asyncio.sleep(0.1)
         finally:
             stop.set()
@@ -90,7 +96,7 @@ async def publishing(
             await asyncio.gather(task, return_exceptions=True)
         left = len(outbox)
         if left:
-            log.warning("%d record(s) not yet acknowledged by the broker stay in the outbox "
-                        "for the next run", left)
+            log.warning("%d record(s) not yet stored by a collector stay in the outbox for "
+                        "the next run", left)
     finally:
         outbox.close()

@@ -1,6 +1,17 @@
 """Drain the outbox to the broker: MQTT v5, QoS 1, TLS, persistent session, in order.
 
-A row leaves the outbox only when the broker acknowledged it with a *success* PUBACK.  aiomqtt
+**Receipts** (``receipts = true``, the default; contract in agent.wire.receipts): a success
+PUBACK only marks a row *sent*; the row leaves the outbox when a collector's receipt on
+``vigil/v1/probes/{id}/receipts`` says it is stored (or refused for good).  A sent row without
+a receipt after ``receipt_timeout`` (doubling per send, at most ``receipt_timeout_max``) is
+published again, so a broker that crashed before saving its queue, or dropped messages over
+``max_queued_messages``, loses nothing.  ``receipts = false`` is for a collector older than
+receipts: then a success PUBACK deletes the row, as described below.  Without the switch, an
+outbox that has never had any answer from a collector falls back to that after
+``receipt_fallback`` (24 h) from a row's first send (Outbox.mark_sent).
+
+Without receipts a row leaves the outbox when the broker acknowledged it with a *success*
+PUBACK.  aiomqtt
 waits for PUBACKs but throws their MQTT v5 reason code away, and a refusal (135 not authorised,
 149 packet too large, 151 quota exceeded, ...) looks like success.  paho-mqtt does hand the
 code to its ``on_publish(client, userdata, mid, reason_code, properties)`` callback (callback
@@ -56,10 +67,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import SOFTWARE_NAME, __version__
-from agent.errors import ConfigError, OutboxError, PublishError
+from agent.errors import ConfigError, OutboxError, PublishError, ReceiptError
 from agent.uplink.outbox import Outbox, OutboxItem, rfc3339
 from agent.wire import envelope as wire
-from agent.wire.topics import measurements_topic, probe_view, status_topic
+from agent.wire import receipts
+from agent.wire.topics import measurements_topic, probe_view, receipts_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +126,12 @@ class PublisherSettings:
     backoff_max: float = 300.0
     status_interval: float = 60.0
     unrouted_retry: float = 5.0  # PUBACK 0x10: offer again after this (doubling, max 300 s)
+    receipts: bool = True  # hold sent rows until a collector's receipt (False: PUBACK deletes)
+    receipt_timeout: float = 120.0  # no receipt this long after the PUBACK: publish again
+    receipt_timeout_max: float = 3600.0  # ... doubling per send up to this
+    # Never any receipt (a collector older than receipts): after this long, a PUBACK alone
+    # deletes a row, as before receipts.  0: never (keep resending until receipts come).
+    receipt_fallback: float = 86400.0
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
@@ -141,8 +159,12 @@ _SETTING_TYPES: dict[str, type] = {
     "username": str, "password": str, "keepalive": int, "session_expiry": int,
     "connect_timeout": float, "ack_timeout": float, "max_inflight": int, "batch": int,
     "ack_batch": int, "max_message_bytes": int, "backoff_initial": float, "backoff_max": float,
-    "status_interval": float, "unrouted_retry": float,
+    "status_interval": float, "unrouted_retry": float, "receipts": bool,
+    "receipt_timeout": float, "receipt_timeout_max": float, "receipt_fallback": float,
 }
+
+
+_ZERO_OK = frozenset({"receipt_fallback"})  # 0 switches it off
 
 
 def settings_from_config(
@@ -185,11 +207,15 @@ def _coerce_setting(key: str, value: Any, kind: type, base_dir: Path | None) -> 
             raise ConfigError(f"[mqtt] {key} must be a path string")
         path = Path(value).expanduser()
         return path if path.is_absolute() or base_dir is None else base_dir / path
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"[mqtt] {key} must be true or false, not {value!r}")
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)  # and checked like one below
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"[mqtt] {key} must be a {kind.__name__}, not {value!r}")
-    if isinstance(value, int | float) and value <= 0:
+    if isinstance(value, int | float) and (value < 0 or (value == 0 and key not in _ZERO_OK)):
         raise ConfigError(f"[mqtt] {key} must be positive, not {value!r}")
     return value
 
@@ -207,6 +233,12 @@ class PublisherCounters:
     publish_errors: int = 0
     oversized: int = 0
     refused_by_code: dict[str, int] = field(default_factory=dict)
+    sent: int = 0  # PUBACKed, now awaiting a receipt (receipts on)
+    receipts: int = 0  # receipt messages received
+    receipted: int = 0  # rows a receipt said were stored
+    collector_refused: int = 0  # rows a receipt refused for good
+    collector_retry: int = 0
+    bad_receipts: int = 0  # receipt messages that broke the contract (ignored)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,12 +347,17 @@ class MqttSession:
 
     # -- API --
     def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False
+        self, topic: str, payload: bytes, *, retain: bool = False,
+        user_properties: Sequence[tuple[str, str]] = (),
     ) -> asyncio.Future[int]:
         """Send one QoS 1 PUBLISH now; the future gets the PUBACK reason code."""
         if self.lost.is_set():
             raise PublishError(f"connection lost: {self.lost_reason}")
-        info = self._paho.publish(topic, payload, qos=1, retain=retain)
+        props: Properties | None = None
+        if user_properties:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = list(user_properties)
+        info = self._paho.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise PublishError(f"cannot publish: {mqtt.error_string(info.rc)}")
         fut: asyncio.Future[int] = self._loop.create_future()
@@ -359,7 +396,7 @@ MessageHandler = Callable[[str, bytes], Awaitable[None]]
 class _PassTally:
     """What one drain pass learnt, written to the outbox in batches."""
 
-    acked: list[int] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)  # PUBACKed (sent, with receipts on)
     unrouted: list[int] = field(default_factory=list)
     refused: int = 0
 
@@ -383,6 +420,7 @@ class Publisher:
         self.software_version = software_version
         self.subscriptions = tuple(subscriptions)
         self.on_message = on_message
+        self.receipts_topic = receipts_topic(self.probe_id)
         self.counters = PublisherCounters()
         self.connected = False
         self._rng = rng or random.Random()
@@ -420,14 +458,17 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
-    async def flush(self) -> int:
+    async def flush(self, receipt_wait: float = 0.0) -> int:
         """One connection: publish everything ready now, then disconnect.  Returns published.
 
-        Raises aiomqtt.MqttError / PublishError when the broker cannot be reached or the
-        connection breaks; what was not acknowledged stays in the outbox.
+        With receipts on, stays connected up to ``receipt_wait`` seconds while the sent rows
+        await their receipts (a receipt that comes later is queued in the probe's broker
+        session, or the row is sent again).  Raises aiomqtt.MqttError / PublishError when the
+        broker cannot be reached or the connection breaks; what was not acknowledged stays in
+        the outbox.
         """
         before = self.counters.published
-        await self._session(asyncio.Event(), until_drained=True)
+        await self._session(asyncio.Event(), until_drained=True, receipt_wait=receipt_wait)
         return self.counters.published - before
 
     # ---- one connection ----------------------------------------------------------------------
@@ -461,7 +502,17 @@ class Publisher:
             max_inflight_messages=s.max_inflight,
         )
 
-    async def _session(self, stop: asyncio.Event, *, until_drained: bool) -> None:
+    async def _await_receipts(self, session: MqttSession, wait: float) -> None:
+        """``flush``: stay connected up to ``wait`` s while sent rows await their receipts."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not session.lost.is_set():
+            if not await asyncio.to_thread(self.outbox.awaiting_receipt):
+                return
+            await asyncio.sleep(0.05)
+
+    async def _session(
+        self, stop: asyncio.Event, *, until_drained: bool, receipt_wait: float = 0.0
+    ) -> None:
         """One connection, from CONNECT to DISCONNECT; errors propagate after cleanup."""
         client = self._client()
         session = MqttSession(client)
@@ -479,15 +530,20 @@ class Publisher:
                      self.probe_id)
             dispatcher: asyncio.Task[None] | None = None
             try:
-                for topic in self.subscriptions:
+                topics = list(self.subscriptions)
+                if self.settings.receipts:
+                    topics.append(self.receipts_topic)
+                for topic in topics:
                     await client.subscribe(topic, qos=1)
-                if self.on_message is not None and self.subscriptions:
+                if topics and (self.on_message is not None or self.settings.receipts):
                     dispatcher = asyncio.create_task(self._dispatch(client))
                 await self._publish_status(session, "online")
                 next_status = time.monotonic() + self.settings.status_interval
                 while True:
                     self._wake.clear()
                     await self._drain(session)
+                    if until_drained:
+                        await self._await_receipts(session, receipt_wait)
                     if until_drained or stop.is_set():
                         break
                     if time.monotonic() >= next_status:
@@ -553,9 +609,13 @@ class Publisher:
                         continue
                     while len(inflight) >= s.max_inflight:
                         await self._settle(*inflight.popleft(), tally)
-                    inflight.append((item, session.publish(topic, item.envelope)))
+                    props = (receipts.user_properties(item.measurement_id, item.age_s)
+                             if s.receipts else ())
+                    inflight.append(
+                        (item, session.publish(topic, item.envelope, user_properties=props))
+                    )
                     if len(tally.acked) >= s.ack_batch:
-                        await self.outbox.aack(tally.acked)
+                        await self._write_acked(tally.acked)
                         tally.acked = []
             while inflight:
                 await self._settle(*inflight.popleft(), tally)
@@ -573,6 +633,19 @@ class Publisher:
         finally:
             await self._close_pass(tally)
 
+    async def _write_acked(self, seqs: list[int]) -> None:
+        """PUBACKed rows: deleted (receipts off) or marked sent, awaiting a receipt."""
+        s = self.settings
+        if s.receipts:
+            released = await asyncio.to_thread(
+                self.outbox.mark_sent, seqs, s.receipt_timeout, s.receipt_timeout_max,
+                s.receipt_fallback,
+            )
+            self.counters.sent += len(seqs) - released
+            self.counters.published += released
+        else:
+            await self.outbox.aack(seqs)
+
     async def _settle(self, item: OutboxItem, fut: asyncio.Future[int], tally: _PassTally) -> None:
         try:
             code = await asyncio.wait_for(fut, self.settings.ack_timeout)
@@ -582,7 +655,8 @@ class Publisher:
             self.counters.unrouted += 1
             tally.unrouted.append(item.seq)
         elif code < RC_UNSPECIFIED_ERROR:
-            self.counters.published += 1
+            if not self.settings.receipts:  # else counted when the receipt comes
+                self.counters.published += 1
             tally.acked.append(item.seq)
         else:
             await self._refused(item, code, reason_name(code), tally)
@@ -600,7 +674,7 @@ class Publisher:
     async def _close_pass(self, tally: _PassTally) -> None:
         """Write what the pass learnt: acks (delete), unrouted rows (defer), one log line."""
         if tally.acked:
-            await self.outbox.aack(tally.acked)
+            await self._write_acked(tally.acked)
         if tally.unrouted:
             # No subscriber at all: typically a broker restart before the collectors
             # re-subscribed (Mosquitto 2.0.11 does not restore shared subscriptions of
@@ -646,14 +720,40 @@ class Publisher:
                       reason_name(code))
 
     async def _dispatch(self, client: aiomqtt.Client) -> None:
-        assert self.on_message is not None
         async for message in client.messages:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+            topic = probe_view(str(message.topic))
             try:
-                await self.on_message(probe_view(str(message.topic)), data)
+                if topic == self.receipts_topic:
+                    await self._receipt(data)
+                elif self.on_message is not None:
+                    await self.on_message(topic, data)
+            except OutboxError as exc:
+                # Unapplied: the rows stay and are sent again; the collector answers again.
+                log.error("cannot apply a receipt: %s", exc)
             except Exception:
                 log.exception("handler for %s failed", message.topic)
+
+    async def _receipt(self, data: bytes) -> None:
+        try:
+            receipt = receipts.parse(data)
+        except ReceiptError as exc:
+            self.counters.bad_receipts += 1
+            log.warning("ignoring a malformed receipt: %s", exc)
+            return
+        self.counters.receipts += 1
+        done = await asyncio.to_thread(
+            self.outbox.apply_receipt, receipt, self.settings.receipt_timeout
+        )
+        if done["pulled"]:
+            log.info("%d sent record(s) older than the ones just receipted never got a "
+                     "receipt (lost by the broker): sending them again now", done["pulled"])
+            self._wake.set()
+        self.counters.receipted += done["stored"]
+        self.counters.published += done["stored"]
+        self.counters.collector_refused += done["refused"]
+        self.counters.collector_retry += done["retry"]
 
     def _log_failure(self, exc: BaseException) -> None:
         if isinstance(exc, MqttConnectError):

@@ -5,6 +5,7 @@
     vigil/v1/probes/{probe_id}/measurements   QoS 1, signed records        probe -> collectors
     vigil/v1/probes/{probe_id}/status         retained online, Last Will   probe -> collectors
     vigil/v1/probes/{probe_id}/commands       retained, operator-signed    collector -> probe
+    vigil/v1/probes/{probe_id}/receipts       QoS 1, what was stored        collector -> probe
     vigil/v1/campaigns/{CC}                   retained, operator-signed    collector -> probes
 
 Collectors subscribe through a shared subscription (``$share/{group}/...``) so several processes
@@ -30,6 +31,7 @@ CAMPAIGNS: Final = f"{ROOT}/campaigns"
 MEASUREMENTS: Final = "measurements"
 STATUS: Final = "status"
 COMMANDS: Final = "commands"
+RECEIPTS: Final = "receipts"
 
 MEASUREMENTS_FILTER: Final = f"{PROBES}/+/{MEASUREMENTS}"
 STATUS_FILTER: Final = f"{PROBES}/+/{STATUS}"
@@ -66,6 +68,10 @@ def status_topic(probe_id: str) -> str:
 
 def commands_topic(probe_id: str) -> str:
     return probe_topic(probe_id, COMMANDS)
+
+
+def receipts_topic(probe_id: str) -> str:
+    return probe_topic(probe_id, RECEIPTS)
 
 
 def country_topic(cc: str) -> str:

@@ -21,6 +21,11 @@ Guarantees:
 * **Database down**: the batch is retried with backoff and nothing is acknowledged; the
   pipeline fills, we stop taking messages, and the broker holds the rest (it sends at most
   Receive Maximum unacknowledged messages).  The collector keeps its broker session alive.
+* **Receipts after the commit** (agent.wire.receipts, collector.ingest.receipts): a probe
+  that asks for them learns which of its records are stored (duplicates included) or refused
+  and why, on ``vigil/v1/probes/{id}/receipts``; its outbox keeps every record until then, so
+  a broker that crashes before saving its queues loses nothing.  Each collector of the shared
+  subscription answers for the messages it committed.
 * **Bad messages never stop the ingest**: every rejection has a reason, is counted and its raw
   bytes quarantined (collector.ingest.verify), then acknowledged like any stored message.
 
@@ -52,14 +57,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import ConfigError, VigilError
+from agent.wire import receipts
 from agent.wire.topics import (
     COLLECTOR_MEASUREMENTS_FILTER,
     COLLECTOR_STATUS_FILTER,
+    at_broker,
     measurements_topic,
+    receipts_topic,
     shared,
     topic_parts,
 )
 from collector.config import BrokerConfig, IngestConfig
+from collector.ingest import receipts as ingest_receipts
 from collector.ingest.intake import IntakeQueue, inflight_window
 from collector.ingest.verify import (
     Accepted,
@@ -89,6 +98,9 @@ log = logging.getLogger("vigil.collector.ingest")
 
 UNKNOWN_RECHECK_S = 30.0
 GROUP_COMMIT_BATCHES = 4  # at most this many queued batches share one transaction
+
+
+NO_REQUEST = receipts.Request(None, None, None)  # a message without our user properties
 
 
 class IngestError(VigilError):
@@ -128,13 +140,18 @@ class IngestStats:
     connections: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_error: str = ""
+    receipts: int = 0  # receipt messages published to probes (after the commit)
+    receipts_skipped: int = 0  # not published: the broker connection was gone (probe resends)
+    placed: Counter[str] = field(default_factory=Counter)  # start times moved (wrong clocks)
 
     def line(self) -> str:
         rej = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items())) or "none"
+        placed = ", ".join(f"{k}={v}" for k, v in sorted(self.placed.items())) or "none"
         return (
             f"received={self.received} stored={self.stored} statuses={self.statuses} "
             f"acked={self.acked} batches={self.batches} store_retries={self.store_retries} "
-            f"connections={self.connections} rejected: {rej}"
+            f"connections={self.connections} receipts={self.receipts} rejected: {rej} "
+            f"placed: {placed}"
         )
 
 
@@ -144,6 +161,7 @@ class _Msg:
     payload: bytes
     mid: int
     qos: int
+    request: receipts.Request = NO_REQUEST  # what its user properties asked for
 
 
 @dataclass(slots=True)
@@ -177,6 +195,7 @@ class Ingest:
         self.keys = KeyTable()
         self.verifier = Verifier(self.keys, ingest.policy())
         self.stats = IngestStats()
+        self.stats.placed = self.verifier.placed  # one counter, kept by the verifier
         self._generation = 0
         self._paho: paho.Client | None = None  # the current connection's client
         self._queue = IntakeQueue(self.stats.rejected)
@@ -196,6 +215,7 @@ class Ingest:
         self._verify_procs: ProcessPoolExecutor | None = None  # started by run()
         self._keys_loaded_at = 0.0
         self._unknown: dict[str, float] = {}  # probe id -> when a reload confirmed it unknown
+        self._failed: set[str] = set()  # accepted ids the store refused in the current batch
         self.connected = asyncio.Event()  # set while subscribed (tests and health checks)
 
     # ---- public -------------------------------------------------------------------------
@@ -391,7 +411,9 @@ class Ingest:
                 self.stats.received += len(batch)
                 await self._keys_for(batch)
                 now = time.time()
-                prepared = self.verifier.prepare_batch([(m.topic, m.payload) for m in batch], now)
+                prepared = self.verifier.prepare_batch(
+                    [(m.topic, m.payload) for m in batch], now, [m.request.age_s for m in batch]
+                )
                 signed = [p for p in prepared if isinstance(p, Signed)]
                 fut: asyncio.Future[list[bytes | None]]
                 if self._verify_procs is not None and signed:  # IngestConfig.verify_processes
@@ -474,7 +496,10 @@ class Ingest:
     @staticmethod
     def _msg(m: aiomqtt.Message) -> _Msg:
         payload = m.payload if isinstance(m.payload, bytes) else bytes(cast(Any, m.payload))
-        return _Msg(m.topic.value, payload, m.mid, m.qos)
+        props = getattr(m.properties, "UserProperty", None) if m.properties else None
+        if not props:
+            return _Msg(m.topic.value, payload, m.mid, m.qos)
+        return _Msg(m.topic.value, payload, m.mid, m.qos, receipts.request_from(props))
 
     async def _fill(self, batch: list[_Msg]) -> None:
         """Add whatever has already arrived, waiting at most batch_wait_ms for more."""
@@ -525,8 +550,10 @@ class Ingest:
                     pending.prepared, signatures, pending.received
                 )
             if outcomes:
+                self._failed = set()
                 result = await self._store(_split(outcomes))
                 self._count(outcomes, result)
+                self._receipts(group, outcomes, result)
             for pending in group:
                 self._ack(pending)
 
@@ -572,6 +599,7 @@ class Ingest:
             except StoreUnavailable:
                 raise
             except StoreError as exc:
+                self._failed.add(row.measurement_id)
                 self.stats.rejected[str(Reason.INTERNAL_ERROR)] += 1
                 await self.store.call(store.write_batch, IngestBatch(rejections=[
                     QuarantineItem(str(Reason.INTERNAL_ERROR), f"store refused the row: {exc}",
@@ -595,6 +623,31 @@ class Ingest:
                 s.statuses += 1
         if result.duplicates:
             s.rejected["duplicate"] += len(result.duplicates)
+
+    def _receipts(
+        self, group: list[_Pending], outcomes: list[Outcome], result: InsertResult
+    ) -> None:
+        """Tell each probe what of this committed batch is stored (agent.wire.receipts).
+
+        Published before the PUBACKs; sent on the current connection even for messages that
+        came on an earlier one (they are committed all the same).  Fire and forget at QoS 1:
+        a receipt that is lost makes the probe send the record again, and the duplicate gets
+        a receipt.
+        """
+        answered = [ingest_receipts.Answered(m.topic, m.request)
+                    for pending in group for m in pending.messages]
+        built = ingest_receipts.build(answered, outcomes, conflicts=set(result.conflicts),
+                                      failed=self._failed, by=self.broker.client_id)
+        if not built:
+            return
+        client = self._paho
+        for probe_id, receipt in built.items():
+            for part in receipts.split(receipt):
+                if client is None:
+                    self.stats.receipts_skipped += 1
+                    continue
+                client.publish(at_broker(receipts_topic(probe_id)), receipts.encode(part), qos=1)
+                self.stats.receipts += 1
 
     def _ack(self, pending: _Pending) -> None:
         """PUBACK in arrival order, only on the connection the messages came from."""

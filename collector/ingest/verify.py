@@ -4,7 +4,7 @@ For a measurement message, in this order (cheapest and least trusting first)::
 
     size limit -> DSSE envelope parse -> key lookup (enrolled, not revoked)
     -> Ed25519 signature over the RECEIVED payload bytes -> payload JSON -> JSON Schema
-    -> payload probe_id == signing key's probe == topic's probe id -> timestamp sanity
+    -> payload probe_id == signing key's probe == topic's probe id -> timestamp placement
 
 and the store then deduplicates on ``measurement_id``.  Nothing here raises: every failure is a
 :class:`Rejected` carrying a machine reason (:class:`Reason`), a human detail and the raw
@@ -35,8 +35,9 @@ import select
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any, Protocol
@@ -68,7 +69,7 @@ class Reason(enum.StrEnum):
     SCHEMA_VIOLATION = "schema_violation"
     PROBE_MISMATCH = "probe_mismatch"
     TOPIC_MISMATCH = "topic_mismatch"
-    FUTURE_TIMESTAMP = "future_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"  # no longer produced: such records are placed
     STALE_TIMESTAMP = "stale_timestamp"
     DUPLICATE = "duplicate"  # decided by the store (dedup on measurement_id)
     INTERNAL_ERROR = "internal_error"  # a bug in the collector: kept, counted, not crashed on
@@ -80,8 +81,14 @@ class VerifyPolicy:
 
     max_bytes: int = wire.MAX_ENVELOPE_BYTES
     max_status_bytes: int = MAX_STATUS_BYTES
-    # A probe's clock may run ahead a little (no RTC, NTP blocked); an hour covers that.
+    # A probe's clock may be off a little (no RTC, NTP blocked): up to this much a claimed
+    # start time is taken as is.  Further ahead, the record is stored (never rejected: a Pi's
+    # clock before NTP sync must not lose its measurements) and placed at its true age
+    # (``vigil-age``) or, without one, at its arrival: see Verifier.place_start.
     max_future_s: float = 3600.0
+    # How long a message may wait in the broker before a collector takes it (a collector
+    # outage); bounds the true start of a record whose age the probe told.
+    max_queue_s: float = 31 * 86400.0
     # Outboxes keep measurements for a long time; older than this is a broken clock or replay.
     max_age_s: float = 400 * 86400.0
 
@@ -168,6 +175,7 @@ class Signed:
     env: wire.Envelope
     keyid: str
     key: Ed25519PublicKey
+    age_s: float | None = None  # the probe's "vigil-age": seconds since the record was taken
 
 
 Prepared = Outcome | Signed
@@ -365,6 +373,9 @@ class Verifier:
         self._decoder = json.JSONDecoder(
             object_pairs_hook=_strict_pairs, parse_constant=_reject_constant
         )
+        # Records whose claimed start time was moved (the probe's clock was wrong), by how:
+        # "age" (placed by the probe's own age of the record), "arrival" (clamped to arrival).
+        self.placed: Counter[str] = Counter()
 
     # ---- entry points -------------------------------------------------------------------
     def check(self, topic: str, raw: bytes, now: float | None = None) -> Outcome:
@@ -379,12 +390,23 @@ class Verifier:
 
     # The three stages, so the ingest can run the Ed25519 calls (which release the GIL) on
     # another thread while everything else stays on the event loop.
-    def prepare_batch(self, messages: Sequence[tuple[str, bytes]], now: float) -> list[Prepared]:
-        """Size, envelope, key: a final Outcome, or a Signed message awaiting its signature."""
+    def prepare_batch(
+        self, messages: Sequence[tuple[str, bytes]], now: float,
+        ages: Sequence[float | None] | None = None,
+    ) -> list[Prepared]:
+        """Size, envelope, key: a final Outcome, or a Signed message awaiting its signature.
+
+        ``ages``: per message, the age the probe told (``vigil-age``), or None.
+        """
         prepared: list[Prepared] = [
             self._guard(topic, raw, now, partial(self._prepare, topic, raw, now))
             for topic, raw in messages
         ]
+        if ages is not None:
+            prepared = [
+                replace(p, age_s=age) if isinstance(p, Signed) and age is not None else p
+                for p, age in zip(prepared, ages, strict=True)
+            ]
         return prepared
 
     @staticmethod
@@ -474,12 +496,7 @@ class Verifier:
             raise _Reject(
                 Reason.TOPIC_MISMATCH, f"published under {topic_probe[:64]} but signed by {keyid}"
             )
-        if start_ts > now + policy.max_future_s:
-            raise _Reject(
-                Reason.FUTURE_TIMESTAMP,
-                f"measurement_start_time {record['measurement_start_time']} is "
-                f"{start_ts - now:.0f} s in the future",
-            )
+        start_ts = self.place_start(start_ts, item.age_s, now)
         if start_ts < now - policy.max_age_s:
             raise _Reject(
                 Reason.STALE_TIMESTAMP,
@@ -508,6 +525,28 @@ class Verifier:
             signature=signature,
             probe_seq=record.get("probe_seq"),
         ))
+
+    def place_start(self, claimed: float, age_s: float | None, now: float) -> float:
+        """Where a record goes on the time line (``start_ts``; the signed bytes keep the claim).
+
+        The claim stands when it is plausible.  With the probe's age of the record (its boot
+        clock, which NTP does not move), the true start lies in [now - age - max_queue_s,
+        now - age]: a claim outside it (beyond max_future_s of slack) came from a wrong clock
+        and the record is placed at now - age.  Without an age, a claim more than max_future_s
+        ahead is placed at its arrival (a measurement cannot start after it was received).
+        """
+        policy = self.policy
+        if age_s is not None:
+            latest = now - age_s
+            if (claimed > latest + policy.max_future_s
+                    or claimed < latest - policy.max_queue_s - policy.max_future_s):
+                self.placed["age"] += 1
+                return latest
+            return claimed
+        if claimed > now + policy.max_future_s:
+            self.placed["arrival"] += 1
+            return now
+        return claimed
 
     def _validate(self, record: Any) -> None:
         if self._fast is None or not self._fast(record):

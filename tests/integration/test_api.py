@@ -880,6 +880,7 @@ async def test_serve_ingests_from_a_real_broker_and_stops_cleanly(
         assert m[("vigil_ingest_stored_total", ())] == len(records)
         assert m[("vigil_ingest_rejected_total", (("reason", "malformed_envelope"),))] == 1
         assert m[("vigil_ingest_connected", ())] == 1
+        assert m[("vigil_ingest_receipts_total", ())] == 0  # none asked (no vigil-receipt)
     sp.proc.send_signal(sig)
     code = await asyncio.to_thread(sp.proc.wait, 30)
     log = sp.log()

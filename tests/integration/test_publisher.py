@@ -53,6 +53,9 @@ def settings_for(info: BrokerInfo, probe_id: str, **kw: Any) -> PublisherSetting
         "ack_timeout": 5.0,
         "connect_timeout": 5.0,
         "unrouted_retry": 0.2,
+        # The minimal collector here sends no receipts: these tests are about the broker
+        # layer, where a PUBACK deletes (receipts: tests/integration/test_delivery.py).
+        "receipts": False,
     }
     base.update(kw)
     return PublisherSettings(**base)
@@ -130,7 +133,7 @@ async def test_client_certificate_login(broker: MosquittoBroker, tmp_path: Path)
         ob.enqueue(make_record(ident.probe_id))
         settings = PublisherSettings(
             host=info.host, port=info.probe_cert_port, ca_file=info.ca_file,
-            cert_file=cert.cert_file, key_file=cert.key_file,
+            cert_file=cert.cert_file, key_file=cert.key_file, receipts=False,
         )
         async with Collector(info, {ident.probe_id: ident}) as col:
             assert await Publisher(ob, settings).flush() == 1
@@ -371,6 +374,7 @@ async def test_agent_sigkilled_mid_campaign_loses_nothing(
     ident = new_probe(tmp_path, broker, "p")
     info = broker.info
     conf = {"host": info.host, "port": info.probe_port, "ca_file": str(info.ca_file),
+            "receipts": False,
             "password": info.probes[ident.probe_id].password, "backoff_initial": 0.05}
     produced: list[str] = []
     async with Collector(info, {ident.probe_id: ident}) as col:
@@ -438,6 +442,7 @@ async def test_once_run_publishes_through_the_outbox(
     config = once_config(tmp_path / "p", {
         "host": info.host, "port": info.probe_port, "ca_file": str(info.ca_file),
         "password_file": str(tmp_path / "pw"),
+        "receipts": False,
     })
     out = ListSink()
     recs = [make_record(ident.probe_id, i) for i in range(25)]
@@ -469,3 +474,46 @@ async def test_once_run_without_broker_or_with_busy_outbox_only_writes_its_outpu
             assert sink is out
             await sink.put(make_record(ident.probe_id))
     assert len(out.records) == 1
+
+
+async def test_collector_without_receipts_keeps_records_and_sends_again(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """An agent with receipts on, facing a collector older than receipts: nothing leaves
+    the outbox on a PUBACK alone; what is sent is offered again after the receipt timeout
+    (the operator switches ``receipts = false`` for such a collector)."""
+    ident = new_probe(tmp_path, broker, "p")
+    info = broker.info
+    with Outbox(tmp_path / "p", ident) as ob:
+        for i in range(20):
+            ob.enqueue(make_record(ident.probe_id, i))
+        pub = Publisher(ob, settings_for(info, ident.probe_id, receipts=True,
+                                         receipt_timeout=0.3, receipt_timeout_max=0.3))
+        async with Collector(info, {ident.probe_id: ident}) as col, running(pub):
+            await wait_until(lambda: min(col.received.values(), default=0) >= 2, 20,
+                             "every record sent twice")
+        stats = ob.stats()
+        assert len(ob) == 20 and stats.awaiting_receipt == 20
+        assert stats.counters["sent"] >= 40 and stats.counters["resent"] >= 20
+        assert stats.counters["published"] == 0 and not col.bad
+
+
+async def test_collector_without_receipts_falls_back_to_puback_after_the_fallback(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """No receipt ever (a collector older than receipts): after ``receipt_fallback`` from a
+    record's first send, its next PUBACK deletes it, as before receipts; nothing is lost."""
+    ident = new_probe(tmp_path, broker, "p")
+    info = broker.info
+    with Outbox(tmp_path / "p", ident) as ob:
+        for i in range(20):
+            ob.enqueue(make_record(ident.probe_id, i))
+        pub = Publisher(ob, settings_for(info, ident.probe_id, receipts=True,
+                                         receipt_timeout=0.3, receipt_timeout_max=0.3,
+                                         receipt_fallback=1.0))
+        async with Collector(info, {ident.probe_id: ident}) as col, running(pub):
+            await wait_until(lambda: len(ob) == 0, 20, "the fallback to drain the outbox")
+            await wait_until(lambda: len(col.received) == 20, 10, "every record delivered")
+        counters = ob.stats().counters
+        assert counters["released_on_puback"] == 20 and counters["published"] == 20
+        assert min(col.received.values()) >= 2 and not col.bad  # sent, then sent again

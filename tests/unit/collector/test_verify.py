@@ -220,9 +220,46 @@ def test_not_a_probe_topic(verifier: Verifier, probe: TestProbe) -> None:
 
 
 # ---- time ---------------------------------------------------------------------------------------
-def test_future_timestamp(verifier: Verifier, probe: TestProbe) -> None:
+def test_future_timestamp_is_stored_at_its_arrival(verifier: Verifier, probe: TestProbe) -> None:
+    """A probe clock days ahead (no RTC, wrong NTP) must not lose the record: it is stored,
+    its signed bytes untouched, placed at its arrival (it cannot have started later)."""
     record = probe.record(start=NOW + 2 * 86400)
-    rejected(verifier.check(probe.topic, probe.envelope(record), NOW), Reason.FUTURE_TIMESTAMP)
+    outcome = verifier.check(probe.topic, probe.envelope(record), NOW)
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.row.start_ts == NOW
+    assert json.loads(outcome.row.payload)["measurement_start_time"] == iso(NOW + 2 * 86400)
+    assert verifier.placed == {"arrival": 1}
+
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("claimed", "age", "placed_at", "how"),
+    [
+        (NOW - 60, 60.0, NOW - 60, None),  # right clock: the claim stands
+        (NOW - 600 + 1800, 600.0, NOW - 600 + 1800, None),  # half an hour off: tolerated
+        (NOW + 2 * DAY, 600.0, NOW - 600, "age"),  # clock ran 2 days ahead: placed by age
+        (NOW - 3 * 365 * DAY, 600.0, NOW - 600, "age"),  # clock years behind (1970-ish)
+        (NOW - 20 * DAY, 60.0, NOW - 20 * DAY, None),  # queued at the broker for 20 days
+        (NOW - 40 * DAY, 60.0, NOW - 60, "age"),  # longer than any broker keeps it
+        (NOW + 2 * DAY, None, NOW, "arrival"),  # no age told (older agent, rebooted)
+        (NOW - 5 * DAY, None, NOW - 5 * DAY, None),  # backlog without an age: as claimed
+    ],
+)
+def test_start_time_placement(
+    verifier: Verifier, claimed: float, age: float | None, placed_at: float, how: str | None
+) -> None:
+    assert verifier.place_start(claimed, age, NOW) == pytest.approx(placed_at)
+    assert dict(verifier.placed) == ({how: 1} if how else {})
+
+
+def test_age_reaches_the_row(verifier: Verifier, probe: TestProbe) -> None:
+    raw = probe.envelope(probe.record(start=NOW + 3 * DAY))
+    prepared = verifier.prepare_batch([(probe.topic, raw)], NOW, [120.0])
+    signed = [p for p in prepared if isinstance(p, Signed)]
+    (outcome,) = verifier.finish_batch(prepared, verifier.crypto(signed), NOW)
+    assert isinstance(outcome, Accepted) and outcome.row.start_ts == pytest.approx(NOW - 120)
 
 
 def test_small_clock_skew_is_tolerated(verifier: Verifier, probe: TestProbe) -> None:
