@@ -62,7 +62,6 @@ from agent.wire.topics import (
     MEASUREMENTS_FILTER,
     STATUS_FILTER,
     measurements_topic,
-    receipts_topic,
     shared,
 )
 from collector.config import BrokerConfig, IngestConfig
@@ -629,12 +628,12 @@ class Ingest:
         if not built:
             return
         client = self._paho
-        for probe_id, receipt in built.items():
+        for topic, receipt in built.items():
             for part in receipts.split(receipt):
                 if client is None:
                     self.stats.receipts_skipped += 1
                     continue
-                client.publish(receipts_topic(probe_id), receipts.encode(part), qos=1)
+                client.publish(topic, receipts.encode(part), qos=1)
                 self.stats.receipts += 1
 
     def _ack(self, pending: _Pending) -> None:

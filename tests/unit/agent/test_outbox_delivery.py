@@ -311,3 +311,23 @@ def test_no_fallback_once_a_collector_has_answered(tmp_path: Path, ident: Identi
         clock.now += 10 * 86400
         assert ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=10.0) == 0
         assert len(ob) == 1 and ob.awaiting_receipt() == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "ours"),
+    [
+        ("vigil/v1/probes/{id}/receipts", True),
+        ("edge/vigil/v1/probes/{id}/receipts", True),  # delivered with a mount point left on
+        ("vigil/v1/probes/{id}/commands", False),
+        ("vigil/v1/probes/other{id}/receipts", False),
+        ("xvigil/v1/probes/{id}/receipts", False),
+    ],
+)
+def test_publisher_knows_its_receipts_topic(
+    tmp_path: Path, ident: Identity, topic: str, ours: bool
+) -> None:
+    from agent.uplink.publisher import Publisher, PublisherSettings
+
+    with outbox(tmp_path, ident, Clock()) as ob:
+        pub = Publisher(ob, PublisherSettings(host="127.0.0.1", password="x"))
+        assert pub._is_receipts(topic.format(id=ident.probe_id)) is ours
