@@ -466,8 +466,11 @@ class Outbox:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
+        """Create or upgrade the schema.  ``_SCHEMA`` is idempotent (CREATE ... IF NOT
+        EXISTS) and runs at every upgrade, so a table added to it is created in old outboxes
+        too; the ALTERs of version 2 run once."""
         db.execute("BEGIN IMMEDIATE")
-        script = (_SCHEMA if version < 1 else "") + _SCHEMA_V2
+        script = _SCHEMA + (_SCHEMA_V2 if version < 2 else "")
         for statement in script.split(";"):
             if statement.strip():
                 db.execute(statement)
@@ -559,11 +562,11 @@ class Outbox:
                 f"record claims probe {record.probe_id!r}, this probe is "
                 f"{self.identity.probe_id!r}: the collector would reject it"
             )
+        self._check_room()  # first: nothing is written for a record that will be refused
         if record.probe_seq is None:
             record = replace(record, probe_seq=self._next_probe_seq())
         payload = wire.encode_record(record.to_json())
         envelope = self.sign(payload)
-        self._check_room()
         now = self._clock()
         boot_id, boot_ts = self._boot()
         with self._lock:  # the totals change with the commit, never without it

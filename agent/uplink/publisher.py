@@ -725,7 +725,7 @@ class Publisher:
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
             topic = probe_view(str(message.topic))
             try:
-                if topic == self.receipts_topic:
+                if self._is_receipts(topic):
                     await self._receipt(data)
                 elif self.on_message is not None:
                     await self.on_message(topic, data)
@@ -734,6 +734,11 @@ class Publisher:
                 log.error("cannot apply a receipt: %s", exc)
             except Exception:
                 log.exception("handler for %s failed", message.topic)
+
+    def _is_receipts(self, topic: str) -> bool:
+        """Our receipts topic, also as delivered with the broker's mount-point prefix (some
+        Mosquitto versions leave a listener's ``mount_point`` on what they deliver)."""
+        return topic == self.receipts_topic or topic.endswith("/" + self.receipts_topic)
 
     async def _receipt(self, data: bytes) -> None:
         try:

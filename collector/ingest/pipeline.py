@@ -61,9 +61,7 @@ from agent.wire import receipts
 from agent.wire.topics import (
     COLLECTOR_MEASUREMENTS_FILTER,
     COLLECTOR_STATUS_FILTER,
-    at_broker,
     measurements_topic,
-    receipts_topic,
     shared,
     topic_parts,
 )
@@ -641,12 +639,12 @@ class Ingest:
         if not built:
             return
         client = self._paho
-        for probe_id, receipt in built.items():
+        for topic, receipt in built.items():
             for part in receipts.split(receipt):
                 if client is None:
                     self.stats.receipts_skipped += 1
                     continue
-                client.publish(at_broker(receipts_topic(probe_id)), receipts.encode(part), qos=1)
+                client.publish(topic, receipts.encode(part), qos=1)
                 self.stats.receipts += 1
 
     def _ack(self, pending: _Pending) -> None:

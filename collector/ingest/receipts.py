@@ -18,11 +18,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from agent.wire.receipts import Receipt, Request
-from agent.wire.topics import MEASUREMENTS, topic_parts
+from agent.wire.topics import MEASUREMENTS, RECEIPTS, topic_parts
 from collector.ingest.verify import Accepted, Outcome, Reason, Rejected
 
 RETRY_REASONS = frozenset({str(Reason.UNKNOWN_KEY), str(Reason.INTERNAL_ERROR)})
 CONFLICT = "conflict"
+
+
+def reply_topic(topic: str) -> str:
+    """Where the receipt for a record published on ``topic`` goes: its sibling ``receipts``
+    topic, under the same name the record came by (whatever prefix the broker gave the
+    probe's topics, e.g. a listener ``mount_point``, the answer carries it back)."""
+    return topic.rsplit("/", 1)[0] + "/" + RECEIPTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +48,8 @@ def build(
     failed: Collection[str] = (),
     by: str = "",
 ) -> dict[str, Receipt]:
-    """Receipts by probe id for a committed batch (``messages`` and ``outcomes`` aligned).
+    """Receipts by reply topic (:func:`reply_topic`) for a committed batch (``messages`` and
+    ``outcomes`` aligned).
 
     ``conflicts``: ids whose stored bytes differ from these (refused); ``failed``: accepted
     ids the store nevertheless refused (quarantined as internal_error: retry).
@@ -55,7 +63,7 @@ def build(
         parts = topic_parts(msg.topic)
         if parts is None or parts[1] != MEASUREMENTS:
             continue
-        probe = parts[0]
+        probe = reply_topic(msg.topic)
         if isinstance(outcome, Accepted):
             mid = outcome.row.measurement_id
             if mid in failed:
@@ -68,7 +76,7 @@ def build(
             mid, reason = msg.request.measurement_id, outcome.reason
             (retry if reason in RETRY_REASONS else refused).setdefault(probe, {})[mid] = reason
     out: dict[str, Receipt] = {}
-    for probe in sorted({*stored, *refused, *retry}):
+    for probe in sorted({*stored, *refused, *retry}):  # a reply topic names one probe
         out[probe] = Receipt(
             stored=tuple(dict.fromkeys(stored.get(probe, []))),
             refused=refused.get(probe, {}),

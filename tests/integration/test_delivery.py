@@ -27,7 +27,6 @@ from agent.identity import Identity
 from agent.uplink.outbox import Outbox, OutboxLimits
 from agent.uplink.publisher import Publisher, PublisherSettings
 from agent.wire.envelope import raw_public_key
-from agent.wire.topics import at_broker, receipts_topic
 from collector.store import open_store
 from lab.broker import BrokerInfo, MosquittoBroker
 from lab.records import make_record
@@ -382,18 +381,26 @@ async def test_a_probe_reads_its_own_receipts_and_no_one_elses(
                               identifier=ident.probe_id)
 
     got: dict[str, list[bytes]] = {a.probe_id: [], b.probe_id: []}
-    async with probe_client(a) as ca, probe_client(b) as cb:
+    async with probe_client(a) as ca, probe_client(b) as cb, aiomqtt.Client(
+        info.host, info.collector_port, username=info.collector.username,
+        password=info.collector.password, tls_context=info.tls_context(), protocol=v5,
+    ) as collector:
+        # The collector answers on the sibling of the topic a record came by, as the ingest
+        # does (whatever prefix the broker gives probe topics): learn it from A's status.
+        await collector.subscribe("#", qos=1)
+        await ca.publish(f"vigil/v1/probes/{a.probe_id}/status", b"online", qos=1)
+        async with asyncio.timeout(5):
+            async for message in collector.messages:
+                seen = str(message.topic)
+                if seen.endswith(f"/{a.probe_id}/status"):
+                    break
+        a_receipts = seen.rsplit("/", 1)[0] + "/receipts"
         await ca.subscribe(f"vigil/v1/probes/{a.probe_id}/receipts", qos=1)
         await cb.subscribe(f"vigil/v1/probes/{a.probe_id}/receipts", qos=1)  # a spy
         await cb.subscribe(f"vigil/v1/probes/{b.probe_id}/receipts", qos=1)
         # A probe cannot forge receipts for another probe (its ACL writes only its own id).
         await cb.publish(f"vigil/v1/probes/{a.probe_id}/receipts", b'{"v": 1}', qos=1)
-        async with aiomqtt.Client(info.host, info.collector_port,
-                                  username=info.collector.username,
-                                  password=info.collector.password,
-                                  tls_context=info.tls_context(), protocol=v5) as collector:
-            # the collectors' listener names probe topics with the probe mount point
-            await collector.publish(at_broker(receipts_topic(a.probe_id)), b"for-a", qos=1)
+        await collector.publish(a_receipts, b"for-a", qos=1)
         for ident, client in ((a, ca), (b, cb)):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):

@@ -217,7 +217,7 @@ def test_schema_1_outbox_is_upgraded_in_place(tmp_path: Path, ident: Identity) -
     db.executescript(
         "CREATE TABLE old AS SELECT seq, kind, measurement_id, start_time, created_at, size, "
         "envelope, attempts, refusals, last_error, not_before, sealed FROM outbox;"
-        "DROP TABLE outbox; DROP TABLE refused;"
+        "DROP TABLE outbox; DROP TABLE refused; DROP TABLE open_drop_report;"
         "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
         "measurement_id TEXT NOT NULL, start_time TEXT NOT NULL, created_at REAL NOT NULL, "
         "size INTEGER NOT NULL, envelope BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
@@ -234,7 +234,10 @@ def test_schema_1_outbox_is_upgraded_in_place(tmp_path: Path, ident: Identity) -
         assert ob.awaiting_receipt() == 2
     db = sqlite3.connect(state / DB_FILE)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.close()
+    # every table of the base schema exists after an upgrade, even one added since
+    assert {"outbox", "counters", "open_drop_report", "refused"} <= tables
 
 
 def test_free_space_settings_from_config() -> None:
@@ -311,3 +314,23 @@ def test_no_fallback_once_a_collector_has_answered(tmp_path: Path, ident: Identi
         clock.now += 10 * 86400
         assert ob.mark_sent([i.seq for i in ob.take(10)], 60.0, 600.0, fallback=10.0) == 0
         assert len(ob) == 1 and ob.awaiting_receipt() == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "ours"),
+    [
+        ("vigil/v1/probes/{id}/receipts", True),
+        ("edge/vigil/v1/probes/{id}/receipts", True),  # delivered with a mount point left on
+        ("vigil/v1/probes/{id}/commands", False),
+        ("vigil/v1/probes/other{id}/receipts", False),
+        ("xvigil/v1/probes/{id}/receipts", False),
+    ],
+)
+def test_publisher_knows_its_receipts_topic(
+    tmp_path: Path, ident: Identity, topic: str, ours: bool
+) -> None:
+    from agent.uplink.publisher import Publisher, PublisherSettings
+
+    with outbox(tmp_path, ident, Clock()) as ob:
+        pub = Publisher(ob, PublisherSettings(host="127.0.0.1", password="x"))
+        assert pub._is_receipts(topic.format(id=ident.probe_id)) is ours

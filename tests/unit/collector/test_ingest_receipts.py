@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.wire.receipts import Request
-from collector.ingest.receipts import Answered, build
+from collector.ingest.receipts import Answered, build, reply_topic
 from collector.ingest.verify import Accepted, KeyTable, Outcome, Rejected, Verifier
 from collector.store.base import ProbeRecord, QuarantineItem
 from lab.probes import TestProbe
@@ -69,5 +69,17 @@ def test_build(messages: list[Answered], outcomes: list[Outcome], kw: dict[str, 
                ) -> None:
     built = build(messages, outcomes, by="c1", **kw)
     assert {pid: (list(r.stored), dict(r.refused), dict(r.retry)) for pid, r in built.items()} \
-        == {p.probe_id: v for p, v in expected.items()}
+        == {reply_topic(p.topic): v for p, v in expected.items()}
     assert all(r.by == "c1" for r in built.values())
+
+
+@pytest.mark.parametrize(
+    ("topic", "reply"),
+    [
+        ("vigil/v1/probes/abc/measurements", "vigil/v1/probes/abc/receipts"),
+        # a probe listener's mount_point: the answer goes back under the same name
+        ("edge/vigil/v1/probes/abc/measurements", "edge/vigil/v1/probes/abc/receipts"),
+    ],
+)
+def test_reply_topic_is_the_sibling_of_the_records_topic(topic: str, reply: str) -> None:
+    assert reply_topic(topic) == reply
