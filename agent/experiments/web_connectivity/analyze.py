@@ -39,8 +39,8 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                        helper never connects to such addresses)
   8  ghost_name        the resolver gave public addresses for a    blocked/dns: dns.ghost_name
                        name the control says does not exist
-                       (NXDOMAIN or no address): a lie (bogons:
-                       row 9, evidence only against a public one)
+                       (NXDOMAIN): a lie (bogons: row 9,
+                       evidence only against a public one)
   9  dns_bogon         an answer is a bogon while the control      blocked/dns: dns.bogon
                        sees a different public address
   10 tcp               every connect to the resolved addresses failed:
@@ -827,8 +827,8 @@ def _rule_site_bogon(ev: _Evidence) -> Verdict | None:
 def _rule_ghost_name(ev: _Evidence) -> Verdict | None:
     if ev.ip_literal or not ev.probe_addrs or ev.control is None:
         return None
-    if ev.control.dns.failure not in (DNS_NXDOMAIN, DNS_NO_ANSWER):
-        return None
+    if ev.control.dns.failure != DNS_NXDOMAIN:
+        return None  # only a definite "no such name" (no address may be one family's gap)
     if any(is_bogon(a) for a in ev.probe_addrs):
         return None  # a bogon is evidence only against a public answer (row 9)
     return _blocked(Blocking.DNS, "dns.ghost_name")

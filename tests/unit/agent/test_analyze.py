@@ -717,9 +717,16 @@ ROWS: list[Any] = [
     pytest.param(
         site(dns=(resolved(SITE_IP2),), tcp_connect=(tcp(SITE_IP2),),
              tls_handshakes=(tls(SITE_IP2, "ssl_invalid_hostname", valid=False),), requests=(),
+             control=control(dns_failure="dns_nxdomain_error", tcp_map={}, tls_map={},
+                             http_failure="dns_nxdomain_error")),
+        (BLOCKED, DNS, "dns.ghost_name", None), id="ghost-name-https-wrong-certificate",
+    ),
+    pytest.param(
+        site(dns=(resolved(SITE_IP2),), tcp_connect=(tcp(SITE_IP2, failure="connection_refused"),),
+             tls_handshakes=(), requests=(),
              control=control(dns_failure="dns_no_answer", tcp_map={}, tls_map={},
                              http_failure="dns_no_answer")),
-        (BLOCKED, DNS, "dns.ghost_name", None), id="ghost-name-https-wrong-certificate",
+        (DOWN, None, "site.down", None), id="control-no-address-is-not-a-ghost-name",
     ),
     # -- interference without denial -----------------------------------------------------------
     pytest.param(
