@@ -65,9 +65,11 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                          broke the fetch (a redirect loop, a
                          broken Location or bytes that are not
                          HTTP, over TLS valid for it)
-                         a redirect hop failed; judged at the      blocked/tcp_ip, tls:
-                         hop's failing layer from its own TCP and    tcp.* | tls.sni_* | tls.* |
-                         TLS events (SNI retry included)             tls.mitm
+                         a redirect hop failed; judged at the      blocked/dns, tcp_ip, tls:
+                         hop's failing layer from its own DNS        dns.blockpage_ip [c] |
+                         answer (a blockpage address or bogon:       dns.bogon | tcp.* |
+                         the control followed the chain), TCP and    tls.sni_* | tls.* | tls.mitm
+                         TLS events (SNI retry included)
                          a redirect hop failed at DNS, TCP or a    blocked/dns, tcp_ip, tls:
                          certificate (no hop events)                 dns.* | tcp.* | tls.mitm
                          reset/eof, timeout, other                 blocked/http-failure:
@@ -671,6 +673,13 @@ class _Evidence:
         """The hop's own TCP and TLS events (measure() opens a failed hop itself)."""
         scheme, host, port = hop
         conns = [c for c in self.obs.tcp_connect if c.origin == "redirect" and c.port == port]
+        for c in conns:  # the control followed the whole chain: the hop resolves from outside
+            fp = self.fps.match_dns(c.ip).blockpage
+            if fp is not None:
+                reason = "dns.bogon" if is_bogon(c.ip) else "dns.blockpage_ip"
+                return _blocked(Blocking.DNS, reason, fp)
+        if conns and all(is_bogon(c.ip) for c in conns):
+            return _blocked(Blocking.DNS, "dns.bogon")
         if conns and all(c.failure is not None for c in conns):
             return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(conns[0].failure)}")
         if scheme != "https":

@@ -642,6 +642,16 @@ ROWS: list[Any] = [
         (BLOCKED, TCP_IP, "tcp.timeout", None), id="redirect-hop-tcp-timeout",
     ),
     pytest.param(
+        redirected(HTTPS, "connection_refused",
+                   (tcp(IRAN_BOGON, failure="generic_timeout_error", origin="redirect"),)),
+        (BLOCKED, DNS, "dns.bogon", "ooni.ir_5"), id="redirect-hop-resolved-to-known-filter",
+    ),
+    pytest.param(
+        redirected(HTTPS, "connection_refused",
+                   (tcp("10.66.0.1", failure="connection_refused", origin="redirect"),)),
+        (BLOCKED, DNS, "dns.bogon", None), id="redirect-hop-resolved-to-a-bogon",
+    ),
+    pytest.param(
         redirected(HTTP, "connection_reset", (tcp(SITE_IP, 80, origin="redirect"),)),
         (BLOCKED, HTTP_FAILURE, "http.reset", None), id="redirect-hop-http-reset-tcp-fine",
     ),
