@@ -42,8 +42,8 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                        helper never connects to such addresses)
   8  ghost_name        the resolver gave public addresses for a    blocked/dns: dns.ghost_name
                        name the control says does not exist
-                       (NXDOMAIN or no address): a lie (bogons:
-                       row 9, evidence only against a public one)
+                       (NXDOMAIN): a lie (bogons: row 9,
+                       evidence only against a public one)
   9  dns_bogon         an answer is a bogon while the control      blocked/dns: dns.bogon
                        sees a different public address
   10 tcp               every connect to the resolved addresses failed:
@@ -71,9 +71,11 @@ Precedence: the first row whose condition holds decides (h11-style: one function
                          broke the fetch (a redirect loop, a
                          broken Location or bytes that are not
                          HTTP, over TLS valid for it)
-                         a redirect hop failed; judged at the      blocked/tcp_ip, tls:
-                         hop's failing layer from its own TCP and    tcp.* | tls.sni_* | tls.* |
-                         TLS events (SNI retry included)             tls.mitm
+                         a redirect hop failed; judged at the      blocked/dns, tcp_ip, tls:
+                         hop's failing layer from its own DNS        dns.blockpage_ip [c] |
+                         answer (a blockpage address or bogon:       dns.bogon | tcp.* |
+                         the control followed the chain), TCP and    tls.sni_* | tls.* | tls.mitm
+                         TLS events (SNI retry included)
                          a redirect hop failed at DNS, TCP or a    blocked/dns, tcp_ip, tls:
                          certificate (no hop events)                 dns.* | tcp.* | tls.mitm
                          reset/eof, timeout, other                 blocked/http-failure:
@@ -667,6 +669,13 @@ class _Evidence:
         """The hop's own TCP and TLS events (measure() opens a failed hop itself)."""
         scheme, host, port = hop
         conns = [c for c in self.obs.tcp_connect if c.origin == "redirect" and c.port == port]
+        for c in conns:  # the control followed the whole chain: the hop resolves from outside
+            fp = self.fps.match_dns(c.ip).blockpage
+            if fp is not None:
+                reason = "dns.bogon" if is_bogon(c.ip) else "dns.blockpage_ip"
+                return _blocked(Blocking.DNS, reason, fp)
+        if conns and all(is_bogon(c.ip) for c in conns):
+            return _blocked(Blocking.DNS, "dns.bogon")
         if conns and all(c.failure is not None for c in conns):
             return _blocked(Blocking.TCP_IP, f"tcp.{_failure_kind(conns[0].failure)}")
         if scheme != "https":
@@ -860,8 +869,8 @@ def _rule_site_bogon(ev: _Evidence) -> Verdict | None:
 def _rule_ghost_name(ev: _Evidence) -> Verdict | None:
     if ev.ip_literal or not ev.probe_addrs or ev.control is None:
         return None
-    if ev.control.dns.failure not in (DNS_NXDOMAIN, DNS_NO_ANSWER):
-        return None
+    if ev.control.dns.failure != DNS_NXDOMAIN:
+        return None  # only a definite "no such name" (no address may be one family's gap)
     if any(is_bogon(a) for a in ev.probe_addrs):
         return None  # a bogon is evidence only against a public answer (row 9)
     return _blocked(Blocking.DNS, "dns.ghost_name")

@@ -642,6 +642,16 @@ ROWS: list[Any] = [
         (BLOCKED, TCP_IP, "tcp.timeout", None), id="redirect-hop-tcp-timeout",
     ),
     pytest.param(
+        redirected(HTTPS, "connection_refused",
+                   (tcp(IRAN_BOGON, failure="generic_timeout_error", origin="redirect"),)),
+        (BLOCKED, DNS, "dns.bogon", "ooni.ir_5"), id="redirect-hop-resolved-to-known-filter",
+    ),
+    pytest.param(
+        redirected(HTTPS, "connection_refused",
+                   (tcp("10.66.0.1", failure="connection_refused", origin="redirect"),)),
+        (BLOCKED, DNS, "dns.bogon", None), id="redirect-hop-resolved-to-a-bogon",
+    ),
+    pytest.param(
         redirected(HTTP, "connection_reset", (tcp(SITE_IP, 80, origin="redirect"),)),
         (BLOCKED, HTTP_FAILURE, "http.reset", None), id="redirect-hop-http-reset-tcp-fine",
     ),
@@ -717,9 +727,16 @@ ROWS: list[Any] = [
     pytest.param(
         site(dns=(resolved(SITE_IP2),), tcp_connect=(tcp(SITE_IP2),),
              tls_handshakes=(tls(SITE_IP2, "ssl_invalid_hostname", valid=False),), requests=(),
+             control=control(dns_failure="dns_nxdomain_error", tcp_map={}, tls_map={},
+                             http_failure="dns_nxdomain_error")),
+        (BLOCKED, DNS, "dns.ghost_name", None), id="ghost-name-https-wrong-certificate",
+    ),
+    pytest.param(
+        site(dns=(resolved(SITE_IP2),), tcp_connect=(tcp(SITE_IP2, failure="connection_refused"),),
+             tls_handshakes=(), requests=(),
              control=control(dns_failure="dns_no_answer", tcp_map={}, tls_map={},
                              http_failure="dns_no_answer")),
-        (BLOCKED, DNS, "dns.ghost_name", None), id="ghost-name-https-wrong-certificate",
+        (DOWN, None, "site.down", None), id="control-no-address-is-not-a-ghost-name",
     ),
     # -- interference without denial -----------------------------------------------------------
     pytest.param(
