@@ -115,6 +115,8 @@ class RealBackend:
             log.warning("no experiment is registered for %r: nothing to run", kind)
             return []
         out: list[tuple[str, Target]] = []
+        # the volunteer's excluded categories hold for every test, operator campaigns included
+        excluded = frozenset(self.config.lists.exclude_categories)
         for cls in exps:
             if cls.name != kind and not getattr(cls, "default_enabled", True):
                 # an opt-in member of a family (vpn needs the operator's endpoint list):
@@ -128,6 +130,11 @@ class RealBackend:
                 targets = self._throttling_targets()
             else:
                 targets = default_targets(cls)
+            targets, dropped = testlists.without_categories(
+                targets, excluded, getattr(cls, "category_code", None)
+            )
+            if dropped:
+                log.info("%s: %s", cls.name, testlists.describe_dropped(dropped))
             out += [(cls.name, t) for t in targets]
         return out
 

@@ -41,6 +41,9 @@ def directories(ctx: Any) -> tuple[Path, ...]:
 class _AppExperiment:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0.1.0"
+    # Citizen Lab category of what is tested, for the volunteer's category filter
+    # ([lists] exclude_categories); records keep category_code null as before.
+    category_code: ClassVar[str] = "COMT"
 
     @classmethod
     def default_targets(cls) -> list[Target]:
@@ -92,9 +95,11 @@ class FacebookMessenger(_AppExperiment):
 @register
 class Tor(_AppExperiment):
     name: ClassVar[str] = "tor"
+    category_code: ClassVar[str] = "ANON"
 
 
 @register
 class VPN(_AppExperiment):
     name: ClassVar[str] = "vpn"
+    category_code: ClassVar[str] = "ANON"
     default_enabled: ClassVar[bool] = False  # needs the operator's endpoints (vpn.toml)
