@@ -12,9 +12,11 @@
 #      chroot has no C compiler, so any step that tried to compile would fail;
 #   2. scripts/install-agent.sh runs inside it as on a Pi: Debian's compiled packages
 #      (python3-cryptography 38, python3-aiohttp 3.8...) and pure-Python wheels for the rest;
-#   3. a site is served by the chroot's own Python on loopback, the control helper runs on the
-#      host's loopback (the chroot shares the host's network), and the installed agent does
-#      `vigil-agent run --once` on it as the service user; the record must say "ok";
+#   3. an HTTPS site is served by the chroot's own Python on loopback (a test CA made on the
+#      host), the control helper runs on the host's loopback (the chroot shares the host's
+#      network), and the installed agent does `vigil-agent run --once` on it as the service
+#      user: DNS-free (an IP address), TCP, TLS with Debian's cryptography and OpenSSL, HTTP
+#      with Debian's aiohttp; the record must say "ok";
 #   4. the figures: install time, peak RSS of `run --once`, `--help` and `doctor` (the RSS is
 #      qemu's, emulator included: a real Pi's is lower), written to DIR/results-ARCH.txt.
 #
@@ -158,22 +160,41 @@ for name in ("cryptography", "aiohttp", "dnspython", "aiomqtt", "paho-mqtt", "fa
         print(f"  {name} missing")
 PY
 
-    # a site inside the chroot, the control helper on the host, both on loopback
+    # an HTTPS site inside the chroot, the control helper on the host, both on loopback
     local site_port helper_port
     site_port=$(free_port); helper_port=$(free_port)
-    mkdir -p "$dir/srv/site"
+    mkdir -p "$dir/srv/site" "$dir/srv/pki"
+    "$HOST_PY" - "$WORK/pki" <<'PY'
+import pathlib, sys
+import trustme
+d = pathlib.Path(sys.argv[1]); d.mkdir(exist_ok=True)
+ca = trustme.CA()
+ca.cert_pem.write_to_path(str(d / "ca.pem"))
+ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(d / "site.pem"))
+PY
+    cp "$WORK/pki/ca.pem" "$WORK/pki/site.pem" "$dir/srv/pki/"
+    chmod 0644 "$dir/srv/pki/ca.pem"
+    cat >"$dir/srv/site.py" <<'PY'
+import functools, http.server, ssl, sys
+port = int(sys.argv[1])
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/srv/site")
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain("/srv/pki/site.pem")
+server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+PY
     printf '<html><head><title>Vigil ARM test</title></head><body>%s</body></html>\n' \
         "$(head -c 3000 /dev/zero | tr '\0' 'x')" >"$dir/srv/site/index.html"
-    printf 'url,category_code,category_description,date_added,source,notes\nhttp://127.0.0.1:%s/,NEWS,News Media,2026-01-01,arm-test,\n' \
+    printf 'url,category_code,category_description,date_added,source,notes\nhttps://127.0.0.1:%s/,NEWS,News Media,2026-01-01,arm-test,\n' \
         "$site_port" >"$dir/srv/list.csv"
     chmod 0644 "$dir/srv/list.csv"
-    chroot "$dir" python3 -m http.server --bind 127.0.0.1 --directory /srv/site "$site_port" \
-        >"$WORK/site-$arch.log" 2>&1 &
+    chroot "$dir" python3 /srv/site.py "$site_port" >"$WORK/site-$arch.log" 2>&1 &
     PIDS+=($!)
     printf '127.0.0.0\t127.255.255.255\t64500\tZZ\tVIGIL-ARM-TEST\n' >"$WORK/ipdb.tsv"
-    (cd "$SRC" && "$HOST_PY" -m collector.cli.main helper --host 127.0.0.1 --port "$helper_port" \
-        --mode open --allow-range 127.0.0.0/8 --ipdb "$WORK/ipdb.tsv" \
-        >"$WORK/helper-$arch.log" 2>&1) &
+    (cd "$SRC" && exec "$HOST_PY" -m collector.cli.main helper --host 127.0.0.1 \
+        --port "$helper_port" --mode open --allow-range 127.0.0.0/8 --ipdb "$WORK/ipdb.tsv" \
+        --ca-file "$WORK/pki/ca.pem" >"$WORK/helper-$arch.log" 2>&1) &
     PIDS+=($!)
     wait_port "$helper_port" 60 || { cat "$WORK/helper-$arch.log"; die "the helper did not start"; }
     wait_port "$site_port" 120 || { cat "$WORK/site-$arch.log"; die "$arch: the site did not start"; }
@@ -191,7 +212,7 @@ sys.exit(p.returncode)'
     echo "vigil-agent run --once (1 URL): $(chroot "$dir" python3 -c "$measure" /tmp/run.out \
         "${as_vigil[@]}" /opt/vigil/bin/vigil-agent run --once --list /srv/list.csv \
         --tests web_connectivity --control-url "http://127.0.0.1:$helper_port" \
-        --output /var/lib/vigil/arm-test.jsonl || true)" >>"$out"
+        --ca-file /srv/pki/ca.pem --output /var/lib/vigil/arm-test.jsonl || true)" >>"$out"
     echo "vigil-agent doctor: $(chroot "$dir" python3 -c "$measure" /tmp/doctor.out \
         "${as_vigil[@]}" /opt/vigil/bin/vigil-agent doctor --timeout 5 || true)" >>"$out"
     cat "$dir/tmp/run.out" >"$WORK/run-$arch.log"

@@ -106,11 +106,11 @@ def helper_problem(error: Exception, url: str, enrol_line: str | None) -> Proble
         )
     if status in (401, 403):
         line = enrol_line or "vigil-agent init prints it"
-        if "unknown probe" in detail or reason == "unauthenticated":
+        if "unknown probe" in detail:
             return Problem(
                 "not enrolled",
-                f"the control helper does not accept this probe yet ({detail}): the operator "
-                "has not enrolled it",
+                "the control helper does not know this probe yet: the operator has not "
+                "enrolled it",
                 f"send this line to your operator, who runs it on the collector, then run "
                 f"again:\n        {line}",
             )
