@@ -146,10 +146,6 @@ def check_list(name: str, data: bytes, *, current: int | None = None,
 
     ``current`` is the number of URLs of the same list in use (None when there is none).
     """
-    if data and not data.endswith(b"\n"):
-        raise UpdateError(
-            f"{name}.csv ends mid-row (no final newline): the transfer was cut"
-        )
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
@@ -158,6 +154,8 @@ def check_list(name: str, data: bytes, *, current: int | None = None,
         parsed = parse_text(text, f"{name}.csv")
     except ListError as exc:
         raise UpdateError(f"downloaded {exc}") from None
+    if not data.endswith(b"\n"):
+        raise UpdateError(f"{name}.csv ends mid-row (no final newline): the transfer was cut")
     total = len(parsed.targets) + len(parsed.problems) + parsed.duplicates
     if not parsed.targets:
         raise UpdateError(f"{name}.csv has no measurable URL")
