@@ -191,6 +191,9 @@ async def helper_whoami(
             "no control helper configured: nothing can be measured conclusively",
             "set [control] url (from your collector's operator)",
         ), None
+    plain = preflight.plain_http_problem(url)
+    if plain is not None:  # never asked: the question itself (signed, in clear) reveals a probe
+        return Check("helper", FAIL, plain.message, plain.fix), None
     try:
         tls = make_contexts(config.net.ca_file)
     except (OSError, ValueError) as exc:
@@ -236,9 +239,6 @@ async def helper_whoami(
     finally:
         await client.close()
     c = who.client
-    plain = preflight.plain_http_problem(url)
-    if plain is not None:
-        return Check("helper", FAIL, plain.message, plain.fix), reference
     if url.lower().startswith("http://"):
         return Check(
             "helper", WARN,
