@@ -138,7 +138,17 @@ def check_consent(config: AgentConfig) -> Check:
     )
 
 
+_NO_BROKER = Check(
+    "broker",
+    FAIL,
+    "no broker configured: measurements will pile up in the outbox",
+    "set [mqtt] host, port, ca_file and password_file (from your collector's operator)",
+)
+
+
 def check_broker(config: AgentConfig, timeout: float) -> Check:
+    if not config.section("mqtt"):
+        return _NO_BROKER
     from agent.uplink.publisher import settings_from_config
 
     try:
@@ -147,12 +157,7 @@ def check_broker(config: AgentConfig, timeout: float) -> Check:
     except VigilError as exc:
         return Check("broker", FAIL, str(exc), "fix the [mqtt] section of the config")
     if s is None:
-        return Check(
-            "broker",
-            FAIL,
-            "no broker configured: measurements will pile up in the outbox",
-            "set [mqtt] host, port, ca_file and password_file (from your collector's operator)",
-        )
+        return _NO_BROKER
     try:
         ctx = s.tls_context()
         version = tls_probe(s.host, s.port, ctx, getattr(s, "server_hostname", None), timeout)
@@ -176,13 +181,6 @@ def check_broker(config: AgentConfig, timeout: float) -> Check:
 async def helper_whoami(
     config: AgentConfig, ident: identity.Identity | None, timeout: float
 ) -> tuple[Check, datetime | None]:
-    import aiohttp
-
-    from agent.engine.helper_client import ControlClient
-    from agent.errors import ConfigError
-    from agent.net.tls import make_contexts
-    from agent.wire.helper_auth import sign_request
-
     url = config.control.url
     if url is None:
         return Check(
@@ -194,6 +192,13 @@ async def helper_whoami(
     plain = preflight.plain_http_problem(url)
     if plain is not None:  # never asked: the question itself (signed, in clear) reveals a probe
         return Check("helper", FAIL, plain.message, plain.fix), None
+    import aiohttp
+
+    from agent.engine.helper_client import ControlClient
+    from agent.errors import ConfigError
+    from agent.net.tls import make_contexts
+    from agent.wire.helper_auth import sign_request
+
     try:
         tls = make_contexts(config.net.ca_file)
     except (OSError, ValueError) as exc:
