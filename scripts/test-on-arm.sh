@@ -24,7 +24,7 @@
 # Slow: 15-40 minutes per architecture under emulation on a 2-core machine.
 set -euo pipefail
 
-SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SRC="${VIGIL_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 WORK=/var/tmp/vigil-arm
 FRESH=0
 PREPARE=0
