@@ -207,6 +207,8 @@ open(sys.argv[1], "w").write(p.stdout)
 print(f"{dt:.1f} s, peak RSS {rss:.0f} MB, exit {p.returncode}")
 sys.exit(p.returncode)'
     local as_vigil=(runuser -u vigil -- env VIGIL_CONFIG=/etc/vigil/agent.toml VIGIL_STATE_DIR=/var/lib/vigil)
+    echo "python3 -c pass (emulator + interpreter baseline): $(chroot "$dir" python3 -c \
+        "$measure" /tmp/pass.out python3 -c pass)" >>"$out"
     echo "vigil-agent --help: $(chroot "$dir" python3 -c "$measure" /tmp/help.out \
         "${as_vigil[@]}" /opt/vigil/bin/vigil-agent --help)" >>"$out"
     echo "vigil-agent run --once (1 URL): $(chroot "$dir" python3 -c "$measure" /tmp/run.out \
