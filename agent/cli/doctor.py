@@ -236,7 +236,7 @@ async def helper_whoami(
     except (VigilError, TimeoutError) as exc:
         line = None
         if ident is not None:
-            from agent.cli.init import enrolment_command
+            from agent.identity import enrolment_command
 
             line = enrolment_command(ident.probe_id, ident.public_key_b64)
         problem = preflight.helper_problem(exc, url, line)

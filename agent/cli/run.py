@@ -278,7 +278,7 @@ async def run_once(
         print(f"warning: {plain.message}\n    fix: {plain.fix}", file=stream)
     async with open_context(config, identity) as ctx:
         if ctx.whoami_error is not None:
-            from agent.cli.init import enrolment_command
+            from agent.identity import enrolment_command
 
             refused = preflight.helper_problem(
                 ctx.whoami_error, config.control.url,
