@@ -1,7 +1,7 @@
 """Refresh the Citizen Lab test lists into the state directory, whole or not at all.
 
-Each file is streamed to a temporary file inside a fresh directory next to the current one
-(never held in memory, never cut at a buffer size), then checked:
+Each file is streamed chunk by chunk to a temporary file inside a fresh directory next to the
+current one (never cut at a buffer size; at most MAX_FILE_BYTES), then checked:
 
 * the transfer is complete: no connection cut (aiohttp checks ``Content-Length`` and the
   chunked framing), the byte count matches ``Content-Length`` when the body is not compressed,
