@@ -265,7 +265,7 @@ install -m 0644 "$SRC/docs/consent.md" "$ROOT$PREFIX/share/doc/consent.md"
 if agent_cmd consent --check --config "$conf" >/dev/null 2>&1; then
     say "consent: $(agent_cmd consent --check --config "$conf")"
 elif [ "$accept_consent" -eq 1 ]; then
-    agent_cmd consent --config "$conf"
+    cat "$SRC/docs/consent.md"
     agent_cmd consent --accept --config "$conf"
 elif [ -t 0 ] && [ -t 1 ]; then
     agent_cmd consent --config "$conf" || true
