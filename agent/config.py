@@ -124,8 +124,18 @@ class ListsConfig:
     files: tuple[Path, ...] = ()  # empty: bundled (or updated) global list + country list
     countries: tuple[str, ...] = ()  # extra country lists to measure and to keep updated
     source_url: str = DEFAULT_LISTS_SOURCE
+    # category codes never measured, by any test (campaigns included), e.g. ["LGBT", "REL"]
+    exclude_categories: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.exclude_categories:
+            from agent.inputs.testlists import category_set
+
+            try:
+                codes = category_set(self.exclude_categories)
+            except ValueError as exc:
+                raise ConfigError(f"lists.exclude_categories: {exc}") from None
+            object.__setattr__(self, "exclude_categories", tuple(sorted(codes)))
         for cc in self.countries:
             if not _CC_RE.match(cc):
                 raise ConfigError(f"lists.countries: {cc!r} is not a two-letter country code")
@@ -142,6 +152,9 @@ class AgentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)  # other modules' sections, raw
+    # researcher deployments: the consent text version (docs/consent.md) the operator accepted
+    # for this probe; None: the volunteer accepts it (agent.consent)
+    consent_version: str | None = None
 
     def section(self, name: str) -> Mapping[str, Any]:
         """A section owned by another module (empty mapping when absent)."""
@@ -219,6 +232,11 @@ def _from_mapping(data: Mapping[str, Any], path: Path | None = None) -> AgentCon
             raise ConfigError(f"{where}: [{name}] must be a table")
     agent = dict(data.get("agent", {}))
     state_dir_raw = agent.pop("state_dir", None)
+    consent_version = agent.pop("consent_version", None)
+    if consent_version is not None and (
+        not isinstance(consent_version, str) or not consent_version.strip()
+    ):
+        raise ConfigError(f"{where}: agent.consent_version must be a version string, e.g. \"1\"")
     if agent:
         raise ConfigError(f"{where}: unknown key(s) in [agent]: {', '.join(sorted(agent))}")
     if os.environ.get("VIGIL_STATE_DIR"):
@@ -244,6 +262,7 @@ def _from_mapping(data: Mapping[str, Any], path: Path | None = None) -> AgentCon
         run=_build(RunConfig, data.get("run", {}), "run", where),
         lists=lists,
         sections={k: v for k, v in data.items() if k not in _KNOWN},
+        consent_version=consent_version.strip() if consent_version is not None else None,
     )
 
 

@@ -7,7 +7,8 @@ not do its job, and they say whose fault it was::
     VigilError
     ├── UsageError            the caller's fault: bad flag, bad config file  (exit code 2)
     │   ├── ConfigError
-    │   └── ListError         a test list that cannot be read at all (bad rows are only warnings)
+    │   ├── ListError         a test list that cannot be read at all (bad rows are only warnings)
+    │   └── ConsentRequired   nobody has accepted the consent text (docs/consent.md) yet
     ├── WireError             bytes from elsewhere that are not what the contract says
     │   ├── EnvelopeError     malformed DSSE envelope
     │   ├── SignatureError    signature does not verify
@@ -41,6 +42,10 @@ class ConfigError(UsageError):
 
 class ListError(UsageError):
     """A test list file cannot be read at all."""
+
+
+class ConsentRequired(UsageError):
+    """The volunteer (or the operator's config) has not accepted the current consent text."""
 
 
 class WireError(VigilError):

@@ -118,3 +118,8 @@ def load_or_create(state_dir: Path) -> tuple[Identity, bool]:
     if key_path(state_dir).exists():
         return load(state_dir), False
     return create(state_dir), True
+
+
+def enrolment_command(probe_id: str, public_key_b64: str) -> str:
+    """The one line the collector's operator runs to enrol this probe."""
+    return f"vigil-collector probes add {probe_id} {public_key_b64}"

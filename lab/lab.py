@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.consent import load_text as load_consent_text
 from lab import addressing as A
 from lab import nsctl, procinfo
 from lab.nsctl import LabError, State
@@ -575,8 +576,16 @@ class Lab:
         for sub in ("", "config", "data", "state", "cache"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         config = home / "agent.toml"
-        if not config.exists():
-            config.write_text("# vigil lab agent: defaults only\n", encoding="utf-8")
+        # defaults, and the lab's operator accepts the consent text for its probe (a lab made
+        # before consent existed gets the line on top; `make run` appends [mqtt] below)
+        text = config.read_text(encoding="utf-8") if config.exists() else ""
+        if "consent_version" not in text:
+            config.write_text(
+                "# vigil lab agent: defaults only\n[agent]\n"
+                f'consent_version = "{load_consent_text().version}"\n'
+                + text.replace("# vigil lab agent: defaults only\n", ""),
+                encoding="utf-8",
+            )
         return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
                 "XDG_DATA_HOME": str(home / "data"), "XDG_STATE_HOME": str(home / "state"),
                 "XDG_CACHE_HOME": str(home / "cache"), "VIGIL_CONFIG": str(config),

@@ -2,19 +2,28 @@
 # Install (or upgrade) the Vigil probe agent on a Raspberry Pi or any Debian box.
 #
 #   sudo scripts/install-agent.sh              install or upgrade in place
+#   sudo scripts/install-agent.sh --accept-consent   the same, for scripted installs: you have
+#                                              read docs/consent.md and accept it (else a
+#                                              terminal asks; without either the service is
+#                                              installed but not started)
 #   sudo scripts/install-agent.sh --uninstall  remove the software and the unit, KEEP key/config/outbox
 #   sudo scripts/install-agent.sh --uninstall --purge   remove everything, the key included
 #
 # What it does (each step is skipped when already done, so running it again upgrades in place
 # and keeps the key, the config and the outbox):
 #   1. creates the system user `vigil` (no login shell, home /var/lib/vigil);
-#   2. installs the agent: a virtualenv under /opt/vigil/venv (default), or with
-#      VIGIL_MODE=system the distribution's Python and its packages (apt: python3-cryptography,
-#      python3-aiohttp, ...) with the agent's own pure-Python code copied to /opt/vigil/lib;
+#   2. installs the agent without compiling anything: the compiled dependencies come from the
+#      distribution (apt: python3-cryptography, python3-aiohttp... on Debian 12 / Raspberry Pi
+#      OS bookworm, any Pi), then a virtualenv under /opt/vigil/venv that sees them (default)
+#      and gets the rest as pure-Python wheels, or with VIGIL_MODE=system the distribution's
+#      Python alone, with the agent's own pure-Python code copied to /opt/vigil/lib;
 #   3. writes /etc/vigil/agent.toml from configs/agent.example.toml, never over an existing one;
 #   4. creates the probe key (`vigil-agent init`, as the vigil user) and prints the enrolment
 #      request for the collector's operator;
-#   5. installs systemd/vigil-agent.service and enables it when systemd is PID 1.
+#   5. shows what the probe measures, publishes and risks (docs/consent.md) and asks you to
+#      accept it (or takes --accept-consent); the agent measures nothing until it is accepted;
+#   6. installs systemd/vigil-agent.service, enables it when systemd is PID 1, and starts it
+#      once the consent is accepted.
 #
 # Environment:
 #   VIGIL_ROOT (or DESTDIR)  install under this directory instead of / ; every path written into
@@ -25,6 +34,7 @@
 #   VIGIL_PIP_ARGS           extra pip arguments, e.g. "--no-index --find-links /srv/wheels"
 #   VIGIL_USER               service user (default vigil)
 #   VIGIL_NO_SYSTEMD=1       do not touch systemd even when it runs
+#   VIGIL_APT=0              do not apt-get the distribution's packages (step 2)
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,11 +54,13 @@ die() { printf 'install-agent: %s\n' "$*" >&2; exit 1; }
 
 uninstall=0
 purge=0
+accept_consent=0
 for arg in "$@"; do
     case "$arg" in
         --uninstall) uninstall=1 ;;
         --purge) purge=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --accept-consent) accept_consent=1 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) die "unknown argument: $arg (see --help)" ;;
     esac
 done
@@ -137,6 +149,26 @@ owner() { # chown when the user exists and we may
 }
 
 # ---- 2. the software ---------------------------------------------------------------------------
+# The compiled dependencies from the distribution: on 32-bit ARM PyPI has no wheels for
+# cryptography/cffi and building them (Rust, C) on a Pi Zero is not an option.  Debian 12's
+# versions do the job (the agent needs cryptography >= 38, aiohttp >= 3.8).
+if [ -z "$ROOT" ] && [ "$as_root" -eq 1 ] && [ "${VIGIL_APT:-1}" != 0 ] \
+        && command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
+    apt_missing=()
+    for pkg in python3-venv python3-cryptography python3-aiohttp python3-click python3-tqdm \
+            python3-fastjsonschema; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || apt_missing+=("$pkg")
+    done
+    if [ "${#apt_missing[@]}" -gt 0 ]; then
+        say "installing from the distribution: ${apt_missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends "${apt_missing[@]}" >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 || true
+                 apt-get install -y -q --no-install-recommends "${apt_missing[@]}"; } \
+            || say "warning: apt-get could not install ${apt_missing[*]}; pip will try (it may need to compile)"
+    fi
+fi
 install -d -m 0755 "$ROOT$PREFIX" "$ROOT$PREFIX/bin"
 case "$(uname -m)" in
     armv6l|armv7l)
@@ -166,12 +198,12 @@ EOF
 else
     # The distribution's Python: dependencies come from apt; only the agent's own code (pure
     # Python) is copied, so nothing is compiled on the Pi.
-    "$PY" -c 'import click, cryptography, aiohttp, aiomqtt, dns, jsonschema' 2>/dev/null || die \
-        "VIGIL_MODE=system needs the dependencies from the distribution: apt-get install python3-click python3-cryptography python3-aiohttp python3-dnspython python3-jsonschema (and aiomqtt, which may need pip)"
+    "$PY" -c 'import click, cryptography, aiohttp, aiomqtt, dns, fastjsonschema, tqdm' 2>/dev/null || die \
+        "VIGIL_MODE=system needs the dependencies from the distribution: apt-get install python3-click python3-cryptography python3-aiohttp python3-dnspython python3-fastjsonschema python3-tqdm (and aiomqtt, which may need pip)"
     lib="$ROOT$PREFIX/lib/python"
     install -d -m 0755 "$lib"
     rm -rf "$lib/agent.new"
-    cp -R "$SRC/agent" "$lib/agent.new"
+    cp -RL "$SRC/agent" "$lib/agent.new"  # -L: agent/data/consent.md links to docs/
     find "$lib/agent.new" -name __pycache__ -prune -exec rm -rf {} +
     rm -rf "$lib/agent"
     mv "$lib/agent.new" "$lib/agent"
@@ -201,7 +233,9 @@ install -d -m 0755 "$ROOT$ETC"
 conf="$ROOT$ETC/agent.toml"
 if [ ! -e "$conf" ]; then
     tmp="$conf.tmp.$$"
-    sed -e "s|^state_dir *=.*|state_dir = \"$ROOT$STATE\"|" \
+    # state_dir set explicitly: `sudo -u vigil vigil-agent doctor|consent` then find the
+    # service's state without the unit's VIGIL_STATE_DIR
+    sed -e "s|^#* *state_dir *=.*|state_dir = \"$ROOT$STATE\"|" \
         "$SRC/configs/agent.example.toml" >"$tmp"
     chmod 0640 "$tmp"
     owner "root:$SVC_USER" "$tmp"
@@ -225,7 +259,30 @@ say ""
 run_as_service "$ROOT$PREFIX/bin/vigil-agent" init --config "$conf" --state-dir "$ROOT$STATE"
 say ""
 
-# ---- 5. systemd ----------------------------------------------------------------------------
+# ---- 5. informed consent -----------------------------------------------------------------------
+agent_cmd() { run_as_service env VIGIL_STATE_DIR="$ROOT$STATE" "$ROOT$PREFIX/bin/vigil-agent" "$@"; }
+install -m 0644 "$SRC/docs/consent.md" "$ROOT$PREFIX/share/doc/consent.md"
+if agent_cmd consent --check --config "$conf" >/dev/null 2>&1; then
+    say "consent: $(agent_cmd consent --check --config "$conf")"
+elif [ "$accept_consent" -eq 1 ]; then
+    cat "$SRC/docs/consent.md"
+    agent_cmd consent --accept --config "$conf"
+elif [ -t 0 ] && [ -t 1 ]; then
+    agent_cmd consent --config "$conf" || true
+else
+    agent_cmd consent --config "$conf"
+fi
+consented=0
+agent_cmd consent --check --config "$conf" >/dev/null 2>&1 && consented=1
+if [ "$consented" -eq 0 ]; then
+    say ""
+    say "NOT ACCEPTED: the agent will not measure anything until you accept the text above"
+    say "(also in $PREFIX/share/doc/consent.md):"
+    say "    sudo -u $SVC_USER $PREFIX/bin/vigil-agent consent"
+fi
+say ""
+
+# ---- 6. systemd ----------------------------------------------------------------------------
 install -d -m 0755 "$ROOT$UNITDIR"
 unit_tmp="$ROOT$UNITDIR/.$UNIT.tmp"
 sed -e "s|/opt/vigil/|$ROOT$PREFIX/|g" \
@@ -238,7 +295,9 @@ mv "$unit_tmp" "$ROOT$UNITDIR/$UNIT"
 if systemd_running; then
     systemctl daemon-reload
     systemctl enable "$UNIT" >/dev/null 2>&1
-    if systemctl is-active --quiet "$UNIT"; then
+    if [ "$consented" -eq 0 ]; then
+        say "enabled $UNIT; start it after accepting: sudo systemctl start $UNIT"
+    elif systemctl is-active --quiet "$UNIT"; then
         systemctl restart "$UNIT"
         say "restarted $UNIT"
     else

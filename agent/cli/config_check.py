@@ -12,22 +12,57 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agent.config import AgentConfig
-from agent.daemon.backend import broker_settings
-from agent.daemon.settings import settings
 from agent.errors import ConfigError, locate
-from agent.experiments.apps import directories
-from agent.experiments.connectivity import ConnectivitySettings
-from agent.experiments.throttling.measure import ThrottlingSettings
-from agent.uplink.outbox import limits_from_config
+
+# Each parser is imported only when its section is in the file: `doctor` and `--help` stay
+# light (the MQTT and HTTP stacks load only for a config that has [mqtt] or an experiment's
+# section).
+
+
+def _mqtt(c: AgentConfig) -> object:
+    from agent.daemon.backend import broker_settings
+
+    return broker_settings(c)
+
+
+def _outbox(c: AgentConfig) -> object:
+    from agent.uplink.outbox import limits_from_config
+
+    return limits_from_config(c.section("outbox"))
+
+
+def _scheduler(c: AgentConfig) -> object:  # [scheduler] and [campaigns] together
+    from agent.daemon.settings import settings
+
+    return settings(c)
+
+
+def _throttling(c: AgentConfig) -> object:
+    from agent.experiments.throttling.measure import ThrottlingSettings
+
+    return ThrottlingSettings.from_section(c.section("throttling"))
+
+
+def _connectivity(c: AgentConfig) -> object:
+    from agent.experiments.connectivity import ConnectivitySettings
+
+    return ConnectivitySettings.from_section(c.section("connectivity"))
+
+
+def _apps(c: AgentConfig) -> object:
+    from agent.experiments.apps import directories
+
+    return directories(c)
+
 
 CHECKS: dict[str, Callable[[AgentConfig], object]] = {
-    "mqtt": broker_settings,
-    "outbox": lambda c: limits_from_config(c.section("outbox")),
-    "scheduler": settings,  # [scheduler] and [campaigns] together
-    "campaigns": settings,
-    "throttling": lambda c: ThrottlingSettings.from_section(c.section("throttling")),
-    "connectivity": lambda c: ConnectivitySettings.from_section(c.section("connectivity")),
-    "apps": directories,
+    "mqtt": _mqtt,
+    "outbox": _outbox,
+    "scheduler": _scheduler,
+    "campaigns": _scheduler,
+    "throttling": _throttling,
+    "connectivity": _connectivity,
+    "apps": _apps,
 }
 
 

@@ -3,11 +3,14 @@
 Checks, in order (a later check is skipped when it depends on a failed one):
 
   config       the config file parses, every section is valid
+  consent      the consent text (docs/consent.md) is accepted: without it nothing runs
   state dir    exists and is writable by this user
   key          the probe key exists, is private (0600) and loads
   clock        the system clock is plausible and, when the helper answers, agrees with it
   broker       the MQTT broker's TLS endpoint answers and its certificate is trusted
-  helper       the control helper answers ``whoami`` (signed with the probe key)
+  helper       the control helper answers ``whoami`` (signed with the probe key) over https;
+               not enrolled, revoked, unreachable and untrusted say what to do (the enrolment
+               line to send to the operator), and a plain-http helper is never "ok"
   agent        the long-running agent's last state (running? connected? errors?)
   disk         room left on the state filesystem (warns well before new records are refused)
   delivery     records awaiting a collector's receipt, records a collector refused
@@ -16,7 +19,8 @@ The broker check stops after the TLS handshake on purpose: the broker forces the
 the probe id, so a full MQTT login from here would kick the running agent off.  Whether the
 login works is what ``agent`` reports (from the agent's own connection).
 
-Exit code 1 when anything FAILed; warnings alone exit 0.
+Exit code 1 when anything FAILed; warnings alone exit 0.  Imports only what the checks need
+(no runner, outbox or experiments): it must answer fast on a Raspberry Pi Zero.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,12 +41,13 @@ import click
 from agent import identity
 from agent.config import AgentConfig
 from agent.config import load as load_config
+from agent.engine import preflight
+from agent.engine.preflight import MIN_PLAUSIBLE
 from agent.errors import IdentityError, VigilError
 from agent.state import read_state
 from agent.uplink.outbox import OutboxLimits, OutboxStats, disk_free, limits_from_config, read_stats
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
-MIN_PLAUSIBLE = datetime(2025, 1, 1, tzinfo=UTC)  # a Pi without RTC boots in 1970
 MAX_SKEW = 300.0  # seconds; operator commands tolerate 5 minutes
 
 
@@ -116,20 +122,45 @@ def tls_probe(
         return tls.version() or "TLS"
 
 
-def check_broker(config: AgentConfig, timeout: float) -> Check:
-    from agent.daemon.backend import broker_settings
+def check_consent(config: AgentConfig) -> Check:
+    from agent import consent as agreement
 
     try:
-        s = broker_settings(config)
+        current = agreement.status(config)
+    except (OSError, ValueError) as exc:
+        return Check("consent", FAIL, f"the consent text cannot be read: {exc}",
+                     "reinstall the agent")
+    if current.accepted:
+        return Check("consent", OK, current.message)
+    return Check(
+        "consent",
+        FAIL,
+        f"{current.message}: the agent measures nothing until it is accepted",
+        "read it and accept: vigil-agent consent (researcher deployments: [agent] "
+        f'consent_version = "{current.version}")',
+    )
+
+
+_NO_BROKER = Check(
+    "broker",
+    FAIL,
+    "no broker configured: measurements will pile up in the outbox",
+    "set [mqtt] host, port, ca_file and password_file (from your collector's operator)",
+)
+
+
+def check_broker(config: AgentConfig, timeout: float) -> Check:
+    if not config.section("mqtt"):
+        return _NO_BROKER
+    from agent.uplink.publisher import settings_from_config
+
+    try:
+        base = None if config.path is None else config.path.parent
+        s = settings_from_config(config.section("mqtt"), base)
     except VigilError as exc:
         return Check("broker", FAIL, str(exc), "fix the [mqtt] section of the config")
     if s is None:
-        return Check(
-            "broker",
-            FAIL,
-            "no broker configured: measurements will pile up in the outbox",
-            "set [mqtt] host, port, ca_file and password_file (from your collector's operator)",
-        )
+        return _NO_BROKER
     try:
         ctx = s.tls_context()
         version = tls_probe(s.host, s.port, ctx, getattr(s, "server_hostname", None), timeout)
@@ -153,20 +184,28 @@ def check_broker(config: AgentConfig, timeout: float) -> Check:
 async def helper_whoami(
     config: AgentConfig, ident: identity.Identity | None, timeout: float
 ) -> tuple[Check, datetime | None]:
-    import aiohttp
-
-    from agent.engine.helper_client import ControlClient
-    from agent.engine.runner import _signer, tls_contexts
-
     url = config.control.url
     if url is None:
         return Check(
             "helper",
-            WARN,
-            "no control helper configured: web tests will be inconclusive",
+            FAIL,
+            "no control helper configured: nothing can be measured conclusively",
             "set [control] url (from your collector's operator)",
         ), None
-    tls = tls_contexts(config.net.ca_file)
+    plain = preflight.plain_http_problem(url)
+    if plain is not None:  # never asked: the question itself (signed, in clear) reveals a probe
+        return Check("helper", FAIL, plain.message, plain.fix), None
+    import aiohttp
+
+    from agent.engine.helper_client import ControlClient
+    from agent.errors import ConfigError
+    from agent.net.tls import make_contexts
+    from agent.wire.helper_auth import sign_request
+
+    try:
+        tls = make_contexts(config.net.ca_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load CA file {config.net.ca_file}: {exc}") from None
     # The Date header is the clock reference (a second request, unsigned, cheap).
     reference: datetime | None = None
     try:
@@ -184,24 +223,36 @@ async def helper_whoami(
                 reference = parsedate_to_datetime(date)
     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError):
         reference = None
+
+    def sign(method: str, path: str, body: bytes) -> dict[str, str]:
+        assert ident is not None
+        return dict(sign_request(ident, method, path, body, time.time()))
+
     client = ControlClient(
         url,
         ssl_context=tls.verify,
         timeout=timeout,
-        authenticator=None if ident is None else _signer(ident),
+        authenticator=None if ident is None else sign,
     )
     try:
         who = await asyncio.wait_for(client.whoami(), timeout + 1)
     except (VigilError, TimeoutError) as exc:
-        return Check(
-            "helper",
-            FAIL,
-            f"{url} did not answer whoami: {exc}",
-            "check [control] url; if it says unauthorised, ask the operator to enrol this probe",
-        ), reference
+        line = None
+        if ident is not None:
+            from agent.identity import enrolment_command
+
+            line = enrolment_command(ident.probe_id, ident.public_key_b64)
+        problem = preflight.helper_problem(exc, url, line)
+        return Check("helper", FAIL, problem.message, problem.fix), reference
     finally:
         await client.close()
     c = who.client
+    if url.lower().startswith("http://"):
+        return Check(
+            "helper", WARN,
+            f"{url} answers, but over plain http (fine on this machine only: a lab or a test)",
+            "use the helper's https:// URL in [control] url",
+        ), reference
     return Check("helper", OK, f"{url}: you are on {c.asn} {c.network_name} ({c.cc})"), reference
 
 
@@ -285,6 +336,7 @@ def run_checks(
         checks.append(Check("config", FAIL, str(exc), "edit the config file and run doctor again"))
         return checks
     checks.append(Check("config", OK, str(config.path or "defaults (no config file)")))
+    checks.append(check_consent(config))
     state = check_state_dir(config.state_dir)
     checks.append(state)
     ident = None
@@ -312,7 +364,7 @@ def run_checks(
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="per network check")
 def doctor(config_file: Path | None, timeout: float) -> None:
-    """Check config, key, clock, broker and helper; say what to fix."""
+    """Check config, consent, key, clock, broker and helper; say what to fix."""
     checks = run_checks(config_file, timeout)
     for c in checks:
         click.echo(f"{c.level:>4}  {c.name:<10} {c.message}")

@@ -20,10 +20,7 @@ import click
 
 from agent import identity
 from agent.config import load as load_config
-
-
-def enrolment_command(probe_id: str, public_key_b64: str) -> str:
-    return f"vigil-collector probes add {probe_id} {public_key_b64}"
+from agent.identity import enrolment_command
 
 
 @click.command()

@@ -1,7 +1,8 @@
 """``vigil-agent``: the probe's command line.
 
 Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error (one-line reason).
-Each subcommand lives in ``agent/commands/<name>.py`` and is imported only when used.
+Each subcommand lives in ``agent/cli/<name>.py`` and is imported only when used; ``--help``
+lists them from ``SUMMARIES`` without importing any.
 """
 
 from __future__ import annotations
@@ -21,10 +22,21 @@ COMMANDS = {
     "init": "agent.cli.init:init",
     "status": "agent.cli.status:status",
     "doctor": "agent.cli.doctor:doctor",
+    "consent": "agent.cli.consent:consent",
+}
+# Each command's one-line help, as click would print it (tests compare the two).
+SUMMARIES = {
+    "consent": "Show what the probe measures, publishes and risks; accept or withdraw.",
+    "doctor": "Check config, consent, key, clock, broker and helper; say what to fix.",
+    "export": "Convert Vigil JSONL records to another format on standard output.",
+    "init": "Create this probe's signing key (once) and print its enrolment request.",
+    "lists": "Citizen Lab test lists (CC BY-NC-SA 4.0, github.com/citizenlab/test-lists).",
+    "run": "Measure censorship on the test lists' URLs.",
+    "status": "Show what the agent did recently, its outbox, uploads and next runs.",
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS)
+@click.group(cls=LazyGroup, lazy=COMMANDS, summaries=SUMMARIES)
 @click.version_option(__version__, prog_name="vigil-agent")
 def cli() -> None:
     """Vigil probe agent: measure censorship, throttling and shutdowns."""
@@ -32,7 +44,8 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="vigil-agent", standalone_mode=False)
+        # click returns (not raises) a command's click.exceptions.Exit code in this mode
+        code = cli.main(args=argv, prog_name="vigil-agent", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("vigil-agent: aborted", err=True)
         return 1
@@ -47,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

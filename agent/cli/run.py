@@ -3,13 +3,19 @@
 The flags are a public interface (researchers script them); keep them stable::
 
     vigil-agent run --once [--list FILE.csv]... [--tests NAME[,NAME...]] [--output OUT.jsonl]
-                    [--control-url URL] [--ca-file PEM] [--concurrency N]
-                    [--max-runtime SECONDS] [--data-budget MB] [--config FILE]
+                    [--exclude-category CODE]... [--control-url URL] [--ca-file PEM]
+                    [--concurrency N] [--max-runtime SECONDS] [--data-budget MB] [--config FILE]
+
+Nothing is measured before the consent text (docs/consent.md) is accepted: on a terminal the
+first run shows it and asks; unattended runs refuse (exit 2) and say how to accept.
 
 On a terminal a progress bar shows running counts per verdict; otherwise (systemd, pipes) one
 structured ``key=value`` line is written per measurement.  Exit codes: 0 done, 1 runtime
 failure (some measurements could not run, the output cannot be written), 2 usage or
-configuration error, each with a one-line reason.
+configuration error, each with a one-line reason.  A run that learnt nothing (the control
+helper refused or could not be reached, every verdict inconclusive) exits 1 and names the
+problem and its fix (``agent.engine.preflight``), e.g. the enrolment line to send to the operator
+when the probe is not enrolled yet.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from typing import Any, TextIO
 import click
 
 from agent import config as agent_config
+from agent import consent as agreement
 from agent import experiments as registry
 from agent.config import AgentConfig
+from agent.engine import preflight
 from agent.engine.runner import Job as RunJob
 from agent.engine.runner import (
     JsonlFileSink,
@@ -80,6 +88,7 @@ class Reporter:
         self.counts: Counter[str] = Counter()
         self.errors = 0
         self.notable: list[str] = []
+        self.inconclusive_reasons: Counter[str] = Counter()
         self._bar: Any = None
         if tty:
             from tqdm import tqdm
@@ -94,6 +103,8 @@ class Reporter:
         else:
             v = record.verdict
             key = str(v.status)
+            if key == "inconclusive":
+                self.inconclusive_reasons[v.reason or "unknown"] += 1
             if key in ("blocked", "throttled") and len(self.notable) < 20:
                 self.notable.append(
                     f"  {key:<9} {v.blocking!s:<12} {v.reason:<22} {record.input}"
@@ -219,9 +230,16 @@ def _with_overrides(config: AgentConfig, **flags: Any) -> AgentConfig:
         if flags["data_budget"] is not None:
             changes["data_budget_mb"] = flags["data_budget"]
         run = dataclasses.replace(run, **changes)
+        lists = config.lists
+        extra = [c for v in flags.get("exclude_categories", ()) for c in v.split(",") if c.strip()]
+        if extra:
+            lists = dataclasses.replace(
+                lists, exclude_categories=(*lists.exclude_categories, *extra)
+            )
     except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    return dataclasses.replace(config, net=net, control=control, run=run)
+        text = str(exc).replace("lists.exclude_categories", "--exclude-category")
+        raise UsageError(text) from None
+    return dataclasses.replace(config, net=net, control=control, run=run, lists=lists)
 
 
 def default_output(state_dir: Path) -> Path:
@@ -241,10 +259,27 @@ async def run_once(
     if config.control.url is None:
         raise ConfigError("no control helper: pass --control-url or set [control] url")
     classes = select_tests(test_names or config.run.tests)
+    clock = preflight.clock_problem(datetime.now(UTC))
+    if clock is not None:
+        print(clock.render(), file=stream)
+        raise VigilError(f"nothing measured: {clock.message}")
     identity, created = load_or_create(config.state_dir)
     if created:
         print(f"created probe identity {identity.probe_id} in {config.state_dir}", file=stream)
+    plain = preflight.plain_http_problem(config.control.url)
+    if plain is not None:
+        print(f"warning: {plain.message}\n    fix: {plain.fix}", file=stream)
     async with open_context(config, identity) as ctx:
+        if ctx.whoami_error is not None:
+            from agent.identity import enrolment_command
+
+            refused = preflight.helper_problem(
+                ctx.whoami_error, config.control.url,
+                enrolment_command(identity.probe_id, identity.public_key_b64),
+            )
+            print(refused.render(), file=stream, flush=True)
+            if refused.stops_run:
+                raise VigilError(f"nothing measured: {refused.message}")
         explicit = bool(list_files)
         if explicit:
             paths = list(list_files)
@@ -260,7 +295,13 @@ async def run_once(
         # on the command line: a default run over a 1,700-URL list must not run them 1,700 times
         jobs = plan_jobs(classes, parsed.targets,
                          (explicit or bool(config.lists.files)) and bool(test_names))
+        planned = len(jobs)
+        jobs, dropped = without_excluded(jobs, frozenset(config.lists.exclude_categories))
+        if dropped:
+            print(testlists.describe_dropped(dropped), file=stream)
         if not jobs:
+            if planned:
+                raise UsageError("nothing to measure: every input is in an excluded category")
             raise UsageError(f"nothing to measure in {', '.join(str(p) for p in paths)}")
         if parsed.duplicates:
             log.info("%d duplicate URL(s) measured once", parsed.duplicates)
@@ -280,7 +321,30 @@ async def run_once(
             reporter.close()
             sink.close()
         reporter.summary(summary, str(output))
+        if summary.measured or not summary.errors:
+            learnt = preflight.inconclusive_problem(summary.by_status,
+                                                    reporter.inconclusive_reasons)
+            if learnt is not None:
+                print(learnt.render(), file=stream, flush=True)
+                raise VigilError(f"{learnt.message}; results in {output}")
         return summary
+
+
+def without_excluded(
+    jobs: Sequence[RunJob], excluded: frozenset[str]
+) -> tuple[list[RunJob], Counter[str]]:
+    """Jobs whose input (or, for inputs without one, whose test) is not in an excluded
+    category, and how many were left out per category."""
+    kept: list[RunJob] = []
+    dropped: Counter[str] = Counter()
+    for job in jobs:
+        own = getattr(job.experiment, "category_code", None)
+        code = testlists.excluded_as(job.target.category_code or own, excluded)
+        if code is None:
+            kept.append(job)
+        else:
+            dropped[code] += 1
+    return kept, dropped
 
 
 @click.command("run")
@@ -292,6 +356,9 @@ async def run_once(
               help="Tests to run (default: all enabled ones).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               help="JSONL output, appended (default: <state>/results/run-<time>.jsonl).")
+@click.option("--exclude-category", "exclude_categories", multiple=True, metavar="CODE[,CODE]",
+              help="Never measure inputs of this Citizen Lab category (repeatable; adds to "
+              "[lists] exclude_categories), e.g. LGBT, REL, POLR, PORN, ANON.")
 @click.option("--control-url", help="The control helper, e.g. https://helper.example.org")
 @click.option("--ca-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Extra trust anchors (PEM) for private deployments and labs.")
@@ -313,6 +380,7 @@ def run(
     concurrency: int | None,
     max_runtime: float | None,
     data_budget: float | None,
+    exclude_categories: tuple[str, ...],
     config_file: Path | None,
 ) -> None:
     """Measure censorship on the test lists' URLs."""
@@ -323,13 +391,22 @@ def run(
     config = _with_overrides(
         loaded, ca_file=ca_file, control_url=control_url,
         concurrency=concurrency, max_runtime=max_runtime, data_budget=data_budget,
+        exclude_categories=exclude_categories,
+    )
+    agreement.require(
+        config,
+        interactive=sys.stdin.isatty() and sys.stderr.isatty(),
+        echo=lambda text: click.echo(text, err=True),
+        prompt=lambda question: str(click.prompt(question, err=True, default="",
+                                                 show_default=False)),
     )
     if not once:
-        if list_files or tests_flag or output:
-            raise UsageError("--list, --tests and --output only apply with --once")
+        if list_files or tests_flag or output or exclude_categories:
+            raise UsageError("--list, --tests, --output and --exclude-category only apply with "
+                             "--once (the long-running agent reads [lists] exclude_categories)")
         from agent.daemon import loop as scheduler  # the long-running agent, imported when used
 
-        result = scheduler.run_forever(config)
+        result = scheduler.run_forever(config, consent_check=_consent_still_given)
         if inspect.isawaitable(result):
             result = asyncio.run(result)  # type: ignore[arg-type]
         if isinstance(result, int) and result != 0:
@@ -347,3 +424,8 @@ def run(
         )
     if summary.measured == 0 and summary.planned:
         raise VigilError(f"no measurement was made ({summary.stopped or 'unknown reason'})")
+
+
+def _consent_still_given(config: AgentConfig) -> tuple[bool, str]:
+    current = agreement.status(config)
+    return current.accepted, current.message

@@ -24,10 +24,11 @@ from agent import experiments as registry
 from agent.config import AgentConfig
 from agent.daemon.interfaces import CommandHandler, LinkStatus, Measurer
 from agent.daemon.settings import Settings
+from agent.engine import preflight
 from agent.engine.runner import DataBudget, Job, MeasureContext, RunLimits, Runner, open_context
 from agent.errors import VigilError
 from agent.experiments import Experiment, InputPolicy
-from agent.identity import Identity
+from agent.identity import Identity, enrolment_command
 from agent.identity import load as load_identity
 from agent.inputs import sync, testlists
 from agent.uplink.outbox import Outbox, OutboxSink, limits_from_config
@@ -107,6 +108,8 @@ class RealBackend:
             log.warning("no experiment is registered for %r: nothing to run", kind)
             return []
         out: list[tuple[str, Target]] = []
+        # the volunteer's excluded categories hold for every test, operator campaigns included
+        excluded = frozenset(self.config.lists.exclude_categories)
         for cls in exps:
             if cls.name != kind and not cls.default_enabled:
                 # an opt-in member of a family (vpn needs the operator's endpoint list):
@@ -120,6 +123,11 @@ class RealBackend:
                 targets = self._selected_hosts()
             else:
                 targets = cls.default_targets()
+            targets, dropped = testlists.without_categories(
+                targets, excluded, cls.category_code
+            )
+            if dropped:
+                log.info("%s: %s", cls.name, testlists.describe_dropped(dropped))
             out += [(cls.name, t) for t in targets]
         return out
 
@@ -151,6 +159,12 @@ class RealBackend:
                 stack = contextlib.AsyncExitStack()
                 ctx = await stack.enter_async_context(open_context(self.config, self.identity))
                 ctx.budget = DataBudget(None)  # the scheduler keeps the (daily) budget
+                if ctx.whoami_error is not None and self.config.control.url is not None:
+                    problem = preflight.helper_problem(
+                        ctx.whoami_error, self.config.control.url,
+                        enrolment_command(self.identity.probe_id, self.identity.public_key_b64),
+                    )
+                    log.error("%s; fix: %s", problem.message, problem.fix)
                 self._stack, self._ctx, self._ctx_opened = stack, ctx, loop.time()
                 self._ctx_stale = False
             return self._ctx

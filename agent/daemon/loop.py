@@ -59,6 +59,9 @@ from agent.wire.record import MeasurementRecord, Target
 log = logging.getLogger("vigil.scheduler")
 
 STATE_EVERY = 15.0  # seconds between state-file writes while idle
+CONSENT_EVERY = 30.0  # seconds between checks that the consent is still given
+# (config) -> (accepted, why not): agent.consent.status, passed in by `vigil-agent run`
+ConsentCheck = Callable[[AgentConfig], tuple[bool, str]]
 PUBLISHER_STOP_GRACE = 3.0  # seconds the publisher gets to finish a publish at shutdown
 STORE_GRACE = 10.0  # seconds to wait for outbox commits already under way at shutdown
 
@@ -111,8 +114,11 @@ class Scheduler:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         loader: Callable[[Path | None], AgentConfig] = agent_config.load,
+        consent_check: ConsentCheck | None = None,
     ) -> None:
         self.config = config
+        self._consent_check = consent_check
+        self.exit_code = 0
         self.settings = settings(config)
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -373,14 +379,30 @@ class Scheduler:
             await self._loop(publisher)
         finally:
             await self._shutdown(publisher, publisher_stop)
-        return 0
+        return self.exit_code
+
+    def _consent_withdrawn(self) -> bool:
+        """True (and stopping) when the consent was withdrawn while running."""
+        if self._consent_check is None:
+            return False
+        accepted, why = self._consent_check(self.config)
+        if accepted:
+            return False
+        log.error("stopping: %s; nothing more is measured until it is accepted again", why)
+        self.exit_code = 2  # like a configuration error: systemd does not restart it
+        self.request_stop()
+        return True
 
     async def _loop(self, publisher: asyncio.Task[None]) -> None:
-        last_state = -1e9
+        last_state = last_consent = -1e9
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             if self._reload_wanted:
                 self._reload()
+            if loop.time() - last_consent >= CONSENT_EVERY:
+                last_consent = loop.time()
+                if self._consent_withdrawn():
+                    break
             self._wake.clear()
             now = self.clock.now()
             plan = self.planner.decide(now)
@@ -456,19 +478,24 @@ async def run_async(
     backend_factory: BackendFactory | None = None,
     *,
     clock: Clock | None = None,
+    consent_check: ConsentCheck | None = None,
 ) -> int:
     if backend_factory is None:
         backend_factory = RealBackend.create
-    sched = Scheduler(config, backend_factory, clock=clock)
+    sched = Scheduler(config, backend_factory, clock=clock, consent_check=consent_check)
     async with _signals(sched):
         return await sched.run()
 
 
-def run_forever(config: AgentConfig) -> int:
-    """Called by ``vigil-agent run`` (without ``--once``); returns the exit code."""
+def run_forever(config: AgentConfig, consent_check: ConsentCheck | None = None) -> int:
+    """Called by ``vigil-agent run`` (without ``--once``); returns the exit code.
+
+    ``consent_check`` is asked every CONSENT_EVERY seconds: a withdrawn consent stops the agent
+    with exit code 2 (the CLI checked it before starting).
+    """
     s = settings(config)  # a bad [scheduler] section is a ConfigError (exit 2) before anything
     setup_logging(s)
-    return asyncio.run(run_async(config))
+    return asyncio.run(run_async(config, consent_check=consent_check))
 
 
 def replace_settings(s: Settings, **changes: object) -> Settings:

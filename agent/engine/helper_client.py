@@ -46,9 +46,19 @@ Authenticator = Callable[[str, str, bytes], Mapping[str, str]]
 class ControlFailed(ControlError):
     """The helper could not be asked or answered garbage; ``failure`` goes into the record."""
 
-    def __init__(self, failure: str, detail: str = "") -> None:
+    def __init__(
+        self,
+        failure: str,
+        detail: str = "",
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(detail or failure)
         self.failure = failure
+        self.detail = detail or failure
+        self.status = status  # the helper's HTTP status when it answered, else None
+        self.reason = reason  # the helper's refusal reason ("unauthenticated", ...), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +205,14 @@ def _decode(status: int, payload: bytes) -> dict[str, Any]:
         data = None
     if status != 200:
         reason = data.get("error") if isinstance(data, dict) else None
+        detail = data.get("detail") if isinstance(data, dict) else None
         text = f"control helper answered HTTP {status}" + (f" ({reason})" if reason else "")
-        raise ControlFailed(failures.unknown(text))
+        raise ControlFailed(
+            failures.unknown(text),
+            f"{text}: {detail}" if isinstance(detail, str) and detail else text,
+            status=status,
+            reason=reason if isinstance(reason, str) else None,
+        )
     if not isinstance(data, dict):
         raise ControlFailed(failures.unknown("control answer is not a JSON object"))
     return data

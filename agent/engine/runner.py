@@ -94,6 +94,7 @@ class MeasureContext:
     def ipv6_active(self) -> bool:
         """Measure over IPv6 too: configured (or detected) on, and not found broken."""
         return bool(self.net.ipv6) and not self.ipv6_path.broken
+    whoami_error: ControlError | None = None  # why the helper's whoami failed, if it did
 
     def on_bytes(self, n: int) -> None:
         self.budget.charge(n)
@@ -243,7 +244,10 @@ async def open_context(
     )
     try:
         ctx.control = client
-        who = await discover(client)
+        errors: list[ControlError] = []
+        who = await discover(client, errors=errors)
+        if who is None and errors:
+            ctx.whoami_error = errors[-1]
         if who is not None:
             scrubber.add(who.ip)
             ctx.observe_client(who.client)
@@ -258,11 +262,18 @@ async def open_context(
         await client.close()
 
 
-async def discover(client: ControlClient, attempts: int = 3) -> WhoAmI | None:
+async def discover(
+    client: ControlClient, attempts: int = 3, errors: list[ControlError] | None = None
+) -> WhoAmI | None:
+    """The helper's whoami, retried; None when it failed (``errors`` collects why)."""
     for attempt in range(attempts):
         try:
             return await client.whoami()
         except ControlError as exc:
+            if errors is not None:
+                errors.append(exc)
+            if getattr(exc, "status", None) in (401, 403, 404):
+                break  # a refusal, not a glitch: asking again changes nothing
             log.warning("control helper whoami failed (attempt %d/%d): %s", attempt + 1,
                         attempts, exc)
             if attempt + 1 < attempts:

@@ -49,6 +49,7 @@ class Experiment(Protocol):
     version: ClassVar[str]  # semver; bump when test_keys or analysis changes
     input_policy: ClassVar[InputPolicy]
     default_enabled: ClassVar[bool]  # runs when no test is named
+    category_code: ClassVar[str | None]  # what an input-less test measures, for opt-outs
 
     @classmethod
     def default_targets(cls) -> list[Target]:
@@ -67,6 +68,9 @@ class ExperimentBase:
     version: ClassVar[str] = "0.1.0"
     input_policy: ClassVar[InputPolicy] = InputPolicy.TEST_LISTS
     default_enabled: ClassVar[bool] = True
+    # The Citizen Lab category of what an input-less test measures (apps: COMT), for the
+    # volunteer's category opt-out; None: the inputs carry their own.
+    category_code: ClassVar[str | None] = None
 
     @classmethod
     def default_targets(cls) -> list[Target]:

@@ -1,10 +1,21 @@
-"""Refresh the Citizen Lab test lists into the state directory, atomically.
+"""Refresh the Citizen Lab test lists into the state directory, whole or not at all.
 
-The new lists are downloaded into a fresh directory next to the current one, each file is
-parsed and checked (a valid header, at least one measurable URL, mostly good rows), and only
-then does a symlink switch point ``<state>/testlists`` at the new directory in one
-``rename()``.  Any failure before the switch deletes the new directory and leaves the lists in
-use untouched; a reader never sees a half-written set.
+Each file is streamed chunk by chunk to a temporary file inside a fresh directory next to the
+current one (never cut at a buffer size; at most MAX_FILE_BYTES), then checked:
+
+* the transfer is complete: no connection cut (aiohttp checks ``Content-Length`` and the
+  chunked framing), the byte count matches ``Content-Length`` when the body is not compressed,
+  and the file ends with a newline (a list cut mid-row does not);
+* the file is a list: UTF-8, a header naming ``url`` and ``category_code``, at least one
+  measurable URL, and no more than :data:`MAX_BAD_SHARE` bad rows;
+* it is not short: a list with fewer than :data:`MIN_SHARE_OF_CURRENT` of the URLs of the same
+  list in use (updated or bundled) is refused unless the caller allows it (``--allow-shrink``).
+
+Only then is the temporary file renamed into place, and once every list passed, a symlink
+switch points ``<state>/testlists`` at the new directory in one ``rename()``.  A list refused
+for any reason ends the update with :class:`UpdateError` naming the list and the reason; the
+new directory is deleted and the lists in use stay untouched: a reader never sees a
+half-written set.
 
 Layout::
 
@@ -20,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -32,12 +44,22 @@ import aiohttp
 
 from agent.config import AgentConfig
 from agent.errors import ListError, VigilError
-from agent.inputs.testlists import LISTS_SUBDIR, MAX_FILE_BYTES, bundled_dir, parse_text
+from agent.inputs.testlists import (
+    LISTS_SUBDIR,
+    MAX_FILE_BYTES,
+    bundled_dir,
+    lists_dir,
+    parse_text,
+    read_file,
+)
+
+log = logging.getLogger("vigil.lists")
 
 LEGENDS = ("00-LEGEND-category_codes", "00-LEGEND-new_category_codes", "00-LEGEND-country_codes")
 VERSIONS_SUBDIR = "testlists.d"
 MANUAL_PREFIX = "manual-"
-MAX_BAD_SHARE = 0.5  # a list with more bad rows than this is a format change, not an update
+MAX_BAD_SHARE = 0.01  # upstream lists have none: more than 1 % bad rows is damage, not an update
+MIN_SHARE_OF_CURRENT = 0.5  # a list that lost half its URLs at once arrived short
 
 
 class UpdateError(VigilError):
@@ -83,24 +105,49 @@ def _locked(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str) -> bytes | None:
-    """The file's bytes; None for a 404 (that list does not exist upstream)."""
+CHUNK_BYTES = 64 * 1024
+
+
+async def fetch_to_file(session: aiohttp.ClientSession, url: str, dest: Path) -> bool:
+    """Stream ``url`` into ``dest`` (fsynced); False for a 404 (no such list upstream).
+
+    Raises UpdateError when the transfer fails, is cut, or is larger than MAX_FILE_BYTES;
+    ``dest`` may then hold a partial file, which the caller deletes with its directory.
+    """
+    name = url.rsplit("/", 1)[-1]
+    size = 0
     try:
         async with session.get(url) as resp:
             if resp.status == 404:
-                return None
+                return False
             if resp.status != 200:
                 raise UpdateError(f"{url}: HTTP {resp.status}")
-            data = await resp.content.read(MAX_FILE_BYTES + 1)
+            declared = resp.content_length if "Content-Encoding" not in resp.headers else None
+            with open(dest, "wb") as fh:
+                async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > MAX_FILE_BYTES:
+                        raise UpdateError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except aiohttp.ClientPayloadError as exc:
+        raise UpdateError(
+            f"{name} arrived cut after {size} bytes (the connection ended early: {exc})"
+        ) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise UpdateError(f"{url}: {type(exc).__name__}: {exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise UpdateError(f"{url}: larger than {MAX_FILE_BYTES} bytes")
-    return data
+    if declared is not None and size != declared:
+        raise UpdateError(f"{name} arrived cut: {size} of the {declared} bytes announced")
+    return True
 
 
-def check_list(name: str, data: bytes) -> int:
-    """Number of measurable URLs in a downloaded list; UpdateError when it looks wrong."""
+def check_list(name: str, data: bytes, *, current: int | None = None,
+               allow_shrink: bool = False) -> int:
+    """Number of measurable URLs in a downloaded list; UpdateError saying why it is refused.
+
+    ``current`` is the number of URLs of the same list in use (None when there is none).
+    """
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
@@ -109,12 +156,35 @@ def check_list(name: str, data: bytes) -> int:
         parsed = parse_text(text, f"{name}.csv")
     except ListError as exc:
         raise UpdateError(f"downloaded {exc}") from None
+    if not data.endswith(b"\n"):
+        raise UpdateError(f"{name}.csv ends mid-row (no final newline): the transfer was cut")
     total = len(parsed.targets) + len(parsed.problems) + parsed.duplicates
     if not parsed.targets:
         raise UpdateError(f"{name}.csv has no measurable URL")
     if len(parsed.problems) > MAX_BAD_SHARE * total:
-        raise UpdateError(f"{name}.csv: {len(parsed.problems)} of {total} rows are bad")
-    return len(parsed.targets)
+        first = "; ".join(str(p) for p in parsed.problems[:3])
+        raise UpdateError(
+            f"{name}.csv: {len(parsed.problems)} of {total} rows are bad (first: {first})"
+        )
+    n = len(parsed.targets)
+    if current and not allow_shrink and n < MIN_SHARE_OF_CURRENT * current:
+        raise UpdateError(
+            f"{name}.csv arrived short: {n} URLs where the list in use has {current} "
+            "(a cut or emptied list upstream?); to accept it anyway: "
+            "vigil-agent lists update --allow-shrink"
+        )
+    return n
+
+
+def current_count(directory: Path, name: str) -> int | None:
+    """URLs in the list of that name in use, or None when there is none (or it is unreadable)."""
+    path = directory / f"{name}.csv"
+    if not path.is_file():
+        return None
+    try:
+        return len(read_file(path).targets)
+    except ListError:
+        return None
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -164,12 +234,15 @@ async def update_lists(
     countries: Iterable[str],
     *,
     timeout: float = 60.0,
+    allow_shrink: bool = False,
 ) -> UpdateResult:
-    """Download global + country lists (+ legends), check them, switch atomically."""
+    """Download global + country lists (+ legends), check them, switch atomically.
+
+    ``timeout`` bounds the silence while reading (and connecting); one file may take up to
+    five times as long in all, so a slow home line still gets a 300 KB list through.
+    """
     base = source_url if source_url.endswith("/") else source_url + "/"
     with _locked(state_dir):
-        from agent.inputs.testlists import lists_dir
-
         current = lists_dir(state_dir)
         countries = wanted_countries(current, countries)
         versions = state_dir / VERSIONS_SUBDIR
@@ -179,7 +252,8 @@ async def update_lists(
         new_dir.mkdir()
         result = UpdateResult(directory=new_dir)
         try:
-            await _download_into(new_dir, base, countries, result, timeout)
+            await _download_into(new_dir, current, base, countries, result, timeout,
+                                 allow_shrink)
             _write(new_dir / "SOURCE.txt", _attribution(base))
             license_text = bundled_dir() / "README.md"
             if license_text.is_file():
@@ -195,25 +269,43 @@ async def update_lists(
 
 
 async def _download_into(
-    new_dir: Path, base: str, countries: list[str], result: UpdateResult, timeout: float
+    new_dir: Path,
+    current: Path,
+    base: str,
+    countries: list[str],
+    result: UpdateResult,
+    timeout: float,
+    allow_shrink: bool,
 ) -> None:
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    client_timeout = aiohttp.ClientTimeout(
+        total=5 * timeout, sock_connect=timeout, sock_read=timeout
+    )
     async with aiohttp.ClientSession(
         timeout=client_timeout, headers={"User-Agent": "vigil-agent lists update"}
     ) as session:
         for name in ("global", *countries):
-            data = await _fetch(session, f"{base}{name}.csv")
-            if data is None:
+            part = new_dir / f".{name}.csv.part"
+            if not await fetch_to_file(session, f"{base}{name}.csv", part):
                 if name == "global":
                     raise UpdateError(f"{base}global.csv: HTTP 404")
                 result.missing.append(name)
                 continue
-            result.counts[name] = check_list(name, data)
-            _write(new_dir / f"{name}.csv", data)
+            result.counts[name] = check_list(
+                name, part.read_bytes(), current=current_count(current, name),
+                allow_shrink=allow_shrink,
+            )
+            os.replace(part, new_dir / f"{name}.csv")
         for name in LEGENDS:  # category and country names: useful, not required
-            data = await _fetch(session, f"{base}{name}.csv")
-            if data is not None and data.strip():
-                _write(new_dir / f"{name}.csv", data)
+            part = new_dir / f".{name}.csv.part"
+            try:
+                fetched = await fetch_to_file(session, f"{base}{name}.csv", part)
+            except UpdateError as exc:
+                log.warning("legend %s not updated: %s", name, exc)
+                fetched = False
+            if fetched and part.stat().st_size and part.read_bytes().endswith(b"\n"):
+                os.replace(part, new_dir / f"{name}.csv")
+            else:
+                part.unlink(missing_ok=True)
 
 
 def _prune(versions: Path, keep: Path) -> None:

@@ -17,10 +17,12 @@ dropped, empty path as "/").
 
 from __future__ import annotations
 
+import collections
 import csv
+import functools
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -222,6 +224,91 @@ def read_files(paths: Iterable[Path]) -> ParsedList:
         problems.extend(parsed.problems)
         duplicates += parsed.duplicates
     return ParsedList(tuple(targets), tuple(problems), duplicates)
+
+
+# ---- categories -----------------------------------------------------------------------------
+NEW_LEGEND = "00-LEGEND-new_category_codes.csv"
+OLD_LEGEND = "00-LEGEND-category_codes.csv"
+
+
+@functools.lru_cache(maxsize=1)
+def category_aliases() -> Mapping[str, str]:
+    """Every category code the bundled legends know, mapped to its current code.
+
+    Citizen Lab renamed some codes (``GAYL`` became ``LGBT``, ``POLT`` became ``POLR``...);
+    older lists and operators' own lists still carry the old ones, so excluding ``LGBT`` must
+    exclude ``GAYL`` rows too.  A code only in the old legend maps to itself.
+    """
+    aliases: dict[str, str] = {}
+    folder = bundled_dir()
+    with open(folder / NEW_LEGEND, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            new = (row.get("New Code") or "").strip().upper()
+            if not new:
+                continue
+            aliases[new] = new
+            for old in (row.get("Replaces old code(s)") or "").split():
+                aliases.setdefault(old.strip().upper(), new)
+    with open(folder / OLD_LEGEND, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            code = (row.get("CategoryCode") or "").strip().upper()
+            if code:
+                aliases.setdefault(code, code)
+    return aliases
+
+
+def category_set(codes: Iterable[str]) -> frozenset[str]:
+    """The canonical codes of ``codes`` (case-insensitive); ValueError naming unknown ones.
+
+    An unknown code is an error, not a no-op: a typo (``LGTB``) must never leave a category the
+    volunteer meant to avoid in the plan.
+    """
+    aliases = category_aliases()
+    wanted = [c.strip().upper() for c in codes if c.strip()]
+    unknown = sorted({c for c in wanted if c not in aliases})
+    if unknown:
+        known = " ".join(sorted(set(aliases.values())))
+        raise ValueError(f"unknown category code(s) {', '.join(unknown)}; known: {known}")
+    return frozenset(aliases[c] for c in wanted)
+
+
+def excluded_as(category_code: str | None, excluded: frozenset[str]) -> str | None:
+    """The canonical code that excludes this category, or None when it is measured.
+
+    Inputs without a category are never excluded by this (an experiment that has a category of
+    its own, like the Tor test's ``ANON``, passes that instead).
+    """
+    if not excluded or not category_code:
+        return None
+    code = category_code.strip().upper()
+    canonical = category_aliases().get(code, code)
+    return canonical if canonical in excluded else None
+
+
+def without_categories(
+    targets: Iterable[Target], excluded: frozenset[str], default_code: str | None = None
+) -> tuple[list[Target], collections.Counter[str]]:
+    """(targets kept, how many were left out per canonical category).
+
+    ``default_code`` is the category of targets that carry none (an experiment's own).
+    """
+    kept: list[Target] = []
+    dropped: collections.Counter[str] = collections.Counter()
+    for target in targets:
+        code = excluded_as(target.category_code or default_code, excluded)
+        if code is None:
+            kept.append(target)
+        else:
+            dropped[code] += 1
+    return kept, dropped
+
+
+def describe_dropped(dropped: Mapping[str, int]) -> str:
+    """``"left out 77 URL(s) in excluded categories (LGBT 77)"``, or "" when none were."""
+    if not dropped:
+        return ""
+    parts = ", ".join(f"{code} {n}" for code, n in sorted(dropped.items()))
+    return f"left out {sum(dropped.values())} input(s) in excluded categories ({parts})"
 
 
 # ---- where lists live ---------------------------------------------------------------------------

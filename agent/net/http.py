@@ -16,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import inspect
 import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDictProxy
+
+if TYPE_CHECKING:  # a TypedDict since aiohttp 3.10; Debian 12's 3.8 takes the same plain dict
+    from aiohttp.abc import ResolveResult
 
 from agent.net import failures
 from agent.net.addr import endpoint
@@ -89,17 +93,18 @@ class PinnedResolver(AbstractResolver):
             self._pins[key] = tuple(addrs)
         if not addrs:
             raise ResolutionFailed(host, failures.DNS_NO_ANSWER)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=ip,
-                port=port,
-                family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
+        results: list[ResolveResult] = [
+            {
+                "hostname": host,
+                "host": ip,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
             for ip in addrs
         ]
+        return results
 
     async def close(self) -> None:
         """Nothing to release: lookups are one-shot sockets."""
@@ -214,6 +219,35 @@ class _SocketTracker:
         config.on_request_redirect.append(self.on_redirect)
         return config
 
+    def note_transport(self, transport: Any) -> None:
+        """Both ends of a connection that is up (the path without a socket factory)."""
+        if transport is None:
+            return
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if peer:
+            self.peer = endpoint(str(peer[0]), int(peer[1]))
+        if local and self._on_local is not None:
+            self._on_local(str(local[0]))
+
+
+# aiohttp >= 3.12 lets the connector create sockets through a factory; older ones (Debian 12
+# ships 3.8) do not, and _EndsConnector reads each new connection's transport instead.
+SOCKET_FACTORY = "socket_factory" in inspect.signature(aiohttp.TCPConnector.__init__).parameters
+
+
+class _EndsConnector(aiohttp.TCPConnector):
+    """A connector that tells the tracker both ends of every connection it makes."""
+
+    def __init__(self, *args: Any, tracker: _SocketTracker, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tracker = tracker
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        protocol = await super()._create_connection(*args, **kwargs)
+        self._tracker.note_transport(getattr(protocol, "transport", None))
+        return protocol
+
 
 def _join(base: str, location: str | None) -> str | None:
     """Where a Location header points, as an absolute http(s) URL; None when it does not."""
@@ -251,13 +285,13 @@ async def fetch(
     cap = limits.max_body_bytes if body_budget is None else max(0, min(
         limits.max_body_bytes, body_budget))
     tracker = _SocketTracker(on_local_address)
-    connector = aiohttp.TCPConnector(
-        resolver=PinnedResolver(pins, lookup),
-        ssl=ssl_context,
-        force_close=True,
-        use_dns_cache=False,
-        limit=4,
-        socket_factory=tracker.factory,
+    options: dict[str, Any] = {
+        "resolver": PinnedResolver(pins, lookup), "ssl": ssl_context, "force_close": True,
+        "use_dns_cache": False, "limit": 4,
+    }
+    connector = (
+        aiohttp.TCPConnector(socket_factory=tracker.factory, **options) if SOCKET_FACTORY
+        else _EndsConnector(tracker=tracker, **options)
     )
     timeout = aiohttp.ClientTimeout(
         total=limits.total_timeout,

@@ -1,7 +1,9 @@
 """The wire format both sides verify: record bytes, DSSE envelopes, Ed25519, the JSON Schema.
 
-Only the standard library and ``cryptography``: the collector imports this module, and a third
-party can re-implement it from ``docs/envelope-spec.md``.
+Only the standard library and ``cryptography`` (plus a JSON Schema validator, imported when a
+record is checked: ``jsonschema`` where installed, the pure-Python ``fastjsonschema`` on the
+probe): the collector imports this module, and a third party can re-implement it from
+``docs/envelope-spec.md``.
 
 Envelope (DSSE v1, https://github.com/secure-systems-lab/dsse)::
 
@@ -204,15 +206,41 @@ def measurement_schema() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _validator() -> Any:
-    import jsonschema
-
+    """jsonschema when installed (the collector's and the developers' judge), else the
+    pure-Python fastjsonschema: the probe does not need jsonschema's compiled dependencies
+    (rpds-py has no wheels for 32-bit ARM) only to check its own records before signing."""
+    try:
+        import jsonschema
+    except ImportError:
+        return None
     return jsonschema.Draft202012Validator(measurement_schema())
+
+
+@lru_cache(maxsize=1)
+def _light_validator() -> Any:
+    import fastjsonschema
+
+    return fastjsonschema.compile(measurement_schema())
 
 
 def validate_record(record: Any) -> None:
     """Raise SchemaError naming the first violation."""
-    errors = sorted(_validator().iter_errors(record), key=lambda e: list(e.absolute_path))
+    validator = _validator()
+    if validator is None:
+        _validate_light(record)
+        return
+    errors = sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
         raise SchemaError(f"{where}: {err.message}")
+
+
+def _validate_light(record: Any) -> None:
+    import fastjsonschema
+
+    try:
+        _light_validator()(record)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        path = [str(p) for p in (exc.path or [])][1:]  # the first element is "data"
+        raise SchemaError(f"{'/'.join(path) or '(root)'}: {exc.message}") from None

@@ -9,6 +9,7 @@ copies the agent's code and writes wrappers, config, key and unit under the temp
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -87,13 +88,20 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str
     tmp = tmp_path_factory.mktemp("install")
     src = copy_checkout(tmp / "src")
     root = tmp / "root"
-    first = install(src, root)
+    first = install(src, root, "--accept-consent")
     return src, root, first.stdout
 
 
 def test_install_layout(installed: tuple[Path, Path, str]) -> None:
     _src, root, out = installed
     assert "vigil-collector probes add" in out  # the enrolment request is printed
+    # the consent text is shown (what is measured, published, never published, the risks)
+    for words in ("What the probe measures", "Never published: your IP address", "Known risks",
+                  "Data policy", "consent text version 1 accepted"):
+        assert words in out, words
+    consent = json.loads((root / "var/lib/vigil/consent.json").read_text())
+    assert consent["version"] == "1" and consent["how"] == "command"
+    assert (root / "opt/vigil/share/doc/consent.md").is_file()
     assert "systemd is not running here" in out
     key = root / "var/lib/vigil/probe.key"
     assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
@@ -176,6 +184,30 @@ tests = []
 """
 
 
+def test_unattended_agent_refuses_until_consent_is_accepted(tmp_path: Path) -> None:
+    """Installed without --accept-consent and without a terminal: the text is shown, the
+    service's ExecStart refuses with exit code 2 (not restarted by systemd) and says how to
+    accept; after `vigil-agent consent --accept` it starts."""
+    src = copy_checkout(tmp_path / "src")
+    root = tmp_path / "root"
+    out = install(src, root).stdout
+    assert "Known risks" in out and "NOT ACCEPTED" in out
+    assert not (root / "var/lib/vigil/consent.json").exists()
+    argv, env = unit_exec(root)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    full_env.update(env)
+    refused = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2, refused.stderr
+    assert "vigil-agent consent" in refused.stderr and "not accepted" in refused.stderr
+    accept = subprocess.run([argv[0], "consent", "--accept"], env=full_env, capture_output=True,
+                            text=True, timeout=60)
+    assert accept.returncode == 0, accept.stderr
+    check = subprocess.run([argv[0], "consent", "--check"], env=full_env, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and "accepted" in check.stdout
+
+
 def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     src = copy_checkout(tmp_path / "src")
     root = tmp_path / "root"
@@ -231,6 +263,7 @@ def test_install_in_a_debian_chroot() -> None:
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "VIGIL_PIP_ARGS": pip_args,
+            "VIGIL_APT": "0",  # offline: everything from the wheelhouse (test-on-arm.sh does apt)
             "HOME": "/root",
             "LANG": "C.UTF-8",
         }
@@ -238,7 +271,7 @@ def test_install_in_a_debian_chroot() -> None:
             ["chroot", str(chroot), *cmd], env=env, capture_output=True, text=True, timeout=900
         )
 
-    first = run("bash", "/src/vigil/scripts/install-agent.sh")
+    first = run("bash", "/src/vigil/scripts/install-agent.sh", "--accept-consent")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "vigil:" in (chroot / "etc/passwd").read_text()  # the service user exists
     assert "vigil-collector probes add" in first.stdout

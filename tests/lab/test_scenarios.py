@@ -46,7 +46,11 @@ def test_table_is_big_enough() -> None:
 
 def test_agent_ran_cleanly(report: Any) -> None:
     for run in report.runs:
-        assert run.returncode == 0, f"agent exit {run.returncode}:\n{run.stderr_tail}"
+        statuses = {o.status for o in report.outcomes if o.scenario.id in run.scenarios}
+        # a run that learnt nothing (every verdict inconclusive: the control helper is down)
+        # exits 1 on purpose, naming the problem; any other run exits 0
+        allowed = {0, 1} if statuses == {"inconclusive"} else {0}
+        assert run.returncode in allowed, f"agent exit {run.returncode}:\n{run.stderr_tail}"
 
 
 @pytest.mark.parametrize("scenario", MEASURED, ids=[s.id for s in MEASURED])

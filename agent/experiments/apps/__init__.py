@@ -42,6 +42,9 @@ def directories(config: AgentConfig | None) -> tuple[Path, ...]:
 
 class _AppExperiment(ExperimentBase):
     input_policy: ClassVar[InputPolicy] = InputPolicy.OWN  # the app's endpoint list
+    # Citizen Lab category of what is tested, for the volunteer's category filter
+    # ([lists] exclude_categories); records keep category_code null as before.
+    category_code: ClassVar[str | None] = "COMT"
 
     async def run(self, target: Target, ctx: MeasurementContext) -> Outcome:
         from agent.experiments.apps.analysis import analyze
@@ -88,9 +91,11 @@ class FacebookMessenger(_AppExperiment):
 @register
 class Tor(_AppExperiment):
     name: ClassVar[str] = "tor"
+    category_code: ClassVar[str | None] = "ANON"
 
 
 @register
 class VPN(_AppExperiment):
     name: ClassVar[str] = "vpn"
+    category_code: ClassVar[str | None] = "ANON"
     default_enabled: ClassVar[bool] = False  # needs the operator's endpoints (vpn.toml)

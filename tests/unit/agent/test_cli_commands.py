@@ -19,6 +19,7 @@ import trustme
 from aiohttp import web
 
 from agent.cli.main import main
+from agent.consent import load_text as load_consent_text
 from agent.inputs.testlists import LISTS_SUBDIR, bundled_dir, lists_dir
 from agent.wire.envelope import validate_record
 from tests.support.net import NanoDNS, closed_port, zone_handler
@@ -35,6 +36,9 @@ class Lab:
         self.site_port = 0
         self.control_port = 0
         self.control_calls: list[dict[str, Any]] = []
+        # what the helper answers instead of the truth: (HTTP status, JSON body)
+        self.whoami_refusal: tuple[int, dict[str, Any]] | None = None
+        self.control_refusal: tuple[int, dict[str, Any]] | None = None
 
     async def serve(self, app: web.Application, ssl_ctx: ssl.SSLContext | None = None) -> int:
         runner = web.AppRunner(app)
@@ -66,12 +70,18 @@ async def lab(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Lab]:
     state.site_port = await state.serve(site_app, server_ctx)
 
     async def whoami(request: web.Request) -> web.Response:
+        if state.whoami_refusal is not None:
+            status, body = state.whoami_refusal
+            return web.json_response(body, status=status)
         return web.json_response({"ip": PUBLIC_IP, "asn": "AS64500", "network_name": "Lab ISP",
                                   "cc": "IR"})
 
     async def control(request: web.Request) -> web.Response:
         body = await request.json()
         state.control_calls.append(body)
+        if state.control_refusal is not None:
+            status, answer = state.control_refusal
+            return web.json_response(answer, status=status)
         port = state.site_port
         return web.json_response({
             "dns": {"failure": None, "addrs": ["127.0.0.1"]},
@@ -92,13 +102,14 @@ async def lab(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Lab]:
     await state.close()
 
 
-def _config(lab: Lab, ca: trustme.CA) -> Path:
+def _config(lab: Lab, ca: trustme.CA, consent: bool = True) -> Path:
     ca_file = lab.tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     assert lab.dns is not None
     path = lab.tmp / "agent.toml"
+    accepted = f'consent_version = "{load_consent_text().version}"\n' if consent else ""
     path.write_text(
-        f'[agent]\nstate_dir = "{lab.tmp / "state"}"\n'
+        f'[agent]\nstate_dir = "{lab.tmp / "state"}"\n{accepted}'
         f'[net]\nresolver = "127.0.0.1:{lab.dns.port}"\nca_file = "{ca_file}"\n'
         "dns_linger = 0.1\nconnect_timeout = 2\ntls_timeout = 2\nhttp_timeout = 5\n"
     )
@@ -161,9 +172,35 @@ async def test_run_once_usage_errors(lab: Lab, ca: trustme.CA,
     assert await _cli(["run", "--config", str(lab.tmp / "nope.toml")]) == 2
 
 
-async def test_run_once_with_unreachable_helper_records_the_control_failure(
+async def test_run_once_with_unreachable_helper_says_so_and_exits_1(
     lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The records tell the truth (inconclusive, control_failure), and the run says what is
+    wrong and exits 1: nothing was learnt (the page did not load, and without the control
+    that says nothing)."""
+    config = _config(lab, ca)
+    listing = lab.tmp / "l.csv"
+    # plain HTTP to a TLS-only port: the fetch fails, and without a control it is no evidence
+    listing.write_text(HEADER + f"http://site.test:{lab.site_port}/,NEWS,,,,\n")
+    out = lab.tmp / "o.jsonl"
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--tests", "web_connectivity", "--output", str(out),
+                       "--control-url", f"http://127.0.0.1:{closed_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "cannot be reached (connection_refused)" in err and "fix: check [control] url" in err
+    assert "nothing could be measured conclusively" in err
+    record = json.loads(out.read_text())
+    assert record["verdict"]["status"] == "inconclusive"
+    assert record["test_keys"]["control_failure"] == "connection_refused"
+
+
+async def test_run_once_with_unreachable_helper_still_reports_a_page_that_loaded(
+    lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An HTTPS page that loaded over TLS valid for the site is accessible without any
+    reference (blocking would need one): the run learnt something, names the helper problem
+    and exits 0."""
     config = _config(lab, ca)
     listing = lab.tmp / "l.csv"
     listing.write_text(HEADER + f"https://site.test:{lab.site_port}/,NEWS,,,,\n")
@@ -171,12 +208,132 @@ async def test_run_once_with_unreachable_helper_records_the_control_failure(
     code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
                        "--tests", "web_connectivity", "--output", str(out),
                        "--control-url", f"http://127.0.0.1:{closed_port()}"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "cannot be reached (connection_refused)" in err
     record = json.loads(out.read_text())
-    # the page loaded over TLS valid for the site: accessible needs no reference (blocking
-    # would: without the control nothing is ever called blocked)
     assert (record["verdict"]["status"], record["verdict"]["reason"]) == ("ok", "ok.https")
     assert record["test_keys"]["control_failure"] == "connection_refused"
+
+
+async def test_run_once_names_an_unenrolled_probe_and_the_line_to_send(
+    lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's first-run order used to measure 1,700 URLs as inconclusive ZZ/AS0 and exit 0."""
+    config = _config(lab, ca)
+    lab.whoami_refusal = (401, {"error": "unauthenticated",
+                                "detail": "unknown probe: enrol it first"})
+    listing = lab.tmp / "l.csv"
+    listing.write_text(HEADER + f"https://site.test:{lab.site_port}/,NEWS,,,,\n")
+    out = lab.tmp / "o.jsonl"
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--tests", "web_connectivity", "--output", str(out),
+                       "--control-url", f"http://127.0.0.1:{lab.control_port}"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    key = (lab.tmp / "state" / "probe.key").read_bytes()
+    from agent.identity import load
+
+    ident = load(lab.tmp / "state")
+    assert key and "has not enrolled it" in err and "send this line to your operator" in err
+    assert f"vigil-collector probes add {ident.probe_id} {ident.public_key_b64}" in err
+    assert not out.exists() and lab.control_calls == []  # nothing measured for nothing
+
+
+@pytest.mark.parametrize(
+    ("refusal", "words"),
+    [
+        ((401, {"error": "clock_skew", "detail": "request timestamp is +3700 s off"}),
+         "timedatectl set-ntp true"),
+        ((403, {"error": "probe_revoked", "detail": "revoked"}), "revoked this probe's key"),
+        ((404, {"error": "not_found", "detail": "no route"}), "it is not a control helper"),
+    ],
+)
+async def test_run_once_names_other_helper_refusals(
+    lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str],
+    refusal: tuple[int, dict[str, Any]], words: str,
+) -> None:
+    config = _config(lab, ca)
+    lab.whoami_refusal = refusal
+    listing = lab.tmp / "l.csv"
+    listing.write_text(HEADER + f"https://site.test:{lab.site_port}/,NEWS,,,,\n")
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--tests", "web_connectivity", "--output", str(lab.tmp / "o.jsonl"),
+                       "--control-url", f"http://127.0.0.1:{lab.control_port}"])
+    err = capsys.readouterr().err
+    assert code == 1 and words in err and "fix:" in err, err
+
+
+async def test_run_once_where_every_verdict_is_inconclusive_exits_1(
+    lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(lab, ca)
+    lab.control_refusal = (403, {"error": "target_forbidden", "detail": "private address"})
+    listing = lab.tmp / "l.csv"
+    # plain HTTP to a TLS-only port: nothing loads, and the control was refused
+    listing.write_text(HEADER + f"http://site.test:{lab.site_port}/,NEWS,,,,\n")
+    out = lab.tmp / "o.jsonl"
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--tests", "web_connectivity", "--output", str(out),
+                       "--control-url", f"http://127.0.0.1:{lab.control_port}"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "nothing could be measured conclusively: all 1 measurement(s) are inconclusive" in err
+    assert json.loads(out.read_text())["verdict"]["status"] == "inconclusive"
+
+
+async def test_run_once_refuses_without_consent(
+    lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unattended (no terminal: pytest's stdin) and nobody accepted: exit 2, nothing done."""
+    config = _config(lab, ca, consent=False)
+    listing = lab.tmp / "l.csv"
+    listing.write_text(HEADER + f"https://site.test:{lab.site_port}/,NEWS,,,,\n")
+    argv = ["run", "--once", "--config", str(config), "--list", str(listing),
+            "--tests", "web_connectivity", "--output", str(lab.tmp / "o.jsonl"),
+            "--control-url", f"http://127.0.0.1:{lab.control_port}"]
+    assert await _cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "not accepted yet" in err and "vigil-agent consent --accept" in err
+    assert 'consent_version = "1"' in err
+    assert not (lab.tmp / "state" / "probe.key").exists() and lab.control_calls == []
+    assert await _cli(["consent", "--config", str(config), "--check"]) == 1
+    assert await _cli(["consent", "--config", str(config), "--accept"]) == 0
+    assert await _cli(["consent", "--config", str(config), "--check"]) == 0
+    assert await _cli(argv) == 0
+    assert await _cli(["consent", "--config", str(config), "--withdraw"]) == 0
+    assert await _cli(argv) == 2
+
+
+async def test_run_once_leaves_out_excluded_categories(
+    lab: Lab, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--exclude-category adds to [lists] exclude_categories; old codes (GAYL) count as their
+    current one (LGBT); an unknown code is an error, never a silent no-op."""
+    config = _config(lab, ca)
+    config.write_text(config.read_text() + '[lists]\nexclude_categories = ["rel"]\n')
+    url = f"https://site.test:{lab.site_port}/"
+    listing = lab.tmp / "l.csv"
+    listing.write_text(HEADER + f"{url},NEWS,,,,\n{url}lgbt,GAYL,,,,\n{url}faith,REL,,,,\n")
+    out = lab.tmp / "o.jsonl"
+    control = ["--control-url", f"http://127.0.0.1:{lab.control_port}"]
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--tests", "web_connectivity", "--output", str(out),
+                       "--exclude-category", "LGBT", *control])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [json.loads(line)["input"] for line in out.read_text().splitlines()] == [url]
+    assert "left out 2 input(s) in excluded categories (LGBT 1, REL 1)" in err
+    assert [c["url"] for c in lab.control_calls] == [url]
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--exclude-category", "LGTB", *control])
+    assert code == 2
+    assert "--exclude-category: unknown category code(s) LGTB" in capsys.readouterr().err
+    code = await _cli(["run", "--once", "--config", str(config), "--list", str(listing),
+                       "--tests", "web_connectivity", "--exclude-category", "NEWS,LGBT",
+                       *control])
+    assert code == 2
+    assert "every input is in an excluded category" in capsys.readouterr().err
 
 
 async def test_export_ooni(lab: Lab, ca: trustme.CA, tmp_path: Path,
@@ -246,8 +403,12 @@ async def test_lists_update_switches_atomically_and_keeps_old_on_failure(
     monkeypatch.setenv("VIGIL_STATE_DIR", str(state))
     monkeypatch.setenv("VIGIL_CONFIG", str(tmp_path / "agent.toml"))
     (tmp_path / "agent.toml").write_text("")
-    # first update: bundled country lists present (ir, iq, kz, pk) are wanted; only ir exists
-    assert await _cli(["lists", "update", "--source-url", repo["url"]]) == 0
+    # first update: bundled country lists present (ir, iq, kz, pk) are wanted; only ir exists;
+    # one URL where the bundled lists have hundreds is "short": accepted only when allowed
+    assert await _cli(["lists", "update", "--source-url", repo["url"]]) == 1
+    assert "global.csv arrived short: 1 URLs where the list in use has" in capsys.readouterr().err
+    assert lists_dir(state) == bundled_dir()
+    assert await _cli(["lists", "update", "--source-url", repo["url"], "--allow-shrink"]) == 0
     out = capsys.readouterr().out
     assert "global 1" in out and "ir 1" in out and "not available upstream: iq, kz, pk" in out
     current = lists_dir(state)

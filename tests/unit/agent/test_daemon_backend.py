@@ -84,3 +84,29 @@ def test_register_refuses_a_class_without_a_policy() -> None:
 
     with pytest.raises(TypeError, match="input_policy"):
         registry.register(Incomplete)  # type: ignore[arg-type]
+
+
+def test_excluded_categories_hold_for_every_kind_and_campaign_inputs(backend: RealBackend) -> None:
+    """[lists] exclude_categories: list URLs, throttling hosts, the apps' own categories (Tor
+    is a circumvention tool, ANON; messaging apps are COMT) and operator campaign inputs."""
+    from dataclasses import replace
+
+    from agent.wire.record import Target
+
+    backend.reconfigure(replace(
+        backend.config,
+        lists=replace(backend.config.lists, exclude_categories=("ANON", "NEWS")),
+    ))
+    web = [t.input for _, t in backend.plan("web_connectivity", None)]
+    assert web == ["https://social.example/", "https://shop.example/"]
+    throttled = [t.input for _, t in backend.plan("throttling", None)]
+    assert "https://news.example/a" not in throttled
+    apps = {name for name, _ in backend.plan("apps", None)}
+    assert "tor" not in apps and "telegram" in apps
+    campaign = [
+        Target("https://opposition.example/", "POLR"),
+        Target("https://paper.example/", "NEWS"),
+        Target("https://old-code.example/", "FEXP"),  # an old code for NEWS
+    ]
+    planned = [t.input for _, t in backend.plan("web_connectivity", campaign)]
+    assert planned == ["https://opposition.example/"]

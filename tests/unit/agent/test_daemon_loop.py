@@ -216,3 +216,24 @@ def test_settings_type_is_exposed() -> None:
 def test_bad_scheduler_config_fails_before_running(tmp_path: Path, bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         Scheduler(make_config(tmp_path, bad), lambda c, s: FakeBackend())
+
+
+async def test_a_withdrawn_consent_stops_the_agent_with_exit_code_2(tmp_path: Path) -> None:
+    """`vigil-agent consent --withdraw` while the agent runs: it stops measuring (exit 2: the
+    systemd unit does not restart it)."""
+    backend = FakeBackend()
+    cfg = make_config(tmp_path, {"tests": ["web_connectivity"], "urls_per_run": 1})
+    answers = iter([(True, "accepted")])
+    seen: list[AgentConfig] = []
+
+    def check(config: AgentConfig) -> tuple[bool, str]:
+        seen.append(config)
+        return next(answers, (False, "consent withdrawn"))
+
+    sched = Scheduler(cfg, lambda c, s: backend, consent_check=check)
+    assert sched._consent_withdrawn() is False  # the first answer: accepted
+    task = asyncio.create_task(sched.run())
+    assert await asyncio.wait_for(task, 10) == 2
+    assert seen and seen[-1] is cfg and backend.closed
+    state = read_state(tmp_path)
+    assert state is not None and state.phase == "stopped"

@@ -341,3 +341,28 @@ def test_title_of_a_page_of_openings_is_found_in_one_pass() -> None:
     page = b"<title>" * 9000 + b"late</title>"
     assert extract_title(page, None) == ("<title>" * 8999 + "late")[:256]
     assert extract_title(b"<titles>x</titles><title a=1>Real</title>", None) == "Real"
+
+
+async def test_without_a_socket_factory_the_response_gives_both_ends(
+    site, verify_ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp before 3.12 (Debian 12 ships 3.8) has no socket_factory: the peer and the local
+    address (for scrubbing) come from the response's connection instead."""
+    from agent.net import http as http_module
+
+    monkeypatch.setattr(http_module, "SOCKET_FACTORY", False)
+    state = await site(_page)
+    local: list[str] = []
+    loop = asyncio.get_running_loop()
+    got = await fetch(
+        f"https://site.test:{state.tls_port}/",
+        pins={"site.test": ["127.0.0.1"]},
+        lookup=None,
+        ssl_context=verify_ctx,
+        limits=FetchLimits(total_timeout=5.0),
+        origin=loop.time(),
+        on_local_address=local.append,
+    )
+    assert got.request.failure is None and got.request.status_code == 200
+    assert got.request.address == f"127.0.0.1:{state.tls_port}"
+    assert local == ["127.0.0.1"]

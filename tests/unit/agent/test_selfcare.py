@@ -230,7 +230,7 @@ def test_doctor_reports_broker_tls(
     assert checks["config"].level == doctor.OK
     assert checks["key"].level == doctor.OK
     assert checks["broker"].level == doctor.OK, checks["broker"]
-    assert checks["helper"].level == doctor.WARN  # none configured
+    assert checks["helper"].level == doctor.FAIL  # none configured: nothing conclusive
     untrusted = _config(tmp_path, f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\npassword = "x"\n')
     broker = {c.name: c for c in doctor.run_checks(untrusted, timeout=2)}["broker"]
     assert broker.level == doctor.FAIL and "ca_file" in broker.fix
