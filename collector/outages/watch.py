@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -109,7 +110,8 @@ async def post_webhook(session: aiohttp.ClientSession, url: str, payload: dict[s
             await resp.read()
             return 200 <= resp.status < 300
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        log.warning("webhook %s failed: %s", url, type(exc).__name__)
+        # The host only: webhook URLs often carry their secret token in the path or userinfo.
+        log.warning("webhook to %s failed: %s", urlsplit(url).hostname, type(exc).__name__)
         return False
 
 
