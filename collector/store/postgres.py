@@ -28,6 +28,7 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.rollups import Grain, backfill_statements, create_statements
 from collector.store.sqlbase import (
     Activity,
     Migration,
@@ -39,6 +40,12 @@ from collector.store.sqlbase import (
 
 _MIGRATION_LOCK = 0x76696769  # "vigi": pg_advisory_xact_lock key for schema migrations
 
+_PG_BUCKETS = {
+    Grain.HOUR: "(floor(extract(epoch FROM start_time) / 3600) * 3600)::bigint",
+    Grain.DAY: "(floor(extract(epoch FROM start_time) / 86400) * 86400)::bigint",
+    Grain.MONTH: "extract(epoch FROM date_trunc('month', start_time AT TIME ZONE 'UTC') "
+                 "AT TIME ZONE 'UTC')::bigint",
+}
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -115,7 +122,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
     ),
+    Migration(
+        2,
+        "rollups of measurements per hour, day and month (aggregation API)",
+        (
+            *create_statements("bigint", "bigint"),
+            *backfill_statements(_PG_BUCKETS),
+        ),
+    ),
 )
+
 
 # A batch is COPYed (binary) into a per-connection temporary table, then moved with one
 # INSERT ... ON CONFLICT DO NOTHING RETURNING: psycopg's C copy path adapts the rows, where
@@ -261,6 +277,20 @@ class PostgresStore(SqlStore):
 
     def _epoch(self, column: str) -> str:
         return f"extract(epoch FROM {column})"
+
+    def _month_expr(self, column: str) -> str:
+        return (f"extract(epoch FROM date_trunc('month', {column} AT TIME ZONE 'UTC') "
+                "AT TIME ZONE 'UTC')")
+
+    def _epoch_value(self, value: Any) -> float:
+        return self._dt(value).timestamp()
+
+    def _bool_param(self, value: bool) -> bool:
+        return value
+
+    def _delete_measurements(self, cur: Any, ids: Sequence[str]) -> None:
+        cur.execute("DELETE FROM measurements WHERE measurement_id = ANY(?::uuid[])",
+                    (list(ids),))
 
     def get_measurement(self, measurement_id: str) -> Any:
         try:

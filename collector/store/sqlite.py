@@ -26,6 +26,7 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.rollups import Grain, backfill_statements, create_statements
 from collector.store.sqlbase import (
     Activity,
     Migration,
@@ -36,6 +37,11 @@ from collector.store.sqlbase import (
     sighting_kinds,
 )
 
+_SQLITE_BUCKETS = {
+    Grain.HOUR: "CAST(start_time / 3600 AS INTEGER) * 3600",
+    Grain.DAY: "CAST(start_time / 86400 AS INTEGER) * 86400",
+    Grain.MONTH: "CAST(strftime('%s', start_time, 'unixepoch', 'start of month') AS INTEGER)",
+}
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -112,7 +118,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
     ),
+    Migration(
+        2,
+        "rollups of measurements per hour, day and month (aggregation API)",
+        (
+            *create_statements("INTEGER", "INTEGER"),
+            *backfill_statements(_SQLITE_BUCKETS),
+        ),
+    ),
 )
+
 
 _INSERT_MEASUREMENT = (
     "INSERT OR IGNORE INTO measurements (measurement_id, probe_id, test_name, input, domain, "
@@ -260,6 +275,22 @@ class SqliteStore(SqlStore):
 
     def _epoch(self, column: str) -> str:
         return column
+
+    def _month_expr(self, column: str) -> str:
+        return f"CAST(strftime('%s', {column}, 'unixepoch', 'start of month') AS INTEGER)"
+
+    def _epoch_value(self, value: Any) -> float:
+        return float(value)
+
+    def _bool_param(self, value: bool) -> int:
+        return 1 if value else 0
+
+    def _delete_measurements(self, cur: Any, ids: Sequence[str]) -> None:
+        for part in chunks(list(ids), 500):
+            cur.execute(
+                f"DELETE FROM measurements WHERE measurement_id IN ({','.join('?' * len(part))})",
+                tuple(part),
+            )
 
     def _insert_measurements(self, cur: Any, rows: Sequence[MeasurementRow]) -> InsertResult:
         # The write lock is held (BEGIN IMMEDIATE), so "select then insert" cannot race.
