@@ -137,8 +137,8 @@ async function loadOutages() {
   for (const e of data.outages) {
     const tr = body.insertRow();
     cell(tr, e.group);
-    cell(tr, fromUnix(e.start));
-    cell(tr, e.ongoing ? "ongoing" : fromUnix(e.end), e.ongoing ? "status-blocked" : "");
+    cell(tr, when(e.start));
+    cell(tr, e.ongoing ? "ongoing" : when(e.end), e.ongoing ? "status-blocked" : "");
     cell(tr, e.affected.length, "num");
     cell(tr, `${e.min_share.toFixed(2)} / ${e.baseline_share.toFixed(2)}`, "num");
     cell(tr, e.confirmed_by.length, "num");
