@@ -132,7 +132,7 @@ def _store(request: web.Request) -> Store:
 
 
 def _is_api(path: str) -> bool:
-    return path.startswith(("/api/", "/healthz", "/metrics")) or path == "/api"
+    return path.startswith(("/api/", "/healthz", "/metrics", "/charts/")) or path == "/api"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
