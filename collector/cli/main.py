@@ -22,6 +22,7 @@ COMMANDS = {
     "serve": "collector.cli.serve:serve",
     "outages": "collector.cli.outages:outages",
     "campaign": "collector.cli.campaign:campaign",
+    "report": "collector.cli.report:report",
 }
 
 
