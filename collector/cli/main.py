@@ -23,6 +23,8 @@ COMMANDS = {
     "outages": "collector.cli.outages:outages",
     "campaign": "collector.cli.campaign:campaign",
     "report": "collector.cli.report:report",
+    "prune": "collector.cli.archive:prune",
+    "backup": "collector.cli.archive:backup",
 }
 
 

@@ -227,6 +227,24 @@ class SqliteStore(SqlStore):
     def close(self) -> None:
         self._db.close()
 
+    def backup(self, target: Path) -> int:
+        """Copy the database to ``target`` with SQLite's online backup (a consistent
+        snapshot; readers and writers go on meanwhile).  Returns the measurements copied."""
+        tmp = target.with_name(target.name + ".partial")
+        try:
+            dest = sqlite3.connect(str(tmp))
+            try:
+                self._db.backup(dest, pages=4096)
+                dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                n = int(dest.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
+            finally:
+                dest.close()
+            tmp.replace(target)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"backup of {self.path} to {target} failed: {exc}") from exc
+        return n
+
     # ---- backend hooks ------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
