@@ -141,37 +141,44 @@ class Fact:
     blocking: str | None
     status: str
 
-    def value(self, column: str) -> str:
-        v = getattr(self, column)
-        return "" if v is None else str(v)
-
 
 RollupDelta = dict[str, Counter[tuple[object, ...]]]
 
 
 def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
     """Per table, ``(bucket, *group values) -> count`` for these measurements (``sign`` -1
-    to subtract pruned ones)."""
-    out: RollupDelta = {t.name: Counter() for t in TABLES}
+    to subtract pruned ones).  Runs on the ingest's store thread for every batch, so it is
+    written for speed: the key orders are those of ROLLUP_HOUR/DAY/MONTH_DOMAIN.columns."""
+    hour: Counter[tuple[object, ...]] = Counter()
+    day: Counter[tuple[object, ...]] = Counter()
+    month: Counter[tuple[object, ...]] = Counter()
+    month_of_day: dict[int, int] = {}
     for f in facts:
-        for t in TABLES:
-            key = (bucket_start(f.start_ts, t.grain), *(f.value(c) for c in t.columns))
-            out[t.name][key] += sign
-    return out
+        ts = f.start_ts
+        tail = (f.test_name, f.blocking or "", f.status)
+        d = int(ts // DAY) * DAY
+        hour[(int(ts // HOUR) * HOUR, f.probe_cc, f.probe_asn, *tail)] += sign
+        day[(d, f.probe_cc, f.probe_asn, *tail)] += sign
+        m = month_of_day.get(d)
+        if m is None:
+            m = month_of_day[d] = bucket_start(ts, Grain.MONTH)
+        month[(m, f.probe_cc, f.probe_asn, f.domain or "", f.category_code or "", *tail)] += sign
+    return {ROLLUP_HOUR.name: hour, ROLLUP_DAY.name: day, ROLLUP_MONTH_DOMAIN.name: month}
 
 
-def create_statements(bucket_type: str, count_type: str) -> list[str]:
-    """DDL for the rollup tables (types differ a little between backends)."""
+def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
+    """DDL for the rollup tables (types differ a little between backends; SQLite adds
+    ``WITHOUT ROWID`` so each table is one B-tree).  The primary key is the only index: it
+    leads with the bucket, so a time range is one range scan, and every write at ingest
+    touches one tree per table."""
     out: list[str] = []
     for t in TABLES:
         cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
         key = ", ".join(("bucket", *t.columns))
         out.append(
             f"CREATE TABLE {t.name} (bucket {bucket_type} NOT NULL, {cols}, "
-            f"n {count_type} NOT NULL, PRIMARY KEY ({key}))"
+            f"n {count_type} NOT NULL, PRIMARY KEY ({key})){suffix}"
         )
-        out.append(f"CREATE INDEX {t.name}_cc ON {t.name} (probe_cc, bucket)")
-        out.append(f"CREATE INDEX {t.name}_asn ON {t.name} (probe_asn, bucket)")
     return out
 
 
@@ -202,8 +209,7 @@ def upsert_sql(t: RollupTable) -> str:
 def delta_params(delta: RollupDelta, t: RollupTable) -> list[tuple[object, ...]]:
     """Rows for :func:`upsert_sql`, in key order (a fixed lock order: no deadlock between
     two collectors writing at once)."""
-    return [(*key, n) for key, n in sorted(delta[t.name].items(), key=lambda kv: str(kv[0]))
-            if n != 0]
+    return [(*key, n) for key, n in sorted(delta[t.name].items()) if n != 0]
 
 
 # ---- answering questions --------------------------------------------------------------------
@@ -309,32 +315,42 @@ class AggRow:
         return 0.0 if total == 0 else round(hit / total, 6)
 
 
-def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[object]], limit: int
-            ) -> tuple[list[AggRow], int]:
-    """Fold ``(key..., status, blocking, n)`` result rows into groups and keep the ``limit``
-    largest; a series with a time dimension comes back oldest first.  Returns the groups kept
-    and how many there were."""
-    counts: dict[tuple[datetime | str, ...], Counter[str]] = {}
-    techniques: dict[tuple[datetime | str, ...], Counter[str]] = {}
+TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
+
+
+def pivot_columns(count: str) -> list[str]:
+    """SQL for one group's counts per status and, of the blocked or throttled, per technique
+    (``count`` is ``n`` for a rollup, ``1`` for measurements): the group folds in SQL, so an
+    answer costs one row per group however many rollup rows it sums."""
+    cols = [f"SUM({count})"]
+    cols += [f"SUM(CASE WHEN status = '{s}' THEN {count} ELSE 0 END)" for s in STATUSES]
+    cols += [f"SUM(CASE WHEN status IN ('blocked', 'throttled') AND blocking = '{t}' "
+             f"THEN {count} ELSE 0 END)" for t in TECHNIQUES]
+    return cols
+
+
+def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[object]]) -> list[AggRow]:
+    """Rows of ``(key..., total, per status..., per technique...)`` as groups, oldest first
+    when there is a time dimension (the SQL already kept the largest ones)."""
+    out = []
+    nk = len(dims)
     for r in rows:
-        *raw_keys, status, blocking, n = r
         keys = tuple(
             datetime.fromtimestamp(int(float(str(k))), UTC) if d.is_time
             else ("" if k is None else str(k))
-            for d, k in zip(dims, raw_keys, strict=True)
+            for d, k in zip(dims, r[:nk], strict=True)
         )
-        number = int(str(n))
-        counts.setdefault(keys, Counter())[str(status)] += number
-        tech = techniques.setdefault(keys, Counter())
-        if status in ("blocked", "throttled"):
-            tech[str(blocking or "unknown")] += number
-    groups = [AggRow(k, dict(c), dict(techniques[k])) for k, c in counts.items()]
-    groups.sort(key=lambda g: (-g.total, [str(k) for k in g.keys]))
-    kept = groups[:limit]
+        numbers = [int(str(x or 0)) for x in r[nk + 1: nk + 1 + len(STATUSES) + len(TECHNIQUES)]]
+        counts = {s: n for s, n in zip(STATUSES, numbers[: len(STATUSES)], strict=True) if n}
+        tech = {t: n for t, n in zip(TECHNIQUES, numbers[len(STATUSES):], strict=True) if n}
+        other = counts.get("blocked", 0) + counts.get("throttled", 0) - sum(tech.values())
+        if other > 0:
+            tech["unknown"] = other
+        out.append(AggRow(keys, counts, tech))
     time_index = next((i for i, d in enumerate(dims) if d.is_time), None)
     if time_index is not None:
-        kept.sort(key=lambda g: (g.keys[time_index], [str(k) for k in g.keys]))
-    return kept, len(groups)
+        out.sort(key=lambda g: (g.keys[time_index], [str(k) for k in g.keys]))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

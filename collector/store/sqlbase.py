@@ -59,6 +59,7 @@ from collector.store.rollups import (
     collect,
     delta_params,
     fold,
+    pivot_columns,
     plan,
     upsert_sql,
 )
@@ -712,15 +713,22 @@ class SqlStore(abc.ABC):
             count = "SUM(n)"
         keys = ", ".join(f"k{i}" for i in range(len(select)))
         cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(select))
-        blocking = "COALESCE(blocking, '')" if p.source == RAW else "blocking"
+        pivot = ", ".join(pivot_columns("1" if p.source == RAW else "n"))
+        if p.source == RAW:
+            pivot = pivot.replace("blocking = ", "COALESCE(blocking, '') = ")
+        # The window functions run after GROUP BY and before LIMIT: how many groups there
+        # were and how many measurements they hold, in the same pass.
+        # Largest groups first (the total is the column after the keys), ties by key.
+        order = ", ".join([f"{len(select) + 1} DESC", *(str(i + 1) for i in range(len(select)))])
         rows = self._query(
-            f"SELECT {cols}, status, {blocking} AS kb, {count} FROM {p.source}{clause} "
-            f"GROUP BY {keys}, status, kb",
-            params,
+            f"SELECT {cols}, {pivot}, COUNT(*) OVER (), SUM({count}) OVER () "
+            f"FROM {p.source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?",
+            [*params, int(limit)],
         )
-        groups, n_groups = collect(dims, rows, limit)
-        return Aggregation(plan=p, rows=groups, groups=n_groups,
-                           total=sum(int(r[-1]) for r in rows))
+        groups = collect(dims, rows)
+        n_groups = int(rows[0][-2]) if rows else 0
+        total = int(rows[0][-1]) if rows else 0
+        return Aggregation(plan=p, rows=groups, groups=n_groups, total=total)
 
     def _time_group(self, p: Plan, grain: Grain) -> str:
         if p.source != RAW:

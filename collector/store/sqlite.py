@@ -122,7 +122,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "rollups of measurements per hour, day and month (aggregation API)",
         (
-            *create_statements("INTEGER", "INTEGER"),
+            *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID"),
             *backfill_statements(_SQLITE_BUCKETS),
         ),
     ),
