@@ -36,8 +36,9 @@ _ASN = re.compile(r"^(?:AS)?([0-9]{1,10})$", re.IGNORECASE)
 @click.option("--asn", default=None, help="Only this network, e.g. AS50710")
 @click.option("--out", "out_dir", required=True,
               type=click.Path(path_type=Path, file_okay=False), help="Folder to write into")
+@click.option("--pdf", is_flag=True, help="Also print report.pdf (needs Chromium)")
 def report(store_url: str | None, config_path: Path | None, cc: str, since: str, until: str,
-           asn: str | None, out_dir: Path) -> None:
+           asn: str | None, out_dir: Path, pdf: bool) -> None:
     """Write an HTML incident report and an offline-verifiable evidence bundle."""
     if not _CC.match(cc):
         raise UsageError(f"--cc must be a two-letter country code, not {cc!r}")
@@ -56,7 +57,8 @@ def report(store_url: str | None, config_path: Path | None, cc: str, since: str,
     store = open_command_store(store_url, config_path)
     try:
         events = OutageEventStore(store).list(since=lo.timestamp(), limit=100_000)
-        result = write_report(store, events, Scope(cc.upper(), lo, hi, network), out_dir)
+        result = write_report(store, events, Scope(cc.upper(), lo, hi, network), out_dir,
+                              pdf=pdf)
     finally:
         store.close()
     click.echo(f"{result.report}: {result.measurements} measurements, "

@@ -1,6 +1,7 @@
 """Write an incident report and its evidence bundle (the I/O around summary and render).
 
     DIR/report.html                 self-contained (inline CSS and SVG)
+    DIR/report.pdf                  the same, printed by headless Chromium (``--pdf``)
     DIR/evidence/envelopes.jsonl    the signed envelopes the report cites (export lines)
     DIR/evidence/probes.json        the public keys of the probes that signed them
     DIR/evidence/cited.json         each cited measurement and what the report says it shows
@@ -24,6 +25,7 @@ from typing import Any
 from agent.errors import VigilError
 from collector.api.routes import export_line
 from collector.outages.detector import OutageEvent
+from collector.report.pdf import print_pdf
 from collector.report.render import render
 from collector.report.summary import ReportData, Scope, claims_for, fold
 from collector.store.base import Filter, Store
@@ -71,7 +73,7 @@ def collect(store: Store, scope: Scope) -> ReportData:
 
 
 def write_report(store: Store, events: Sequence[OutageEvent], scope: Scope, out: Path,
-                 collector: str = "vigil-collector") -> ReportResult:
+                 collector: str = "vigil-collector", pdf: bool = False) -> ReportResult:
     if scope.since >= scope.until:
         raise VigilError("--since must be earlier than --until")
     data = collect(store, scope)
@@ -114,6 +116,9 @@ def write_report(store: Store, events: Sequence[OutageEvent], scope: Scope, out:
     with resources.as_file(script) as src:
         shutil.copyfile(src, evidence / "verify.py")
     names = ["../report.html", "envelopes.jsonl", "probes.json", "cited.json", "verify.py"]
+    if pdf:
+        print_pdf(out / "report.html", out / "report.pdf")
+        names.insert(1, "../report.pdf")
     lines = [f"{hashlib.sha256((evidence / n).read_bytes()).hexdigest()}  {n}" for n in names]
     (evidence / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", "utf-8")
     return ReportResult(out / "report.html", evidence, data.total, len(claims),

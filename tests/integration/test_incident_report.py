@@ -16,6 +16,7 @@ import pytest
 from collector.cli.main import main
 from collector.outages.detector import OutageEvent
 from collector.outages.store import OutageEventStore
+from collector.report.pdf import chromium
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow
 from lab.archive import Archive, generate
@@ -173,3 +174,13 @@ def test_bad_arguments_are_usage_errors(store_url: str, tmp_path: Path,
         argv += [k, v]
     assert main(argv) == 2
     assert not (tmp_path / "x" / "report.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="no Chromium to print the PDF with")
+def test_pdf_is_printed_and_covered_by_the_manifest(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "pdf"
+    assert run_report(store_url, out, "--pdf") == 0
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "../report.pdf" in (out / "evidence" / "MANIFEST.sha256").read_text()
+    assert verify(out / "evidence").returncode == 0
