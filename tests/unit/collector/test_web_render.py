@@ -46,7 +46,7 @@ def test_events_are_clipped_to_the_axis(start: float, end: float | None, drawn: 
     rects = [r for r in parse(svg).iter(f"{SVG}rect") if r.get("class") == "event event-outage"]
     assert len(rects) == int(drawn)
     for r in rects:
-        assert 48.0 <= float(r.get("x", "0")) and float(r.get("width", "0")) > 0
+        assert float(r.get("x", "0")) >= 48.0 and float(r.get("width", "0")) > 0
     assert "<script>" not in svg
 
 
