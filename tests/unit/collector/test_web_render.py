@@ -62,7 +62,8 @@ def test_measurement_page_escapes_what_the_probe_wrote() -> None:
             {"t": 0.09, "source": "r", "rcode": "NOERROR",
              "answers": [{"answer_type": "A", "value": "<i id=evil>"}]}]}],
             "requests": [{"request": {"url": "u", "method": "GET"},
-                          "response": {"headers": {"<h id=evil>": "<v id=evil>"}, "body_head": "</pre><x>"}}],
+                          "response": {"headers": {"<h id=evil>": "<v id=evil>"},
+                                       "body_head": "</pre><x>"}}],
             "control": None, "control_failure": "generic_timeout_error"},
     }
     check = page.SignatureCheck(True, "ok", "KEY", True)
