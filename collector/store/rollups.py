@@ -75,6 +75,14 @@ class RollupTable:
     name: str
     grain: Grain
     columns: tuple[str, ...]  # group columns after ``bucket``; the count is ``n``
+    # How many group columns come before ``bucket`` in the primary key: 0 when questions are
+    # mostly time ranges (hour, day), 2 (country, network) for the monthly domain table,
+    # whose questions are mostly "this country's domains".
+    leading: int = 0
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (*self.columns[: self.leading], "bucket", *self.columns[self.leading :])
 
 
 ROLLUP_HOUR = RollupTable(
@@ -87,6 +95,7 @@ ROLLUP_MONTH_DOMAIN = RollupTable(
     "rollup_month_domain",
     Grain.MONTH,
     ("probe_cc", "probe_asn", "domain", "category_code", "test_name", "blocking", "status"),
+    leading=2,
 )
 TABLES: tuple[RollupTable, ...] = (ROLLUP_HOUR, ROLLUP_DAY, ROLLUP_MONTH_DOMAIN)
 RAW = "measurements"
@@ -169,12 +178,12 @@ def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
 def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
     """DDL for the rollup tables (types differ a little between backends; SQLite adds
     ``WITHOUT ROWID`` so each table is one B-tree).  The primary key is the only index: it
-    leads with the bucket, so a time range is one range scan, and every write at ingest
-    touches one tree per table."""
+    leads with the bucket (or country and network, then bucket: RollupTable.leading), so a
+    question is one range scan, and every write at ingest touches one tree per table."""
     out: list[str] = []
     for t in TABLES:
         cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
-        key = ", ".join(("bucket", *t.columns))
+        key = ", ".join(t.key)
         out.append(
             f"CREATE TABLE {t.name} (bucket {bucket_type} NOT NULL, {cols}, "
             f"n {count_type} NOT NULL, PRIMARY KEY ({key})){suffix}"

@@ -120,8 +120,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
-        "rollups of measurements per hour, day and month (aggregation API)",
+        "rollups of measurements per hour, day and month (aggregation API); pages of one "
+        "country or network walk an index in measurement_id order",
         (
+            # A page of one country's measurements, newest first, is a range of this index
+            # read in order until the page is full (the time-keyed ones made SQLite sort
+            # every measurement of the country first).
+            "DROP INDEX measurements_cc_time",
+            "DROP INDEX measurements_asn_time",
+            "CREATE INDEX measurements_cc_id ON measurements (probe_cc, measurement_id)",
+            "CREATE INDEX measurements_asn_id ON measurements (probe_asn, measurement_id)",
             *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID"),
             *backfill_statements(_SQLITE_BUCKETS),
         ),

@@ -211,6 +211,10 @@ def test_rollups_are_built_for_an_archive_stored_before_they_existed(
     db = sqlite3.connect(path)
     for table in ("rollup_hour", "rollup_day", "rollup_month_domain"):
         db.execute(f"DROP TABLE {table}")
+    db.execute("DROP INDEX measurements_cc_id")
+    db.execute("DROP INDEX measurements_asn_id")
+    db.execute("CREATE INDEX measurements_cc_time ON measurements (probe_cc, start_time)")
+    db.execute("CREATE INDEX measurements_asn_time ON measurements (probe_asn, start_time)")
     db.execute("DELETE FROM schema_migrations WHERE version >= 2")
     db.commit()
     db.close()
