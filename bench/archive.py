@@ -323,6 +323,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=40)
     ap.add_argument("--skip-rollup-cost", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="SQLite: keep the store in this folder and reuse it when filled "
+                         "(retention is then measured only with --retention)")
+    ap.add_argument("--retention", action="store_true", help="measure prune and backup")
     args = ap.parse_args()
     sh = shape(args.networks, args.domains, args.probes_per_network, seed=1)
     maker = RowMaker(sh, seed=2)
@@ -337,16 +341,25 @@ def main() -> None:
         print("rollup cost at ingest (interleaved batches)...", flush=True)
         result["rollup_cost"] = rollup_cost(args.store, maker)
         print(f"  {result['rollup_cost']}", flush=True)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("VIGIL_BENCH_DIR")) as tmp, \
-            store_at(args.store, Path(tmp)) as (url, size):
-        store = open_store(url)
+    with workdir(args.reuse) as tmp, store_at(args.store, Path(tmp)) as (url, size):
+        t = time.perf_counter()
+        store = open_store(url)  # migrates a reused store first
+        result["open_s"] = round(time.perf_counter() - t, 1)
         try:
-            print(f"filling {args.rows} rows...", flush=True)
-            result["fill"] = fill(store, maker, args.rows, since, until)
-            print(f"  {result['fill']}", flush=True)
+            existing = store.measurement_count()
+            if existing:
+                print(f"reusing {existing} rows", flush=True)
+                result["fill"] = {"rows": existing, "reused": True}
+                newest = store.measurements_page(limit=1)
+                until = newest[0].start_time.timestamp() if newest else until
+                since = until - args.days * 86400
+            else:
+                print(f"filling {args.rows} rows...", flush=True)
+                result["fill"] = fill(store, maker, args.rows, since, until)
+                print(f"  {result['fill']}", flush=True)
             if args.store == "sqlite":
                 store._query("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
-            result["bytes_per_measurement"] = size() // max(1, args.rows)
+            result["bytes_per_measurement"] = size() // max(1, result["fill"]["rows"])
             some = [m.measurement_id for m in store.measurements_page(limit=200)]
         finally:
             store.close()
@@ -355,6 +368,8 @@ def main() -> None:
             latencies(url, sh, since, until, args.repeat, some))
         store = open_store(url)
         try:
+            if args.reuse is not None and not args.retention:
+                return finish(result, args.json)
             cut = datetime.fromtimestamp(since, UTC) + timedelta(days=args.days / 10)
             t = time.perf_counter()
             pruned = store.prune(cut)
@@ -367,11 +382,25 @@ def main() -> None:
                                     "bytes": backup.stat().st_size}
         finally:
             store.close()
+    finish(result, args.json)
+
+
+def finish(result: dict[str, Any], path: Path | None) -> None:
     result["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=1)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    if path:
+        path.write_text(text + "\n")
+
+
+@contextmanager
+def workdir(keep: Path | None) -> Iterator[str]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield str(keep)
+        return
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VIGIL_BENCH_DIR")) as tmp:
+        yield tmp
 
 
 if __name__ == "__main__":
