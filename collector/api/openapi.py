@@ -158,9 +158,10 @@ def paths() -> dict[str, Any]:
              _p("cursor", {"type": "string"}, "Continue after this measurement_id.",
                 "00000000-0000-7000-8000-000000000000"),
              _p("order", {"type": "string", "enum": ["desc", "asc"]}, "Sort order.", "asc"),
-             _p("total", {"type": "boolean"},
-                "Count every match (exact up to 100,000; beyond, total_is_lower_bound).",
-                True)],
+             _p("total", {"type": "string", "enum": ["auto", "true", "false"]},
+                "auto (default): total when the rollups count it exactly (or the answer "
+                "fits on one page), else null; true: count anyway, exactly up to 10,000 "
+                "(then total_is_lower_bound); false: no total.", "true")],
             _ok({"type": "object",
                  "required": ["results", "count", "limit", "next_cursor", "filters"],
                  "properties": {

@@ -408,17 +408,18 @@ async def list_measurements(request: web.Request) -> web.Response:
     limit = p.integer("limit", 50, 1, MAX_LIMIT)
     cursor = p.cursor()
     order = p.choice("order", ("desc", "asc"), "desc")
-    want_total = p.boolean("total", True)
+    want_total = p.choice("total", ("auto", "true", "false"), "auto")
     rows: list[MeasurementSummary] = await query(
         request, _store(request).measurements_page, where, limit + 1, cursor, order == "desc"
     )
     total: int | None = None
     lower_bound = False
-    if want_total:
+    if want_total != "false":
         if cursor is None and len(rows) <= limit:
             total = len(rows)  # the whole answer fits on this page
         else:
-            total, lower_bound = await query(request, _total, _store(request), where)
+            total, lower_bound = await query(request, _total, _store(request), where,
+                                             want_total == "true")
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = rows[-1].measurement_id if more else None
@@ -505,12 +506,15 @@ def _rollup_counts(store: Store, d: Dimension, where: Filter, top: int
     return pairs[:top], result.total
 
 
-def _total(store: Store, where: Filter) -> tuple[int, bool]:
-    """How many measurements match: exact from the rollups when they can say, else counted
-    (exact up to TOTAL_CAP, then a lower bound)."""
+def _total(store: Store, where: Filter, count: bool) -> tuple[int | None, bool]:
+    """How many measurements match: exact from the rollups when they can say; else, when
+    ``count`` (``total=true``), counted, exact up to TOTAL_CAP and then a lower bound; else
+    unknown (None): counting rare matches of an unindexed filter reads the whole range."""
     fast = _rollup_counts(store, Dimension.TEST, where, 1)
     if fast is not None:
         return fast[1], False
+    if not count:
+        return None, False
     return store.count_matching(where, TOTAL_CAP)
 
 

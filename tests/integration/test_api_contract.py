@@ -201,10 +201,18 @@ async def test_new_filters_and_total(client: TestClient[Any, Any], archive: Arch
     ]
     for params, pred in cases:
         want = [r for r in archive.rows if pred(r)]
-        body = await get(client, f"{API}/measurements", limit=7, **params)
+        body = await get(client, f"{API}/measurements", limit=7, total="true", **params)
         assert body["total"] == len(want) and body["total_is_lower_bound"] is False, params
         assert len(body["results"]) == min(7, len(want))
         assert body["filters"]
+    # By default, a total the rollups cannot give exactly is not counted ...
+    body = await get(client, f"{API}/measurements", limit=7, failure="tls")
+    assert body["total"] is None
+    # ... and one they can is given, exactly, whatever the archive's size.
+    body = await get(client, f"{API}/measurements", limit=7, probe_cc="IQ",
+                     since="2026-05-01")
+    assert body["total"] == sum(1 for r in archive.rows if r.probe_cc == "IQ" and
+                                r.start_ts >= datetime(2026, 5, 1, tzinfo=UTC).timestamp())
     body = await get(client, f"{API}/measurements", total="false")
     assert body["total"] is None
     for bad, param in (({"failure": "tls%"}, "failure"), ({"confirmed": "maybe"}, "confirmed"),
