@@ -56,6 +56,7 @@ from collector.store.rollups import (
     Fact,
     Grain,
     Plan,
+    RollupTable,
     collect,
     delta_params,
     fold,
@@ -671,7 +672,7 @@ class SqlStore(abc.ABC):
         for t in TABLES:
             params = delta_params(delta, t)
             if params:
-                cur.executemany(upsert_sql(t), params)
+                self._upsert_rollup(cur, t, params)
             if sign < 0:
                 cur.execute(f"DELETE FROM {t.name} WHERE n <= 0")
 
@@ -729,6 +730,11 @@ class SqlStore(abc.ABC):
         n_groups = int(rows[0][-2]) if rows else 0
         total = int(rows[0][-1]) if rows else 0
         return Aggregation(plan=p, rows=groups, groups=n_groups, total=total)
+
+    def _upsert_rollup(self, cur: Any, t: RollupTable, params: Sequence[tuple[object, ...]]
+                       ) -> None:
+        """Add counts to a rollup table (PostgreSQL overrides this with one statement)."""
+        cur.executemany(upsert_sql(t), params)
 
     def _time_group(self, p: Plan, grain: Grain) -> str:
         if p.source != RAW:
