@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from collector.api import pages
 from collector.api import routes as api
 from collector.config import CollectorConfig
 from collector.ingest.pipeline import Ingest
@@ -57,6 +58,7 @@ def create_app(settings: ServeSettings) -> web.Application:
     app[RUNTIME] = Runtime()
     app[METRICS] = Metrics()
     api.setup_routes(app, settings.static_dir)
+    pages.setup_pages(app)
     app.on_response_prepare.append(api.security_headers)
     app.cleanup_ctx.append(_api_store)
     app.cleanup_ctx.append(_ingest)

@@ -1,8 +1,10 @@
 """``vigil-agent export --format ooni IN.jsonl > OUT.jsonl``: records in OONI's data format.
 
-Input lines are Vigil records (``run --once --output``) or DSSE envelopes holding one (the
-payload is decoded, not verified: verification needs the probe's key and belongs to the
-collector).  A line that is not a valid record is reported as ``file:line: reason`` on stderr
+Input lines are Vigil records (``run --once --output``), DSSE envelopes holding one, or the
+collector's export lines (``GET /api/v1/export``: ``{"measurement_id", "probe_id",
+"received_at", "envelope"}``).  Payloads are decoded, not verified: verification needs the
+probe's key and belongs to the collector (or to docs/researcher-guide.md).  A line that is
+not a valid record, or cannot be converted, is reported as ``file:line: reason`` on stderr
 and skipped; the others are still written, and the exit code is then 1.
 """
 
@@ -17,7 +19,7 @@ from typing import IO, Any
 import click
 
 from agent.errors import VigilError, WireError
-from agent.export.ooni import to_ooni
+from agent.export.ooni import ExportError, to_ooni
 from agent.wire.envelope import parse_envelope, validate_record
 
 MAX_LINE = 2 * 1024 * 1024
@@ -28,6 +30,9 @@ def _record_from_line(line: bytes) -> dict[str, Any]:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"not JSON: {exc}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("envelope"), dict):
+        obj = obj["envelope"]  # a line of the collector's export
+        line = json.dumps(obj).encode()
     if isinstance(obj, dict) and "payloadType" in obj:
         env = parse_envelope(line)
         try:
@@ -70,11 +75,16 @@ def export(fmt: str, inputs: tuple[Path, ...]) -> None:
                     continue
                 try:
                     record = _record_from_line(line)
-                except WireError as exc:
+                    text = json.dumps(to_ooni(record), ensure_ascii=False, sort_keys=True)
+                except (WireError, ExportError) as exc:
                     click.echo(f"{name}:{number}: {exc}", err=True)
                     bad += 1
                     continue
-                out.write(json.dumps(to_ooni(record), ensure_ascii=False, sort_keys=True) + "\n")
+                except RecursionError:
+                    click.echo(f"{name}:{number}: nested too deeply", err=True)
+                    bad += 1
+                    continue
+                out.write(text + "\n")
                 written += 1
         finally:
             if fh is not sys.stdin.buffer:

@@ -36,7 +36,9 @@ from agent.net import failures
 from agent.net.addr import endpoint
 from agent.net.observations import HTTPRequest
 
-BODY_HEAD_CHARS = 1024
+# The body kept in the record, in characters: blockpages and most error pages fit whole (the
+# OONI export marks longer ones body_is_truncated).  Length and SHA-256 cover the whole body.
+BODY_HEAD_CHARS = 16384
 TITLE_MAX = 256
 _TITLE_SCAN_BYTES = 65536
 _TITLE_OPEN = re.compile(rb"<title(?=[\s>/])", re.IGNORECASE)

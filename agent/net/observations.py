@@ -114,7 +114,7 @@ class HTTPRequest:
     headers: dict[str, str]
     body_length: int | None
     body_sha256: str | None
-    body_head: str  # first bytes of the body, decoded with replacement, at most 1024 chars
+    body_head: str  # first part of the body, decoded with replacement (16 KiB chars at most)
     title: str
     redirects: tuple[str, ...]  # the chain of Location targets followed
     t0: float

@@ -18,10 +18,16 @@ from datetime import UTC, datetime
 
 from agent.wire.record import Blocking, Status
 from collector.store.base import Filter
+from collector.store.rollups import AggDimension, AggFilter
 
 FILTER_PARAMS = (
     "probe_cc", "probe_asn", "probe_id", "test_name", "status", "blocking", "domain",
-    "since", "until",
+    "since", "until", "input", "category_code", "confirmed", "probe_network_name", "failure",
+)
+# The filters the aggregation rollups can apply (they keep no probe, input or reason).
+AGG_FILTER_PARAMS = (
+    "probe_cc", "probe_asn", "domain", "category_code", "test_name", "blocking", "since",
+    "until",
 )
 
 _CC = re.compile(r"^[A-Za-z]{2}$")
@@ -30,6 +36,8 @@ _PROBE_ID = re.compile(r"^[a-z2-7]{26}$")
 _TEST_NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _GROUP = re.compile(r"^(?:asn:AS[0-9]{1,10}|cc:[A-Z]{2})$")
+_CATEGORY = re.compile(r"^[A-Za-z_]{2,32}$")
+_REASON = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 _DOMAIN_BAD = re.compile(r"[\s/\\?#@\x00-\x1f\x7f]")
 BLOCKING_NONE = "none"  # ?blocking=none: measurements where nothing was blocked
 
@@ -150,6 +158,17 @@ def parse_filter(p: Params) -> Filter:
     since, until = p.time("since"), p.time("until")
     if since is not None and until is not None and since >= until:
         raise BadRequest("until", "must be later than since")
+    url = p.get("input")
+    if url is not None and len(url) > 2048:
+        raise BadRequest("input", "longer than 2048 characters")
+    network_name = p.get("probe_network_name")
+    if network_name is not None and len(network_name) > 256:
+        raise BadRequest("probe_network_name", "longer than 256 characters")
+    failure = p.get("failure")
+    if failure is not None and (len(failure) > 64 or not _REASON.match(failure)):
+        raise BadRequest("failure", f"not a verdict reason like tls.sni_reset or tls: "
+                                    f"{failure[:64]!r}")
+    confirmed = p.get("confirmed")
     return Filter(
         since=since,
         until=until,
@@ -160,6 +179,42 @@ def parse_filter(p: Params) -> Filter:
         probe_id=probe_id,
         test_name=test_name,
         blocking="" if blocking == BLOCKING_NONE else blocking,
+        input=url,
+        category_code=category(p.get("category_code")),
+        confirmed=None if confirmed is None else p.boolean("confirmed", False),
+        probe_network_name=network_name,
+        failure=failure,
+    )
+
+
+def category(text: str | None) -> str | None:
+    """A Citizen Lab category code (NEWS, HUMR, ...), upper-case."""
+    if text is None:
+        return None
+    if not _CATEGORY.match(text):
+        raise BadRequest("category_code", f"not a category code like NEWS: {text[:32]!r}")
+    return text.upper()
+
+
+def parse_dimensions(text: str | None) -> tuple[AggDimension, ...]:
+    """``by=day,country``: one or two aggregation dimensions."""
+    names = [AggDimension.COUNTRY.value] if text is None else text.split(",")
+    known = [d.value for d in AggDimension]
+    out = []
+    for name in names:
+        if name.strip() not in known:
+            raise BadRequest("by", f"{name[:16]!r} is not one of {', '.join(known)}")
+        out.append(AggDimension(name.strip()))
+    if len(out) > 2:
+        raise BadRequest("by", "at most two dimensions")
+    return tuple(out)
+
+
+def agg_filter(where: Filter) -> AggFilter:
+    return AggFilter(
+        since=where.since, until=where.until, probe_cc=where.probe_cc,
+        probe_asn=where.probe_asn, domain=where.domain, category_code=where.category_code,
+        test_name=where.test_name, blocking=where.blocking,
     )
 
 
@@ -193,6 +248,8 @@ def filter_json(where: Filter) -> dict[str, str]:
             continue
         if isinstance(value, datetime):
             out[name] = iso(value)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
         elif name == "blocking" and value == "":
             out[name] = BLOCKING_NONE
         else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -38,15 +39,19 @@ from typing import Any
 from aiohttp import web
 
 from collector import __version__
+from collector.api import openapi
 from collector.api.jsonview import quarantine_json, summary_json
 from collector.api.params import (
+    AGG_FILTER_PARAMS,
     FILTER_PARAMS,
     BadRequest,
     Params,
+    agg_filter,
     filter_json,
     iso,
     measurement_id,
     outage_group,
+    parse_dimensions,
     parse_filter,
     query_string,
 )
@@ -66,11 +71,14 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.rollups import AggDimension, Aggregation, PlanError
 
 log = logging.getLogger("vigil.collector.api")
 
 API = "/api/v1"
 MAX_LIMIT = 1000  # rows per page of /measurements
+TOTAL_CAP = 10_000  # /measurements counts matches exactly up to this many, then says "10000+"
+AGG_MAX_LIMIT = 10_000
 STATS_DIMENSIONS = (
     Dimension.VERDICT, Dimension.COUNTRY, Dimension.NETWORK, Dimension.DOMAIN,
     Dimension.BLOCKING, Dimension.TEST,
@@ -87,6 +95,10 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 _STREAMING = web.RequestKey("vigil_streaming", bool)  # set once an export has begun
+_CLIENT_GONE = web.RequestKey("vigil_client_gone", bool)  # the client closed mid-answer
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request": counted apart from 5xx
+GZIP_MIN_BYTES = 1024  # smaller answers are not worth compressing
+PREFLIGHT_MAX_AGE = "86400"
 
 
 # ---- plumbing --------------------------------------------------------------------------------
@@ -124,7 +136,7 @@ def _store(request: web.Request) -> Store:
 
 
 def _is_api(path: str) -> bool:
-    return path.startswith(("/api/", "/healthz", "/metrics")) or path == "/api"
+    return path.startswith(("/api/", "/healthz", "/metrics", "/charts/")) or path == "/api"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,7 +154,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        # The client went away (an export cut short, a closed tab): not a server error.
+        status = CLIENT_CLOSED
+        raise
     finally:
+        if request.get(_CLIENT_GONE):
+            status = CLIENT_CLOSED
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         request.app[METRICS].observe(route, request.method, status, time.perf_counter() - start)
@@ -183,8 +201,66 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(500, "internal_error", "internal error (logged)")
 
 
+@web.middleware
+async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS preflight for the read-only API: any origin may GET (no credentials)."""
+    if request.method != "OPTIONS" or not request.path.startswith("/api/"):
+        return await handler(request)
+    exc = request.match_info.http_exception
+    if exc is not None and exc.status == 404:
+        return json_error(404, "not_found", "no such resource")
+    resp = web.Response(status=204)
+    h = resp.headers
+    h["Access-Control-Allow-Origin"] = "*"
+    h["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    allowed = {"accept", "accept-encoding", "if-none-match", "content-type", "range"}
+    wanted = [x.strip() for x in asked.split(",") if x.strip().lower() in allowed]
+    h["Access-Control-Allow-Headers"] = ", ".join(wanted) if wanted else "If-None-Match"
+    h["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+    h["Vary"] = "Origin, Access-Control-Request-Headers"
+    return resp
+
+
+def etag_of(body: bytes) -> str:
+    """A weak validator: the same JSON bytes, whatever the content coding on the wire."""
+    return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    tags = [t.strip() for t in header.split(",")]
+    bare = etag.removeprefix("W/")
+    return "*" in tags or any(t.removeprefix("W/") == bare for t in tags)
+
+
+@web.middleware
+async def conditional(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """ETag and If-None-Match (304) on API answers, and gzip when the client accepts it."""
+    resp = await handler(request)
+    if not request.path.startswith("/api/") or request.method not in ("GET", "HEAD"):
+        return resp
+    if not isinstance(resp, web.Response) or resp.prepared or resp.status != 200:
+        return resp
+    body = resp.body
+    if not isinstance(body, bytes):
+        return resp
+    etag = etag_of(body)
+    if etag_matches(request.headers.get("If-None-Match", ""), etag):
+        not_modified = web.Response(status=304)
+        not_modified.headers["ETag"] = etag
+        for name in ("Cache-Control", "Vary"):
+            if name in resp.headers:
+                not_modified.headers[name] = resp.headers[name]
+        return not_modified
+    resp.headers["ETag"] = etag
+    resp.headers["Access-Control-Expose-Headers"] = "ETag"
+    if len(body) >= GZIP_MIN_BYTES:
+        resp.enable_compression()  # gzip or deflate as Accept-Encoding allows; else as is
+    return resp
+
+
 def middlewares() -> list[Any]:
-    return [observe, errors]
+    return [preflight, observe, errors, conditional]
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -253,14 +329,85 @@ def export_line(m: StoredMeasurement) -> bytes:
     return json.dumps(line, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+OUTAGE_TIMES = ("start", "start_upper", "detected_at", "end")
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return iso(datetime.fromtimestamp(float(value), UTC))
+    return value
+
+
+def outage_json(item: dict[str, Any]) -> dict[str, Any]:
+    """An outage event with every time as RFC 3339 UTC (the detector keeps Unix seconds):
+    its own times, and those of the evidence it carries (keys ending in ``_at``, ``start``,
+    ``end``, ``t`` or ``_ts``, at any depth)."""
+    out = dict(item)
+    for key in OUTAGE_TIMES:
+        if key in out:
+            out[key] = _rfc3339(out[key])
+    out["start_time"] = out.get("start")
+    out["end_time"] = out.get("end")
+    out["evidence"] = _times_in(out.get("evidence", {}))
+    return out
+
+
+def _is_time_key(key: str) -> bool:
+    return key in ("start", "end", "t", "since", "until") or key.endswith(("_at", "_ts"))
+
+
+def _times_in(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _times_in(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_times_in(v, key) for v in value]
+    if _is_time_key(key):
+        return _rfc3339(value)
+    return value
+
+
+def aggregation_json(result: Aggregation, dims: tuple[AggDimension, ...]) -> dict[str, Any]:
+    rows = []
+    for r in result.rows:
+        item: dict[str, Any] = {}
+        for d, k in zip(dims, r.keys, strict=True):
+            if isinstance(k, datetime):
+                item[d.value] = iso(k)
+            elif d is AggDimension.BLOCKING:
+                item[d.value] = k or "none"
+            else:
+                item[d.value] = k
+        item.update(
+            total=r.total,
+            counts=dict(sorted(r.counts.items())),
+            techniques=dict(sorted(r.techniques.items(), key=lambda kv: (-kv[1], kv[0]))),
+            blocked_share=r.share("blocked"),
+            throttled_share=r.share("throttled"),
+            down_share=r.share("down"),
+        )
+        rows.append(item)
+    p = result.plan
+    return {
+        "by": [d.value for d in dims],
+        "source": p.source,
+        "since": None if p.since is None else iso(p.since),
+        "until": None if p.until is None else iso(p.until),
+        "results": rows,
+        "count": len(rows),
+        "groups": result.groups,
+        "total": result.total,
+    }
+
+
 # ---- handlers --------------------------------------------------------------------------------
 async def api_index(request: web.Request) -> web.Response:
     Params(request.query.items(), ())
     return json_ok({
         "version": __version__,
         "endpoints": [
-            "measurements", "measurements/{measurement_id}", "stats", "probes", "outages",
-            "slowdowns", "slowdowns/signal", "rejections", "export?format=jsonl",
+            "measurements", "measurements/{measurement_id}", "aggregation", "stats",
+            "probes", "outages", "slowdowns", "slowdowns/signal", "rejections",
+            "export?format=jsonl", "openapi.json",
         ],
         "filters": list(FILTER_PARAMS),
         "docs": "docs/envelope-spec.md (verifying exported envelopes)",
@@ -268,20 +415,31 @@ async def api_index(request: web.Request) -> web.Response:
 
 
 async def list_measurements(request: web.Request) -> web.Response:
-    p = Params(request.query.items(), (*FILTER_PARAMS, "limit", "cursor", "order"))
+    p = Params(request.query.items(), (*FILTER_PARAMS, "limit", "cursor", "order", "total"))
     where = parse_filter(p)
     limit = p.integer("limit", 50, 1, MAX_LIMIT)
     cursor = p.cursor()
     order = p.choice("order", ("desc", "asc"), "desc")
+    want_total = p.choice("total", ("auto", "true", "false"), "auto")
     rows: list[MeasurementSummary] = await query(
         request, _store(request).measurements_page, where, limit + 1, cursor, order == "desc"
     )
+    total: int | None = None
+    lower_bound = False
+    if want_total != "false":
+        if cursor is None and len(rows) <= limit:
+            total = len(rows)  # the whole answer fits on this page
+        else:
+            total, lower_bound = await query(request, _total, _store(request), where,
+                                             want_total == "true")
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = rows[-1].measurement_id if more else None
     return json_ok({
         "results": [summary_json(m) for m in rows],
         "count": len(rows),
+        "total": total,
+        "total_is_lower_bound": lower_bound,
         "limit": limit,
         "order": order,
         "filters": filter_json(where),
@@ -322,12 +480,69 @@ async def get_measurement(request: web.Request) -> web.Response:
     return json_ok(body, cache="public, max-age=3600")
 
 
+# Which aggregation dimension answers each stats dimension from the rollups (the verdict is
+# the status every rollup row already carries).
+STATS_FROM_ROLLUP: dict[Dimension, AggDimension] = {
+    Dimension.VERDICT: AggDimension.TEST,
+    Dimension.COUNTRY: AggDimension.COUNTRY,
+    Dimension.NETWORK: AggDimension.NETWORK,
+    Dimension.DOMAIN: AggDimension.DOMAIN,
+    Dimension.BLOCKING: AggDimension.BLOCKING,
+    Dimension.TEST: AggDimension.TEST,
+}
+ROLLUP_MAX_GROUPS = 100_000
+
+
+def _rollup_counts(store: Store, d: Dimension, where: Filter, top: int
+                   ) -> tuple[list[tuple[str, int]], int] | None:
+    """``count_by`` from the rollups when they count exactly what was asked (the filters are
+    ones they keep and the time bounds fall on their buckets); None otherwise."""
+    if any(getattr(where, f) is not None for f in (
+            "status", "probe_id", "input", "confirmed", "probe_network_name", "failure")):
+        return None
+    try:
+        result = store.aggregate((STATS_FROM_ROLLUP[d],), agg_filter(where), ROLLUP_MAX_GROUPS)
+    except PlanError:
+        return None
+    if result.plan.since != where.since or result.plan.until != where.until:
+        return None
+    if d is Dimension.VERDICT:
+        by_status: dict[str, int] = {}
+        for r in result.rows:
+            for status, n in r.counts.items():
+                by_status[status] = by_status.get(status, 0) + n
+        pairs = sorted(by_status.items(), key=lambda kv: (-kv[1], kv[0]))
+    else:
+        pairs = sorted(((str(r.keys[0]), r.total) for r in result.rows),
+                       key=lambda kv: (-kv[1], kv[0]))
+    return pairs[:top], result.total
+
+
+def _total(store: Store, where: Filter, count: bool) -> tuple[int | None, bool]:
+    """How many measurements match: exact from the rollups when they can say; else, when
+    ``count`` (``total=true``), counted, exact up to TOTAL_CAP and then a lower bound; else
+    unknown (None): counting rare matches of an unindexed filter reads the whole range."""
+    fast = _rollup_counts(store, Dimension.TEST, where, 1)
+    if fast is not None:
+        return fast[1], False
+    if not count:
+        return None, False
+    return store.count_matching(where, TOTAL_CAP)
+
+
 def _stats(store: Store, where: Filter, top: int) -> dict[str, Any]:
-    counts = {
-        d.value: [{"key": k, "count": n} for k, n in store.count_by(d, where, top)]
-        for d in STATS_DIMENSIONS
-    }
-    return {"total": store.measurement_count(where), "counts": counts}
+    counts: dict[str, list[dict[str, Any]]] = {}
+    total: int | None = None
+    for d in STATS_DIMENSIONS:
+        fast = _rollup_counts(store, d, where, top)
+        if fast is None:
+            pairs = store.count_by(d, where, top)
+        else:
+            pairs, total = fast
+        counts[d.value] = [{"key": k, "count": n} for k, n in pairs]
+    if total is None:
+        total = store.measurement_count(where)
+    return {"total": total, "counts": counts}
 
 
 class TTLCache:
@@ -370,6 +585,27 @@ async def stats(request: web.Request) -> web.Response:
     return json_ok(body)
 
 
+async def aggregation(request: web.Request) -> web.Response:
+    """Counts and shares grouped by one or two dimensions, answered from the rollups."""
+    p = Params(request.query.items(), ("by", *AGG_FILTER_PARAMS, "limit"))
+    dims = parse_dimensions(p.get("by"))
+    where = agg_filter(parse_filter(p))
+    limit = p.integer("limit", 1000, 1, AGG_MAX_LIMIT)
+    try:
+        result: Aggregation = await query(request, _store(request).aggregate, dims, where,
+                                          limit)
+    except PlanError as exc:
+        raise BadRequest(exc.param, exc.detail) from None
+    body = aggregation_json(result, dims)
+    body["filters"] = filter_json(parse_filter(p))
+    return json_ok(body)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    Params(request.query.items(), ())
+    return json_ok(openapi.document(), cache="public, max-age=300")
+
+
 def _probe_rows(
     store: Store,
 ) -> tuple[list[ProbeRecord], list[ProbeActivity], dict[str, DeliveryGaps]]:
@@ -404,10 +640,7 @@ async def outages(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     out = []
     for e in events:
-        item = e.to_json()
-        item["start_time"] = iso(datetime.fromtimestamp(e.start, UTC))
-        item["end_time"] = None if e.end is None else iso(datetime.fromtimestamp(e.end, UTC))
-        out.append(item)
+        out.append(outage_json(e.to_json()))
     return json_ok({
         "outages": out,
         "count": len(out),
@@ -468,6 +701,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "no-store",
     })
     resp.enable_chunked_encoding()
+    resp.enable_compression()  # gzip when the client accepts it (JSON lines shrink ~10x)
     request[_STREAMING] = True
     await resp.prepare(request)
     sent = 0
@@ -569,6 +803,8 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     r.add_get(f"{API}/measurements", list_measurements, name="measurements")
     r.add_get(f"{API}/measurements/{{measurement_id}}", get_measurement, name="measurement")
     r.add_get(f"{API}/stats", stats, name="stats")
+    r.add_get(f"{API}/aggregation", aggregation, name="aggregation")
+    r.add_get(f"{API}/openapi.json", openapi_document, name="openapi")
     r.add_get(f"{API}/probes", probes, name="probes")
     r.add_get(f"{API}/outages", outages, name="outages")
     r.add_get(f"{API}/rejections", rejections, name="rejections")

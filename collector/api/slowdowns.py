@@ -100,7 +100,12 @@ async def signal(request: web.Request) -> web.Response:
     cfg = detector_config(request.app)
     now = time.time()
     since_dt, until_dt = p.time("since"), p.time("until")
-    until = min(now, until_dt.timestamp()) if until_dt else now
+    if until_dt is not None:
+        until = min(now, until_dt.timestamp())
+    elif since_dt is not None:  # a default never makes a request invalid: the longest window
+        until = min(now, since_dt.timestamp() + MAX_SIGNAL_BINS * cfg.interval)
+    else:
+        until = now
     since = since_dt.timestamp() if since_dt else until - 86400.0
     if since >= until:
         raise BadRequest("until", "must be later than since (and not in the future)")

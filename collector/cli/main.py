@@ -24,6 +24,9 @@ COMMANDS = {
     "throttling-events": "collector.cli.throttling_events:throttling_events",
     "campaign": "collector.cli.campaign:campaign",
     "ipdb": "collector.cli.ipdb:ipdb",
+    "report": "collector.cli.report:report",
+    "prune": "collector.cli.archive:prune",
+    "backup": "collector.cli.archive:backup",
 }
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from agent.errors import UsageError, VigilError
+from collector.store.rollups import AggDimension, AggFilter, Aggregation
 
 # A quarantined message keeps at most this many raw bytes (plus its full length and SHA-256):
 # an attacker sending huge messages must not be able to fill the collector's disk.
@@ -238,6 +239,11 @@ class Filter:
     probe_id: str | None = None
     test_name: str | None = None
     blocking: str | None = None  # "dns", "tls", ...; "" matches measurements without blocking
+    input: str | None = None  # the tested input, exactly
+    category_code: str | None = None
+    confirmed: bool | None = None
+    probe_network_name: str | None = None
+    failure: str | None = None  # verdict reason, exactly or as a dotted prefix ("tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,3 +373,13 @@ class Store(Protocol):
         self, since: datetime, until: datetime, bucket_seconds: int = 60
     ) -> list[ProbeSighting]: ...
     def overview(self) -> Overview: ...
+
+    # ---- archive: aggregates, counts, retention ------------------------------------------
+    def aggregate(
+        self, dims: Sequence[AggDimension], where: AggFilter | None = None, limit: int = 1000
+    ) -> Aggregation: ...
+    def count_matching(
+        self, where: Filter | None = None, cap: int = 100_000
+    ) -> tuple[int, bool]: ...
+    def prune(self, before: datetime, batch: int = 5000, max_batches: int = 1_000_000
+              ) -> int: ...

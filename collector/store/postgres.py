@@ -28,6 +28,12 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.rollups import (
+    Grain,
+    RollupTable,
+    backfill_statements,
+    create_statements,
+)
 from collector.store.sqlbase import (
     Activity,
     Migration,
@@ -39,6 +45,12 @@ from collector.store.sqlbase import (
 
 _MIGRATION_LOCK = 0x76696769  # "vigi": pg_advisory_xact_lock key for schema migrations
 
+_PG_BUCKETS = {
+    Grain.HOUR: "(floor(extract(epoch FROM start_time) / 3600) * 3600)::bigint",
+    Grain.DAY: "(floor(extract(epoch FROM start_time) / 86400) * 86400)::bigint",
+    Grain.MONTH: "extract(epoch FROM date_trunc('month', start_time AT TIME ZONE 'UTC') "
+                 "AT TIME ZONE 'UTC')::bigint",
+}
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -114,7 +126,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
-    ),    Migration(
+    ),
+    Migration(
         2,
         "quarantine usage per probe (bounded quarantine); per-probe sequence numbers",
         (
@@ -130,7 +143,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX measurements_probe_seq ON measurements (probe_id, probe_seq)",
         ),
     ),
+    Migration(
+        3,
+        "rollups of measurements per hour, day and month (aggregation API); pages of one "
+        "country or network walk an index in measurement_id order",
+        (
+            # A page of one country's measurements, newest first, is a range of this index
+            # read in order until the page is full (the time-keyed ones made SQLite sort
+            # every measurement of the country first).
+            "DROP INDEX measurements_cc_time",
+            "DROP INDEX measurements_asn_time",
+            "CREATE INDEX measurements_cc_id ON measurements (probe_cc, measurement_id)",
+            "CREATE INDEX measurements_asn_id ON measurements (probe_asn, measurement_id)",
+            *create_statements("bigint", "bigint"),
+            *backfill_statements(_PG_BUCKETS),
+        ),
+    ),
 )
+
 
 # A batch is COPYed (binary) into a per-connection temporary table, then moved with one
 # INSERT ... ON CONFLICT DO NOTHING RETURNING: psycopg's C copy path adapts the rows, where
@@ -277,6 +307,20 @@ class PostgresStore(SqlStore):
     def _epoch(self, column: str) -> str:
         return f"extract(epoch FROM {column})"
 
+    def _month_expr(self, column: str) -> str:
+        return (f"extract(epoch FROM date_trunc('month', {column} AT TIME ZONE 'UTC') "
+                "AT TIME ZONE 'UTC')")
+
+    def _epoch_value(self, value: Any) -> float:
+        return self._dt(value).timestamp()
+
+    def _bool_param(self, value: bool) -> bool:
+        return value
+
+    def _delete_measurements(self, cur: Any, ids: Sequence[str]) -> None:
+        cur.execute("DELETE FROM measurements WHERE measurement_id = ANY(?::uuid[])",
+                    (list(ids),))
+
     def get_measurement(self, measurement_id: str) -> Any:
         try:
             uuid.UUID(measurement_id)
@@ -310,6 +354,20 @@ class PostgresStore(SqlStore):
             new=len(inserted),
             duplicates=tuple(r.measurement_id for r in dups),
             conflicts=tuple(conflicts),
+        )
+
+    def _upsert_rollup(self, cur: Any, t: RollupTable, params: Sequence[tuple[object, ...]]
+                       ) -> None:
+        """One statement over arrays (one round trip, no per-row statement): the keys are
+        distinct, so no row is updated twice; sorted, so two collectors lock in one order."""
+        columns = list(zip(*params, strict=True))
+        types = ["bigint", *(["text"] * len(t.columns)), "bigint"]
+        names = ["bucket", *t.columns, "n"]
+        arrays = ", ".join(f"?::{ty}[]" for ty in types)
+        cur.execute(
+            f"INSERT INTO {t.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({', '.join(t.key)}) DO UPDATE SET n = {t.name}.n + excluded.n",
+            [list(c) for c in columns],
         )
 
     def _upsert_activity(self, cur: Any, acts: Sequence[Activity]) -> None:

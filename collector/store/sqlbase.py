@@ -45,6 +45,28 @@ from collector.store.base import (
     UnknownProbe,
     utc_from_ts,
 )
+from collector.store.rollups import (
+    AGG_FILTER_COLUMNS,
+    DAY,
+    DIMENSION_COLUMN,
+    HOUR,
+    NULLABLE,
+    RAW,
+    TABLES,
+    AggDimension,
+    AggFilter,
+    Aggregation,
+    Fact,
+    Grain,
+    Plan,
+    RollupTable,
+    collect,
+    delta_params,
+    fold,
+    pivot_columns,
+    plan,
+    upsert_sql,
+)
 
 DIMENSION_COLUMNS: Mapping[Dimension, str] = {
     Dimension.VERDICT: "status",
@@ -143,6 +165,11 @@ def fold_activity(rows: Sequence[MeasurementRow]) -> list[Activity]:
     return list(acc.values())
 
 
+def fact_of(r: MeasurementRow) -> Fact:
+    return Fact(r.start_ts, r.probe_cc, r.probe_asn, r.domain, r.category_code, r.test_name,
+                r.blocking, r.status)
+
+
 def split_batch_duplicates(
     rows: Sequence[MeasurementRow],
 ) -> tuple[list[MeasurementRow], list[str], list[str]]:
@@ -222,6 +249,22 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     def _epoch(self, column: str) -> str:
         """SQL for a time column as Unix seconds."""
+
+    @abc.abstractmethod
+    def _month_expr(self, column: str) -> str:
+        """SQL for a time column rounded down to its UTC calendar month, as Unix seconds."""
+
+    @abc.abstractmethod
+    def _epoch_value(self, value: Any) -> float:
+        """A stored time as Unix seconds."""
+
+    @abc.abstractmethod
+    def _bool_param(self, value: bool) -> Any:
+        """A boolean as the backend stores it."""
+
+    @abc.abstractmethod
+    def _delete_measurements(self, cur: Any, ids: Sequence[str]) -> None:
+        """Delete these measurements inside an open transaction."""
 
     @abc.abstractmethod
     def _insert_measurements(self, cur: Any, rows: Sequence[MeasurementRow]) -> InsertResult:
@@ -342,6 +385,7 @@ class SqlStore(abc.ABC):
                 fresh = [r for r in unique if r.measurement_id not in already]
                 if fresh:
                     self._upsert_activity(cur, fold_activity(fresh))
+                    self._apply_rollups(cur, [fact_of(r) for r in fresh])
                 if result.conflicts:
                     by_id = {r.measurement_id: r for r in rows}
                     for mid in dict.fromkeys(result.conflicts):
@@ -419,6 +463,13 @@ class SqlStore(abc.ABC):
         elif where.blocking is not None:
             clauses.append("blocking = ?")
             params.append(where.blocking)
+        if where.confirmed is not None:
+            clauses.append("confirmed = ?")
+            params.append(self._bool_param(where.confirmed))
+        if where.failure is not None:
+            # "tls" matches tls and tls.*: a range, so no LIKE wildcard can sneak in.
+            clauses.append("(reason = ? OR (reason >= ? AND reason < ?))")
+            params += [where.failure, where.failure + ".", where.failure + "/"]
         for column, value in (
             ("probe_cc", where.probe_cc),
             ("probe_asn", where.probe_asn),
@@ -426,6 +477,9 @@ class SqlStore(abc.ABC):
             ("status", where.status),
             ("probe_id", where.probe_id),
             ("test_name", where.test_name),
+            ("input", where.input),
+            ("category_code", where.category_code),
+            ("probe_network_name", where.probe_network_name),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -659,6 +713,125 @@ class SqlStore(abc.ABC):
         probes = int(self._query("SELECT COUNT(*) FROM probes")[0][0])
         quarantined = int(self._query("SELECT COUNT(*) FROM quarantine")[0][0])
         return Overview(measurements, probes, quarantined, self.rejection_counts())
+
+    # ---- rollups, aggregation, retention ---------------------------------------------------
+    def _apply_rollups(self, cur: Any, facts: Sequence[Fact], sign: int = 1) -> None:
+        """Fold measurements into the rollup tables (inside the caller's transaction)."""
+        delta = fold(facts, sign)
+        for t in TABLES:
+            params = delta_params(delta, t)
+            if params:
+                self._upsert_rollup(cur, t, params)
+            if sign < 0:
+                cur.execute(f"DELETE FROM {t.name} WHERE n <= 0")
+
+    def aggregate(self, dims: Sequence[AggDimension], where: AggFilter | None = None,
+                  limit: int = 1000) -> Aggregation:
+        """Counts per verdict status grouped by ``dims`` (see collector.store.rollups)."""
+        where = where or AggFilter()
+        p = plan(dims, where)
+        select: list[str] = []
+        for d in dims:
+            if d.is_time:
+                select.append(self._time_group(p, Grain(d.value)))
+            else:
+                col = DIMENSION_COLUMN[d]
+                select.append(f"COALESCE({col}, '')" if p.source == RAW and col in NULLABLE
+                              else col)
+        if p.source == RAW:
+            clause, params = self._where(Filter(
+                since=where.since, until=where.until, probe_cc=where.probe_cc,
+                probe_asn=where.probe_asn, domain=where.domain,
+                category_code=where.category_code, test_name=where.test_name,
+                blocking=where.blocking))
+            count = "COUNT(*)"
+        else:
+            clauses: list[str] = []
+            params = []
+            if p.since is not None:
+                clauses.append("bucket >= ?")
+                params.append(int(p.since.timestamp()))
+            if p.until is not None:
+                clauses.append("bucket < ?")
+                params.append(int(p.until.timestamp()))
+            for col in AGG_FILTER_COLUMNS:
+                value = getattr(where, col)
+                if value is not None:
+                    clauses.append(f"{col} = ?")
+                    params.append(value)
+            clause = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            count = "SUM(n)"
+        keys = ", ".join(f"k{i}" for i in range(len(select)))
+        cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(select))
+        pivot = ", ".join(pivot_columns("1" if p.source == RAW else "n"))
+        if p.source == RAW:
+            pivot = pivot.replace("blocking = ", "COALESCE(blocking, '') = ")
+        # The window functions run after GROUP BY and before LIMIT: how many groups there
+        # were and how many measurements they hold, in the same pass.
+        # Largest groups first (the total is the column after the keys), ties by key.
+        order = ", ".join([f"{len(select) + 1} DESC", *(str(i + 1) for i in range(len(select)))])
+        rows = self._query(
+            f"SELECT {cols}, {pivot}, COUNT(*) OVER (), SUM({count}) OVER () "
+            f"FROM {p.source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?",
+            [*params, int(limit)],
+        )
+        groups = collect(dims, rows)
+        n_groups = int(rows[0][-2]) if rows else 0
+        total = int(rows[0][-1]) if rows else 0
+        return Aggregation(plan=p, rows=groups, groups=n_groups, total=total)
+
+    def _upsert_rollup(self, cur: Any, t: RollupTable, params: Sequence[tuple[object, ...]]
+                       ) -> None:
+        """Add counts to a rollup table (PostgreSQL overrides this with one statement)."""
+        cur.executemany(upsert_sql(t), params)
+
+    def _time_group(self, p: Plan, grain: Grain) -> str:
+        if p.source != RAW:
+            return "bucket"
+        if grain is Grain.MONTH:
+            return self._month_expr("start_time")
+        return self._bucket_expr(HOUR if grain is Grain.HOUR else DAY)
+
+    def count_matching(self, where: Filter | None = None, cap: int = 100_000
+                       ) -> tuple[int, bool]:
+        """How many measurements match: exact up to ``cap``; ``(cap, True)`` beyond it, so a
+        count never scans more than ``cap`` index entries."""
+        clause, params = self._where(where)
+        rows = self._query(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM measurements{clause} LIMIT ?) AS m",
+            [*params, int(cap) + 1],
+        )
+        n = int(rows[0][0])
+        return (cap, True) if n > cap else (n, False)
+
+    def prune(self, before: datetime, batch: int = 5000, max_batches: int = 1_000_000
+              ) -> int:
+        """Delete measurements that started before ``before`` (and status sightings and
+        quarantined messages received before it), keeping the rollups exact.  Works in
+        batches of ``batch`` rows, one transaction each, so the ingest keeps writing."""
+        cutoff = self._ts(before)
+        deleted = 0
+        for _ in range(max_batches):
+            with self._transaction() as cur:
+                cur.execute(
+                    "SELECT measurement_id, start_time, probe_cc, probe_asn, domain, "
+                    "category_code, test_name, blocking, status FROM measurements "
+                    "WHERE start_time < ? LIMIT ?",
+                    (cutoff, int(batch)),
+                )
+                found = cur.fetchall()
+                if not found:
+                    break
+                facts = [Fact(self._epoch_value(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+                         for r in found]
+                self._apply_rollups(cur, facts, sign=-1)
+                ids = [str(r[0]) for r in found]
+                self._delete_measurements(cur, ids)
+                deleted += len(ids)
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM probe_sightings WHERE t < ?", (cutoff,))
+            cur.execute("DELETE FROM quarantine WHERE received_at < ?", (cutoff,))
+        return deleted
 
     # ---- helpers ------------------------------------------------------------------------
     def _sql(self, sql: str) -> str:

@@ -27,6 +27,7 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.rollups import Grain, backfill_statements, create_statements
 from collector.store.sqlbase import (
     Activity,
     Migration,
@@ -37,6 +38,11 @@ from collector.store.sqlbase import (
     sighting_kinds,
 )
 
+_SQLITE_BUCKETS = {
+    Grain.HOUR: "CAST(start_time / 3600 AS INTEGER) * 3600",
+    Grain.DAY: "CAST(start_time / 86400 AS INTEGER) * 86400",
+    Grain.MONTH: "CAST(strftime('%s', start_time, 'unixepoch', 'start of month') AS INTEGER)",
+}
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -112,7 +118,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX quarantine_reason ON quarantine (reason, id)",
         ),
-    ),    Migration(
+    ),
+    Migration(
         2,
         "quarantine usage per probe (bounded quarantine); per-probe sequence numbers",
         (
@@ -128,7 +135,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX measurements_probe_seq ON measurements (probe_id, probe_seq)",
         ),
     ),
+    Migration(
+        3,
+        "rollups of measurements per hour, day and month (aggregation API); pages of one "
+        "country or network walk an index in measurement_id order",
+        (
+            # A page of one country's measurements, newest first, is a range of this index
+            # read in order until the page is full (the time-keyed ones made SQLite sort
+            # every measurement of the country first).
+            "DROP INDEX measurements_cc_time",
+            "DROP INDEX measurements_asn_time",
+            "CREATE INDEX measurements_cc_id ON measurements (probe_cc, measurement_id)",
+            "CREATE INDEX measurements_asn_id ON measurements (probe_asn, measurement_id)",
+            *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID"),
+            *backfill_statements(_SQLITE_BUCKETS),
+        ),
+    ),
 )
+
 
 _INSERT_MEASUREMENT = (
     "INSERT OR IGNORE INTO measurements (measurement_id, probe_id, test_name, input, domain, "
@@ -233,6 +257,24 @@ class SqliteStore(SqlStore):
     def close(self) -> None:
         self._db.close()
 
+    def backup(self, target: Path) -> int:
+        """Copy the database to ``target`` with SQLite's online backup (a consistent
+        snapshot; readers and writers go on meanwhile).  Returns the measurements copied."""
+        tmp = target.with_name(target.name + ".partial")
+        try:
+            dest = sqlite3.connect(str(tmp))
+            try:
+                self._db.backup(dest, pages=4096)
+                dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                n = int(dest.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
+            finally:
+                dest.close()
+            tmp.replace(target)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"backup of {self.path} to {target} failed: {exc}") from exc
+        return n
+
     # ---- backend hooks ------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -281,6 +323,22 @@ class SqliteStore(SqlStore):
 
     def _epoch(self, column: str) -> str:
         return column
+
+    def _month_expr(self, column: str) -> str:
+        return f"CAST(strftime('%s', {column}, 'unixepoch', 'start of month') AS INTEGER)"
+
+    def _epoch_value(self, value: Any) -> float:
+        return float(value)
+
+    def _bool_param(self, value: bool) -> int:
+        return 1 if value else 0
+
+    def _delete_measurements(self, cur: Any, ids: Sequence[str]) -> None:
+        for part in chunks(list(ids), 500):
+            cur.execute(
+                f"DELETE FROM measurements WHERE measurement_id IN ({','.join('?' * len(part))})",
+                tuple(part),
+            )
 
     def _insert_measurements(self, cur: Any, rows: Sequence[MeasurementRow]) -> InsertResult:
         # The write lock is held (BEGIN IMMEDIATE), so "select then insert" cannot race.

@@ -20,6 +20,32 @@ function filters() {
   return params;
 }
 
+// The filters live in the page's URL, so a view can be bookmarked and shared.
+const AGG_FILTERS = ["probe_cc", "probe_asn", "domain", "category_code", "test_name",
+  "blocking", "since", "until"];
+const STALE_MS = 15 * 60 * 1000;
+
+function fromURL() {
+  const params = new URLSearchParams(window.location.search);
+  for (const el of $("filters").elements) {
+    if (el.name && params.has(el.name)) el.value = params.get(el.name);
+  }
+}
+
+function toURL() {
+  const query = filters().toString();
+  const url = query ? `?${query}` : window.location.pathname;
+  window.history.replaceState(null, "", url);
+  $("permalink").href = url;
+}
+
+function aggFilters() {
+  const all = filters();
+  const out = new URLSearchParams();
+  for (const [k, v] of all) if (AGG_FILTERS.includes(k)) out.set(k, v);
+  return out;
+}
+
 async function api(path, params) {
   const url = params && [...params].length ? `${path}?${params}` : path;
   const resp = await fetch(url, { headers: { Accept: "application/json" } });
@@ -56,11 +82,6 @@ function empty(body, columns, text) {
 function when(iso) {
   if (!iso) return "";
   return iso.replace("T", " ").replace(/\.\d+Z$/, "").replace(/Z$/, "");
-}
-
-function fromUnix(seconds) {
-  if (seconds === null || seconds === undefined) return "";
-  return when(new Date(seconds * 1000).toISOString());
 }
 
 function showError(err) {
@@ -108,10 +129,17 @@ function measurementRow(body, m) {
   cell(tr, m.status, `status-${m.status}`);
   cell(tr, m.blocking);
   cell(tr, m.reason);
+  const td = cell(tr, "");
+  const page = document.createElement("a");
+  page.href = `measurement/${encodeURIComponent(m.measurement_id)}`;
+  page.textContent = "read";
+  page.className = "read";
+  td.appendChild(page);
+  td.appendChild(document.createTextNode(" · "));
   const link = document.createElement("a");
   link.href = `api/v1/measurements/${encodeURIComponent(m.measurement_id)}`;
   link.textContent = "JSON";
-  cell(tr, "").appendChild(link);
+  td.appendChild(link);
 }
 
 async function loadMeasurements(append) {
@@ -137,8 +165,8 @@ async function loadOutages() {
   for (const e of data.outages) {
     const tr = body.insertRow();
     cell(tr, e.group);
-    cell(tr, fromUnix(e.start));
-    cell(tr, e.ongoing ? "ongoing" : fromUnix(e.end), e.ongoing ? "status-blocked" : "");
+    cell(tr, when(e.start));
+    cell(tr, e.ongoing ? "ongoing" : when(e.end), e.ongoing ? "status-blocked" : "");
     cell(tr, e.affected.length, "num");
     cell(tr, `${e.min_share.toFixed(2)} / ${e.baseline_share.toFixed(2)}`, "num");
     cell(tr, e.confirmed_by.length, "num");
@@ -169,15 +197,80 @@ async function loadRejections() {
   countsTable("rejections", rows, data.total);
 }
 
+function loadCharts() {
+  for (const by of ["country", "network"]) {
+    const params = aggFilters();
+    params.set("by", by);
+    $(`chart-${by}`).src = `charts/share.svg?${params}`;
+  }
+}
+
+function percent(x) { return `${(100 * x).toFixed(0)}%`; }
+
+async function loadMatrix() {
+  const params = aggFilters();
+  params.set("by", "domain,network");
+  params.set("limit", "2000");
+  const table = $("matrix");
+  const head = table.tHead.rows[0];
+  while (head.firstChild) head.removeChild(head.firstChild);
+  const body = clear(table);
+  let data;
+  try {
+    data = await api("api/v1/aggregation", params);
+  } catch (err) {
+    empty(body, 1, `matrix unavailable: ${err.message}`);
+    return;
+  }
+  const networks = [...new Set(data.results.map((r) => r.network))].sort();
+  const domains = [...new Set(data.results.map((r) => r.domain))].sort();
+  const cells = new Map(data.results.map((r) => [`${r.domain} ${r.network}`, r]));
+  const th = document.createElement("th");
+  th.textContent = "Domain";
+  head.appendChild(th);
+  for (const n of networks) {
+    const h = document.createElement("th");
+    h.textContent = n;
+    head.appendChild(h);
+  }
+  if (!domains.length) { empty(body, 1, "no measurements match"); return; }
+  for (const d of domains) {
+    const tr = body.insertRow();
+    cell(tr, d || "(no input)", "key");
+    for (const n of networks) {
+      const r = cells.get(`${d} ${n}`);
+      if (!r) { cell(tr, "", "muted"); continue; }
+      const share = r.blocked_share + r.throttled_share;
+      const techniques = Object.keys(r.techniques);
+      const td = cell(tr, r.total ? `${percent(share)} ${techniques.join("+")}`.trim() : "");
+      td.className = share >= 0.5 ? "cell-high" : share > 0 ? "cell-some" : "cell-none";
+      td.title = `${d} on ${n}: ${Object.entries(r.counts).map(([k, v]) => `${k} ${v}`)
+        .join(", ")} (of ${r.total})`;
+      td.dataset.domain = d;
+      td.dataset.network = n;
+    }
+  }
+}
+
+function health(p) {
+  if (p.revoked_at) return "revoked";
+  if (!p.last_seen) return "never seen";
+  if (p.status === "offline") return "offline";
+  const age = Date.now() - Date.parse(p.last_seen);
+  return age > STALE_MS ? "silent" : "online";
+}
+
 async function loadProbes() {
   const data = await api("api/v1/probes", new URLSearchParams({ revoked: "false", limit: "50" }));
   $("probe-total").textContent = `(${data.total} enrolled)`;
   const body = clear($("probes"));
-  if (!data.probes.length) { empty(body, 4, "no probes enrolled"); return; }
+  if (!data.probes.length) { empty(body, 5, "no probes enrolled"); return; }
   for (const p of data.probes) {
     const tr = body.insertRow();
     cell(tr, p.probe_id, "mono");
-    cell(tr, p.status || "never", `probe-${p.status || "never"}`);
+    cell(tr, [p.probe_cc, p.probe_asn].filter(Boolean).join(" "));
+    const h = health(p);
+    cell(tr, h, `probe-${h.replace(" ", "-")}`);
     cell(tr, when(p.last_seen));
     cell(tr, p.measurements, "num");
   }
@@ -205,11 +298,12 @@ function updateExportLink() {
 }
 
 async function refresh() {
+  toURL();
   updateExportLink();
+  loadCharts();
   const results = await Promise.allSettled([
-    loadStats(), loadMeasurements(false), loadOutages(), loadSlowdowns(), loadRejections(),
-    loadProbes(),
-    loadHealth(),
+    loadStats(), loadMeasurements(false), loadMatrix(), loadOutages(), loadSlowdowns(),
+    loadRejections(), loadProbes(), loadHealth(),
   ]);
   const failed = results.find((r) => r.status === "rejected");
   showError(failed ? failed.reason : null);
@@ -221,8 +315,10 @@ function schedule() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  fromURL();
   $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
   $("filters").addEventListener("reset", () => setTimeout(refresh, 0));
+  window.addEventListener("popstate", () => { fromURL(); refresh(); });
   $("more").addEventListener("click", () => loadMeasurements(true).catch(showError));
   $("autorefresh").addEventListener("change", schedule);
   refresh();

@@ -367,7 +367,8 @@ async def test_export_ooni(lab: Lab, ca: trustme.CA, tmp_path: Path,
     assert tk["accessible"] is True and tk["blocking"] is False
     assert tk["queries"][0]["answers"][0]["ipv4"] == "127.0.0.1"
     assert tk["requests"][0]["response"]["body"].startswith("<title>Site</title>")
-    assert tk["vigil_verdict"]["status"] == "ok"
+    assert tk["x_vigil_verdict"]["status"] == "ok"
+    assert isinstance(tk["queries"][0]["rcode"], int)
 
 
 # ---- lists update ---------------------------------------------------------------------------

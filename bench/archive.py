@@ -1,0 +1,407 @@
+"""Archive-scale benchmark: the researcher's API on a large store.  Run by hand:
+
+    .venv/bin/python -m bench.archive --rows 1000000                 # SQLite, ~15 min
+    .venv/bin/python -m bench.archive --rows 1000000 --store postgres
+    .venv/bin/python -m bench.archive --rows 20000 --json out.json  # a quick look
+
+What it measures, on one store filled with signed, schema-shaped measurements (lab.archive's
+scenarios over many networks and domains, spread over ``--days``):
+
+1. **Fill**: rows per second through ``Store.write_batch`` (the ingest's own write path,
+   rollups included), and the cost of the rollups at ingest: batches written alternately
+   into two fresh stores, one with rollups and one without, median batch time compared.
+2. **Size**: bytes on disk per stored measurement (SQLite: the file after a checkpoint;
+   PostgreSQL: pg_total_relation_size of the tables), and the signed payload's mean size.
+3. **Latency** through the real HTTP app (in process, loopback), p50/p95 over varied
+   parameters: aggregations, filtered measurement pages (with their total), the dashboard's
+   first paint (every request the page makes when it opens, issued in parallel as a browser
+   does), and a measurement page.
+4. **Retention**: ``prune`` of the oldest tenth, and (SQLite) an online backup.
+
+Target: p95 <= 200 ms for aggregations, filtered pages and the dashboard's first paint.
+The machine is shared: the load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession, TCPConnector
+from aiohttp.test_utils import TestServer
+
+from agent.wire import envelope as wire
+from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
+from collector.ingest.verify import domain_of
+from collector.runtime import ServeSettings
+from collector.service import create_app
+from collector.store import Store, open_store
+from collector.store.base import IngestBatch, MeasurementRow
+from lab.archive import SITES, Network, blocked_sites, record
+from lab.probes import TestProbe
+
+COUNTRIES = ("IQ", "IR", "PK", "KZ")
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Shape:
+    networks: list[Network]
+    sites: list[tuple[str, str]]
+    probes: list[tuple[TestProbe, Network]]
+
+
+def shape(n_networks: int, n_domains: int, probes_per_network: int, seed: int) -> Shape:
+    rng = random.Random(seed)
+    nets = [Network(COUNTRIES[i % len(COUNTRIES)], f"AS{64500 + i}", f"Network {i}")
+            for i in range(n_networks)]
+    # The lab's censored sites first (so the scenarios apply), then more of the list.
+    cats = ["NEWS", "HUMR", "POLR", "COMT", "GRP", "CULTR", "LGBT", "ANON", "REL", "ECON"]
+    sites = list(SITES) + [(f"https://site{k}.example.org/", cats[k % len(cats)])
+                           for k in range(max(0, n_domains - len(SITES)))]
+    rng.shuffle(sites[len(SITES):])
+    probes = [(TestProbe.new(), net) for net in nets for _ in range(probes_per_network)]
+    return Shape(nets, sites, probes)
+
+
+class RowMaker:
+    """Signed rows, fast: one record template per (network, site, scenario), then per row a
+    fresh id, time and signature (the JSON and Ed25519 work every real row costs)."""
+
+    def __init__(self, sh: Shape, seed: int) -> None:
+        self.sh = sh
+        self.rng = random.Random(seed)
+        self._templates: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def template(self, probe: TestProbe, net: Network, url: str, cat: str, scenario: str
+                 ) -> dict[str, Any]:
+        key = (net.asn, url, scenario)
+        t = self._templates.get(key)
+        if t is None:
+            t = record(probe, net, url, cat, 0.0, scenario, self.rng)
+            self._templates[key] = t
+        return t
+
+    def rows(self, n: int, since: float, until: float) -> Iterator[list[MeasurementRow]]:
+        step = (until - since) / max(1, n)
+        onset = since + (until - since) / 3
+        probes, sites = self.sh.probes, self.sh.sites
+        batch: list[MeasurementRow] = []
+        for i in range(n):
+            probe, net = probes[i % len(probes)]
+            url, cat = sites[(i // len(probes) + i) % len(sites)]
+            start = since + i * step
+            rule = blocked_sites(net).get(domain_of(url) or "")
+            roll = self.rng.random()
+            if rule is not None and start >= onset and roll < 0.9:
+                scenario = rule
+            else:
+                scenario = "down" if roll > 0.97 else "inconclusive" if roll > 0.95 else "ok"
+            rec = dict(self.template(probe, net, url, cat, scenario))
+            rec["measurement_id"] = wire.uuid7(int(start * 1000))
+            rec["measurement_start_time"] = datetime.fromtimestamp(start, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ")
+            rec["probe_id"] = probe.probe_id
+            payload = wire.encode_record(rec)
+            v = rec["verdict"]
+            batch.append(MeasurementRow(
+                measurement_id=rec["measurement_id"], probe_id=probe.probe_id,
+                test_name=rec["test_name"], input=url, domain=domain_of(url),
+                category_code=cat, probe_cc=net.cc, probe_asn=net.asn,
+                probe_network_name=net.name, status=v["status"], blocking=v["blocking"],
+                reason=v["reason"], confirmed=v["confirmed"], start_ts=start,
+                received_ts=start + 3.0, payload_type=wire.PAYLOAD_TYPE, payload=payload,
+                signature=probe.key.sign(wire.pae(wire.PAYLOAD_TYPE, payload)),
+            ))
+            if len(batch) == BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 1), "p95_ms": round(pct(ms, 0.95), 1),
+            "max_ms": round(max(ms), 1)}
+
+
+@contextmanager
+def store_at(kind: str, tmp: Path) -> Iterator[tuple[str, Callable[[], int]]]:
+    """A fresh store URL and a function giving its size on disk in bytes."""
+    if kind == "sqlite":
+        path = tmp / "archive.db"
+
+        def size() -> int:
+            return sum(p.stat().st_size for p in tmp.glob("archive.db*"))
+
+        yield f"sqlite://{path}", size
+        return
+    from lab.pg import temporary_database
+
+    with temporary_database("vigil_bench") as url:
+        def pg_size() -> int:
+            import psycopg
+
+            with psycopg.connect(url) as conn:
+                row = conn.execute(
+                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND c.relkind = 'r'").fetchone()
+            return int(row[0]) if row and row[0] else 0
+
+        yield url, pg_size
+
+
+def fill(store: Store, maker: RowMaker, n: int, since: float, until: float) -> dict[str, Any]:
+    for p, _ in maker.sh.probes:
+        store.add_probe(p.probe_id, p.public_raw)
+    gen_s = 0.0
+    write_s = 0.0
+    payload_bytes = 0
+    done = 0
+    t = time.perf_counter()
+    for batch in maker.rows(n, since, until):
+        t1 = time.perf_counter()
+        gen_s += t1 - t
+        store.write_batch(IngestBatch(measurements=batch))
+        t = time.perf_counter()
+        write_s += t - t1
+        payload_bytes += sum(len(r.payload) for r in batch)
+        done += len(batch)
+        if done % 100_000 == 0:
+            print(f"  {done} rows ({done / write_s:,.0f} rows/s written)", flush=True)
+    return {"rows": done, "generate_s": round(gen_s, 1), "write_s": round(write_s, 1),
+            "rows_per_s": round(done / write_s), "payload_mean_bytes": payload_bytes // done}
+
+
+def rollup_cost(kind: str, maker: RowMaker, batches: int = 40) -> dict[str, Any]:
+    """Median write_batch time with and without the rollups, batches interleaved."""
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, \
+            store_at(kind, Path(a)) as (url_a, _), store_at(kind, Path(b)) as (url_b, _):
+        with_rollups, without = open_store(url_a), open_store(url_b)
+        without._apply_rollups = lambda *args, **kw: None  # type: ignore[attr-defined]
+        now = time.time()
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        try:
+            gen = maker.rows(batches * BATCH * 2, now - 30 * 86400, now)
+            for i, batch in enumerate(gen):
+                name, s = (("with", with_rollups), ("without", without))[i % 2]
+                t = time.perf_counter()
+                s.write_batch(IngestBatch(measurements=batch))
+                times[name].append(time.perf_counter() - t)
+        finally:
+            with_rollups.close()
+            without.close()
+    w, wo = statistics.median(times["with"]), statistics.median(times["without"])
+    return {"batch_rows": BATCH, "median_batch_ms_with": round(w * 1000, 1),
+            "median_batch_ms_without": round(wo * 1000, 1),
+            "rollup_overhead_pct": round(100 * (w - wo) / wo, 1)}
+
+
+def day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).date().isoformat()
+
+
+def queries(sh: Shape, since: float, until: float, rng: random.Random
+            ) -> dict[str, Callable[[], str]]:
+    """Each kind of request, with parameters drawn afresh at every call."""
+    def cc() -> str:
+        return rng.choice(COUNTRIES)
+
+    def asn() -> str:
+        return rng.choice(sh.networks).asn
+
+    def dom() -> str:
+        return domain_of(rng.choice(sh.sites)[0]) or "example.org"
+
+    def window(days: int) -> str:
+        start = rng.uniform(since, until - days * 86400)
+        return f"since={day(start)}&until={day(start + days * 86400)}"
+
+    def hours() -> str:
+        end = until - rng.uniform(0, 20 * 86400)
+        lo = datetime.fromtimestamp(end - 7 * 86400, UTC).strftime("%Y-%m-%dT%H:00:00Z")
+        hi = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%dT%H:00:00Z")
+        return f"since={lo}&until={hi}"
+
+    agg = "/api/v1/aggregation?"
+    page = "/api/v1/measurements?limit=50&"
+    return {
+        "agg day x country": lambda: f"{agg}by=day,country",
+        "agg day x network, one country": lambda: f"{agg}by=day,network&probe_cc={cc()}",
+        "agg domain x network, one country": lambda: f"{agg}by=domain,network&probe_cc={cc()}",
+        "agg domain x network, all": lambda: f"{agg}by=domain,network",
+        "agg hour x network, 7 days": lambda: f"{agg}by=hour,network&{hours()}",
+        "agg day x blocking, one domain": lambda: f"{agg}by=day,blocking&domain={dom()}",
+        "agg month x category": lambda: f"{agg}by=month,category&probe_cc={cc()}",
+        "page country": lambda: f"{page}probe_cc={cc()}",
+        "page network + blocked": lambda: f"{page}probe_asn={asn()}&status=blocked",
+        "page domain": lambda: f"{page}domain={dom()}",
+        "page blocking=dns, 30 days": lambda: f"{page}blocking=dns&{window(30)}",
+        "page failure=tls": lambda: f"{page}failure=tls&probe_cc={cc()}",
+        "page confirmed": lambda: f"{page}confirmed=true&probe_cc={cc()}",
+        "page category, 7 days": lambda: f"{page}category_code=NEWS&{window(7)}",
+        "page next (cursor)": lambda: f"{page}probe_cc={cc()}&order=asc",
+    }
+
+
+def first_paint(sh: Shape, rng: random.Random) -> list[str]:
+    """What the dashboard requests when it opens with a country filter in its URL."""
+    c = rng.choice(COUNTRIES)
+    return [
+        f"/?probe_cc={c}", "/static/app.js", "/static/style.css",
+        f"/api/v1/stats?probe_cc={c}", f"/api/v1/measurements?probe_cc={c}&limit=50",
+        f"/api/v1/aggregation?probe_cc={c}&by=domain,network&limit=2000",
+        f"/charts/share.svg?probe_cc={c}&by=country", f"/charts/share.svg?probe_cc={c}&by=network",
+        "/api/v1/outages?limit=20", "/api/v1/rejections?recent=0",
+        "/api/v1/probes?revoked=false&limit=50", "/healthz",
+    ]
+
+
+async def latencies(url: str, sh: Shape, since: float, until: float, repeat: int,
+                    some_ids: list[str]) -> dict[str, Any]:
+    config = CollectorConfig(store=StoreConfig(url=url), api=ApiConfig(stats_cache_s=0.0),
+                             outages=OutagesConfig(enabled=False))
+    app = create_app(ServeSettings(config=config.validate(), ingest=False, outages=False))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    rng = random.Random(3)
+    out: dict[str, Any] = {}
+    try:
+        async with ClientSession(connector=TCPConnector(limit=6)) as http:
+            async def get(path: str) -> float:
+                t = time.perf_counter()
+                async with http.get(server.make_url(path)) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"{path}: HTTP {resp.status}")
+                return (time.perf_counter() - t) * 1000
+
+            for name, make in queries(sh, since, until, rng).items():
+                await get(make())  # warm
+                out[name] = summary([await get(make()) for _ in range(repeat)])
+                print(f"  {name}: {out[name]}", flush=True)
+            paints = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                await asyncio.gather(*(get(p) for p in first_paint(sh, rng)))
+                paints.append((time.perf_counter() - t) * 1000)
+            out["dashboard first paint (12 requests in parallel)"] = summary(paints)
+            out["measurement page"] = summary(
+                [await get(f"/measurement/{rng.choice(some_ids)}") for _ in range(repeat)])
+            print(f"  first paint: {out['dashboard first paint (12 requests in parallel)']}")
+    finally:
+        await server.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--days", type=float, default=90.0)
+    ap.add_argument("--networks", type=int, default=40)
+    ap.add_argument("--domains", type=int, default=1000)
+    ap.add_argument("--probes-per-network", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=40)
+    ap.add_argument("--skip-rollup-cost", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="SQLite: keep the store in this folder and reuse it when filled "
+                         "(retention is then measured only with --retention)")
+    ap.add_argument("--retention", action="store_true", help="measure prune and backup")
+    args = ap.parse_args()
+    sh = shape(args.networks, args.domains, args.probes_per_network, seed=1)
+    maker = RowMaker(sh, seed=2)
+    until = time.time()
+    since = until - args.days * 86400
+    result: dict[str, Any] = {"store": args.store, "load_before": os.getloadavg(),
+                              "cpus": os.cpu_count(), "shape": {
+                                  "rows": args.rows, "days": args.days,
+                                  "networks": args.networks, "domains": args.domains,
+                                  "probes": len(sh.probes)}}
+    if not args.skip_rollup_cost:
+        print("rollup cost at ingest (interleaved batches)...", flush=True)
+        result["rollup_cost"] = rollup_cost(args.store, maker)
+        print(f"  {result['rollup_cost']}", flush=True)
+    with workdir(args.reuse) as tmp, store_at(args.store, Path(tmp)) as (url, size):
+        t = time.perf_counter()
+        store = open_store(url)  # migrates a reused store first
+        result["open_s"] = round(time.perf_counter() - t, 1)
+        try:
+            existing = store.measurement_count()
+            if existing:
+                print(f"reusing {existing} rows", flush=True)
+                result["fill"] = {"rows": existing, "reused": True}
+                newest = store.measurements_page(limit=1)
+                until = newest[0].start_time.timestamp() if newest else until
+                since = until - args.days * 86400
+            else:
+                print(f"filling {args.rows} rows...", flush=True)
+                result["fill"] = fill(store, maker, args.rows, since, until)
+                print(f"  {result['fill']}", flush=True)
+            if args.store == "sqlite":
+                store._query("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
+            result["bytes_per_measurement"] = size() // max(1, result["fill"]["rows"])
+            some = [m.measurement_id for m in store.measurements_page(limit=200)]
+        finally:
+            store.close()
+        print(f"  {result['bytes_per_measurement']} bytes per measurement on disk")
+        result["latency"] = asyncio.run(
+            latencies(url, sh, since, until, args.repeat, some))
+        store = open_store(url)
+        try:
+            if args.reuse is not None and not args.retention:
+                return finish(result, args.json)
+            cut = datetime.fromtimestamp(since, UTC) + timedelta(days=args.days / 10)
+            t = time.perf_counter()
+            pruned = store.prune(cut)
+            result["prune"] = {"rows": pruned, "seconds": round(time.perf_counter() - t, 1)}
+            if args.store == "sqlite":
+                backup = Path(tmp) / "backup.db"
+                t = time.perf_counter()
+                n = store.backup(backup)  # type: ignore[attr-defined]
+                result["backup"] = {"rows": n, "seconds": round(time.perf_counter() - t, 1),
+                                    "bytes": backup.stat().st_size}
+        finally:
+            store.close()
+    finish(result, args.json)
+
+
+def finish(result: dict[str, Any], path: Path | None) -> None:
+    result["load_after"] = os.getloadavg()
+    text = json.dumps(result, indent=1)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+
+
+@contextmanager
+def workdir(keep: Path | None) -> Iterator[str]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield str(keep)
+        return
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VIGIL_BENCH_DIR")) as tmp:
+        yield tmp
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""Aggregates kept beside the measurements, so "how much was blocked, where, since when"
+answers in milliseconds however large the archive grows.
+
+Three rollup tables count measurements per time bucket and group; every ingest batch folds
+its new rows into them in the same transaction that stores the rows (so they are never ahead
+of or behind the archive), and ``prune`` subtracts what it deletes:
+
+    rollup_hour          hour  x country, network, test, blocking, status
+    rollup_day           day   x country, network, test, blocking, status
+    rollup_month_domain  month x country, network, domain, category, test, blocking, status
+
+Domain and category multiply the number of groups by the size of the test lists, so they are
+kept per calendar month: a time series for *one* domain is read from the measurements
+themselves (the ``domain`` index makes that a small range scan).  :func:`plan` picks the
+source for a question, or says why none fits.
+
+Everything here is pure (no database): the folding, the bucket arithmetic and the planning;
+the stores run the SQL it writes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+HOUR = 3600
+DAY = 86400
+# Longest span an hour-grain question may cover (744 buckets per group at most).
+MAX_HOUR_SPAN = timedelta(days=31)
+STATUSES = ("ok", "blocked", "throttled", "down", "inconclusive")
+
+
+class Grain(enum.StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+class AggDimension(enum.StrEnum):
+    """What ``/api/v1/aggregation`` can group by (at most two, at most one of them time)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+    COUNTRY = "country"
+    NETWORK = "network"
+    DOMAIN = "domain"
+    CATEGORY = "category"
+    TEST = "test"
+    BLOCKING = "blocking"
+
+    @property
+    def is_time(self) -> bool:
+        return self in (AggDimension.HOUR, AggDimension.DAY, AggDimension.MONTH)
+
+
+# Group dimensions and the column each reads (the same name in rollups and measurements).
+DIMENSION_COLUMN: Mapping[AggDimension, str] = {
+    AggDimension.COUNTRY: "probe_cc",
+    AggDimension.NETWORK: "probe_asn",
+    AggDimension.DOMAIN: "domain",
+    AggDimension.CATEGORY: "category_code",
+    AggDimension.TEST: "test_name",
+    AggDimension.BLOCKING: "blocking",
+}
+# Columns that may be NULL in measurements and are '' in the rollups.
+NULLABLE = frozenset({"domain", "category_code", "blocking"})
+
+
+@dataclass(frozen=True, slots=True)
+class RollupTable:
+    name: str
+    grain: Grain
+    columns: tuple[str, ...]  # group columns after ``bucket``; the count is ``n``
+    # How many group columns come before ``bucket`` in the primary key: 0 when questions are
+    # mostly time ranges (hour, day), 2 (country, network) for the monthly domain table,
+    # whose questions are mostly "this country's domains".
+    leading: int = 0
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (*self.columns[: self.leading], "bucket", *self.columns[self.leading :])
+
+
+ROLLUP_HOUR = RollupTable(
+    "rollup_hour", Grain.HOUR, ("probe_cc", "probe_asn", "test_name", "blocking", "status")
+)
+ROLLUP_DAY = RollupTable(
+    "rollup_day", Grain.DAY, ("probe_cc", "probe_asn", "test_name", "blocking", "status")
+)
+ROLLUP_MONTH_DOMAIN = RollupTable(
+    "rollup_month_domain",
+    Grain.MONTH,
+    ("probe_cc", "probe_asn", "domain", "category_code", "test_name", "blocking", "status"),
+    leading=2,
+)
+TABLES: tuple[RollupTable, ...] = (ROLLUP_HOUR, ROLLUP_DAY, ROLLUP_MONTH_DOMAIN)
+RAW = "measurements"
+
+
+# ---- time buckets ---------------------------------------------------------------------------
+def bucket_start(ts: float, grain: Grain) -> int:
+    """Start of the UTC hour, day or calendar month holding ``ts``, as Unix seconds."""
+    if grain is Grain.HOUR:
+        return int(ts // HOUR) * HOUR
+    if grain is Grain.DAY:
+        return int(ts // DAY) * DAY
+    when = datetime.fromtimestamp(ts, UTC)
+    return int(datetime(when.year, when.month, 1, tzinfo=UTC).timestamp())
+
+
+def bucket_end(start: int, grain: Grain) -> int:
+    """The start of the bucket after the one starting at ``start``."""
+    if grain is Grain.HOUR:
+        return start + HOUR
+    if grain is Grain.DAY:
+        return start + DAY
+    when = datetime.fromtimestamp(start, UTC)
+    year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
+
+
+def widen(since: datetime | None, until: datetime | None, grain: Grain
+          ) -> tuple[datetime | None, datetime | None]:
+    """Bounds rounded outwards to whole buckets: what a rollup of that grain can answer."""
+    lo = None if since is None else datetime.fromtimestamp(
+        bucket_start(since.timestamp(), grain), UTC)
+    hi = None
+    if until is not None:
+        start = bucket_start(until.timestamp(), grain)
+        hi_ts = start if start == until.timestamp() else bucket_end(start, grain)
+        hi = datetime.fromtimestamp(hi_ts, UTC)
+    return lo, hi
+
+
+# ---- folding new rows -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """The columns of one measurement the rollups count."""
+
+    start_ts: float
+    probe_cc: str
+    probe_asn: str
+    domain: str | None
+    category_code: str | None
+    test_name: str
+    blocking: str | None
+    status: str
+
+
+RollupDelta = dict[str, Counter[tuple[object, ...]]]
+
+
+def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
+    """Per table, ``(bucket, *group values) -> count`` for these measurements (``sign`` -1
+    to subtract pruned ones).  Runs on the ingest's store thread for every batch, so it is
+    written for speed: the key orders are those of ROLLUP_HOUR/DAY/MONTH_DOMAIN.columns."""
+    hour: Counter[tuple[object, ...]] = Counter()
+    day: Counter[tuple[object, ...]] = Counter()
+    month: Counter[tuple[object, ...]] = Counter()
+    month_of_day: dict[int, int] = {}
+    for f in facts:
+        ts = f.start_ts
+        tail = (f.test_name, f.blocking or "", f.status)
+        d = int(ts // DAY) * DAY
+        hour[(int(ts // HOUR) * HOUR, f.probe_cc, f.probe_asn, *tail)] += sign
+        day[(d, f.probe_cc, f.probe_asn, *tail)] += sign
+        m = month_of_day.get(d)
+        if m is None:
+            m = month_of_day[d] = bucket_start(ts, Grain.MONTH)
+        month[(m, f.probe_cc, f.probe_asn, f.domain or "", f.category_code or "", *tail)] += sign
+    return {ROLLUP_HOUR.name: hour, ROLLUP_DAY.name: day, ROLLUP_MONTH_DOMAIN.name: month}
+
+
+def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
+    """DDL for the rollup tables (types differ a little between backends; SQLite adds
+    ``WITHOUT ROWID`` so each table is one B-tree).  The primary key is the only index: it
+    leads with the bucket (or country and network, then bucket: RollupTable.leading), so a
+    question is one range scan, and every write at ingest touches one tree per table."""
+    out: list[str] = []
+    for t in TABLES:
+        cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
+        key = ", ".join(t.key)
+        out.append(
+            f"CREATE TABLE {t.name} (bucket {bucket_type} NOT NULL, {cols}, "
+            f"n {count_type} NOT NULL, PRIMARY KEY ({key})){suffix}"
+        )
+    return out
+
+
+def backfill_statements(bucket_sql: Mapping[Grain, str]) -> list[str]:
+    """Fill the rollups from measurements already stored (the migration that adds them)."""
+    out = []
+    for t in TABLES:
+        values = [f"COALESCE({c}, '')" if c in NULLABLE else c for c in t.columns]
+        groups = ", ".join(str(i + 1) for i in range(len(t.columns) + 1))
+        out.append(
+            f"INSERT INTO {t.name} (bucket, {', '.join(t.columns)}, n) "
+            f"SELECT {bucket_sql[t.grain]}, {', '.join(values)}, COUNT(*) FROM measurements "
+            f"GROUP BY {groups}"
+        )
+    return out
+
+
+def upsert_sql(t: RollupTable) -> str:
+    cols = ", ".join(("bucket", *t.columns, "n"))
+    marks = ", ".join("?" * (len(t.columns) + 2))
+    key = ", ".join(("bucket", *t.columns))
+    return (
+        f"INSERT INTO {t.name} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) "
+        f"DO UPDATE SET n = {t.name}.n + excluded.n"
+    )
+
+
+def delta_params(delta: RollupDelta, t: RollupTable) -> list[tuple[object, ...]]:
+    """Rows for :func:`upsert_sql`, in key order (a fixed lock order: no deadlock between
+    two collectors writing at once)."""
+    return [(*key, n) for key, n in sorted(delta[t.name].items()) if n != 0]
+
+
+# ---- answering questions --------------------------------------------------------------------
+class PlanError(ValueError):
+    """The question cannot be answered as asked; the text says what to ask instead."""
+
+    def __init__(self, param: str, detail: str) -> None:
+        super().__init__(detail)
+        self.param = param
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class AggFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    probe_cc: str | None = None
+    probe_asn: str | None = None
+    domain: str | None = None
+    category_code: str | None = None
+    test_name: str | None = None
+    blocking: str | None = None  # "" = not blocked
+
+
+AGG_FILTER_COLUMNS = ("probe_cc", "probe_asn", "domain", "category_code", "test_name",
+                      "blocking")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    source: str  # a rollup table name or RAW
+    grain: Grain | None  # the time dimension's grain, if any
+    since: datetime | None  # bounds actually counted (rounded to the source's buckets)
+    until: datetime | None
+
+
+def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
+    """Which table answers ``dims`` under ``where``, and over which exact time range."""
+    if not 1 <= len(dims) <= 2 or len(set(dims)) != len(dims):
+        raise PlanError("by", "give one or two different dimensions")
+    times = [d for d in dims if d.is_time]
+    if len(times) > 1:
+        raise PlanError("by", "at most one time dimension (hour, day or month)")
+    grain = Grain(times[0].value) if times else None
+    wants_domain = (AggDimension.DOMAIN in dims or AggDimension.CATEGORY in dims
+                    or where.category_code is not None)
+    if where.domain is not None:
+        # One domain: a small range scan of the measurements' domain index, exact bounds.
+        return Plan(RAW, grain, where.since, where.until)
+    if wants_domain:
+        if grain in (Grain.HOUR, Grain.DAY):
+            raise PlanError(
+                "by",
+                "domains and categories are aggregated per month: use month, or filter one "
+                "domain (domain=...) for an hourly or daily series",
+            )
+        since, until = widen(where.since, where.until, Grain.MONTH)
+        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+    if grain is Grain.MONTH:
+        since, until = widen(where.since, where.until, Grain.MONTH)
+        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+    if grain is Grain.HOUR:
+        if where.since is None:
+            raise PlanError("since", "an hourly series needs since (and spans 31 days at most)")
+        end = where.until or datetime.now(UTC)
+        if end - where.since > MAX_HOUR_SPAN:
+            raise PlanError("until", "an hourly series spans 31 days at most: use day")
+        since, until = widen(where.since, where.until, Grain.HOUR)
+        return Plan(ROLLUP_HOUR.name, grain, since, until)
+    # Day grain or no time dimension: the daily rollup, unless the bounds fall inside days
+    # and an hour-exact answer is cheap (a span of 31 days at most).
+    if _aligned(where, DAY):
+        since, until = widen(where.since, where.until, Grain.DAY)
+        return Plan(ROLLUP_DAY.name, grain, since, until)
+    end = where.until or datetime.now(UTC)
+    if grain is None and where.since is not None and end - where.since <= MAX_HOUR_SPAN:
+        since, until = widen(where.since, where.until, Grain.HOUR)
+        return Plan(ROLLUP_HOUR.name, grain, since, until)
+    since, until = widen(where.since, where.until, Grain.DAY)
+    return Plan(ROLLUP_DAY.name, grain, since, until)
+
+
+def _aligned(where: AggFilter, step: int) -> bool:
+    return all(t is None or t.timestamp() % step == 0 for t in (where.since, where.until))
+
+
+@dataclass(frozen=True, slots=True)
+class AggRow:
+    """One group: its key values (time as a datetime), counts per verdict status and, of the
+    blocked or throttled ones, counts per technique."""
+
+    keys: tuple[datetime | str, ...]
+    counts: Mapping[str, int]
+    techniques: Mapping[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def share(self, *statuses: str) -> float:
+        total = self.total
+        hit = sum(self.counts.get(s, 0) for s in statuses)
+        return 0.0 if total == 0 else round(hit / total, 6)
+
+
+TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
+
+
+def pivot_columns(count: str) -> list[str]:
+    """SQL for one group's counts per status and, of the blocked or throttled, per technique
+    (``count`` is ``n`` for a rollup, ``1`` for measurements): the group folds in SQL, so an
+    answer costs one row per group however many rollup rows it sums."""
+    cols = [f"SUM({count})"]
+    cols += [f"SUM(CASE WHEN status = '{s}' THEN {count} ELSE 0 END)" for s in STATUSES]
+    cols += [f"SUM(CASE WHEN status IN ('blocked', 'throttled') AND blocking = '{t}' "
+             f"THEN {count} ELSE 0 END)" for t in TECHNIQUES]
+    return cols
+
+
+def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[object]]) -> list[AggRow]:
+    """Rows of ``(key..., total, per status..., per technique...)`` as groups, oldest first
+    when there is a time dimension (the SQL already kept the largest ones)."""
+    out = []
+    nk = len(dims)
+    for r in rows:
+        keys = tuple(
+            datetime.fromtimestamp(int(float(str(k))), UTC) if d.is_time
+            else ("" if k is None else str(k))
+            for d, k in zip(dims, r[:nk], strict=True)
+        )
+        numbers = [int(str(x or 0)) for x in r[nk + 1: nk + 1 + len(STATUSES) + len(TECHNIQUES)]]
+        counts = {s: n for s, n in zip(STATUSES, numbers[: len(STATUSES)], strict=True) if n}
+        tech = {t: n for t, n in zip(TECHNIQUES, numbers[len(STATUSES):], strict=True) if n}
+        other = counts.get("blocked", 0) + counts.get("throttled", 0) - sum(tech.values())
+        if other > 0:
+            tech["unknown"] = other
+        out.append(AggRow(keys, counts, tech))
+    time_index = next((i for i, d in enumerate(dims) if d.is_time), None)
+    if time_index is not None:
+        out.sort(key=lambda g: (g.keys[time_index], [str(k) for k in g.keys]))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """An answer: the plan that produced it, the groups kept, how many groups there were
+    and how many measurements were counted in all of them."""
+
+    plan: Plan
+    rows: list[AggRow]
+    groups: int
+    total: int
