@@ -76,6 +76,9 @@ def run_pass(lab: Any, scenarios: list[Any], workdir: Path, tag: str,
             continue
         v, tk = rec["verdict"], rec.get("test_keys") or {}
         benign = tk.get("benign_rate") or {}
+        address = (tk.get("analysis") or {}).get("address") or {}
+        paces = [f["pace_ratio"] for f in address.get("figures", [])
+                 if f.get("pace_ratio") is not None]
         rows.append({
             "id": s.id, "truth": truth_of(s), "expect": [s.expect.status, s.expect.reason],
             "status": v["status"], "blocking": v.get("blocking"), "reason": v.get("reason"),
@@ -83,6 +86,9 @@ def run_pass(lab: Any, scenarios: list[Any], workdir: Path, tag: str,
             "bytes": int(tk.get("bytes_total", 0)),
             "seconds": float(tk.get("measurement_seconds", rec.get("test_runtime", 0))),
             "benign_bps": benign.get("rate_bps"),
+            # how close the address transfers came to "paced" (sustained / (IW per RTT))
+            "pace_ratio_min": min(paces) if paces else None,
+            "address_why": address.get("why"),
         })
     tally: dict[str, int] = {}
     for r in rows:
@@ -153,6 +159,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     rates = [r["benign_bps"] for r in rows if r["benign_bps"] and not r["id"].startswith(
         ACCESS_PREFIX)]
+    margins = {}
+    for cid, rs in cells.items():
+        seen = [r["pace_ratio_min"] for r in rs if r.get("pace_ratio_min") is not None]
+        if seen and rs[0]["truth"] == "benign":
+            margins[cid] = round(min(seen), 4)
     return {
         "benign": {"runs": len(benign), "cells": len({r["id"] for r in benign}),
                    "false_positives": sum(r["status"] == "throttled" for r in benign),
@@ -174,6 +185,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                           "seconds": _stats([r["seconds"] for r in throttled])},
         },
         "helper_path_benign_bps": _stats([float(x) for x in rates]),
+        # the lowest pace ratio a benign cell's address transfers showed (paced: under 0.35)
+        "benign_lowest_pace_ratio": dict(sorted(margins.items(), key=lambda kv: kv[1])),
         "cells": per_cell,
     }
 

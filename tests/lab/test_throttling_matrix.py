@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MATRIX = Path(__file__).resolve().parents[2] / "lab" / "throttling_matrix.toml"
 CELLS = load_files([MATRIX]).measured
 ACCESS_PREFIX = "access-"
-# a cap by address above a quarter of one initial window per round trip is, by design, not
+# a cap by address above 0.35 of one initial window per round trip is, by design, not
 # told apart from a loss-limited path (docs/throttling-apps-outages.md, "cannot")
 OUTSIDE_THE_BOUND = {"throttle-ip-1m-r50"}
 

@@ -23,13 +23,13 @@ any answer while the benign name worked: ``sni_blocking``) or it is missing data
 **Address** (reference: a bound from the measured path itself).  The target's own address is
 downloaded from (SNI and Host = the target, certificate verified).  A transfer is *paced* when
 it ran for at least ``pace_min_rtts`` round trips and ``pace_min_seconds`` after the first
-byte of its answer and moved less than ``pace_ratio`` (0.25) of what even an initial congestion
+byte of its answer and moved less than ``pace_ratio`` (0.35) of what even an initial congestion
 window (10 segments) per RTT delivers, the RTT being the smallest TCP handshake time of the
-address transfers.  TCP without a bottleneck sends at least that much per RTT,
-loss-limited TCP at 2 % loss still about 0.6-0.9 of it, a small page far away arrives within a
-round trip or two; a shaper's cap does not grow.  Pacing says *something* limits the flow;
-throttling by address is claimed only when every address transfer is paced and two other
-causes are excluded:
+address transfers.  TCP without a bottleneck sends at least that much per RTT, loss-limited
+TCP still about 0.86 of it at 2 % loss and 0.39 at 10 % (Mathis et al.), a small page far away
+arrives within a round trip or two; a shaper's cap does not grow.  Pacing says *something*
+limits the flow; throttling by address is claimed only when every address transfer is paced
+and two other causes are excluded:
 
 * the probe's own access link: its benign rate right now (the bulk endpoint, benign SNI; the
   median of its recent benign rates when the endpoint was unusable) is at least
@@ -68,7 +68,7 @@ class Thresholds:
     min_samples: int = 6  # per side, for the KS test
     strong_ratio: float = 0.1  # decisive without the KS test when samples are too few
     min_rate_bytes: int = 16_384  # a bulk transfer with fewer body bytes has no rate
-    pace_ratio: float = 0.25  # paced: sustained rate under this share of IW/RTT
+    pace_ratio: float = 0.35  # paced: sustained rate under this share of IW/RTT
     pace_min_rtts: float = 4.0  # ... for at least this many round trips after the head
     pace_min_seconds: float = 0.25  # ... and at least this long
     exclude_margin: float = 4.0  # access link / server must be this much faster

@@ -314,6 +314,10 @@ ADDRESS_CASES = [
      "throttling.ip"),
     ("ip-1M-5ms", 1 * MBIT, 5_000 * KB, 0.005, 0.0, 900 * MBIT, 800 * MBIT, Status.THROTTLED,
      "throttling.ip"),
+    ("ip-1M-30ms", 1 * MBIT, 5_000 * KB, 0.03, 0.0, 900 * MBIT, 800 * MBIT, Status.THROTTLED,
+     "throttling.ip"),
+    ("ip-1M-50ms-beyond-the-bound", 1 * MBIT, 5_000 * KB, 0.05, 0.0, 900 * MBIT, 800 * MBIT,
+     Status.OK, ""),
     ("ip-64k-small-page", 64e3, 30 * KB, 0.05, 0.0, 900 * MBIT, 800 * MBIT, Status.THROTTLED,
      "throttling.ip"),
 ]
