@@ -67,8 +67,9 @@ def simulate(rng: random.Random, kind: str, noise: float = NOISE
                 continue  # no usable rate this time: missing, not zero
             t = k * IV + phase
             r = rate * rng.lognormvariate(0.0, noise)
-            if kind == "evenings" and name in slowed and 18 <= (t % 86400) / 3600 < 23:
-                r *= 0.4
+            if kind == "evenings":
+                if name in slowed and 18 <= (t % 86400) / 3600 < 23:
+                    r *= 0.4
             elif name in slowed and start <= t < end:
                 r *= 0.1
             obs.append(Observation(name, asn, "IR", t, r))
