@@ -8,7 +8,7 @@ phases; access lines from 2 Mbit/s to 1 Gbit/s; log-normal noise, sigma 0.3 by d
 10 % of the measurements missing), a probe on a slow home line, a probe of another ISP, and
 a slowdown of the whole ISP to 10 % of its rate starting at a random time for 3-12
 intervals.  Control runs have no slowdown, one probe slowing down by itself, a minority of
-the ISP's probes slowing down (40 %), or the whole ISP at 40 % every evening (congestion).
+the ISP's probes slowing down (40 %), or the whole ISP at 20 % every evening (congestion).
 Reported: runs found, detection delay (detected_at -
 true start), start and end errors, all in measurement intervals, and events in the control
 runs (false events).  Also the detector's time for one pass over a realistic store (200
@@ -56,7 +56,7 @@ def simulate(rng: random.Random, kind: str, noise: float = NOISE
         slowed = {isp[0][0]}
     elif kind == "minority":
         slowed = {p[0] for p in isp[: int(0.4 * n)]}
-    elif kind == "evenings":  # congestion: the whole ISP at 40 % from 18:00 to 23:00 daily
+    elif kind == "evenings":  # congestion: the whole ISP at 20 % from 18:00 to 23:00 daily
         slowed = {p[0] for p in isp} | {"rural"}
     else:
         slowed = set()
@@ -67,8 +67,9 @@ def simulate(rng: random.Random, kind: str, noise: float = NOISE
                 continue  # no usable rate this time: missing, not zero
             t = k * IV + phase
             r = rate * rng.lognormvariate(0.0, noise)
-            if kind == "evenings" and name in slowed and 18 <= (t % 86400) / 3600 < 23:
-                r *= 0.4
+            if kind == "evenings":
+                if name in slowed and 18 <= (t % 86400) / 3600 < 23:
+                    r *= 0.2
             elif name in slowed and start <= t < end:
                 r *= 0.1
             obs.append(Observation(name, asn, "IR", t, r))

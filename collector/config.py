@@ -146,7 +146,7 @@ class SlowdownsConfig:
     enabled: bool = True
     interval_s: float = 3600.0  # the agents' throttling interval (throttling_interval_hours)
     window_s: float = 7 * 86400.0  # each probe's baseline window
-    alert_fraction: float = 0.5  # a probe is slow at or under this fraction of its baseline
+    alert_fraction: float = 0.3  # a probe is slow at or under this fraction of its baseline
     quorum: float = 0.6  # share of a group's active probes that must be slow
     min_probes: int = 3  # and at least this many
     webhooks: tuple[str, ...] = ()  # POST opened/closed events here (http(s) URLs)

@@ -84,7 +84,7 @@ _DETECT = [
                  show_default=True, help="the agents' throttling interval, seconds (one bin)"),
     click.option("--window", type=click.FloatRange(60, 60 * 86400), default=7 * 86400.0,
                  show_default=True, help="baseline window, seconds (each probe's own median)"),
-    click.option("--alert-fraction", type=float, default=0.5, show_default=True,
+    click.option("--alert-fraction", type=float, default=0.3, show_default=True,
                  help="a probe is slow at or under this fraction of its own baseline"),
     click.option("--quorum", type=float, default=0.6, show_default=True,
                  help="share of a group's active probes that must be slow"),

@@ -59,7 +59,7 @@ class SlowdownConfig:
     interval: float = 3600.0  # the agents' throttling interval, seconds: one bin
     baseline_window: float = 7 * 86400.0
     min_history: int = 3  # bins of its own history a probe needs before it counts
-    alert_fraction: float = 0.5  # slow: value at most this fraction of the probe's baseline
+    alert_fraction: float = 0.3  # slow: value at most this fraction of the probe's baseline
     quorum: float = 0.6  # share of the active probes that must be slow to open
     min_probes: int = 3  # and at least this many slow (and active) probes
     recover_quorum: float = 0.4  # ends when fewer than this share of active probes are slow

@@ -189,7 +189,7 @@ def test_known_open_event_keeps_its_identity_across_passes() -> None:
 # ---- properties -----------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(3, 12), seed=st.integers(0, 10_000), at=st.floats(0.0, 0.999),
-       length=st.integers(3, 10), factor=st.floats(0.02, 0.2))
+       length=st.integers(3, 10), factor=st.floats(0.02, 0.12))
 def test_any_whole_isp_slowdown_is_found_within_three_intervals(
         n: int, seed: int, at: float, length: int, factor: float) -> None:
     ls = lines(n, seed=seed)
@@ -242,10 +242,10 @@ def daily_rates(ls: list[Line], factor_at: dict[int, float], days: int = 10, see
 
 
 def test_busy_evenings_are_not_a_slowdown() -> None:
-    """Every evening the whole ISP runs at 40 % (congestion): the same hours of earlier days
+    """Every evening the whole ISP runs at 20 % (congestion): the same hours of earlier days
     are the reference, so it is the ISP's normal evening, not an event."""
     ls = lines(6)
-    evenings = {k: 0.4 for k in range(10 * 24) if 18 <= k % 24 < 23}
+    evenings = {k: 0.2 for k in range(10 * 24) if 18 <= k % 24 < 23}
     obs = daily_rates(ls, evenings)
     assert detect(obs, 8 * 86400.0, 10 * 86400.0, DAILY)[0] == []
     whole_day = SlowdownConfig(interval=HOUR, baseline_window=7 * 86400.0,
