@@ -248,6 +248,44 @@ def default_output(state_dir: Path) -> Path:
 
 
 # ---- the run ----------------------------------------------------------------------------------
+def _planned_jobs(
+    config: AgentConfig,
+    list_files: Sequence[Path],
+    test_names: Sequence[str],
+    classes: Sequence[type[Experiment]],
+    probe_cc: str,
+    stream: TextIO,
+) -> list[RunJob]:
+    """The run's jobs: the lists named (or configured, or the country's), the tests' inputs,
+    the volunteer's excluded categories left out; UsageError when nothing is left."""
+    explicit = bool(list_files)
+    if explicit:
+        paths = list(list_files)
+    elif config.lists.files:
+        paths = list(config.lists.files)
+    else:
+        directory = testlists.lists_dir(config.state_dir)
+        paths = testlists.default_paths(directory, probe_cc, config.lists.countries)
+    parsed = testlists.read_files(paths)
+    for problem in parsed.problems:
+        log.warning("skipped list row %s", problem)
+    # tests with their own inputs (apps, connectivity) take the list's URLs only when named
+    # on the command line: a default run over a 1,700-URL list must not run them 1,700 times
+    jobs = plan_jobs(classes, parsed.targets,
+                     (explicit or bool(config.lists.files)) and bool(test_names))
+    planned = len(jobs)
+    jobs, dropped = without_excluded(jobs, frozenset(config.lists.exclude_categories))
+    if dropped:
+        print(testlists.describe_dropped(dropped), file=stream)
+    if not jobs:
+        if planned:
+            raise UsageError("nothing to measure: every input is in an excluded category")
+        raise UsageError(f"nothing to measure in {', '.join(str(p) for p in paths)}")
+    if parsed.duplicates:
+        log.info("%d duplicate URL(s) measured once", parsed.duplicates)
+    return jobs
+
+
 async def run_once(
     config: AgentConfig,
     list_files: Sequence[Path],
@@ -280,31 +318,8 @@ async def run_once(
             print(refused.render(), file=stream, flush=True)
             if refused.stops_run:
                 raise VigilError(f"nothing measured: {refused.message}")
-        explicit = bool(list_files)
-        if explicit:
-            paths = list(list_files)
-        elif config.lists.files:
-            paths = list(config.lists.files)
-        else:
-            directory = testlists.lists_dir(config.state_dir)
-            paths = testlists.default_paths(directory, ctx.probe.probe_cc, config.lists.countries)
-        parsed = testlists.read_files(paths)
-        for problem in parsed.problems:
-            log.warning("skipped list row %s", problem)
-        # tests with their own inputs (apps, connectivity) take the list's URLs only when named
-        # on the command line: a default run over a 1,700-URL list must not run them 1,700 times
-        jobs = plan_jobs(classes, parsed.targets,
-                         (explicit or bool(config.lists.files)) and bool(test_names))
-        planned = len(jobs)
-        jobs, dropped = without_excluded(jobs, frozenset(config.lists.exclude_categories))
-        if dropped:
-            print(testlists.describe_dropped(dropped), file=stream)
-        if not jobs:
-            if planned:
-                raise UsageError("nothing to measure: every input is in an excluded category")
-            raise UsageError(f"nothing to measure in {', '.join(str(p) for p in paths)}")
-        if parsed.duplicates:
-            log.info("%d duplicate URL(s) measured once", parsed.duplicates)
+        jobs = _planned_jobs(config, list_files, test_names, classes, ctx.probe.probe_cc,
+                             stream)
         sink = JsonlFileSink(output)
         reporter = Reporter(len(jobs), stream, tty)
         limits = RunLimits(

@@ -45,6 +45,7 @@ from collector.helper.app import (
     CLIENT,
     HELPER_STATE,
     HelperExtension,
+    HelperState,
     add_route,
     outbound_ssl_context,
     read_json_object,
@@ -266,157 +267,204 @@ def _payload(check: dict[str, Any], kind: str) -> bytes:
     return payload
 
 
+# ---- the routes ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ThroughputRequest:
+    """A validated ``POST /api/v1/throughput`` body."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    target: str  # path and query
+    max_bytes: int
+    max_seconds: float
+
+
+def parse_throughput_request(body: dict[str, Any], limits: ExtLimits) -> ThroughputRequest:
+    """Validate the body; ``bad_request`` or ``target_forbidden`` (a banned port) otherwise."""
+    url = body.get("url")
+    if not isinstance(url, str):
+        raise Refusal(BAD_REQUEST, "url is required")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Refusal(BAD_REQUEST, "url must be http(s)://host/...")
+    try:
+        max_bytes = min(int(body.get("max_bytes", 262_144)), limits.throughput_max_bytes)
+        max_seconds = min(float(body.get("max_seconds", 3.0)), limits.throughput_max_seconds)
+    except (TypeError, ValueError):
+        raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be numbers") from None
+    if max_bytes <= 0 or not max_seconds > 0:
+        raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be positive")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Refusal(BAD_REQUEST, "url has an invalid port") from None
+    if not port_allowed(port):
+        raise Refusal(TARGET_FORBIDDEN, f"port {port} is refused by the target policy")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return ThroughputRequest(url, parts.scheme, parts.hostname, port, target, max_bytes,
+                             max_seconds)
+
+
+def _empty_result(check: dict[str, Any]) -> dict[str, Any]:
+    return {"address": "", "check": check.get("check"), "tcp_failure": None,
+            "tls_failure": None, "handshake_failure": None, "reply": None}
+
+
+def _no_store(body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+class ReachRoutes:
+    """``/api/v1/bulk``, ``/api/v1/throughput`` and ``/api/v1/reach`` for one helper app.
+
+    Every address dialled passes the helper's target policy at the last moment (the socket
+    is created by ``guarded_socket``), and every route spends the caller's budget (the
+    concurrency gate; reach one rate-limit token per connection).
+    """
+
+    def __init__(self, state: HelperState, bulk: BulkServer | None, limits: ExtLimits) -> None:
+        self.state = state
+        self.bulk = bulk
+        self.limits = limits
+        self.resolver = make_resolver(state.config.resolver)
+        self.verify_ctx = outbound_ssl_context(state.config.ca_file)
+        insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self.insecure = insecure
+
+    def guarded(self, ip: str) -> socket.socket:
+        """A TCP socket for ``ip``, created only if the target policy allows it."""
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        try:
+            return guarded_socket(self.state.policy, family, ip)
+        except ForbiddenAddress:
+            raise Refusal(TARGET_FORBIDDEN,
+                          "the address is refused by the target policy") from None
+
+    async def handle_bulk(self, request: web.Request) -> web.Response:
+        if self.bulk is None:
+            return _no_store({"available": False})
+        return _no_store({
+            "available": True,
+            "port": self.bulk.port,
+            "certificate_sha256": self.bulk.certificate_sha256,
+            "max_bytes": self.bulk.config.max_bytes,
+        })
+
+    async def _addresses(self, host: str) -> tuple[str, ...] | str:
+        """The host's addresses (an IP literal is its own), or the DNS failure string."""
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+            return (host,)
+        except OSError:
+            pass
+        try:
+            dns = await helper_resolve(self.resolver, host, self.limits.connect_timeout)
+        except ValueError:
+            raise Refusal(BAD_REQUEST, "bad host name") from None
+        return dns.failure if dns.failure is not None else dns.addrs
+
+    async def handle_throughput(self, request: web.Request) -> web.Response:
+        req = parse_throughput_request(await _read_json(request), self.limits)
+        out: dict[str, Any] = {"url": req.url}
+        addrs = await self._addresses(req.host)
+        if isinstance(addrs, str):
+            out.update(failure=addrs, bytes=0, seconds=0.0, rate_bps=None)
+            return _no_store(out)
+        allowed = [a for a in addrs if self.state.policy.allows(a)]
+        if not allowed:
+            raise Refusal(TARGET_FORBIDDEN, "every address of the host is refused")
+        async with self.state.gate.slot(request[CLIENT].key):
+            result = await measure_throughput(
+                allowed[0], req.port, req.host, req.target, tls=req.scheme == "https",
+                ssl_context=self.verify_ctx, policy_socket=self.guarded(allowed[0]),
+                max_bytes=req.max_bytes, max_seconds=req.max_seconds,
+                connect_timeout=self.limits.connect_timeout,
+            )
+        out.update(result)
+        return _no_store(out)
+
+    async def one_check(self, check: Any) -> dict[str, Any]:
+        if not isinstance(check, dict):
+            raise Refusal(BAD_REQUEST, "each check is an object")
+        kind = check.get("check")
+        if kind not in CHECKS:
+            raise Refusal(BAD_REQUEST, f"check must be one of {sorted(CHECKS)}")
+        ip, port = _endpoint(check.get("address"))
+        sni = check.get("sni")
+        if sni is not None and not isinstance(sni, str):
+            raise Refusal(BAD_REQUEST, "sni must be a string")
+        res = _empty_result(check)
+        res["address"] = f"{ip}:{port}"
+        t0 = time.monotonic()
+        if kind in ("tcp", "tls", "https"):
+            await self._tls(res, ip, port, None if kind == "tcp" else (sni or ip))
+        elif kind == "openvpn-tcp":
+            await self._openvpn_tcp(res, check, ip, port)
+        else:
+            await self._udp(res, check, "wireguard" if kind == "wireguard" else "openvpn",
+                            ip, port)
+        res["ok"] = all(res[k] is None for k in ("tcp_failure", "tls_failure",
+                                                   "handshake_failure"))
+        res["t"] = round(time.monotonic() - t0, 4)
+        return res
+
+    async def _tls(self, res: dict[str, Any], ip: str, port: int, sni: str | None) -> None:
+        tcp_f, tls_f = await tls_check(self.guarded(ip), ip, port, sni,
+                                       self.limits.tls_timeout, self.insecure)
+        res.update(tcp_failure=tcp_f, tls_failure=tls_f)
+
+    async def _openvpn_tcp(self, res: dict[str, Any], check: dict[str, Any], ip: str,
+                           port: int) -> None:
+        payload = ovpn_tcp_frame(_payload(check, "openvpn"))
+        reply, tcp_f, hs_f = await tcp_exchange(self.guarded(ip), ip, port, payload,
+                                                self.limits.connect_timeout)
+        res.update(tcp_failure=tcp_f, handshake_failure=hs_f)
+        if reply is not None:
+            res["reply"] = base64.b64encode(reply).decode("ascii")
+
+    async def _udp(self, res: dict[str, Any], check: dict[str, Any], kind: str, ip: str,
+                   port: int) -> None:
+        payload = _payload(check, kind)
+        if not self.state.policy.allows(ip):  # checked for all before; again, just before
+            raise Refusal(TARGET_FORBIDDEN, "the address is refused by the target policy")
+        reply, hs_f = await udp_exchange(ip, port, payload, self.limits.udp_timeout)
+        res["handshake_failure"] = hs_f
+        if reply is not None:
+            res["reply"] = base64.b64encode(reply[:512]).decode("ascii")
+
+    async def handle_reach(self, request: web.Request) -> web.Response:
+        body = await _read_json(request)
+        checks = body.get("checks")
+        if not isinstance(checks, list) or not checks or len(checks) > MAX_CHECKS:
+            raise Refusal(BAD_REQUEST, f"checks must be a list of 1..{MAX_CHECKS}")
+        for c in checks:  # validate everything before dialling anything
+            if not isinstance(c, dict) or c.get("check") not in CHECKS:
+                raise Refusal(BAD_REQUEST, f"check must be one of {sorted(CHECKS)}")
+            ip, _ = _endpoint(c.get("address"))
+            if not self.state.policy.allows(ip):
+                raise Refusal(TARGET_FORBIDDEN, "an address is refused by the target policy")
+        # One rate-limit token per connection the request makes the helper open: a list of
+        # checks costs what that many single requests would.
+        if len(checks) > 1:
+            self.state.limiter.take(request[CLIENT].key, cost=len(checks) - 1)
+        async with self.state.gate.slot(request[CLIENT].key):
+            results = await asyncio.gather(*(self.one_check(c) for c in checks))
+        return _no_store({"results": results})
+
+
 # ---- installation ---------------------------------------------------------------------------
 def reach_extension(bulk: BulkServer | None, limits: ExtLimits = ExtLimits()) -> HelperExtension:
     """The extension; ``bulk`` is started and stopped with the helper app when given."""
 
     def install(app: web.Application) -> None:
-        state = app[HELPER_STATE]
-        resolver = make_resolver(state.config.resolver)
-        verify_ctx = outbound_ssl_context(state.config.ca_file)
-        insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-
-        def guarded(ip: str) -> socket.socket:
-            """A TCP socket for ``ip``, created only if the target policy allows it."""
-            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-            try:
-                return guarded_socket(state.policy, family, ip)
-            except ForbiddenAddress:
-                raise Refusal(TARGET_FORBIDDEN,
-                              "the address is refused by the target policy") from None
-
-        async def handle_bulk(request: web.Request) -> web.Response:
-            if bulk is None:
-                return web.json_response(
-                    {"available": False}, headers={"Cache-Control": "no-store"}
-                )
-            return web.json_response(
-                {
-                    "available": True,
-                    "port": bulk.port,
-                    "certificate_sha256": bulk.certificate_sha256,
-                    "max_bytes": bulk.config.max_bytes,
-                },
-                headers={"Cache-Control": "no-store"},
-            )
-
-        async def handle_throughput(request: web.Request) -> web.Response:
-            body = await _read_json(request)
-            url = body.get("url")
-            if not isinstance(url, str):
-                raise Refusal(BAD_REQUEST, "url is required")
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise Refusal(BAD_REQUEST, "url must be http(s)://host/...")
-            try:
-                max_bytes = min(int(body.get("max_bytes", 262_144)),
-                                limits.throughput_max_bytes)
-                max_seconds = min(float(body.get("max_seconds", 3.0)),
-                                  limits.throughput_max_seconds)
-            except (TypeError, ValueError):
-                raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be numbers") from None
-            if max_bytes <= 0 or not max_seconds > 0:
-                raise Refusal(BAD_REQUEST, "max_bytes and max_seconds must be positive")
-            host = parts.hostname
-            try:
-                port = parts.port or (443 if parts.scheme == "https" else 80)
-            except ValueError:
-                raise Refusal(BAD_REQUEST, "url has an invalid port") from None
-            if not port_allowed(port):
-                raise Refusal(TARGET_FORBIDDEN, f"port {port} is refused by the target policy")
-            out: dict[str, Any] = {"url": url}
-            try:
-                socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-                addrs: tuple[str, ...] = (host,)
-            except OSError:
-                try:
-                    dns = await helper_resolve(resolver, host, limits.connect_timeout)
-                except ValueError:
-                    raise Refusal(BAD_REQUEST, "bad host name") from None
-                if dns.failure is not None:
-                    out.update(failure=dns.failure, bytes=0, seconds=0.0, rate_bps=None)
-                    return web.json_response(out, headers={"Cache-Control": "no-store"})
-                addrs = dns.addrs
-            allowed = [a for a in addrs if state.policy.allows(a)]
-            if not allowed:
-                raise Refusal(TARGET_FORBIDDEN, "every address of the host is refused")
-            async with state.gate.slot(request[CLIENT].key):
-                result = await measure_throughput(
-                    allowed[0], port, host,
-                    (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                    tls=parts.scheme == "https",
-                    ssl_context=verify_ctx, policy_socket=guarded(allowed[0]),
-                    max_bytes=max_bytes, max_seconds=max_seconds,
-                    connect_timeout=limits.connect_timeout,
-                )
-            out.update(result)
-            return web.json_response(out, headers={"Cache-Control": "no-store"})
-
-        async def one_check(check: Any) -> dict[str, Any]:
-            if not isinstance(check, dict):
-                raise Refusal(BAD_REQUEST, "each check is an object")
-            kind = check.get("check")
-            if kind not in CHECKS:
-                raise Refusal(BAD_REQUEST, f"check must be one of {sorted(CHECKS)}")
-            ip, port = _endpoint(check.get("address"))
-            sni = check.get("sni")
-            if sni is not None and not isinstance(sni, str):
-                raise Refusal(BAD_REQUEST, "sni must be a string")
-            res: dict[str, Any] = {"address": f"{ip}:{port}", "check": kind, "tcp_failure": None,
-                                   "tls_failure": None, "handshake_failure": None, "reply": None}
-            t0 = time.monotonic()
-            if kind in ("tcp", "tls", "https"):
-                tcp_f, tls_f = await tls_check(
-                    guarded(ip), ip, port, None if kind == "tcp" else (sni or ip),
-                    limits.tls_timeout, insecure,
-                )
-                res.update(tcp_failure=tcp_f, tls_failure=tls_f)
-            elif kind == "openvpn-tcp":
-                payload = ovpn_tcp_frame(_payload(check, "openvpn"))
-                reply, tcp_f, hs_f = await tcp_exchange(
-                    guarded(ip), ip, port, payload, limits.connect_timeout
-                )
-                res.update(tcp_failure=tcp_f, handshake_failure=hs_f)
-                if reply is not None:
-                    res["reply"] = base64.b64encode(reply).decode("ascii")
-            else:
-                payload = _payload(check, "wireguard" if kind == "wireguard" else "openvpn")
-                if not state.policy.allows(ip):  # checked for all before; again, just before
-                    raise Refusal(TARGET_FORBIDDEN, "the address is refused by the target policy")
-                reply, hs_f = await udp_exchange(ip, port, payload, limits.udp_timeout)
-                res["handshake_failure"] = hs_f
-                if reply is not None:
-                    res["reply"] = base64.b64encode(reply[:512]).decode("ascii")
-            res["ok"] = all(res[k] is None for k in ("tcp_failure", "tls_failure",
-                                                       "handshake_failure"))
-            res["t"] = round(time.monotonic() - t0, 4)
-            return res
-
-        async def handle_reach(request: web.Request) -> web.Response:
-            body = await _read_json(request)
-            checks = body.get("checks")
-            if not isinstance(checks, list) or not checks or len(checks) > MAX_CHECKS:
-                raise Refusal(BAD_REQUEST, f"checks must be a list of 1..{MAX_CHECKS}")
-            for c in checks:  # validate everything before dialling anything
-                if not isinstance(c, dict) or c.get("check") not in CHECKS:
-                    raise Refusal(BAD_REQUEST, f"check must be one of {sorted(CHECKS)}")
-                ip, _ = _endpoint(c.get("address"))
-                if not state.policy.allows(ip):
-                    raise Refusal(TARGET_FORBIDDEN, "an address is refused by the target policy")
-            # One rate-limit token per connection the request makes the helper open: a list of
-            # checks costs what that many single requests would.
-            if len(checks) > 1:
-                state.limiter.take(request[CLIENT].key, cost=len(checks) - 1)
-            async with state.gate.slot(request[CLIENT].key):
-                results = await asyncio.gather(*(one_check(c) for c in checks))
-            return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})
-
-        add_route(app, "GET", "/api/v1/bulk", handle_bulk)
-        add_route(app, "POST", "/api/v1/throughput", handle_throughput)
-        add_route(app, "POST", "/api/v1/reach", handle_reach)
-
+        routes = ReachRoutes(app[HELPER_STATE], bulk, limits)
+        add_route(app, "GET", "/api/v1/bulk", routes.handle_bulk)
+        add_route(app, "POST", "/api/v1/throughput", routes.handle_throughput)
+        add_route(app, "POST", "/api/v1/reach", routes.handle_reach)
         if bulk is not None:
             async def bulk_ctx(app: web.Application) -> Any:
                 await bulk.start()

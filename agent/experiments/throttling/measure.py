@@ -324,29 +324,54 @@ async def measure(input_: str, ctx: Any, settings: ThrottlingSettings | None = N
             address_failure = dns_failure or "dns_no_answer"
             address_failed_at = "dns"
         else:
-            for i in range(st.address_transfers):
-                cap = min(share, st.budget_bytes - used)
-                if cap <= 0 or loop.time() >= deadline:
-                    break
-                spec = TransferSpec(
-                    kind="address", round=st.max_rounds + i, ip=addrs[0], port=port,
-                    server_name=host, host_header=host, path=path, context=ctx.tls.verify,
-                    max_bytes=cap, max_seconds=st.address_max_seconds,
-                    sample_mean=st.sample_mean_s, connect_timeout=ctx.net.connect_timeout,
-                    tls_timeout=ctx.net.tls_timeout, tls=url.startswith("https://"),
-                )
-                tr, status = await download(spec, origin=origin, on_bytes=ctx.on_bytes,
-                                            note_local=note)
-                transfers.append(tr)
-                used += tr.bytes
-                if tr.failure is not None and tr.first_byte_t is None:
-                    break  # refused, reset or silent: a second try would say the same
-                if status is not None and status >= 300:
-                    address_failure = f"http_status_{status}"
-                    break
+            address_failure = await _address_transfers(
+                ctx, st, _AddressTarget(addrs[0], port, host, path, url.startswith("https://")),
+                origin=origin, deadline=deadline, share=share,
+                budget_left=st.budget_bytes - used, transfers=transfers, note=note,
+            )
         control_tp, control_failure = await _control_throughput(ctx, url, share)
     return obs(**fixed, control=control_tp, control_failure=control_failure,
                address_failure=address_failure, address_failed_at=address_failed_at)
+
+
+@dataclass(frozen=True, slots=True)
+class _AddressTarget:
+    ip: str
+    port: int
+    host: str
+    path: str
+    tls: bool
+
+
+async def _address_transfers(
+    ctx: Any, st: ThrottlingSettings, target: _AddressTarget, *, origin: float,
+    deadline: float, share: int, budget_left: int, transfers: list[Transfer],
+    note: Any,
+) -> str | None:
+    """Transfers from the target's own address (appended to ``transfers``); the failure that
+    ended them early, if one did."""
+    loop = asyncio.get_running_loop()
+    used = 0
+    for i in range(st.address_transfers):
+        cap = min(share, budget_left - used)
+        if cap <= 0 or loop.time() >= deadline:
+            break
+        spec = TransferSpec(
+            kind="address", round=st.max_rounds + i, ip=target.ip, port=target.port,
+            server_name=target.host, host_header=target.host, path=target.path,
+            context=ctx.tls.verify, max_bytes=cap, max_seconds=st.address_max_seconds,
+            sample_mean=st.sample_mean_s, connect_timeout=ctx.net.connect_timeout,
+            tls_timeout=ctx.net.tls_timeout, tls=target.tls,
+        )
+        tr, status = await download(spec, origin=origin, on_bytes=ctx.on_bytes,
+                                    note_local=note)
+        transfers.append(tr)
+        used += tr.bytes
+        if tr.failure is not None and tr.first_byte_t is None:
+            break  # refused, reset or silent: a second try would say the same
+        if status is not None and status >= 300:
+            return f"http_status_{status}"
+    return None
 
 
 async def _resolve(ctx: Any, host: str) -> tuple[tuple[str, ...], str | None]:

@@ -24,11 +24,11 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.experiments.throttling.model import Sample, Transfer
 from agent.net import failures, http1
-from agent.net.tcp import connect
+from agent.net.tcp import Connection, connect
 
 _RECV = 65536
 
@@ -198,6 +198,44 @@ class _Plain:
         return data
 
 
+@dataclass
+class _Progress:
+    """What one transfer has seen so far (filled in as it goes, turned into a Transfer)."""
+
+    t0: float
+    failure: str | None = None
+    stop: str = "failure"
+    status: int | None = None
+    cert: str | None = None
+    echoed: str | None = None
+    failed_at: str | None = None
+    tls_s: float | None = None
+    request_t: float | None = None
+    response_t: float | None = None
+    plain: int = 0
+    head_body: int = 0
+    expected: int | None = None
+    answer_wire_t: float | None = None
+    pre_answer_bytes: int = 0
+    first_byte: float | None = None
+    wire_bytes: int = 0
+    samples: list[Sample] = field(default_factory=list)
+
+    def rel(self) -> float:
+        return round(asyncio.get_running_loop().time() - self.t0, 6)
+
+    def fail(self, exc: BaseException, at: str) -> _Done:
+        self.failure = failures.classify(exc)
+        self.failed_at = at
+        return _Done()
+
+    def on_wire(self, n: int) -> None:
+        if self.first_byte is None:
+            self.first_byte = self.rel()
+            self.samples.append(Sample(self.first_byte, n))
+        self.wire_bytes += n
+
+
 async def download(
     spec: TransferSpec,
     *,
@@ -209,129 +247,40 @@ async def download(
     """Run one transfer; returns the observation and the HTTP status (None if none)."""
     loop = asyncio.get_running_loop()
     rnd = rng or random.Random()
-    t0 = loop.time()
-    state = {"bytes": 0}
-    samples: list[Sample] = []
-    first_byte: float | None = None
-    failure: str | None = None
-    stop = "failure"
-    status: int | None = None
-    cert: str | None = None
-    echoed: str | None = None
-    failed_at: str | None = None
-    tls_s: float | None = None
-    request_t: float | None = None
-    response_t: float | None = None
-    plain = 0
-    head_body = 0
-    expected: int | None = None
-    answer_wire_t: float | None = None
-    pre_answer_bytes = 0
-
-    def rel() -> float:
-        return round(loop.time() - t0, 6)
-
+    p = _Progress(t0=loop.time())
     conn = await connect(spec.ip, spec.port, timeout=spec.connect_timeout, origin=origin)
     if note_local is not None:
         note_local(conn.local_ip)
     sampler: asyncio.Task[None] | None = None
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(rnd.expovariate(1.0 / spec.sample_mean))
+            if p.wire_bytes > 0:
+                p.samples.append(Sample(p.rel(), p.wire_bytes))
+
     try:
         if conn.sock is None:
-            failure = conn.failure
-            failed_at = "connect"
+            p.failure, p.failed_at = conn.failure, "connect"
             raise _Done
-        tls: _TLS | _Plain
-        if spec.tls:
-            secure = _TLS.wrap(conn.sock, spec.context, spec.server_name, on_bytes)
-            tls_start = loop.time()
-            try:
-                async with asyncio.timeout(spec.tls_timeout):
-                    await secure.handshake()
-            except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
-                failure = failures.classify(exc)
-                failed_at = "tls"
-                raise _Done from None
-            tls_s = round(loop.time() - tls_start, 6)
-            der = secure.obj.getpeercert(binary_form=True)
-            cert = None if der is None else hashlib.sha256(der).hexdigest()
-            tls = secure
-        else:
-            tls = _Plain(conn.sock, on_bytes)
-        request = http1.request(spec.path, spec.host_header)
+        channel = await _open_channel(spec, conn.sock, on_bytes, p)
+        channel.on_wire = p.on_wire
         deadline = loop.time() + spec.max_seconds
-
-        async def sample() -> None:
-            while True:
-                await asyncio.sleep(rnd.expovariate(1.0 / spec.sample_mean))
-                if state["bytes"] > 0:
-                    samples.append(Sample(rel(), state["bytes"]))
-
-        def on_wire(n: int) -> None:
-            nonlocal first_byte
-            if first_byte is None:
-                first_byte = rel()
-                samples.append(Sample(first_byte, n))
-            state["bytes"] += n
-
-        tls.on_wire = on_wire
-        wire0 = tls.wire_in
-        buf = b""
+        wire0 = channel.wire_in
         try:
             async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
-                request_t = rel()
-                await tls.send(request)
+                p.request_t = p.rel()
+                await channel.send(http1.request(spec.path, spec.host_header))
                 sampler = asyncio.create_task(sample())
-                while (parts := http1.split_head(buf)) is None:
-                    chunk = await tls.recv()
-                    if not chunk:
-                        raise EOFError("connection closed before the response head")
-                    buf += chunk
+                head, body = await _response_head(channel)
         except (OSError, EOFError, TimeoutError, ssl.SSLError, ValueError) as exc:
-            failure = failures.classify(exc)
-            failed_at = "request"
-            raise _Done from None
-        response_t = rel()
-        if tls.first_data_wire is not None:
-            answer_wire_t = round(tls.first_data_wire[1] - t0, 6)
-            pre_answer_bytes = max(0, tls.first_data_wire[0] - wire0)
-        head, body = parts
-        status, headers = http1.parse_response_head(head)
-        echoed = headers.get("x-vigil-sni")
-        limit = spec.max_bytes
-        length = headers.get("content-length", "")
-        if length.isdigit():
-            limit = min(limit, int(length))
-            expected = limit
-        elif spec.max_bytes <= len(body):
-            expected = spec.max_bytes
-        plain = len(body)
-        head_body = plain
-        stop = "eof"
-        try:
-            while plain < limit:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    stop = "time"
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        chunk = await tls.recv()
-                except TimeoutError:
-                    stop = "time"
-                    break
-                if not chunk:
-                    stop = "eof"
-                    if expected is None:  # no Content-Length: a clean end is the end
-                        expected = plain
-                    break
-                plain += len(chunk)
-            else:
-                stop = "bytes" if limit == spec.max_bytes else "eof"
-                expected = limit
-        except (OSError, EOFError, ssl.SSLError) as exc:
-            failure = failures.classify(exc)
-            failed_at = "body"
-            stop = "failure"
+            raise p.fail(exc, "request") from None
+        p.response_t = p.rel()
+        if channel.first_data_wire is not None:
+            p.answer_wire_t = round(channel.first_data_wire[1] - p.t0, 6)
+            p.pre_answer_bytes = max(0, channel.first_data_wire[0] - wire0)
+        limit = _read_head(spec, head, body, p)
+        await _read_body(channel, limit, deadline, spec.max_bytes, p)
     except _Done:
         pass
     finally:
@@ -340,37 +289,121 @@ async def download(
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
         conn.close()
-    end = rel()
-    if state["bytes"] > 0 and (not samples or samples[-1].t < end):
-        samples.append(Sample(end, state["bytes"]))
-    transfer = Transfer(
+    end = p.rel()
+    if p.wire_bytes > 0 and (not p.samples or p.samples[-1].t < end):
+        p.samples.append(Sample(end, p.wire_bytes))
+    return _transfer(spec, conn, p, origin, loop.time()), p.status
+
+
+async def _open_channel(
+    spec: TransferSpec, sock: socket.socket, on_bytes: Callable[[int], None] | None,
+    p: _Progress,
+) -> _TLS | _Plain:
+    """TLS with the spec's SNI (the certificate's hash recorded), or plain HTTP."""
+    if not spec.tls:
+        return _Plain(sock, on_bytes)
+    loop = asyncio.get_running_loop()
+    secure = _TLS.wrap(sock, spec.context, spec.server_name, on_bytes)
+    tls_start = loop.time()
+    try:
+        async with asyncio.timeout(spec.tls_timeout):
+            await secure.handshake()
+    except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+        raise p.fail(exc, "tls") from None
+    p.tls_s = round(loop.time() - tls_start, 6)
+    der = secure.obj.getpeercert(binary_form=True)
+    p.cert = None if der is None else hashlib.sha256(der).hexdigest()
+    return secure
+
+
+async def _response_head(channel: _TLS | _Plain) -> tuple[bytes, bytes]:
+    """Read until the response head is complete: (head, the body bytes after it)."""
+    buf = b""
+    while (parts := http1.split_head(buf)) is None:
+        chunk = await channel.recv()
+        if not chunk:
+            raise EOFError("connection closed before the response head")
+        buf += chunk
+    return parts
+
+
+def _read_head(spec: TransferSpec, head: bytes, body: bytes, p: _Progress) -> int:
+    """Status, echoed SNI and how many body bytes to read (the announced length, capped)."""
+    p.status, headers = http1.parse_response_head(head)
+    p.echoed = headers.get("x-vigil-sni")
+    limit = spec.max_bytes
+    length = headers.get("content-length", "")
+    if length.isdigit():
+        limit = min(limit, int(length))
+        p.expected = limit
+    elif spec.max_bytes <= len(body):
+        p.expected = spec.max_bytes
+    p.plain = p.head_body = len(body)
+    p.stop = "eof"
+    return limit
+
+
+async def _read_body(
+    channel: _TLS | _Plain, limit: int, deadline: float, max_bytes: int, p: _Progress
+) -> None:
+    """Read the body until ``limit`` bytes, the end, the deadline or a failure."""
+    loop = asyncio.get_running_loop()
+    try:
+        while p.plain < limit:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                p.stop = "time"
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    chunk = await channel.recv()
+            except TimeoutError:
+                p.stop = "time"
+                return
+            if not chunk:
+                p.stop = "eof"
+                if p.expected is None:  # no Content-Length: a clean end is the end
+                    p.expected = p.plain
+                return
+            p.plain += len(chunk)
+        p.stop = "bytes" if limit == max_bytes else "eof"
+        p.expected = limit
+    except (OSError, EOFError, ssl.SSLError) as exc:
+        p.failure = failures.classify(exc)
+        p.failed_at = "body"
+        p.stop = "failure"
+
+
+def _transfer(
+    spec: TransferSpec, conn: Connection, p: _Progress, origin: float, now: float
+) -> Transfer:
+    return Transfer(
         kind=spec.kind,
         round=spec.round,
         server_name=spec.server_name,
         address=f"{spec.ip}:{spec.port}",
-        failure=failure,
-        t0=round(t0 - origin, 6),
-        t=round(loop.time() - origin, 6),
-        bytes=state["bytes"],
-        first_byte_t=first_byte,
-        stop=stop,
-        samples=tuple(samples),
-        peer_certificate_sha256=cert,
-        echoed_server_name=echoed,
+        failure=p.failure,
+        t0=round(p.t0 - origin, 6),
+        t=round(now - origin, 6),
+        bytes=p.wire_bytes,
+        first_byte_t=p.first_byte,
+        stop=p.stop,
+        samples=tuple(p.samples),
+        peer_certificate_sha256=p.cert,
+        echoed_server_name=p.echoed,
         connect_s=None if conn.failure else round(conn.t - conn.t0, 6),
-        tls_s=tls_s,
-        request_t=request_t,
-        response_t=response_t,
-        first_wire_t=first_byte,
-        answer_wire_t=answer_wire_t,
-        pre_answer_bytes=pre_answer_bytes,
-        status_code=status,
-        body_bytes=plain,
-        head_body_bytes=head_body,
-        expected_bytes=expected,
-        failed_at=failed_at,
+        tls_s=p.tls_s,
+        request_t=p.request_t,
+        response_t=p.response_t,
+        first_wire_t=p.first_byte,
+        answer_wire_t=p.answer_wire_t,
+        pre_answer_bytes=p.pre_answer_bytes,
+        status_code=p.status,
+        body_bytes=p.plain,
+        head_body_bytes=p.head_body,
+        expected_bytes=p.expected,
+        failed_at=p.failed_at,
     )
-    return transfer, status
 
 
 class _Done(Exception):
