@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -123,7 +124,9 @@ async def _outage_detector(app: web.Application) -> AsyncIterator[None]:
     watcher = await store.call(Watcher, store.store, watch)
     stop = asyncio.Event()
     rt.outages.enabled = True
-    task = asyncio.create_task(_detect(watcher, rt.outages, stop), name="vigil-outages")
+    task = asyncio.create_task(
+        _detect(watcher, watcher.config.detector.step, "outage detection", rt.outages, stop),
+        name="vigil-outages")
     task.add_done_callback(lambda t: _task_done(rt, "outage detector", stop, t))
     app[OUTAGE_TASK] = task
     rt.stops.append(stop)
@@ -150,8 +153,9 @@ async def _slowdown_detector(app: web.Application) -> AsyncIterator[None]:
     watcher = await store.call(SlowdownWatcher, store.store, watch)
     stop = asyncio.Event()
     rt.slowdowns.enabled = True
-    task = asyncio.create_task(_detect_slowdowns(watcher, rt.slowdowns, stop),
-                               name="vigil-slowdowns")
+    task = asyncio.create_task(
+        _detect(watcher, watcher.config.step, "slowdown detection", rt.slowdowns, stop),
+        name="vigil-slowdowns")
     task.add_done_callback(lambda t: _task_done(rt, "slowdown detector", stop, t))
     app[SLOWDOWN_TASK] = task
     rt.stops.append(stop)
@@ -163,26 +167,6 @@ async def _slowdown_detector(app: web.Application) -> AsyncIterator[None]:
         finished = await _finish(task, 30.0, "slowdown detector")
         if finished:  # else a pass is still running on a worker thread with this store
             await store.close()
-
-
-async def _detect_slowdowns(watcher: SlowdownWatcher, stats: OutageLoopStats,
-                            stop: asyncio.Event) -> None:
-    """The slowdown detector every quarter interval until ``stop``."""
-    async with aiohttp.ClientSession() as session:
-        while not stop.is_set():
-            try:
-                events = await watcher.check(time.time(), session)
-            except Exception as exc:  # a failed pass (database away) must not end the loop
-                stats.failures += 1
-                stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("slowdown detection pass failed: %s", stats.last_error)
-            else:
-                stats.passes += 1
-                stats.last_success = time.time()
-                stats.ongoing = sum(1 for e in events if e.ongoing)
-                stats.last_error = ""
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), watcher.config.step)
 
 
 async def _signal_stop(app: web.Application) -> None:
@@ -215,17 +199,24 @@ async def _finish(task: asyncio.Task[None], timeout: float, what: str) -> bool:
     return True
 
 
-async def _detect(watcher: Watcher, stats: OutageLoopStats, stop: asyncio.Event) -> None:
-    """The outage detector every ``step`` (a quarter heartbeat) until ``stop``."""
-    step = watcher.config.detector.step
+class _Checker(Protocol):
+    """A detector's background pass (outages or slowdowns): check, notify, return events."""
+
+    async def check(self, now: float, session: aiohttp.ClientSession) -> Sequence[Any]: ...
+
+
+async def _detect(checker: _Checker, step: float, what: str, stats: OutageLoopStats,
+                  stop: asyncio.Event) -> None:
+    """A detector (outages every quarter heartbeat, slowdowns every quarter interval) every
+    ``step`` seconds until ``stop``; a failed pass (database away) is counted, never fatal."""
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
             try:
-                events = await watcher.check(time.time(), session)
-            except Exception as exc:  # a failed pass (database away) must not end the loop
+                events = await checker.check(time.time(), session)
+            except Exception as exc:
                 stats.failures += 1
                 stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("outage detection pass failed: %s", stats.last_error)
+                log.warning("%s pass failed: %s", what, stats.last_error)
             else:
                 stats.passes += 1
                 stats.last_success = time.time()
