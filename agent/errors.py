@@ -76,3 +76,8 @@ class PublishError(VigilError):
 
 class BudgetExceeded(VigilError):
     """A runtime or data budget is exhausted."""
+
+
+class PacketsUnavailable(VigilError):
+    """Raw packets cannot be captured or sent here (no packet process, no capability, no scapy);
+    recorded as "not available", never a failure of the measurement."""

@@ -72,7 +72,7 @@ def compare_ttl(reference: int | None, observed: int, path_spread: int = 0) -> T
 class FlowForensics:
     """One TCP flow that the server (or someone in its name) ended."""
 
-    client: str  # "ip:port"
+    client_port: int  # the probe's own address is never recorded
     server: str  # "ip:port"
     terminator: str  # "rst" | "fin"
     verdict: str
@@ -85,7 +85,7 @@ class FlowForensics:
     def to_json(self) -> dict[str, Any]:
         s, p = self.synack, self.packet
         return {
-            "kind": "tcp", "client": self.client, "server": self.server,
+            "kind": "tcp", "client_port": self.client_port, "server": self.server,
             "terminator": self.terminator, "verdict": self.verdict, "reason": self.reason,
             "reference": None if s is None else _summary(s),
             "packet": _summary(p),
@@ -180,7 +180,7 @@ def tcp_flow(packets: Sequence[Packet], client_ip: str, client_port: int, server
             reason += (f"; but the server kept sending data after it ({len(late)} packet(s) "
                        "with its TTL): someone else ended the flow")
     return FlowForensics(
-        client=_ep(client_ip, client_port), server=_ep(server_ip, server_port), terminator=kind,
+        client_port=client_port, server=_ep(server_ip, server_port), terminator=kind,
         verdict=verdict, reason=reason, synack=synack, packet=term, slack=cmp.slack,
         late_server_data=len(late),
     )
@@ -243,4 +243,58 @@ def summarize(items: Sequence[dict[str, Any]]) -> str | None:
     for item in items:
         if item.get("verdict") == INJECTED:
             return str(item.get("reason"))
+    return None
+
+
+def _ended_by_server(packets: Sequence[Packet], server_ip: str, server_port: int,
+                     client_port: int, result: FlowForensics) -> bool:
+    """A reset always counts; a FIN only when it came before the probe's own."""
+    if result.terminator == "rst":
+        return True
+    own_fin = [p.t for p in packets if p.proto == "tcp" and p.dst == server_ip
+               and p.dport == server_port and p.sport == client_port and "F" in p.flags]
+    return not own_fin or result.packet.t < min(own_fin)
+
+
+def analyze_capture(packets: Sequence[Packet], servers: Iterable[tuple[str, int]],
+                    resolvers: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    """Every flow to ``servers`` the server side ended, every DNS query to ``resolvers``.
+
+    The test keys' ``packet_evidence`` object (without its ``status``)."""
+    flows: list[dict[str, Any]] = []
+    for ip, port in sorted(set(servers)):
+        ends = sorted({(p.dst, p.dport) for p in packets
+                       if p.proto == "tcp" and p.src == ip and p.sport == port})
+        for client_ip, client_port in ends:
+            result = tcp_flow(packets, client_ip, client_port, ip, port)
+            if result is not None and _ended_by_server(packets, ip, port, client_port, result):
+                flows.append(result.to_json())
+    queries: list[dict[str, Any]] = []
+    for ip, port in sorted(set(resolvers)):
+        keys = sorted({(p.dport, p.dns_id) for p in packets
+                       if p.proto == "udp" and p.src == ip and p.sport == port
+                       and p.dns_id is not None})
+        for client_port, qid in keys:
+            assert qid is not None
+            dres = dns_query(packets, ip, port, client_port, qid)
+            if dres is not None:
+                queries.append(dres.to_json())
+    findings = [f for f in (*flows, *queries) if f["verdict"] == INJECTED]
+    return {"flows": flows, "dns": queries, "injected": bool(findings),
+            "summary": summarize(findings) if findings else None}
+
+
+def verdict_evidence(evidence: dict[str, Any]) -> str | None:
+    """The verdict's short machine form: ``packets.reset_injected.hop3`` and the like."""
+    for item in (*evidence.get("flows", ()), *evidence.get("dns", ())):
+        if item.get("verdict") != INJECTED:
+            continue
+        if item.get("kind") == "dns":
+            hops = [r["sender_hop"] for r in item.get("replies", ())
+                    if r.get("verdict") == INJECTED]
+            return f"packets.dns_injected.hop{hops[0]}" if hops else "packets.dns_injected"
+        return f"packets.{item.get('terminator', 'rst')}_injected.hop{item.get('sender_hop')}"
+    flows = evidence.get("flows", ())
+    if flows and all(f.get("verdict") == CONSISTENT for f in flows):
+        return "packets.server_ended"
     return None

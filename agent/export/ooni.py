@@ -76,6 +76,9 @@ def _web_test_keys(tk: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any
     control = out.get("control")
     if isinstance(control, dict):
         control.pop("client", None)  # Vigil's addition; OONI's control has no such key
+    evidence = out.pop("packet_evidence", None)
+    if evidence is not None:  # Vigil's raw-packet forensics: an extension key for OONI
+        out["x_packet_evidence"] = evidence
     blocking, accessible = _blocking_accessible(verdict)
     out["blocking"] = blocking
     out["accessible"] = accessible
