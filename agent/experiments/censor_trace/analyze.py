@@ -80,6 +80,14 @@ def conclude(hops: Sequence[Mapping[str, Any]], networks: Mapping[str, HopNetwor
         action = next((o for o in trig if o in TORN_DOWN), None)
         if action is None and early and "answer" in trig:
             action = "answer"  # a reply before the destination could have heard the question
+        if action is not None and not twin_torn and not early:
+            # only once the destination hears it: the destination itself (a server that
+            # refuses the name) or a box at its very door; nothing on the path before it
+            return Conclusion(False, "destination", ttl, hop_address(h), None, destination,
+                              None, None,
+                              f"the destination (hop {destination}) itself tears the "
+                              f"{_what(protocol)} down and not its twin: no censor on the "
+                              "path before it")
         if action is not None and not twin_torn:
             resp = next((p.get("response") for p in h.get("trigger", ())
                          if p.get("outcome") == action and p.get("response")), None)

@@ -65,6 +65,12 @@ def test_the_server_s_own_reset_is_not_placed_on_the_path() -> None:
     assert not c.found
 
 
+def test_a_server_refusing_only_the_trigger_is_not_a_censor_on_the_path() -> None:
+    c = conclude(trace(["expired"] * 4 + ["reset"], ["expired"] * 4 + ["answer"]), NETS,
+                 "AS64500", "tls")
+    assert (c.found, c.action, c.hop, c.destination_hop) == (False, "destination", 5, 5)
+
+
 def test_no_interference_and_out_of_budget() -> None:
     clean = conclude(trace(["expired"] * 4 + ["answer"], ["expired"] * 4 + ["answer"]), NETS,
                      "AS64500", "http")
