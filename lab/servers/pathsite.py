@@ -20,6 +20,7 @@ from typing import Any
 import dns.exception
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
@@ -112,7 +113,7 @@ class Resolver(asyncio.DatagramProtocol):
             response.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", "A",
                                                             self.zone[name]))
         elif name not in self.zone:
-            response.set_rcode(3)  # NXDOMAIN
+            response.set_rcode(dns.rcode.NXDOMAIN)
         wire = response.to_wire()
         asyncio.get_running_loop().call_later(self.delay, self._send, wire, addr)
 

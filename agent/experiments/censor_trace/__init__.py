@@ -13,7 +13,7 @@ budget_s (40 s a trace), dns (true: also trace the DNS query towards the system 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -79,7 +79,7 @@ def _clean_probe(p: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def record_hops(hops: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def record_hops(hops: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"ttl": h.get("ttl"), "address": hop_address(h),
              "trigger": [_clean_probe(p) for p in h.get("trigger", ())],
              "twin": [_clean_probe(p) for p in h.get("twin", ())]} for h in hops]
