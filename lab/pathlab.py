@@ -246,6 +246,25 @@ class PathLab:
         data: dict[str, Any] = json.loads(proc.stdout)
         return data
 
+    def agent_cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """``vigil-agent ARGS`` in the probe's namespace, configured for this lab (packets
+        spawned, the lab's resolver and CA, a control URL nobody answers: no helper here)."""
+        home = self.dir / "agent"
+        home.mkdir(exist_ok=True)
+        cfg = home / "agent.toml"
+        cfg.write_text(
+            f'[agent]\nstate_dir = "{home}"\n\n[net]\nresolver = "{RESOLVER}"\n'
+            f'\n[control]\nurl = "http://{SITE}:8"\ntimeout = 2\n'
+            f'\n[packets]\nspawn = true\n\n[censor_trace]\nmax_hops = 8\ntimeout = 0.8\n',
+            encoding="utf-8")
+        agent = Path(sys.executable).parent / "vigil-agent"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "VIGIL_STATE_DIR": str(home)}
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns("probe"), str(agent), *args, "--config", str(cfg),
+             "--ca-file", str(self.ca_file)],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO),
+            check=False)
+
     def injector_events(self) -> list[dict[str, Any]]:
         path = self.dir / "injector.jsonl"
         if not path.exists():

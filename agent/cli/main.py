@@ -21,6 +21,7 @@ COMMANDS = {
     "init": "agent.cli.init:init",
     "status": "agent.cli.status:status",
     "doctor": "agent.cli.doctor:doctor",
+    "trace": "agent.cli.trace:trace",
 }
 
 

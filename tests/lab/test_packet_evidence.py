@@ -119,3 +119,12 @@ def test_an_open_site_shows_nothing(path_lab: PathLab) -> None:
     keys, tverdict = _trace(path_lab, f"https://{OPEN}/")
     assert all(t["conclusion"]["action"] == "none" for t in keys["traces"])
     assert (tverdict["status"], tverdict["reason"]) == ("ok", "trace.no_interference")
+
+
+def test_trace_command_prints_the_censor_s_hop_and_keeps_the_record(path_lab: PathLab) -> None:
+    layout = path_lab.layout
+    proc = path_lab.agent_cli("trace", f"https://{BLOCKED}/")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = proc.stdout.splitlines()[0]
+    assert f"comes from hop {layout.censor_hop} ({hop_address(layout.censor_hop)})" in first
+    assert "trace.reset_at_hop" in proc.stderr  # the run's own summary: a signed record made
