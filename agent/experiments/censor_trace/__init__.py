@@ -8,7 +8,8 @@ for it) and a benign twin are sent with TTL 1, 2, 3... by the packet process (CA
 network comes from the control helper's IP database.  ``analyze.conclude`` says where it acts.
 
 Config ``[censor_trace]``: max_hops (16), probes_per_hop (1), timeout (1.0 s a probe),
-budget_s (40 s a trace), dns (true: also trace the DNS query towards the system resolver).
+budget_s (40 s a trace), dns (true: also trace the DNS query towards the system resolver),
+auto (false: the long-running agent traces blocked URLs only when true), per_day (4).
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ class TraceSettings:
     timeout: float = 1.0
     budget_s: float = 40.0
     dns: bool = True
+    auto: bool = False  # the long-running agent traces what web_connectivity found blocked
+    per_day: int = 4  # ... at most this many a day
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> TraceSettings:
-        unknown = set(section) - {"max_hops", "probes_per_hop", "timeout", "budget_s", "dns"}
+        unknown = set(section) - {"max_hops", "probes_per_hop", "timeout", "budget_s", "dns",
+                                  "auto", "per_day"}
         if unknown:
             raise ConfigError(f"[censor_trace]: unknown key(s) {', '.join(sorted(unknown))}")
         base = cls()
@@ -55,11 +59,14 @@ class TraceSettings:
             v = values[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= hi:
                 raise ConfigError(f"[censor_trace] {key} must be a number in (0, {hi}]")
-        if not isinstance(values["dns"], bool):
-            raise ConfigError("[censor_trace] dns must be true or false")
+        auto, per_day = section.get("auto", False), section.get("per_day", 4)
+        if not isinstance(values["dns"], bool) or not isinstance(auto, bool):
+            raise ConfigError("[censor_trace] dns and auto must be true or false")
+        if isinstance(per_day, bool) or not isinstance(per_day, int) or not 0 <= per_day <= 96:
+            raise ConfigError("[censor_trace] per_day must be an integer in [0, 96]")
         return cls(max_hops=int(values["max_hops"]), probes_per_hop=int(values["probes_per_hop"]),
                    timeout=float(values["timeout"]), budget_s=float(values["budget_s"]),
-                   dns=bool(values["dns"]))
+                   dns=bool(values["dns"]), auto=auto, per_day=per_day)
 
 
 def _clean_probe(p: Mapping[str, Any]) -> dict[str, Any]:
