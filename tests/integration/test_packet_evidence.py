@@ -6,7 +6,14 @@ traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import socket
 import ssl
+import struct
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,10 +22,13 @@ import trustme
 
 from agent.config import AgentConfig, NetConfig
 from agent.engine.runner import MeasureContext
+from agent.errors import PacketsUnavailable
 from agent.experiments import forensics
 from agent.experiments.web_connectivity import with_evidence
 from agent.experiments.web_connectivity.measure import measure
 from agent.net.dns import ResolverAddress
+from agent.net.rawprobe.client import PacketSettings, capture
+from agent.net.rawprobe.protocol import CaptureRequest
 from agent.net.rawprobe.server import availability
 from agent.net.tls import make_contexts
 from agent.wire.record import Status, Verdict
@@ -92,3 +102,70 @@ async def test_without_a_packet_process_the_measurement_says_not_available(
         "reason": "no packet process (the vigil-packets service is not running)"}
     assert obs.tls_handshakes  # the measurement itself is whole
     assert with_evidence(Verdict(status=Status.INCONCLUSIVE), obs.packet_evidence).evidence is None
+
+
+async def _serve(argv: list[str], sock: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+    for _ in range(200):  # bounded: up to 10 s for the socket to appear
+        if sock.exists() or proc.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    return proc
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()  # our own child, by its handle
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+@needs_raw
+async def test_the_service_mode_captures_over_its_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "packets.sock"
+    proc = await _serve([sys.executable, "-m", "agent.net.rawprobe.server", "--socket",
+                         str(sock)], sock)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        settings = PacketSettings(socket=str(sock))
+        async with capture(settings, CaptureRequest((port,), 10, 100)) as session:
+            client = socket.create_connection(("127.0.0.1", port))
+            conn, _ = server.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            client.close()
+            # the process lets the capture settle before it answers: no sleep needed here
+            packets = await session.stop([f"127.0.0.1:{port}"])
+    finally:
+        server.close()
+        await _stop(proc)
+    flags = [p.flags for p in packets if p.sport == port]
+    assert "SA" in flags and any("R" in f for f in flags), flags
+    assert all(p.src == "127.0.0.1" for p in packets)
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.skipif(SETPRIV is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to start the process without privilege")
+async def test_without_the_capability_the_process_says_why() -> None:
+    with tempfile.TemporaryDirectory(prefix="vigil-packets-") as tmp:
+        os.chmod(tmp, 0o777)  # the unprivileged process makes its socket here
+        await _unprivileged(Path(tmp) / "packets.sock")
+
+
+async def _unprivileged(sock: Path) -> None:
+    assert SETPRIV is not None
+    proc = await _serve([SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups",
+                         "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m",
+                         "agent.net.rawprobe.server", "--socket", str(sock)], sock)
+    try:
+        with pytest.raises(PacketsUnavailable, match="CAP_NET_RAW"):
+            async with capture(PacketSettings(socket=str(sock)),
+                               CaptureRequest((443,), 1, 10)):
+                pass
+    finally:
+        await _stop(proc)

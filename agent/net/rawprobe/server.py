@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import struct
 import sys
@@ -34,7 +35,9 @@ from agent.net.rawprobe.protocol import CaptureRequest, ProtocolError, TraceRequ
 
 MAX_SESSIONS = 4
 DUPLICATE_WINDOW_S = 0.005
-GRACE_S = 0.3  # after the first answer to a probe: how long to wait for a second one
+GRACE_S = 0.3
+SETTLE_QUIET_S = 0.15
+SETTLE_LIMIT_S = 1.0  # after the first answer to a probe: how long to wait for a second one
 ICMP_TIME_EXCEEDED = 11
 ICMP_UNREACHABLE = 3
 
@@ -174,9 +177,24 @@ class Capture:
             self._recent.append((item["t"], key))
             if len(self.packets) >= self.max_packets:
                 self.dropped += 1
+                self.cond.notify_all()
                 return
             self.packets.append(item)
             self.cond.notify_all()
+
+    def settle(self, quiet: float = SETTLE_QUIET_S, limit: float = SETTLE_LIMIT_S) -> None:
+        """Wait until no packet has arrived for ``quiet`` seconds (at most ``limit``): the
+        last packets of a flow are still in the sniffer's queue when the agent says stop."""
+        end = time.monotonic() + limit
+        with self.cond:
+            while True:
+                seen = len(self.packets) + self.dropped
+                now = time.monotonic()
+                if now >= end:
+                    return
+                self.cond.wait(timeout=min(quiet, end - now))
+                if len(self.packets) + self.dropped == seen:
+                    return
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -412,6 +430,7 @@ class Session:
                 endpoints = proto.parse_endpoints(stop)
             except TimeoutError:
                 pass
+            await asyncio.to_thread(cap.settle)
         finally:
             await asyncio.to_thread(cap.stop)
         with cap.cond:
@@ -454,6 +473,7 @@ async def _serve_socket(path: str) -> None:
         os.unlink(path)
     server = await asyncio.start_unix_server(client, path, limit=proto.MAX_LINE)
     os.chmod(path, 0o660)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)  # no config
     async with server:
         await server.serve_forever()
 

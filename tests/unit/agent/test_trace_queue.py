@@ -14,7 +14,6 @@ from lab.records import make_record
 T0 = datetime(2026, 6, 18, 10, tzinfo=UTC)
 
 
-
 @pytest.mark.parametrize(("test_name", "verdict", "queued"), [
     ("web_connectivity", Verdict(Status.BLOCKED, Blocking.TLS, "tls.sni_reset"), True),
     ("web_connectivity", Verdict(Status.BLOCKED, Blocking.TCP_IP, "tcp.reset"), True),
