@@ -37,6 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 SITE = "198.19.1.5"
 DETOUR_SITE = "198.19.1.6"  # the same server; its resets take the detour
 RESOLVER = "198.19.0.53"
+HELPER = "198.19.0.10"  # the control helper, on the detour router (its IP database names hops)
+HELPER_PORT = 8080
+ISP_ASN, ISP_NAME = 64500, "Lab ISP"  # the probe's network: the probe and hops 1..3
+TRANSIT_ASN, TRANSIT_NAME = 64510, "Lab Internet"  # hops 4.. and the server
+ISP_HOPS = 3
 FORGED_ANSWER = "10.10.34.35"
 BLOCKED = "blocked.lab.test"  # the censor resets TLS and HTTP for it
 DNS_BLOCKED = "dnsblocked.lab.test"  # the censor forges its DNS answer
@@ -144,6 +149,9 @@ class PathLab:
         self._ip("detour", "route", "add", "198.19.0.0/16", "via", "198.18.121.2")
         for addr in (SITE, DETOUR_SITE, RESOLVER):
             self._ip("server", "addr", "add", f"{addr}/32", "dev", "lo")
+        # the control helper lives on the detour router: an uncensored vantage point
+        self._ip("detour", "addr", "add", f"{HELPER}/32", "dev", "lo")
+        self._ip("server", "route", "add", f"{HELPER}/32", "via", "198.18.121.1")
         # the detour site's resets leave over the detour (a path change inside the flow)
         self._ip("server", "rule", "add", "fwmark", "1", "lookup", "100")
         self._ip("server", "route", "add", "default", "via", "198.18.121.1", "table", "100")
@@ -167,7 +175,36 @@ class PathLab:
             "dns": [{"name": DNS_BLOCKED, "a": [FORGED_ANSWER]}],
             "dns_tcp": [], "ipv6": False, "log_file": str(self.dir / "injector.jsonl"),
         })
-        self._wait_ready(["pathsite", "injector"])
+        self._start_helper()
+        self._wait_ready(["pathsite", "injector", "helper"])
+
+    def ipdb_rows(self) -> list[tuple[str, str, int, str, str]]:
+        """The helper's IP database: the probe's link and hops 1..ISP_HOPS are the probe's
+        ISP, every later hop and the server are another network."""
+        rows = [(f"{link_net(k)}.0", f"{link_net(k)}.255", ISP_ASN, "IR", ISP_NAME)
+                for k in range(1, ISP_HOPS + 1)]
+        rows += [(f"{link_net(k)}.0", f"{link_net(k)}.255", TRANSIT_ASN, "US", TRANSIT_NAME)
+                 for k in range(ISP_HOPS + 1, self.layout.routers + 2)]
+        rows.append(("198.19.0.0", "198.19.255.255", TRANSIT_ASN, "US", TRANSIT_NAME))
+        return sorted(rows, key=lambda r: tuple(int(x) for x in r[0].split(".")))
+
+    def _start_helper(self) -> None:
+        ipdb = self.dir / "ipdb.tsv"
+        ipdb.write_text("".join("\t".join(str(x) for x in row) + "\n"
+                                for row in self.ipdb_rows()), encoding="utf-8")
+        argv = [str(Path(sys.executable).parent / "vigil-collector"), "helper",
+                "--host", HELPER, "--port", str(HELPER_PORT), "--allow-range", "198.18.0.0/15",
+                "--ipdb", str(ipdb), "--ca-file", str(self.ca_file), "--resolver", RESOLVER,
+                "--mode", "open", "--rate-per-minute", "1000000"]
+        (self.dir / "helper-home").mkdir(exist_ok=True)
+        self._start("helper", "detour", "lab.servers.guard", {
+            "argv": argv, "cwd": str(self.dir), "ready_tcp": [HELPER, HELPER_PORT],
+            "ready_timeout": 25, "child_pid_file": str(self.dir / "helper.child.pid"),
+            "env": {"HOME": str(self.dir / "helper-home")}})
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{HELPER}:{HELPER_PORT}"
 
     def _link(self, a: str, a_if: str, a_addr: str, b: str, b_if: str, b_addr: str) -> None:
         self._ip(a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns",
@@ -238,7 +275,8 @@ class PathLab:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.run(
             ["ip", "netns", "exec", self.ns("probe"), sys.executable, "-m", "lab.pathprobe",
-             command, url, "--resolver", RESOLVER, "--ca-file", str(self.ca_file)],
+             command, url, "--resolver", RESOLVER, "--ca-file", str(self.ca_file),
+             "--control-url", self.control_url],
             capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO),
             check=False)
         if proc.returncode != 0:
@@ -248,13 +286,13 @@ class PathLab:
 
     def agent_cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """``vigil-agent ARGS`` in the probe's namespace, configured for this lab (packets
-        spawned, the lab's resolver and CA, a control URL nobody answers: no helper here)."""
+        spawned, the lab's resolver and CA, the lab's control helper)."""
         home = self.dir / "agent"
         home.mkdir(exist_ok=True)
         cfg = home / "agent.toml"
         cfg.write_text(
             f'[agent]\nstate_dir = "{home}"\n\n[net]\nresolver = "{RESOLVER}"\n'
-            f'\n[control]\nurl = "http://{SITE}:8"\ntimeout = 2\n'
+            f'\n[control]\nurl = "{self.control_url}"\n'
             f'\n[packets]\nspawn = true\n\n[censor_trace]\nmax_hops = 8\ntimeout = 0.8\n',
             encoding="utf-8")
         agent = Path(sys.executable).parent / "vigil-agent"

@@ -150,9 +150,8 @@ def tcp_flow(packets: Sequence[Packet], client_ip: str, client_port: int, server
         key=lambda p: p.t,
     )
     synack = next((p for p in inbound if "S" in p.flags and "A" in p.flags), None)
-    term = next((p for p in inbound if "R" in p.flags), None)
-    if term is None:
-        term = next((p for p in inbound if "F" in p.flags), None)
+    # the first FIN or RST ended it (a reset after the server's own FIN only closes the rest)
+    term = next((p for p in inbound if "R" in p.flags or "F" in p.flags), None)
     if term is None:
         return None
     kind = "rst" if "R" in term.flags else "fin"
@@ -248,12 +247,12 @@ def summarize(items: Sequence[dict[str, Any]]) -> str | None:
 
 def _ended_by_server(packets: Sequence[Packet], server_ip: str, server_port: int,
                      client_port: int, result: FlowForensics) -> bool:
-    """A reset always counts; a FIN only when it came before the probe's own."""
-    if result.terminator == "rst":
-        return True
-    own_fin = [p.t for p in packets if p.proto == "tcp" and p.dst == server_ip
-               and p.dport == server_port and p.sport == client_port and "F" in p.flags]
-    return not own_fin or result.packet.t < min(own_fin)
+    """The server side ended the flow: its RST or FIN came before the probe's own FIN or RST
+    (a reset that answers the probe's close is the end of a finished flow, not a block)."""
+    own_end = [p.t for p in packets if p.proto == "tcp" and p.dst == server_ip
+               and p.dport == server_port and p.sport == client_port
+               and ("F" in p.flags or "R" in p.flags)]
+    return not own_end or result.packet.t < min(own_end)
 
 
 def analyze_capture(packets: Sequence[Packet], servers: Iterable[tuple[str, int]],
@@ -285,7 +284,9 @@ def analyze_capture(packets: Sequence[Packet], servers: Iterable[tuple[str, int]
 
 
 def verdict_evidence(evidence: dict[str, Any]) -> str | None:
-    """The verdict's short machine form: ``packets.reset_injected.hop3`` and the like."""
+    """The verdict's short machine form: ``packets.rst_injected.hop3``,
+    ``packets.dns_injected.hop2``, ``packets.server_reset``; None when the packets say
+    nothing about who ended a flow."""
     for item in (*evidence.get("flows", ()), *evidence.get("dns", ())):
         if item.get("verdict") != INJECTED:
             continue
@@ -294,7 +295,7 @@ def verdict_evidence(evidence: dict[str, Any]) -> str | None:
                     if r.get("verdict") == INJECTED]
             return f"packets.dns_injected.hop{hops[0]}" if hops else "packets.dns_injected"
         return f"packets.{item.get('terminator', 'rst')}_injected.hop{item.get('sender_hop')}"
-    flows = evidence.get("flows", ())
-    if flows and all(f.get("verdict") == CONSISTENT for f in flows):
-        return "packets.server_ended"
+    resets = [f for f in evidence.get("flows", ()) if f.get("terminator") == "rst"]
+    if resets and all(f.get("verdict") == CONSISTENT for f in resets):
+        return "packets.server_reset"  # the server's own reset (a FIN after a page is normal)
     return None

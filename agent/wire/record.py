@@ -44,7 +44,7 @@ class Verdict:
     fingerprint: str | None = None
     interference: str | None = None
     # raw-packet evidence about who ended the flow (``packets.rst_injected.hop3``,
-    # ``packets.dns_injected.hop2``, ``packets.server_ended``); None without packets
+    # ``packets.dns_injected.hop2``, ``packets.server_reset``); None without packets
     evidence: str | None = None
 
     def __post_init__(self) -> None:

@@ -85,7 +85,7 @@ async def test_the_server_s_own_reset_is_not_called_injected(
     [q] = ev["dns"]  # the resolver's reply, with the resolver's TTL
     assert q["replies"][0]["ttl"] == 64
     verdict = with_evidence(Verdict(status=Status.INCONCLUSIVE), ev)
-    assert verdict.evidence == "packets.server_ended"
+    assert verdict.evidence == "packets.server_reset"
     assert "127.0.0.1:" not in str([f.get("client_port") for f in ev["flows"]])
 
 

@@ -18,8 +18,12 @@ from lab.pathlab import (
     BLOCKED,
     DETOUR_RESET,
     DNS_BLOCKED,
+    ISP_ASN,
+    ISP_HOPS,
+    ISP_NAME,
     OPEN,
     SELF_RESET,
+    TRANSIT_ASN,
     PathLab,
     hop_address,
 )
@@ -64,6 +68,8 @@ def test_injected_reset_names_the_censor_s_hop(path_lab: PathLab, scheme: str) -
         assert flow["sender_hop"] == layout.censor_hop
         assert flow["server_hop"] == layout.server_hop
     assert verdict["evidence"] == f"packets.rst_injected.hop{layout.censor_hop}"
+    assert (verdict["status"], verdict["blocking"]) == (
+        "blocked", "tls" if scheme == "https" else "http-failure")
 
     keys, tverdict = _trace(path_lab, f"{scheme}://{BLOCKED}/")
     proto = "tls" if scheme == "https" else "http"
@@ -72,6 +78,11 @@ def test_injected_reset_names_the_censor_s_hop(path_lab: PathLab, scheme: str) -
     assert (c["found"], c["action"], c["hop"], c["address"]) == (
         True, "reset", layout.censor_hop, hop_address(layout.censor_hop))
     assert c["sender_hop"] == layout.censor_hop and c["destination_hop"] == layout.server_hop
+    # the hop's network, from the control helper's IP database, against the probe's own
+    inside = layout.censor_hop <= ISP_HOPS
+    assert c["asn"] == f"AS{ISP_ASN if inside else TRANSIT_ASN}"
+    assert c["inside_probe_network"] is inside
+    assert keys["probe_asn"] == f"AS{ISP_ASN}"
     assert tverdict["status"] == "blocked" and tverdict["reason"] == "trace.reset_at_hop"
     # below the censor the trigger expired like its twin, at the routers the lab built
     for hop in trace["hops"][: layout.censor_hop - 1]:
@@ -88,6 +99,7 @@ def test_injected_dns_answer_names_the_censor_s_hop(path_lab: PathLab) -> None:
     assert [r["sender_hop"] for r in forged] == [layout.censor_hop]
     assert [r["sender_hop"] for r in genuine] == [layout.server_hop]
     assert verdict["evidence"] == f"packets.dns_injected.hop{layout.censor_hop}"
+    assert (verdict["status"], verdict["blocking"]) == ("blocked", "dns")
 
     keys, tverdict = _trace(path_lab, f"https://{DNS_BLOCKED}/")
     dns_trace = next(t for t in keys["traces"] if t["protocol"] == "dns")
@@ -97,14 +109,19 @@ def test_injected_dns_answer_names_the_censor_s_hop(path_lab: PathLab) -> None:
     assert tverdict["blocking"] == "dns"
 
 
-@pytest.mark.parametrize("host", [SELF_RESET, DETOUR_RESET])
-def test_the_server_s_own_reset_is_never_called_injected(path_lab: PathLab, host: str) -> None:
+@pytest.mark.parametrize(("host", "evidence"), [
+    (SELF_RESET, "packets.server_reset"),  # same TTL as the SYN-ACK
+    (DETOUR_RESET, None),  # one hop longer: within what a path change explains, so unsaid
+])
+def test_the_server_s_own_reset_is_never_called_injected(path_lab: PathLab, host: str,
+                                                         evidence: str | None) -> None:
     """The server resets (and for the detour site its reset comes back one hop longer)."""
     ev, verdict = _evidence(path_lab, f"https://{host}/")
     assert ev["flows"] and not ev["injected"]
     assert all(f["verdict"] != "injected" for f in ev["flows"])
     assert all(q["verdict"] != "injected" for q in ev["dns"])
-    assert "injected" not in verdict.get("evidence", "")
+    assert verdict.get("evidence") == evidence
+    assert verdict["status"] != "blocked"  # the helper sees the same reset: the site's own
     keys, tverdict = _trace(path_lab, f"https://{host}/")
     tls = next(t for t in keys["traces"] if t["protocol"] == "tls")
     assert tls["conclusion"]["found"] is False
@@ -115,7 +132,7 @@ def test_the_server_s_own_reset_is_never_called_injected(path_lab: PathLab, host
 def test_an_open_site_shows_nothing(path_lab: PathLab) -> None:
     ev, verdict = _evidence(path_lab, f"https://{OPEN}/")
     assert not ev["injected"]
-    assert verdict["status"] != "blocked" or verdict["reason"] == "control.failed"
+    assert verdict["status"] == "ok" and "evidence" not in verdict
     keys, tverdict = _trace(path_lab, f"https://{OPEN}/")
     assert all(t["conclusion"]["action"] == "none" for t in keys["traces"])
     assert (tverdict["status"], tverdict["reason"]) == ("ok", "trace.no_interference")
@@ -126,5 +143,6 @@ def test_trace_command_prints_the_censor_s_hop_and_keeps_the_record(path_lab: Pa
     proc = path_lab.agent_cli("trace", f"https://{BLOCKED}/")
     assert proc.returncode == 0, proc.stderr[-2000:]
     first = proc.stdout.splitlines()[0]
-    assert f"comes from hop {layout.censor_hop} ({hop_address(layout.censor_hop)})" in first
+    assert (f"comes from hop {layout.censor_hop} ({hop_address(layout.censor_hop)}, "
+            f"AS{ISP_ASN} {ISP_NAME}), inside the probe's network (AS{ISP_ASN})") in first
     assert "trace.reset_at_hop" in proc.stderr  # the run's own summary: a signed record made

@@ -94,6 +94,27 @@ def test_tcp_flow_table(rows: list[Packet], verdict: str, terminator: str, hop: 
     json.dumps(result.to_json())
 
 
+def test_only_flows_the_server_side_ended_are_reported() -> None:
+    mine = Packet(t=0.30, src=CLIENT, dst=SERVER, proto="tcp", ttl=64, ip_id=1, df=True,
+                  sport=40000, dport=443, flags="FA")
+    page = [tcp(0.01, "SA", 60), tcp(0.2, "PA", 60, payload=900)]
+    after_my_close = F.analyze_capture([*page, mine, tcp(0.31, "R", 60)], [(SERVER, 443)], [])
+    assert after_my_close["flows"] == []  # the reset answers the probe's own close
+    before = F.analyze_capture([*page, tcp(0.25, "RA", 62), mine], [(SERVER, 443)], [])
+    assert [f["verdict"] for f in before["flows"]] == [F.INJECTED]
+    assert F.verdict_evidence(before) == "packets.rst_injected.hop3"
+    assert F.verdict_evidence(after_my_close) is None
+
+
+def test_the_first_fin_or_reset_ends_the_flow() -> None:
+    # the server closed after its page; its later bare reset only answers stray packets
+    pkts = [tcp(0.01, "SA", 60), tcp(0.1, "PA", 60, payload=500), tcp(0.11, "FA", 60),
+            tcp(0.2, "R", 60)]
+    result = F.tcp_flow(pkts, CLIENT, 40000, SERVER, 443)
+    assert result is not None and (result.terminator, result.verdict) == ("fin", F.CONSISTENT)
+    assert F.verdict_evidence(F.analyze_capture(pkts, [(SERVER, 443)], [])) is None
+
+
 def test_flow_without_end_is_not_judged() -> None:
     assert F.tcp_flow([tcp(0.01, "SA", 60), tcp(0.1, "PA", 60, payload=5)],
                       CLIENT, 40000, SERVER, 443) is None

@@ -93,8 +93,8 @@ def test_verdict_evidence_is_optional_on_the_wire() -> None:
 def test_ooni_export_carries_packet_evidence_as_an_extension_key() -> None:
     evidence = {"status": "ok", "flows": [], "dns": [], "injected": False}
     record = make_record("a" * 26, 1, test_keys={"hostname": "a.test", "packet_evidence": evidence},
-                         verdict=Verdict(Status.OK, evidence="packets.server_ended"))
+                         verdict=Verdict(Status.OK, evidence="packets.server_reset"))
     out = to_ooni(record.to_json())
     assert out["test_keys"]["x_packet_evidence"] == evidence
     assert "packet_evidence" not in out["test_keys"]
-    assert out["test_keys"]["vigil_verdict"]["evidence"] == "packets.server_ended"
+    assert out["test_keys"]["vigil_verdict"]["evidence"] == "packets.server_reset"
