@@ -27,7 +27,7 @@ class WebConnectivity(ExperimentBase):
     """The registered experiment; ``analyzer`` and ``fingerprints`` can be injected in tests."""
 
     name: ClassVar[str] = "web_connectivity"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"  # 0.2: optional packet_evidence, verdict.evidence
 
     def __init__(
         self, analyzer: Analyzer | None = None, fingerprints: Fingerprints | None = None
