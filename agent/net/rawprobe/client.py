@@ -163,6 +163,12 @@ async def capture(settings: PacketSettings, request: CaptureRequest
         await chan.close()
 
 
+async def check(settings: PacketSettings) -> None:
+    """Raise PacketsUnavailable (with the reason) unless the packet process can capture."""
+    chan = await _open(settings)
+    await chan.close()
+
+
 async def trace(settings: PacketSettings, request: TraceRequest) -> dict[str, Any]:
     chan = await _open(settings)
     try:
