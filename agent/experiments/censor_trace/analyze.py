@@ -98,8 +98,10 @@ def conclude(hops: Sequence[Mapping[str, Any]], networks: Mapping[str, HopNetwor
         if (all(_outcomes(r, "trigger") and all(o == "silent" for o in _outcomes(r, "trigger"))
                 for r in rest)
                 and any(o in ("expired", "answer") for r in rest for o in _outcomes(r, "twin"))):
-            return _found("drop", int(h["ttl"]), h, None, destination, networks, probe_asn,
-                          protocol)
+            # silent from TTL k on: dropped after the last hop that answered (k-1), by it
+            # when it forwards or by hop k; the last answering hop is what can be named
+            return _found("drop", int(h["ttl"]), hops[i - 1] if i > 0 else {}, None,
+                          destination, networks, probe_asn, protocol)
     if destination is not None:
         return Conclusion(False, "none", None, None, None, destination, None, None,
                           f"no interference: the {_what(protocol)} and its twin both reached "
@@ -123,16 +125,21 @@ def _found(action: str, ttl: int, hop: Mapping[str, Any], resp: Mapping[str, Any
     if network is not None and probe_asn and network.asn not in ("AS0", ""):
         inside = network.asn == probe_asn
     sent_from = sender_hop(int(resp["ttl"])) if resp and "ttl" in resp else None
-    noun = {"reset": "the reset", "fin": "the forged close", "answer": "the forged reply",
-            "drop": "the drop"}[action]
-    verb = "happens at" if action == "drop" else "comes from"
-    where = f"hop {ttl}"
+    named = ""
     if address:
-        where += f" ({address}"
+        named = f" ({address}"
         if network is not None and network.asn not in ("AS0", ""):
-            where += f", {network.asn}" + (f" {network.name}" if network.name else "")
-        where += ")"
-    text = f"{noun} of the {_what(protocol)} {verb} {where}"
+            named += f", {network.asn}" + (f" {network.name}" if network.name else "")
+        named += ")"
+    if action == "drop" and ttl > 1:
+        text = (f"the {_what(protocol)} is dropped after hop {ttl - 1}{named}, by that hop or "
+                f"by hop {ttl}")
+    elif action == "drop":
+        text = f"the {_what(protocol)} is dropped by the first hop"
+    else:
+        noun = {"reset": "the reset", "fin": "the forged close",
+                "answer": "the forged reply"}[action]
+        text = f"{noun} of the {_what(protocol)} comes from hop {ttl}{named}"
     if inside is True:
         text += f", inside the probe's network ({probe_asn})"
     elif inside is False:

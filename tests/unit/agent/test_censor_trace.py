@@ -55,7 +55,10 @@ def test_the_censor_is_placed(trigger: list[str], twin: list[str], action: str, 
         True, action, hop, 5, inside)
     assert f"hop {hop}" in c.text and NETS[c.address or ""].asn in c.text
     if action != "drop":
-        assert c.sender_hop == hop
+        assert c.sender_hop == hop and c.address == ROUTERS[hop - 1]
+    else:  # the last hop that answered is what can be named; the drop is after it
+        assert c.address == ROUTERS[hop - 2]
+        assert f"dropped after hop {hop - 1} ({ROUTERS[hop - 2]}" in c.text
 
 
 def test_the_server_s_own_reset_is_not_placed_on_the_path() -> None:
