@@ -156,6 +156,10 @@ def tcp_flow(packets: Sequence[Packet], client_ip: str, client_port: int, server
         return None
     kind = "rst" if "R" in term.flags else "fin"
     spread = path_spread(packets, server_ip)
+    if synack is None:  # a reset of the SYN itself: another flow's SYN-ACK is the reference
+        synack = next((p for p in sorted(packets, key=lambda p: p.t)
+                       if p.proto == "tcp" and p.src == server_ip and p.sport == server_port
+                       and "S" in p.flags and "A" in p.flags), None)
     cmp = compare_ttl(None if synack is None else synack.ttl, term.ttl, spread)
     late = [p for p in inbound if p.t > term.t and p.payload_len > 0
             and synack is not None and p.ttl == synack.ttl and p is not term]

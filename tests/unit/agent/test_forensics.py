@@ -115,6 +115,15 @@ def test_the_first_fin_or_reset_ends_the_flow() -> None:
     assert F.verdict_evidence(F.analyze_capture(pkts, [(SERVER, 443)], [])) is None
 
 
+def test_a_reset_syn_is_judged_against_another_flow_s_syn_ack() -> None:
+    other = tcp(0.01, "SA", 60, dport=40001)
+    result = F.tcp_flow([other, tcp(0.05, "RA", 63)], CLIENT, 40000, SERVER, 443)
+    assert result is not None and (result.verdict, result.to_json()["sender_hop"]) == (
+        F.INJECTED, 2)
+    alone = F.tcp_flow([tcp(0.05, "RA", 63)], CLIENT, 40000, SERVER, 443)
+    assert alone is not None and alone.verdict == F.INCONCLUSIVE
+
+
 def test_flow_without_end_is_not_judged() -> None:
     assert F.tcp_flow([tcp(0.01, "SA", 60), tcp(0.1, "PA", 60, payload=5)],
                       CLIENT, 40000, SERVER, 443) is None
