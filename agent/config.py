@@ -207,7 +207,7 @@ def load(explicit: Path | None = None) -> AgentConfig:
 _KNOWN = ("agent", "net", "control", "run", "lists")
 # Sections other parts of the agent own and parse (agent.cli.config_check runs their parsers).
 OWNED_ELSEWHERE = ("mqtt", "outbox", "scheduler", "campaigns", "throttling", "connectivity",
-                   "apps")
+                   "apps", "packets", "censor_trace")
 T = TypeVar("T")
 
 

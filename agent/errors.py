@@ -117,3 +117,8 @@ def locate(path: Path, message: str) -> str:
                 and re.match(rf"\s*{re.escape(key.group(1))}\s*=", line)):
             return f"{path}:{number}"
     return str(path)
+
+
+class PacketsUnavailable(VigilError):
+    """Raw packets cannot be captured or sent here (no packet process, no capability, no scapy);
+    recorded as "not available", never a failure of the measurement."""

@@ -35,7 +35,8 @@ STATE_ROOT = Path(os.environ.get("VIGIL_LAB_STATE_DIR", "/run/vigil-lab"))
 ETC_NETNS = Path("/etc/netns")
 NETNS_RUN = Path("/run/netns")
 PREFIX_RE = re.compile(r"^vl[0-9a-f]{8}$")
-NS_RE = re.compile(r"^(vl[0-9a-f]{8})-(probe|isp|inet)$")
+# the path lab (pathlab.py) adds hopN, detour and server
+NS_RE = re.compile(r"^(vl[0-9a-f]{8})-(probe|isp|inet|hop[0-9]{1,2}|detour|server)$")
 ROLES = ("probe", "isp", "inet")
 CMD_TIMEOUT_S = 20.0
 ORPHAN_MIN_AGE_S = 120.0  # a namespace without state younger than this may be mid-creation

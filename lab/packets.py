@@ -143,6 +143,15 @@ def build_ipv4(src: str, dst: str, proto: int, segment: bytes, ttl: int = 64,
     return header + segment
 
 
+def with_ttl(packet: bytes, ttl: int) -> bytes:
+    """The same IPv4 packet leaving with another TTL (header checksum recomputed)."""
+    header = bytearray(packet[:20])
+    header[8] = ttl
+    header[10:12] = b"\0\0"
+    header[10:12] = struct.pack("!H", checksum(bytes(header)))
+    return bytes(header) + packet[20:]
+
+
 def build_udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     length = 8 + len(payload)
     seg = struct.pack("!HHHH", sport, dport, length, 0) + payload

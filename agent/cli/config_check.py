@@ -55,6 +55,18 @@ def _apps(c: AgentConfig) -> object:
     return directories(c)
 
 
+def _packets(c: AgentConfig) -> object:
+    from agent.net.rawprobe.client import PacketSettings
+
+    return PacketSettings.from_section(c.section("packets"))
+
+
+def _censor_trace(c: AgentConfig) -> object:
+    from agent.experiments.censor_trace import TraceSettings
+
+    return TraceSettings.from_section(c.section("censor_trace"))
+
+
 CHECKS: dict[str, Callable[[AgentConfig], object]] = {
     "mqtt": _mqtt,
     "outbox": _outbox,
@@ -63,6 +75,8 @@ CHECKS: dict[str, Callable[[AgentConfig], object]] = {
     "throttling": _throttling,
     "connectivity": _connectivity,
     "apps": _apps,
+    "packets": _packets,
+    "censor_trace": _censor_trace,
 }
 
 

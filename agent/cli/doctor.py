@@ -256,6 +256,22 @@ async def helper_whoami(
     return Check("helper", OK, f"{url}: you are on {c.asn} {c.network_name} ({c.cc})"), reference
 
 
+def check_packets(config: AgentConfig) -> Check:
+    """The optional packet process (raw capture, censor_trace): never a failure to lack it."""
+    from agent.errors import PacketsUnavailable
+    from agent.net.rawprobe import client as rawclient
+
+    try:
+        settings = rawclient.PacketSettings.from_section(config.section("packets"))
+    except VigilError as exc:
+        return Check("packets", FAIL, str(exc), "fix the [packets] section of the config")
+    try:
+        asyncio.run(rawclient.check(settings))
+    except PacketsUnavailable as exc:
+        return Check("packets", SKIP, f"packet evidence not available (optional): {exc}")
+    return Check("packets", OK, "the packet process answers: packet evidence and censor_trace")
+
+
 def check_agent(state_dir: Path, now: datetime) -> Check:
     from agent.cli.status import _alive
 
@@ -347,6 +363,7 @@ def run_checks(
     helper, reference = asyncio.run(helper_whoami(config, ident, timeout))
     checks.append(check_clock(now(), reference))
     checks.append(helper)
+    checks.append(check_packets(config))
     if state.level == OK:
         checks.append(check_agent(config.state_dir, now()))
         try:

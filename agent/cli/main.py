@@ -23,6 +23,7 @@ COMMANDS = {
     "status": "agent.cli.status:status",
     "doctor": "agent.cli.doctor:doctor",
     "consent": "agent.cli.consent:consent",
+    "trace": "agent.cli.trace:trace",
 }
 # Each command's one-line help, as click would print it (tests compare the two).
 SUMMARIES = {
@@ -33,6 +34,7 @@ SUMMARIES = {
     "lists": "Citizen Lab test lists (CC BY-NC-SA 4.0, github.com/citizenlab/test-lists).",
     "run": "Measure censorship on the test lists' URLs.",
     "status": "Show what the agent did recently, its outbox, uploads and next runs.",
+    "trace": "Find the hop at which URL is blocked (TTL-limited trace with a benign twin).",
 }
 
 

@@ -46,11 +46,14 @@ from agent.daemon.interfaces import (
     BackendFactory,
     Clock,
     LinkStatus,
+    Measurer,
     SystemClock,
 )
 from agent.daemon.planner import Budget, JobSpec, Planner, Policy, order_targets, with_policy_jobs
 from agent.daemon.settings import Settings, base_policy, campaign_jobs, settings
+from agent.daemon.traces import TraceQueue
 from agent.errors import OutboxError, VigilError
+from agent.experiments.censor_trace import TraceSettings
 from agent.state import AgentState, RunSummary, read_state, write_state
 from agent.wire.commands import Command, Result
 from agent.wire.envelope import encode_record
@@ -139,6 +142,7 @@ class Scheduler:
         self._phase = "running"
         self._prev_upload: str | None = None
         self.planner = Planner(self._policy(), self._started, self.rng, self._saved_budget())
+        self.traces = _trace_queue(config)
 
     # ---- policy ----------------------------------------------------------------------------
     def _policy(self) -> Policy:
@@ -305,9 +309,26 @@ class Scheduler:
                 stats.measurements += 1
                 stats.verdicts[str(record.verdict.status)] += 1
                 nbytes += self._charge(len(encode_record(record.to_json())))
+                self.traces.offer(record, self.clock.now())
                 if i + 1 < len(pairs) and await self._pause(self.planner.pause()):
                     return nbytes, "stopped"
+            nbytes += await self._trace_blocked(job, measurer, stats)
         return nbytes, "ok" if not stats.errors else f"ok ({stats.errors} could not run)"
+
+    async def _trace_blocked(self, job: JobSpec, measurer: Measurer, stats: _JobStats) -> int:
+        """censor_trace on the URLs this run found blocked at TCP/TLS/HTTP (opt-in, rationed)."""
+        nbytes = 0
+        for url in self.traces.take(self.clock.now()):
+            if self.stopping.is_set() or self.planner.may_continue(job, self.clock.now()):
+                break
+            record = await measurer.measure("censor_trace", Target(input=url))
+            if record is None:
+                stats.errors += 1
+                continue
+            await self._store(record)
+            stats.measurements += 1
+            nbytes += self._charge(len(encode_record(record.to_json())))
+        return nbytes
 
     async def _store(self, record: MeasurementRecord) -> None:
         """Commit, shielded: a SIGTERM during the commit cannot leave half a record."""
@@ -442,6 +463,11 @@ class Scheduler:
         if self.backend is not None:
             await self.backend.aclose()
         log.info("stopped")
+
+
+def _trace_queue(config: AgentConfig) -> TraceQueue:
+    ts = TraceSettings.from_section(config.section("censor_trace"))
+    return TraceQueue(enabled=ts.auto, per_day=ts.per_day)
 
 
 def _fmt(t: datetime) -> str:

@@ -85,6 +85,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "agent.experiments.throttling",
     "agent.experiments.connectivity",
     "agent.experiments.apps",
+    "agent.experiments.censor_trace",
 )
 
 

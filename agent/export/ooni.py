@@ -373,6 +373,8 @@ def web_test_keys(tk: Mapping[str, Any], verdict: Mapping[str, Any]) -> dict[str
     }
     if control is not None and "client" in _dict(tk.get("control")):
         out["x_vigil_control_client"] = copy.deepcopy(_dict(tk["control"])["client"])
+    if tk.get("packet_evidence") is not None:  # who sent the reset: TTLs of the flow's packets
+        out["x_vigil_packet_evidence"] = copy.deepcopy(tk["packet_evidence"])
     return out
 
 

@@ -43,6 +43,9 @@ class Verdict:
     confirmed: bool = False
     fingerprint: str | None = None
     interference: str | None = None
+    # raw-packet evidence about who ended the flow (``packets.rst_injected.hop3``,
+    # ``packets.dns_injected.hop2``, ``packets.server_reset``); None without packets
+    evidence: str | None = None
 
     def __post_init__(self) -> None:
         blocked = self.status in (Status.BLOCKED, Status.THROTTLED)
@@ -62,6 +65,8 @@ class Verdict:
             out["fingerprint"] = self.fingerprint
         if self.interference is not None:
             out["interference"] = self.interference
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
         return out
 
     @classmethod
@@ -74,6 +79,7 @@ class Verdict:
             confirmed=bool(data.get("confirmed", False)),
             fingerprint=data.get("fingerprint"),
             interference=data.get("interference"),
+            evidence=data.get("evidence"),
         )
 
 

@@ -278,6 +278,7 @@ def create_app(
     add_route(app, "POST", "/api/v1/control", handle_control)
     add_route(app, "GET", "/api/v1/whoami", handle_whoami)
     add_route(app, "POST", "/api/v1/resolver", handle_resolver)
+    add_route(app, "POST", "/api/v1/networks", handle_networks)
     if state.whoami is not None and config.whoami_listen:
         app.cleanup_ctx.append(_whoami_dns(state.whoami, config.whoami_listen))
     add_route(app, "GET", "/healthz", handle_healthz, public=True)
@@ -487,6 +488,36 @@ async def handle_resolver(request: web.Request) -> web.Response:
     answer: dict[str, Any] = {"seen": address is not None}
     if address is not None:
         answer.update({"ip": address, **client_info(state.ipdb, state.geo, address)})
+    return web.json_response(answer, headers={"Cache-Control": "no-store, private"})
+
+
+MAX_NETWORK_LOOKUPS = 64
+
+
+async def handle_networks(request: web.Request) -> web.Response:
+    """The network (AS number, name, country) of a few addresses: the hops of a probe's trace.
+
+    Only the helper's own IP database is read: nothing is sent anywhere.  The caller's own
+    network comes back as ``client``, so the probe can say whether a hop is inside it."""
+    state = request.app[HELPER_STATE]
+    try:
+        body = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Refusal(BAD_REQUEST, "body is not JSON") from None
+    addresses = body.get("addresses") if isinstance(body, dict) else None
+    if (not isinstance(addresses, list) or len(addresses) > MAX_NETWORK_LOOKUPS
+            or not all(isinstance(a, str) for a in addresses)):
+        raise Refusal(BAD_REQUEST, f"addresses must be a list of at most {MAX_NETWORK_LOOKUPS} "
+                                   "IP addresses")
+    networks: dict[str, Any] = {}
+    for text in addresses:
+        try:
+            addr = str(ip_address(text))
+        except ValueError:
+            raise Refusal(BAD_REQUEST, f"not an IP address: {text[:64]!r}") from None
+        networks[addr] = client_info(state.ipdb, state.geo, addr)
+    answer = {"networks": networks,
+              "client": client_info(state.ipdb, state.geo, caller_address(request))}
     return web.json_response(answer, headers={"Cache-Control": "no-store, private"})
 
 

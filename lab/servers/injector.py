@@ -96,7 +96,10 @@ class Injector:
         self.http_rules = cfg.get("http", [])
         self.dns_tcp_rules = cfg.get("dns_tcp", [])
         self.nft = nft
-        self.send = send  # callable(packet_bytes, dst_ip)
+        # what the censor's forged IPv4 packets leave with (its own stack's initial TTL)
+        ttl = int(cfg.get("ttl", 64))
+        self.send = send if ttl == 64 else (  # callable(packet_bytes, dst_ip)
+            lambda pkt, dst: send(P.with_ttl(pkt, ttl), dst))
         self.send6 = send6  # the same for whole IPv6 packets
         self.log = log  # callable(dict)
 

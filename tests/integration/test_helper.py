@@ -361,6 +361,21 @@ async def test_whoami_answers_the_caller_only_and_nothing_logs_the_address(
     assert "127.0.0.1" not in caplog.text  # ... and never names the caller
 
 
+async def test_networks_names_the_hops_of_a_trace_from_the_ipdb_only(lab: Lab) -> None:
+    base = await lab.helper()
+    status, body, _ = await lab.call(base, {"addresses": ["127.0.0.1", "::1"]},
+                                     path="/api/v1/networks")
+    assert status == 200
+    assert body["networks"]["127.0.0.1"]["asn"] == "AS64500"
+    assert body["client"]["asn"] == "AS64500"
+    for bad in ({"addresses": ["not-an-ip"]}, {"addresses": ["127.0.0.1"] * 65}, {"x": 1}):
+        status, _, _ = await lab.call(base, bad, path="/api/v1/networks")
+        assert status == 400
+    status, _, _ = await lab.call(base, {"addresses": []}, path="/api/v1/networks",
+                                  identity=None)
+    assert status in (401, 403)
+
+
 async def test_healthz_is_public(lab: Lab) -> None:
     base = await lab.helper()
     status, body, _ = await lab.call(base, path="/healthz", identity=None)

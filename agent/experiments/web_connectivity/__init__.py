@@ -7,6 +7,7 @@ stored measurement can be re-analysed later with better rules.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,7 +27,7 @@ class WebConnectivity(ExperimentBase):
     """The registered experiment; ``analyzer`` and ``fingerprints`` can be injected in tests."""
 
     name: ClassVar[str] = "web_connectivity"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"  # 0.2: optional packet_evidence, verdict.evidence
 
     def __init__(
         self, analyzer: Analyzer | None = None, fingerprints: Fingerprints | None = None
@@ -55,4 +56,15 @@ class WebConnectivity(ExperimentBase):
 
         analyzer, fingerprints = self._analysis()
         obs = await measure(target.input, ctx)
-        return Outcome(test_keys=obs.to_test_keys(), verdict=analyzer(obs, fingerprints))
+        return Outcome(test_keys=obs.to_test_keys(), verdict=with_evidence(
+            analyzer(obs, fingerprints), obs.packet_evidence))
+
+
+def with_evidence(verdict: Verdict, packet_evidence: dict[str, Any] | None) -> Verdict:
+    """The verdict, naming what the packets say about who ended the flow (when they say it)."""
+    if not packet_evidence or packet_evidence.get("status") != "ok":
+        return verdict
+    from agent.experiments.forensics import verdict_evidence
+
+    evidence = verdict_evidence(packet_evidence)
+    return verdict if evidence is None else dataclasses.replace(verdict, evidence=evidence)

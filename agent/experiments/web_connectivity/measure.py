@@ -23,11 +23,12 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from agent.errors import ControlError, VigilError
+from agent.errors import ControlError, PacketsUnavailable, VigilError
+from agent.experiments import forensics
 from agent.experiments.slots import release_slot
 from agent.experiments.web_connectivity.model import WebObservations
 from agent.net import failures
@@ -37,6 +38,8 @@ from agent.net.addr import endpoint, is_ip
 from agent.net.dns import PendingQuery, resolve_first, start_query
 from agent.net.http import FetchLimits, fetch
 from agent.net.observations import DNSQuery, HTTPRequest, TCPConnect, TLSHandshake
+from agent.net.rawprobe import client as rawclient
+from agent.net.rawprobe.protocol import CaptureRequest
 from agent.wire.helper_api import ControlResponse
 
 if TYPE_CHECKING:
@@ -45,6 +48,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("vigil.web_connectivity")
 NO_CONTROL = failures.unknown("no control helper configured")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+CAPTURE_MAX_S = 90.0  # a capture outliving the measurement ends by itself
+CAPTURE_MAX_PACKETS = 800
+
+
+def packet_settings(ctx: MeasureContext) -> rawclient.PacketSettings | None:
+    """The ``[packets]`` section; None (no capture, no record) without an agent config."""
+    if ctx.config is None:
+        return None
+    return rawclient.PacketSettings.from_section(ctx.config.section("packets"))
 
 
 @dataclass
@@ -128,6 +140,39 @@ class Measurement:
 
     # ---- top level --------------------------------------------------------------------------
     async def run(self) -> WebObservations:
+        """The measurement, with a packet capture around it when one is available."""
+        settings = packet_settings(self.ctx)
+        if settings is None:
+            return await self._run()
+        try:
+            cm = rawclient.capture(settings, CaptureRequest(
+                ports=tuple(sorted({self.ctx.resolver.port, self.target.port})),
+                seconds=CAPTURE_MAX_S, max_packets=CAPTURE_MAX_PACKETS))
+            session = await cm.__aenter__()
+        except PacketsUnavailable as exc:
+            obs = await self._run()
+            return replace(obs, packet_evidence={"status": "not_available", "reason": str(exc)})
+        try:
+            obs = await self._run()
+            try:
+                packets = await session.stop(self._evidence_endpoints())
+            except PacketsUnavailable as exc:
+                evidence: dict[str, Any] = {"status": "not_available", "reason": str(exc)}
+            else:
+                servers = [(ep.ip, self.target.port) for ep in self.endpoints.values()]
+                resolver = [(self.ctx.resolver.ip, self.ctx.resolver.port)]
+                evidence = {"status": "ok", "packets": len(packets),
+                            "dropped": session.dropped,
+                            **forensics.analyze_capture(packets, servers, resolver)}
+        finally:
+            await cm.__aexit__(None, None, None)
+        return replace(obs, packet_evidence=evidence)
+
+    def _evidence_endpoints(self) -> list[str]:
+        eps = [endpoint(ip, self.target.port) for ip in self.endpoints]
+        return [str(self.ctx.resolver), *eps]
+
+    async def _run(self) -> WebObservations:
         queries = await self._start_dns()
         try:
             await self._first_answers(queries)

@@ -39,9 +39,18 @@ class WebObservations:
     control: ControlResponse | None = None
     control_failure: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # raw-packet forensics (``agent.experiments.forensics``): {"status": "ok", ...} or
+    # {"status": "not_available", "reason": ...}; None when nobody asked for packets
+    packet_evidence: dict[str, Any] | None = None
 
     # ---- OONI-named rendering ------------------------------------------------------------
     def to_test_keys(self) -> dict[str, Any]:
+        keys = self._test_keys()
+        if self.packet_evidence is not None:
+            keys["packet_evidence"] = self.packet_evidence
+        return keys
+
+    def _test_keys(self) -> dict[str, Any]:
         return {
             "hostname": self.hostname,
             "queries": [_query_json(q) for q in self.dns],
@@ -82,6 +91,7 @@ class WebObservations:
             control=None if control is None else control_from_json(control),
             control_failure=tk.get("control_failure"),
             extra=dict(tk.get("extra", {})),
+            packet_evidence=tk.get("packet_evidence"),
         )
 
 

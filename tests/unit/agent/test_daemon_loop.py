@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from agent.daemon.settings import Settings
 from agent.errors import ConfigError
 from agent.state import read_state
 from agent.wire.commands import Audience
-from agent.wire.record import MeasurementRecord, Status, Target, Verdict
+from agent.wire.record import Blocking, MeasurementRecord, Status, Target, Verdict
 from collector.campaigns import CampaignSpec, build_campaign, public_key_b64, sign_command
 
 PROBE = "a" * 26
@@ -237,3 +238,33 @@ async def test_a_withdrawn_consent_stops_the_agent_with_exit_code_2(tmp_path: Pa
     assert seen and seen[-1] is cfg and backend.closed
     state = read_state(tmp_path)
     assert state is not None and state.phase == "stopped"
+
+
+class BlockingBackend(FakeBackend):
+    """web_connectivity finds every URL blocked at TLS; everything else is fine."""
+
+    @contextlib.asynccontextmanager
+    async def session(self, kind: str) -> AsyncIterator[Measurer]:
+        class M:
+            async def measure(self, test: str, target: Target) -> MeasurementRecord | None:
+                rec = record(test, target)
+                if test == "web_connectivity":
+                    rec = replace(rec, verdict=Verdict(Status.BLOCKED, Blocking.TLS,
+                                                       "tls.sni_reset"))
+                return rec
+
+        yield M()
+
+
+@pytest.mark.parametrize(("auto", "traces"), [(True, 2), (False, 0)])
+async def test_blocked_urls_are_traced_when_opted_in(tmp_path: Path, auto: bool,
+                                                     traces: int) -> None:
+    backend = BlockingBackend()
+    cfg = make_config(tmp_path, {"tests": ["web_connectivity"], "urls_per_run": 3},
+                      censor_trace={"auto": auto, "per_day": 2})
+    sched = Scheduler(cfg, lambda c, s: backend)
+    await run_for(sched, lambda: len(backend.stored) >= 3 + traces)
+    names = [r.test_name for r in backend.stored]
+    assert names.count("censor_trace") == traces  # the day's ration, no more
+    web = {r.input for r in backend.stored if r.test_name == "web_connectivity"}
+    assert {r.input for r in backend.stored if r.test_name == "censor_trace"} <= web

@@ -231,9 +231,23 @@ def test_doctor_reports_broker_tls(
     assert checks["key"].level == doctor.OK
     assert checks["broker"].level == doctor.OK, checks["broker"]
     assert checks["helper"].level == doctor.FAIL  # none configured: nothing conclusive
+    assert checks["packets"].level in (doctor.OK, doctor.SKIP)  # optional: never a failure
     untrusted = _config(tmp_path, f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\npassword = "x"\n')
     broker = {c.name: c for c in doctor.run_checks(untrusted, timeout=2)}["broker"]
     assert broker.level == doctor.FAIL and "ca_file" in broker.fix
+
+
+def test_doctor_says_why_packet_evidence_is_not_available(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VIGIL_STATE_DIR", raising=False)
+    absent = _config(tmp_path, f'[packets]\nsocket = "{tmp_path / "absent.sock"}"\n')
+    check = {c.name: c for c in doctor.run_checks(absent, timeout=1)}["packets"]
+    assert check.level == doctor.SKIP and "vigil-packets service is not running" in check.message
+    # a bad [packets] section is found by the config check, with the file and line
+    bad = _config(tmp_path, '[packets]\nspawn = "yes"\n')
+    check = {c.name: c for c in doctor.run_checks(bad, timeout=1)}["config"]
+    assert check.level == doctor.FAIL and "[packets]" in check.message
 
 
 def test_doctor_exit_codes(
