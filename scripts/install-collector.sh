@@ -30,6 +30,9 @@
 #                            in place as the calling user (used by tests).
 #   VIGIL_HOSTNAME           the host name for the certificates (same as --hostname NAME)
 #   VIGIL_PYTHON             the Python to use (default python3; must be 3.11+)
+#   VIGIL_MODE=venv|system   venv (default): /opt/vigil/venv with pip; system: the given
+#                            Python's packages are the dependencies and only Vigil's own code
+#                            is copied to /opt/vigil/lib/python (offline installs, tests)
 #   VIGIL_PIP_ARGS           extra pip arguments, e.g. "--no-index --find-links /srv/wheels"
 #   VIGIL_NO_SYSTEMD=1       do not touch systemd even when it runs
 #   VIGIL_APT=0              do not apt-get mosquitto, openssl, python3-venv
@@ -41,6 +44,7 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${VIGIL_ROOT:-${DESTDIR:-}}"
 ROOT="${ROOT%/}"
 PY="${VIGIL_PYTHON:-python3}"
+MODE="${VIGIL_MODE:-venv}"
 SVC_USER="vigil-collector"
 BROKER_USER="mosquitto"
 PREFIX="/opt/vigil"
@@ -61,7 +65,7 @@ while [ $# -gt 0 ]; do
         --purge) purge=1 ;;
         --hostname) shift; [ $# -gt 0 ] || die "--hostname needs a name"; HOSTNAME_CERT="$1" ;;
         --hostname=*) HOSTNAME_CERT="${1#--hostname=}" ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -89,6 +93,7 @@ if [ "$uninstall" -eq 1 ]; then
     done
     if systemd_running; then systemctl daemon-reload; fi
     rm -f "$ROOT$PREFIX/bin/vigil-collector" "$ROOT$PREFIX/COLLECTOR_VERSION"
+    rm -rf "$ROOT$PREFIX/lib/python/collector"
     if [ -L "$ROOT/usr/local/bin/vigil-collector" ]; then rm -f "$ROOT/usr/local/bin/vigil-collector"; fi
     # The venv is shared with a probe agent installed on the same box (install-agent.sh).
     if [ ! -e "$ROOT$PREFIX/bin/vigil-agent" ]; then rm -rf "$ROOT$PREFIX"; fi
@@ -118,6 +123,7 @@ VERSION="$("$PY" -c 'import re,sys; print(re.search(r"__version__ = \"(.+?)\"", 
 if [ -z "$HOSTNAME_CERT" ]; then
     HOSTNAME_CERT="$(hostname -f 2>/dev/null || hostname 2>/dev/null || echo localhost)"
 fi
+case "$MODE" in venv|system) ;; *) die "VIGIL_MODE must be venv or system" ;; esac
 case "$HOSTNAME_CERT" in
     *[!A-Za-z0-9.-]*|"") die "host name '$HOSTNAME_CERT' is not a DNS name (use --hostname)" ;;
 esac
@@ -158,17 +164,39 @@ fi
 own() { if real_install; then chown "$@"; fi; }
 
 install -d -m 0755 "$ROOT$PREFIX" "$ROOT$PREFIX/bin"
-venv="$ROOT$PREFIX/venv"
-if [ ! -x "$venv/bin/python" ]; then
-    "$PY" -m venv --system-site-packages "$venv" || die "cannot create a venv (apt-get install python3-venv)"
-fi
-# shellcheck disable=SC2086
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-    ${VIGIL_PIP_ARGS:-} "$SRC[collector]" || die "pip could not install the collector (see above)"
-cat >"$ROOT$PREFIX/bin/vigil-collector.tmp" <<EOF
+if [ "$MODE" = venv ]; then
+    venv="$ROOT$PREFIX/venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        "$PY" -m venv --system-site-packages "$venv" || die "cannot create a venv (apt-get install python3-venv)"
+    fi
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+        ${VIGIL_PIP_ARGS:-} "$SRC[collector]" || die "pip could not install the collector (see above)"
+    RUNPY="$venv/bin/python"
+    cat >"$ROOT$PREFIX/bin/vigil-collector.tmp" <<EOF
 #!/bin/sh
 exec "$venv/bin/vigil-collector" "\$@"
 EOF
+else
+    # The given Python's own packages are the dependencies; only Vigil's code is copied.
+    "$PY" -c 'import aiohttp, aiomqtt, click, cryptography, dns, jsonschema, prometheus_client' \
+        2>/dev/null || die "VIGIL_MODE=system: $PY lacks the collector's dependencies (pip install '.[collector]')"
+    lib="$ROOT$PREFIX/lib/python"
+    install -d -m 0755 "$lib"
+    for pkg in agent collector; do
+        rm -rf "$lib/$pkg.new"
+        cp -RL "$SRC/$pkg" "$lib/$pkg.new"
+        find "$lib/$pkg.new" -name __pycache__ -prune -exec rm -rf {} +
+        rm -rf "$lib/$pkg"
+        mv "$lib/$pkg.new" "$lib/$pkg"
+    done
+    chmod -R a+rX "$lib"
+    RUNPY="$PY"
+    cat >"$ROOT$PREFIX/bin/vigil-collector.tmp" <<EOF
+#!/bin/sh
+PYTHONPATH="$lib\${PYTHONPATH:+:\$PYTHONPATH}" exec "$PY" -m collector "\$@"
+EOF
+fi
 chmod 0755 "$ROOT$PREFIX/bin/vigil-collector.tmp"
 mv "$ROOT$PREFIX/bin/vigil-collector.tmp" "$ROOT$PREFIX/bin/vigil-collector"
 "$ROOT$PREFIX/bin/vigil-collector" --help >/dev/null || die "the installed collector does not start"
@@ -233,7 +261,7 @@ own "root:$SVC_USER" "$ROOT$ETC/collector.pass"
 if systemd_running || real_install; then broker_log=stderr; else broker_log="file $ROOT/var/lib/vigil-broker/mosquitto.log"; fi
 pw_group=()
 real_install && pw_group=(--password-group "$BROKER_USER")
-(cd "$SRC" && VIGIL_MOSQUITTO_PASSWD="$MOSQUITTO_PASSWD" PYTHONPATH="$SRC" "$venv/bin/python" -m scripts.mosquitto_conf \
+(cd "$SRC" && VIGIL_MOSQUITTO_PASSWD="$MOSQUITTO_PASSWD" PYTHONPATH="$SRC" "$RUNPY" -m scripts.mosquitto_conf \
     --dir "$ROOT$ETC/mosquitto" --data-dir "$ROOT/var/lib/vigil-broker" \
     --ca-file "$pki/ca.pem" --cert-file "$pki/broker.pem" --key-file "$pki/broker.key" \
     --probe-port "${VIGIL_PROBE_PORT:-8883}" --probe-cert-port "${VIGIL_PROBE_CERT_PORT:-8884}" \
