@@ -55,6 +55,8 @@ def remove_password_entry(path: Path, probe_id: str) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  st.st_mode & 0o777)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        if os.geteuid() == 0:  # keep root:mosquitto 0640, readable by the broker
+            os.fchown(fh.fileno(), st.st_uid, st.st_gid)
         fh.writelines(kept)
         fh.flush()
         os.fsync(fh.fileno())

@@ -142,6 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         "--log-dest", default=None,
         help="Mosquitto log_dest (default: file DIR/mosquitto.log; systemd: stderr)",
     )
+    p.add_argument(
+        "--keep-users", action="store_true",
+        help="leave existing password files as they are (an upgrade keeps enrolled probes); "
+             "only missing ones are written from --probe/--collector",
+    )
+    p.add_argument(
+        "--pid-file", type=Path, default=None,
+        help="Mosquitto writes its PID here (what `probes add|revoke` signal to reload it)",
+    )
+    p.add_argument(
+        "--password-group", default=None,
+        help="group that may read the password files (the broker's, when it drops root): "
+             "mode 0640 root:GROUP",
+    )
     args = p.parse_args(argv)
 
     out: Path = args.dir.resolve()
@@ -149,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     probes_acl, collectors_acl = install_acls(out)
     probe_pw, collector_pw = out / "probes.passwd", out / "collectors.passwd"
-    write_password_file(probe_pw, _parse_users(args.probe))
-    write_password_file(collector_pw, _parse_users(args.collector))
+    for path, users in ((probe_pw, args.probe), (collector_pw, args.collector)):
+        if not (args.keep_users and path.exists()):
+            write_password_file(path, _parse_users(users))
+        if args.password_group:
+            shutil.chown(path, group=args.password_group)
+            path.chmod(0o640)
     settings = BrokerSettings(
         data_dir=data_dir,
         ca_file=args.ca_file.resolve(),
@@ -170,7 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         message_size_limit=args.message_size_limit,
     )
     conf = out / "mosquitto.conf"
-    conf.write_text(render(settings), "utf-8")
+    text = render(settings)
+    if args.pid_file is not None:
+        text += ("\n# PID for reloads (SIGHUP) after enrolment or revocation\n"
+                 f"pid_file {args.pid_file}\n")
+    tmp = conf.with_name(conf.name + ".tmp")
+    tmp.write_text(text, "utf-8")
+    tmp.chmod(0o644)
+    os.replace(tmp, conf)
     print(conf)
     return 0
 

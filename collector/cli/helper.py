@@ -17,6 +17,8 @@ Flags win over the config file; a list flag given on the command line (``--ipdb`
     ipdb = ["/var/lib/vigil/ip2asn-v4.tsv.gz", "/var/lib/vigil/ip2asn-v6.tsv.gz"]
     geo = ["/var/lib/vigil/dbip-country-lite.csv.gz"]   # where addresses are used (optional)
     whoami_zone = "whoami.helper.example.org"  # delegated here (NS): resolver attribution
+    trusted_proxies = ["127.0.0.1/32"]   # reverse proxies whose X-Forwarded-For is believed
+    path_prefix = "/vigil-helper"        # routes served under it (the proxy keeps the path)
     dns_listen = ["0.0.0.0:53", "[::]:53"]     # its DNS server (UDP and TCP)
     allow_range = ["198.18.0.0/15"]      # the namespace lab; nothing is allowed implicitly
     deny_range = ["203.0.113.7/32"]      # e.g. the collector's public (NATed) address
@@ -90,6 +92,7 @@ _CONTROL_FIELDS = {f.name for f in fields(ControlLimits)}
 _HELPER_KEYS = {
     "host", "port", "tls_cert", "tls_key", "mode", "probes_file", "ipdb", "allow_range",
     "deny_range", "ca_file", "resolver", "limits", "geo", "whoami_zone", "dns_listen",
+    "trusted_proxies", "path_prefix",
 }
 
 
@@ -148,6 +151,8 @@ def parse_config_data(data: Mapping[str, Any]) -> tuple[HelperConfig, ServeOptio
         limits=_parse_limits(section.get("limits", {})),
         whoami_zone=text("whoami_zone"),
         whoami_listen=tuple(parse_listen(v) for v in strings("dns_listen")),
+        trusted_proxies=strings("trusted_proxies"),
+        path_prefix=text("path_prefix") or "",
     )
     serve = ServeOptions(
         host=text("host") or DEFAULT_HOST,

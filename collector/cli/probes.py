@@ -1,4 +1,4 @@
-"""``vigil-collector probes add|list|revoke``: enrol and revoke probe keys.
+"""``vigil-collector probes add|list|revoke``: enrol and revoke probe keys, everywhere.
 
     vigil-collector probes add <probe_id> <public_key_base64> --note "Tehran, volunteer 12"
     vigil-collector probes list [--json]
@@ -25,6 +25,7 @@ from agent.errors import UsageError
 from agent.wire.envelope import probe_id_for
 from collector.cli.storeargs import config_option, open_command_store, store_option
 from collector.config import load_config
+from collector.enrolment import enrol_everywhere, new_broker_password
 from collector.revocation import revoke_everywhere
 from collector.store import ProbeRecord
 
@@ -68,19 +69,37 @@ def probes() -> None:
 @config_option
 def add(probe_id: str, public_key: str, note: str, store_url: str | None,
         config_path: Path | None) -> None:
-    """Enrol PROBE_ID with its base64 Ed25519 PUBLIC_KEY (as printed by `vigil-agent init`)."""
+    """Enrol PROBE_ID with its base64 Ed25519 PUBLIC_KEY (as printed by `vigil-agent init`)
+    everywhere: its key in the store, a broker login (password file, broker reloaded) and the
+    helper's probes file, as ``[revocation]`` in --config names them.  Prints the probe's
+    broker password once."""
     raw = parse_public_key(public_key)
     derived = probe_id_for(raw)
     if derived != probe_id:
         raise UsageError(
             f"probe id {probe_id!r} does not match the key (the key's probe id is {derived})"
         )
+    files = load_config(config_path).revocation
     store = open_command_store(store_url, config_path)
     try:
+        if store.get_probe(probe_id) is not None:
+            raise UsageError(f"probe {probe_id} is already enrolled (see: probes list)")
+        # Broker and helper first (each step idempotent): a failure there leaves the store
+        # untouched, so the same command can simply be run again.
+        password = new_broker_password()
+        steps = enrol_everywhere(files, probe_id, raw, password)
         record = store.add_probe(probe_id, raw, note)
     finally:
         store.close()
     click.echo(f"enrolled {record.probe_id}" + (f" ({record.note})" if record.note else ""))
+    for line in steps:
+        click.echo(line)
+    if files.broker_password_file:
+        click.echo(f"broker login for the probe: username {probe_id}  password {password}")
+        click.echo("(shown once: put it in the probe's [mqtt] password_file)")
+    else:
+        click.echo("warning: no [revocation] broker_password_file in the config: give the "
+                   "probe a broker login by hand", err=True)
 
 
 @probes.command("list")

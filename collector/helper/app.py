@@ -43,7 +43,7 @@ from typing import Any, Literal
 import dns.asyncresolver
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from agent.errors import ConfigError
 from collector.helper import ipdb as ipdb_mod
@@ -72,6 +72,12 @@ from collector.helper.geodb import load as load_geo_files
 from collector.helper.ipdb import IPDB
 from collector.helper.limits import ClientHasher, ConcurrencyGate, RateLimiter, client_label
 from collector.helper.policy import PolicyError, TargetPolicy
+from collector.helper.proxy import (
+    Network,
+    forwarded_client,
+    normalize_prefix,
+    parse_trusted_proxies,
+)
 
 log = logging.getLogger("vigil.helper")
 
@@ -108,6 +114,8 @@ class HelperConfig:
     limits: Limits = field(default_factory=Limits)
     whoami_zone: str | None = None  # a DNS zone delegated to this helper (resolver whoami)
     whoami_listen: tuple[tuple[str, int], ...] = ()  # where its DNS server listens
+    trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For counts
+    path_prefix: str = ""  # every route under this prefix (behind a proxy), e.g. /vigil-helper
 
     @property
     def per_client_per_minute(self) -> int:
@@ -144,6 +152,7 @@ class HelperState:
 
 
 HELPER_STATE = web.AppKey("vigil_helper_state", HelperState)
+PATH_PREFIX = web.AppKey("vigil_helper_path_prefix", str)
 CLIENT = web.RequestKey("vigil_helper_client", ClientContext)
 
 HelperExtension = Callable[[web.Application], None]
@@ -270,11 +279,14 @@ def create_app(
         runner=runner,
         public_paths=set(),
     )
-    app = web.Application(
-        middlewares=[refusal_middleware, client_middleware],
-        client_max_size=limits.max_request_bytes,
-    )
+    proxies = parse_trusted_proxies(config.trusted_proxies)
+    prefix = normalize_prefix(config.path_prefix)
+    middlewares: list[Middleware] = [refusal_middleware, client_middleware]
+    if proxies:
+        middlewares.insert(0, forwarded_middleware(proxies))
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_request_bytes)
     app[HELPER_STATE] = state
+    app[PATH_PREFIX] = prefix
     add_route(app, "POST", "/api/v1/control", handle_control)
     add_route(app, "GET", "/api/v1/whoami", handle_whoami)
     add_route(app, "POST", "/api/v1/resolver", handle_resolver)
@@ -317,10 +329,27 @@ def add_route(
     *,
     public: bool = False,
 ) -> None:
-    """Register a route.  Protected unless ``public``: authentication and rate limits apply."""
+    """Register a route (under ``[helper] path_prefix``).  Protected unless ``public``:
+    authentication and rate limits apply."""
+    path = app[PATH_PREFIX] + path
     app.router.add_route(method, path, handler)
     if public:
         app[HELPER_STATE].public_paths.add(path)
+
+
+def forwarded_middleware(proxies: tuple[Network, ...]) -> Middleware:
+    """``request.remote`` becomes the caller behind the trusted proxies (collector.helper.proxy);
+    everything after (rate limits, the caller's reported address) sees that."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = forwarded_client(request.remote or "",
+                                  request.headers.getall("X-Forwarded-For", []), proxies)
+        if client != request.remote:
+            request = request.clone(remote=client)
+        return await handler(request)
+
+    return middleware
 
 
 async def reload_data(app: web.Application) -> None:
