@@ -162,11 +162,66 @@ def verdict_section(record: Mapping[str, Any]) -> str:
     fp = v.get("fingerprint")
     confirmed = ("confirmed by a known blockpage fingerprint" if v.get("confirmed")
                  else "not confirmed by a fingerprint")
+    extra = ""
+    if v.get("evidence"):
+        extra += f" Packet evidence: <code>{_t(v.get('evidence'))}</code>."
+    if v.get("interference"):
+        extra += (f" Interference without denial: <code>{_t(v.get('interference'))}</code> "
+                  "(the genuine content still arrived).")
     return (
         f"<p class=verdict><span class='badge {cls}'>{_t(status)}</span> "
         f"blocking: <b>{_t(v.get('blocking') or 'none')}</b>, reason <code>{_t(v.get('reason'))}"
         f"</code>, {confirmed}"
-        f"{f' (<code>{_t(fp)}</code>)' if fp else ''}.</p>")
+        f"{f' (<code>{_t(fp)}</code>)' if fp else ''}.{extra}</p>")
+
+
+_PACKET_COLUMNS = ("endpoint", "resolver", "terminator", "verdict", "reason", "sender_hop",
+                   "server_hop", "ttl", "reference_ttl", "ip_id", "window")
+
+
+def _records(items: Any, columns: Sequence[str]) -> str:
+    """A table of the columns the records actually carry (packet flows, DNS replies, hops)."""
+    rows = [_dict(i) for i in _list(items)]
+    shown = [c for c in columns if any(c in r for r in rows)]
+    if not rows or not shown:
+        return "<p class=muted>none</p>"
+    return _table(shown, [[_t(r.get(c)) for c in shown] for r in rows])
+
+
+def packets_section(tk: Mapping[str, Any]) -> str:
+    """Who sent the packet that ended each failing flow (IP TTL against the server's own)."""
+    ev = _dict(tk.get("packet_evidence"))
+    if not ev:
+        return "<p class=muted>no packet capture in this measurement</p>"
+    if ev.get("status") == "not_available":
+        return f"<p class=muted>not available: {_t(ev.get('reason'))}</p>"
+    return ("<h3>Flows</h3>" + _records(ev.get("flows"), _PACKET_COLUMNS)
+            + "<h3>DNS replies</h3>" + _records(ev.get("dns"), _PACKET_COLUMNS))
+
+
+def _probes(value: Any) -> str:
+    """A hop's probes (trigger or twin) in a few words: what came back for each."""
+    parts = []
+    for probe in _list(value)[:4]:
+        d = _dict(probe)
+        parts.append(str(d.get("result") or d.get("outcome") or d.get("kind")
+                         or json.dumps(d, sort_keys=True)[:40]))
+    return ", ".join(parts) or "-"
+
+
+def trace_section(tk: Mapping[str, Any]) -> str:
+    """A censor_trace: per hop, whether the trigger and its benign twin got through."""
+    out = [f"<p>{_t(tk.get('conclusion'))}</p>"] if tk.get("conclusion") else []
+    for trace in _list(tk.get("traces")):
+        tr = _dict(trace)
+        out.append(f"<h3>{_t(tr.get('protocol'))} to {_t(tr.get('address'))}:"
+                   f"{_t(tr.get('port'))}</h3>")
+        rows = [[_t(h.get("ttl")), _t(h.get("address")), _t(h.get("asn")),
+                 _t(h.get("network_name")), escape(_probes(h.get("trigger"))),
+                 escape(_probes(h.get("twin")))] for h in map(_dict, _list(tr.get("hops")))]
+        out.append(_table(["hop (TTL)", "address", "ASN", "network", "trigger", "benign twin"],
+                          rows) if rows else "<p class=muted>no hop answered</p>")
+    return "".join(out) or "<p class=muted>no trace</p>"
 
 
 def signature_section(check: SignatureCheck, probe_id: str, envelope_url: str) -> str:
@@ -211,7 +266,12 @@ def render(record: Mapping[str, Any], check: SignatureCheck, envelope_url: str) 
             "<section class=card id=http><h2>HTTP</h2>", http_section(tk), "</section>",
             "<section class=card id=control><h2>The control's view</h2>",
             control_section(tk), "</section>",
+            "<section class=card id=packets><h2>Packet evidence</h2>", packets_section(tk),
+            "</section>",
         ]
+    if "traces" in tk:
+        parts += ["<section class=card id=trace><h2>Where the censor sits</h2>",
+                  trace_section(tk), "</section>"]
     parts += [
         "<section class=card id=raw><h2>The signed record</h2><details><summary>JSON as "
         "signed</summary><pre>",

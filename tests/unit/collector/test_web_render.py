@@ -79,3 +79,25 @@ def test_failed_signature_is_said_plainly() -> None:
     html = page.render({"measurement_id": "m", "test_keys": {}, "verdict": {}},
                        page.SignatureCheck(False, "bytes differ", "KEY", False), "e")
     assert "signature NOT verified" in html and "does NOT hash to this probe id" in html
+
+
+def test_the_page_shows_who_sent_the_reset_and_where_the_censor_sits() -> None:
+    from collector.web.measurement import packets_section, trace_section, verdict_section
+
+    tk = {"packet_evidence": {"status": "ok", "flows": [
+        {"endpoint": "203.0.113.5:443", "terminator": "rst", "verdict": "injected",
+         "sender_hop": 3, "server_hop": 11, "reason": "TTL <script>"}], "dns": []}}
+    html = packets_section(tk)
+    assert "injected" in html and ">3<" in html and ">11<" in html
+    assert "<script>" not in html  # probes wrote it: escaped
+    assert "not available: no CAP_NET_RAW" in packets_section(
+        {"packet_evidence": {"status": "not_available", "reason": "no CAP_NET_RAW"}})
+    trace = trace_section({"conclusion": "the reset comes from hop 3, AS64500", "traces": [
+        {"protocol": "tls", "address": "203.0.113.5", "port": 443, "hops": [
+            {"ttl": 3, "address": "198.18.3.1", "asn": "AS64500", "network_name": "ISP",
+             "trigger": [{"result": "reset"}], "twin": [{"result": "time_exceeded"}]}]}]})
+    assert "hop 3, AS64500" in trace and "reset" in trace and "time_exceeded" in trace
+    verdict = verdict_section({"verdict": {"status": "blocked", "blocking": "tls",
+                                           "reason": "tls.sni_reset",
+                                           "evidence": "packets.rst_injected.hop3"}})
+    assert "packets.rst_injected.hop3" in verdict
