@@ -58,7 +58,7 @@ def test_the_documented_partitioning_keeps_the_store_working(store: Store, pg_ur
     assert set(result.duplicates) == {r.measurement_id for r in before[:5]}
     assert store.measurement_count() == 50
     with psycopg.connect(pg_url) as conn:
-        where = dict(conn.execute(
+        where: dict[str, int] = dict(conn.execute(
             "SELECT tableoid::regclass::text, count(*) FROM measurements GROUP BY 1").fetchall())
     assert where == {f"measurements_{month:%Y_%m}": 50}  # this month's ids, this month's table
     assert {m.measurement_id for m in store.recent(100)} == {
