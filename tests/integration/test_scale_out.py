@@ -85,3 +85,59 @@ async def test_a_collector_killed_mid_stream_loses_nothing(
     print(f"{COLLECTORS} collectors, one SIGKILLed at {at_kill}/{total} stored: "
           f"{total} stored exactly once, {resent} records resent by the agents, "
           f"rejections {rejections(pg_url)}")
+
+
+def test_the_api_serves_from_a_read_only_replica_session(tmp_path: Path, pg_url: str) -> None:
+    """docs/scaling.md's API host: serve --no-ingest, detectors off, on a session where every
+    transaction is read-only (what a streaming replica allows): it starts and answers."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from urllib.parse import quote
+
+    from collector.store import open_store
+    from lab.ports import free_port
+    from lab.probes import TestProbe
+
+    store = open_store(pg_url)  # the primary: migrated, one probe
+    probe = TestProbe.new()
+    try:
+        store.add_probe(probe.probe_id, probe.public_raw)
+    finally:
+        store.close()
+    read_only = (pg_url + ("&" if "?" in pg_url else "?") + "options="
+                 + quote("-c default_transaction_read_only=on"))
+    port = free_port()
+    config = tmp_path / "api.toml"
+    config.write_text(f'[store]\nurl = "{read_only}"\n[api]\nport = {port}\n'
+                      "[outages]\nenabled = false\n[slowdowns]\nenabled = false\n")
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "collector", "serve", "--no-ingest",
+                                 "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 30
+        answers: dict[str, int] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/probes",
+                                            timeout=2) as resp:
+                    probes = json.load(resp)["probes"]
+                for path in ("/api/v1/stats", "/api/v1/measurements", "/"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}",
+                                                timeout=5) as resp:
+                        answers[path] = resp.status
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert answers == {"/api/v1/stats": 200, "/api/v1/measurements": 200, "/": 200}, \
+            log.read_text()
+        assert [p["probe_id"] for p in probes] == [probe.probe_id]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    assert "read-only" not in log.read_text()
