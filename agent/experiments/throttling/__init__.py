@@ -36,7 +36,7 @@ def _serial_lock() -> asyncio.Lock:
 @register
 class Throttling(ExperimentBase):
     name: ClassVar[str] = "throttling"
-    version: ClassVar[str] = "0.2.0"
+    version: ClassVar[str] = "0.3.0"
     input_policy: ClassVar[InputPolicy] = InputPolicy.SELECTED_HOSTS
     default_enabled: ClassVar[bool] = False  # up to 2 MB per host: only when asked for
 

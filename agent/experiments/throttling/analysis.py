@@ -37,6 +37,14 @@ and two other causes are excluded:
 * the server itself: the control helper, fetching the same URL from outside, got it at least
   ``exclude_margin`` times faster over a comparable amount of data.
 
+**Two flows at once** (reference: the address's own second flow).  When the single address
+transfers all ran that long at under ``shared_max_iw`` (2) initial windows per RTT, where the
+first bound cannot tell a cap from a long or lossy path, measure() downloads from the address
+twice at the same time (``address_parallel``).  A cap on the address is shared by the flows:
+together they get no more than ``shared_cap_ratio`` (1.25) times the slower single transfer.
+What a round trip or loss does to TCP, it does to each flow on its own: two get about twice
+one.  A shared cap still has to pass the same two exclusions.
+
 A rate of another server is never the reference: those two exclusions only rule out causes.
 """
 
@@ -72,6 +80,8 @@ class Thresholds:
     pace_min_rtts: float = 4.0  # ... for at least this many round trips after the head
     pace_min_seconds: float = 0.25  # ... and at least this long
     exclude_margin: float = 4.0  # access link / server must be this much faster
+    shared_max_iw: float = 2.0  # the parallel test: single rate under this many IW per RTT
+    shared_cap_ratio: float = 1.25  # ... and two flows at once together at most this much
     control_min_bytes: int = 32_768  # the helper's transfer must be at least this long
 
 
@@ -284,6 +294,75 @@ def pace(fig: RateFigure, complete: bool, rtt_s: float | None,
     return "unpaced", info
 
 
+def _long_enough(fig: RateFigure, rtt_s: float, th: Thresholds) -> bool:
+    return fig.body_seconds is not None and fig.body_seconds >= max(
+        th.pace_min_rtts * rtt_s, th.pace_min_seconds)
+
+
+def wants_parallel(singles: list[Transfer] | tuple[Transfer, ...],
+                   th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """True when the single address transfers all ran long enough at a rate low enough
+    (under ``shared_max_iw`` initial windows per RTT) for two flows at once to tell a cap on
+    the address from a limit of the path's round trip or loss."""
+    figures = [transfer_figure(t) for t in singles]
+    rtts = [f.rtt_s for f in figures if f.rtt_s is not None and f.rtt_s > 0]
+    if not figures or not rtts:
+        return False
+    rtt = min(rtts)
+    bound = th.shared_max_iw * initial_window_rate(rtt)
+    return all(f.usable and f.sustained_bps is not None and f.sustained_bps <= bound
+               and _long_enough(f, rtt, th) for f in figures)
+
+
+def shared_cap(obs: ThrottlingObservations, singles: list[RateFigure], rtt_s: float,
+               th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[bool, dict[str, Any]]:
+    """Whether two flows at once from the address got together no more than one alone: a cap
+    on the address, which flows share, rather than a limit of the round trip or loss, which
+    applies to each flow on its own (``shared_cap_ratio``).  With the details."""
+    pair = obs.of_kind("address_parallel")
+    figures = [transfer_figure(t) for t in pair]
+    info: dict[str, Any] = {"reference": "parallel_flows", "flows": len(pair),
+                            "figures": [f.to_json() for f in figures]}
+    rates = [f.sustained_bps for f in figures]
+    single = min((f.sustained_bps for f in singles if f.sustained_bps is not None), default=None)
+    if len(figures) < 2 or single is None or not single:
+        info["why"] = "not_measured"
+        return False, info
+    unusable = next((f.why for f in figures if not f.usable), None)
+    if unusable is not None:
+        info["why"] = f"no_rate:{unusable}"
+        return False, info
+    if any(r is None or not _long_enough(f, rtt_s, th)
+           for r, f in zip(rates, figures, strict=True)):
+        info["why"] = "too_short"
+        return False, info
+    together = together_rate(pair)
+    if together is None:
+        info["why"] = "no_rate"
+        return False, info
+    info["single_bps"] = round(single, 1)
+    info["together_bps"] = round(together, 1)
+    info["ratio"] = round(together / single, 4)
+    return together <= th.shared_cap_ratio * single, info
+
+
+def together_rate(pair: tuple[Transfer, ...] | list[Transfer]) -> float | None:
+    """What flows run at the same time moved together (bit/s): their answers' wire bytes over
+    the span from the first answer byte of any to the last byte of any (summing each flow's
+    own rate would count the time one ran alone twice)."""
+    starts: list[float] = []
+    moved = 0
+    for tr in pair:
+        first = tr.answer_wire_t if tr.answer_wire_t is not None else tr.response_t
+        if first is None:
+            return None
+        starts.append(tr.t0 + first)
+        moved += max(0, tr.bytes - tr.pre_answer_bytes)
+    end = max(tr.t for tr in pair)
+    span = end - min(starts)
+    return moved * 8.0 / span if span > 0 and moved > 0 else None
+
+
 def address_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -> TestResult:
     transfers = list(obs.of_kind("address"))
     detail: dict[str, Any] = {"reference": "path_bound_initial_window", "transfers": len(transfers)}
@@ -303,12 +382,29 @@ def address_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLD
         return TestResult("unknown", detail)
     kinds = [k for k, _ in judged]
     if "unpaced" in kinds:
-        return TestResult("not_throttled", detail)
-    paced = [f.sustained_bps for f in figures if f.sustained_bps is not None]
-    if "short" in kinds or len(paced) < 2:
+        if rtt is None or not obs.of_kind("address_parallel"):
+            return TestResult("not_throttled", detail)
+        capped, info = shared_cap(obs, figures, rtt, th)
+        detail["parallel"] = info
+        if not capped:
+            if info.get("why"):
+                detail["why"] = f"parallel_{info['why']}"
+                return TestResult("unknown", detail)
+            return TestResult("not_throttled", detail)
+        detail["reference"] = "parallel_flows"
+    elif "short" in kinds or len(figures) < 2:
         detail["why"] = "too_short" if "short" in kinds else "too_few_transfers"
         return TestResult("unknown", detail)
-    paced_bps = max(paced)
+    paced = [f.sustained_bps for f in figures if f.sustained_bps is not None]
+    if not paced:
+        detail["why"] = "too_short"
+        return TestResult("unknown", detail)
+    return _excluded_causes(obs, figures, max(paced), detail, th)
+
+
+def _excluded_causes(obs: ThrottlingObservations, figures: list[RateFigure], paced_bps: float,
+                     detail: dict[str, Any], th: Thresholds) -> TestResult:
+    """Throttled when the probe's access link and the server are both ruled out."""
     detail["address_bps"] = round(paced_bps, 1)
     baseline, source = probe_baseline(obs, th)
     detail["access_link_bps"] = None if baseline is None else round(baseline, 1)

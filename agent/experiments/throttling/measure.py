@@ -348,29 +348,43 @@ async def _address_transfers(
     deadline: float, share: int, budget_left: int, transfers: list[Transfer],
     note: Any,
 ) -> str | None:
-    """Transfers from the target's own address (appended to ``transfers``); the failure that
-    ended them early, if one did."""
+    """Transfers from the target's own address (appended to ``transfers``), then two at once
+    when the single ones were slow enough to ask whether the address is capped; the failure
+    that ended them early, if one did."""
     loop = asyncio.get_running_loop()
     used = 0
-    for i in range(st.address_transfers):
-        cap = min(share, budget_left - used)
-        if cap <= 0 or loop.time() >= deadline:
-            break
-        spec = TransferSpec(
-            kind="address", round=st.max_rounds + i, ip=target.ip, port=target.port,
+
+    def spec(kind: str, rnd: int, cap: int) -> TransferSpec:
+        return TransferSpec(
+            kind=kind, round=rnd, ip=target.ip, port=target.port,
             server_name=target.host, host_header=target.host, path=target.path,
             context=ctx.tls.verify, max_bytes=cap, max_seconds=st.address_max_seconds,
             sample_mean=st.sample_mean_s, connect_timeout=ctx.net.connect_timeout,
             tls_timeout=ctx.net.tls_timeout, tls=target.tls,
         )
-        tr, status = await download(spec, origin=origin, on_bytes=ctx.on_bytes,
-                                    note_local=note)
+
+    for i in range(st.address_transfers):
+        cap = min(share, budget_left - used)
+        if cap <= 0 or loop.time() >= deadline:
+            return None
+        tr, status = await download(spec("address", st.max_rounds + i, cap), origin=origin,
+                                    on_bytes=ctx.on_bytes, note_local=note)
         transfers.append(tr)
         used += tr.bytes
         if tr.failure is not None and tr.first_byte_t is None:
-            break  # refused, reset or silent: a second try would say the same
+            return None  # refused, reset or silent: a second try would say the same
         if status is not None and status >= 300:
             return f"http_status_{status}"
+    singles = [t for t in transfers if t.kind == "address"]
+    cap = min(share, (budget_left - used) // 2)
+    if cap <= 0 or loop.time() >= deadline or not analysis.wants_parallel(singles,
+                                                                          st.thresholds):
+        return None
+    rnd = st.max_rounds + st.address_transfers
+    pair = await asyncio.gather(*(
+        download(spec("address_parallel", rnd, cap), origin=origin, on_bytes=ctx.on_bytes,
+                 note_local=note) for _ in range(2)))
+    transfers.extend(tr for tr, _ in pair)
     return None
 
 

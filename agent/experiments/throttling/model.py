@@ -6,7 +6,10 @@ A *transfer* is one download over one TLS connection.  ``kind`` says what it com
 * ``target_sni``: the same endpoint and the same bytes, SNI = the target (what a SNI-keyed
   throttle would slow down: Russia's 2021 Twitter throttle matched ``*.twimg.com`` anywhere);
 * ``address``: the target's own address with SNI = the target (what an address-keyed throttle
-  would slow down), compared with what the control helper measures from outside.
+  would slow down), compared with what the control helper measures from outside;
+* ``address_parallel``: two downloads from the target's address at the same time (one round
+  number for both): a cap on the address is shared by them, a limit of the path's round trip
+  or loss applies to each on its own.
 
 Cumulative bytes on the wire are sampled at randomised (exponentially distributed,
 memoryless) times, as ndt7/OONI do, so the samples cannot lock onto a shaper's periodic token
@@ -25,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("benign_sni", "target_sni", "address")
+KINDS = ("benign_sni", "target_sni", "address", "address_parallel")
 
 
 @dataclass(frozen=True, slots=True)

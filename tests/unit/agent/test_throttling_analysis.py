@@ -26,6 +26,7 @@ from agent.experiments.throttling.analysis import (
     interval_rates,
     sni_test,
     transfer_rate,
+    wants_parallel,
 )
 from agent.experiments.throttling.measure import ThrottlingSettings, next_pace
 from agent.experiments.throttling.model import (
@@ -144,6 +145,17 @@ def rounds(target_bps: float, benign_bps: float, n: int, **kw: object) -> list[T
 def address(cap_bps: float, n: int = 2, **kw: object) -> list[Transfer]:
     return [simulate("address", 10 + i, cap_bps, seed=i, **kw)  # type: ignore[arg-type]
             for i in range(n)]
+
+
+def with_pair(addr: list[Transfer], cap_bps: float, **kw: object) -> list[Transfer]:
+    """``addr`` and, when the single transfers ask for it (as measure() does), two flows at
+    once: a cap below the path's own speed is shared by them, a path without one is not."""
+    if not wants_parallel(addr):
+        return addr
+    each = cap_bps / 2 if cap_bps < 1e9 else cap_bps
+    pair = [simulate("address_parallel", 12, each, seed=100 + i, **kw)  # type: ignore[arg-type]
+            for i in range(2)]
+    return addr + pair
 
 
 def control(rate: float | None, failure: str | None = None,
@@ -316,7 +328,13 @@ ADDRESS_CASES = [
      "throttling.ip"),
     ("ip-1M-30ms", 1 * MBIT, 5_000 * KB, 0.03, 0.0, 900 * MBIT, 800 * MBIT, Status.THROTTLED,
      "throttling.ip"),
-    ("ip-1M-50ms-beyond-the-bound", 1 * MBIT, 5_000 * KB, 0.05, 0.0, 900 * MBIT, 800 * MBIT,
+    ("ip-1M-50ms", 1 * MBIT, 5_000 * KB, 0.05, 0.0, 900 * MBIT, 800 * MBIT,
+     Status.THROTTLED, "throttling.ip"),
+    ("ip-1M-150ms", 1 * MBIT, 5_000 * KB, 0.15, 0.0, 900 * MBIT, 800 * MBIT,
+     Status.THROTTLED, "throttling.ip"),
+    ("ip-256k-150ms", 256e3, 5_000 * KB, 0.15, 0.0, 900 * MBIT, 800 * MBIT,
+     Status.THROTTLED, "throttling.ip"),
+    ("slow-server-1M-150ms", 1 * MBIT, 5_000 * KB, 0.15, 0.0, 1 * MBIT, 800 * MBIT,
      Status.OK, ""),
     ("ip-64k-small-page", 64e3, 30 * KB, 0.05, 0.0, 900 * MBIT, 800 * MBIT, Status.THROTTLED,
      "throttling.ip"),
@@ -329,6 +347,7 @@ ADDRESS_CASES = [
 def test_address_verdicts(case: str, cap: float, size: int, rtt: float, loss: float,
                           helper: float, line: float, status: Status, reason: str) -> None:
     addr = address(min(cap, line), size=size, rtt=rtt, loss=loss)
+    addr = with_pair(addr, min(cap, line), size=size, rtt=rtt, loss=loss)
     o = with_sni(addr, b_bps=line, control=control(helper, nbytes=min(size, 200_000)))
     got = verdict_of(o)
     assert got[0::2] == (status, reason), (case, analyze(o)[1]["address"])
@@ -519,6 +538,7 @@ def test_uncapped_tcp_at_any_rtt_and_loss_is_never_throttled(
 ) -> None:
     addr = [simulate("address", 10 + i, 1e9, size=5_000_000, rtt=rtt, loss=loss,
                      seed=seed + i) for i in range(2)]
+    addr = with_pair(addr, 1e9, size=5_000_000, rtt=rtt, loss=loss)
     o = obs(rounds(800 * MBIT, 800 * MBIT, 2, rtt=0.002, seed=seed) + addr,
             control=control(900 * MBIT))
     assert verdict_of(o)[0] != Status.THROTTLED
@@ -573,3 +593,43 @@ def test_http_urls_are_fetched_as_listed() -> None:
     assert target_of("http://news.example/a?b=1") == (
         "news.example", "http://news.example/a?b=1", 80, "/a?b=1")
     assert target_of("news.example")[1:3] == ("https://news.example/", 443)
+
+
+def test_two_flows_sharing_a_cap_are_the_reference_beyond_the_path_bound() -> None:
+    single = address(1 * MBIT, size=5_000_000, rtt=0.05)
+    assert wants_parallel(single)
+    o = with_sni(with_pair(single, 1 * MBIT, size=5_000_000, rtt=0.05),
+                 control=control(900 * MBIT))
+    result = address_test(o)
+    assert result.decision == "throttled"
+    par = result.detail["parallel"]
+    assert result.detail["reference"] == "parallel_flows"
+    assert par["flows"] == 2 and par["ratio"] <= 1.25
+    assert par["together_bps"] < 1.1 * MBIT
+
+
+def test_two_flows_each_at_the_single_rate_clear_the_address() -> None:
+    single = address(1 * MBIT, size=5_000_000, rtt=0.05)
+    pair = [simulate("address_parallel", 12, 1 * MBIT, size=5_000_000, rtt=0.05, seed=i)
+            for i in range(2)]
+    o = with_sni(single + pair, control=control(900 * MBIT))
+    result = address_test(o)
+    assert result.decision == "not_throttled"
+    assert result.detail["parallel"]["ratio"] > 1.8
+
+
+def test_a_parallel_pair_that_failed_leaves_the_address_unknown() -> None:
+    single = address(1 * MBIT, size=5_000_000, rtt=0.05)
+    pair = [simulate("address_parallel", 12, 1 * MBIT, rtt=0.05, seed=i,
+                     failure="connection_reset", failed_at="tls") for i in range(2)]
+    o = with_sni(single + pair, control=control(900 * MBIT))
+    result = address_test(o)
+    assert result.decision == "unknown"
+    assert result.detail["why"] == "parallel_no_rate:failed:connection_reset"
+    assert verdict_of(o)[0] != Status.THROTTLED
+
+
+def test_fast_single_transfers_do_not_ask_for_two_flows() -> None:
+    assert not wants_parallel(address(50 * MBIT, size=5_000_000, rtt=0.05))
+    assert not wants_parallel(address(1e9, size=6_000, rtt=0.3))
+    assert not wants_parallel([])
