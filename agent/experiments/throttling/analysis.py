@@ -336,9 +336,14 @@ def shared_cap(obs: ThrottlingObservations, singles: list[RateFigure], rtt_s: fl
            for r, f in zip(rates, figures, strict=True)):
         info["why"] = "too_short"
         return False, info
-    together = together_rate(pair)
-    if together is None:
+    measured = together_rate(pair)
+    if measured is None:
         info["why"] = "no_rate"
+        return False, info
+    together, overlap = measured
+    info["overlap_s"] = round(overlap, 6)
+    if overlap < max(th.pace_min_rtts * rtt_s, th.pace_min_seconds):
+        info["why"] = "too_short"
         return False, info
     info["single_bps"] = round(single, 1)
     info["together_bps"] = round(together, 1)
@@ -346,21 +351,37 @@ def shared_cap(obs: ThrottlingObservations, singles: list[RateFigure], rtt_s: fl
     return together <= th.shared_cap_ratio * single, info
 
 
-def together_rate(pair: tuple[Transfer, ...] | list[Transfer]) -> float | None:
-    """What flows run at the same time moved together (bit/s): their answers' wire bytes over
-    the span from the first answer byte of any to the last byte of any (summing each flow's
-    own rate would count the time one ran alone twice)."""
+def together_rate(pair: tuple[Transfer, ...] | list[Transfer]) -> tuple[float, float] | None:
+    """What flows run at the same time moved together (bit/s) while all of them ran, and how
+    long that was (s): from the latest first answer byte to the earliest last byte, each
+    flow's wire bytes read off its sampled byte counts.  Over the span from the first start to
+    the last end instead, one flow unlucky with loss would make a path without a cap look
+    shared: the time the other ran alone would count as if both were capped together."""
+    curves: list[list[tuple[float, int]]] = []
     starts: list[float] = []
-    moved = 0
     for tr in pair:
         first = tr.answer_wire_t if tr.answer_wire_t is not None else tr.response_t
-        if first is None:
+        points = [(tr.t0 + s.t, s.bytes) for s in tr.samples]
+        if first is None or len(points) < 2:
             return None
         starts.append(tr.t0 + first)
-        moved += max(0, tr.bytes - tr.pre_answer_bytes)
-    end = max(tr.t for tr in pair)
-    span = end - min(starts)
-    return moved * 8.0 / span if span > 0 and moved > 0 else None
+        curves.append(points)
+    lo = max(starts)
+    hi = min(points[-1][0] for points in curves)
+    if hi <= lo:
+        return None
+    moved = sum(_bytes_at(points, hi) - _bytes_at(points, lo) for points in curves)
+    return (moved * 8.0 / (hi - lo), hi - lo) if moved > 0 else None
+
+
+def _bytes_at(points: list[tuple[float, int]], t: float) -> float:
+    """A flow's cumulative byte count at ``t``, linear between its samples."""
+    if t <= points[0][0]:
+        return float(points[0][1])
+    for (t0, b0), (t1, b1) in itertools.pairwise(points):
+        if t <= t1:
+            return b0 + (b1 - b0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
+    return float(points[-1][1])
 
 
 def address_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -> TestResult:
