@@ -457,6 +457,7 @@ class Runner:
         self._cond = asyncio.Condition()
         self._stop: str | None = None
         self._started = 0.0
+        self._turns: dict[str, asyncio.Lock] = {}  # experiments measured one at a time
 
     async def run(self, plan: Sequence[Job]) -> RunSummary:
         """Measure ``plan``; returns when every started job ended (or a sink failed).
@@ -581,6 +582,15 @@ class Runner:
         started = datetime.now(UTC)
         t0 = loop.time()
         name = job.experiment.name
+        turn: asyncio.Lock | None = None
+        if getattr(job.experiment, "one_at_a_time", False):
+            # waiting for its turn does no network work: the slot goes to another job, and
+            # the clock (started time, timeout, runtime) starts when the turn comes
+            slot_binding.release_slot()
+            turn = self._turns.setdefault(name, asyncio.Lock())
+            await turn.acquire()
+            started = datetime.now(UTC)
+            t0 = loop.time()
         try:
             async with asyncio.timeout(self.limits.measurement_timeout):
                 outcome = await job.experiment.run(job.target, self.ctx)
@@ -592,6 +602,9 @@ class Runner:
             error = f"{name} on {job.target.input} could not run: {type(exc).__name__}: {exc}"
             log.error("%s", error, exc_info=log.isEnabledFor(logging.DEBUG))
             return None, error
+        finally:
+            if turn is not None:
+                turn.release()
         runtime = loop.time() - t0
         try:
             record = build_record(job, self.ctx, started, runtime, outcome)

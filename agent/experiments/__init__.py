@@ -50,6 +50,9 @@ class Experiment(Protocol):
     input_policy: ClassVar[InputPolicy]
     default_enabled: ClassVar[bool]  # runs when no test is named
     category_code: ClassVar[str | None]  # what an input-less test measures, for opt-outs
+    # True: the runner measures one job of this experiment at a time (bulk downloads sharing
+    # the access link would blur each other); the wait for its turn is no part of its timeout
+    one_at_a_time: ClassVar[bool]
 
     @classmethod
     def default_targets(cls) -> list[Target]:
@@ -71,6 +74,7 @@ class ExperimentBase:
     # The Citizen Lab category of what an input-less test measures (apps: COMT), for the
     # volunteer's category opt-out; None: the inputs carry their own.
     category_code: ClassVar[str | None] = None
+    one_at_a_time: ClassVar[bool] = False
 
     @classmethod
     def default_targets(cls) -> list[Target]:

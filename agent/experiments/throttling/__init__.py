@@ -12,25 +12,12 @@ the stable place where the collector reads a probe's throughput over time.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, ClassVar
 
 from agent.errors import VigilError
 from agent.experiments import ExperimentBase, InputPolicy, Outcome, register
 from agent.wire.record import Target
-
-_locks: dict[int, asyncio.Lock] = {}
-
-
-def _serial_lock() -> asyncio.Lock:
-    """One throttling measurement at a time per event loop: concurrent bulk downloads would
-    share the access link and blur every comparison."""
-    loop_id = id(asyncio.get_running_loop())
-    if loop_id not in _locks:
-        _locks.clear()
-        _locks[loop_id] = asyncio.Lock()
-    return _locks[loop_id]
 
 
 @register
@@ -39,6 +26,8 @@ class Throttling(ExperimentBase):
     version: ClassVar[str] = "0.3.0"
     input_policy: ClassVar[InputPolicy] = InputPolicy.SELECTED_HOSTS
     default_enabled: ClassVar[bool] = False  # up to 2 MB per host: only when asked for
+    # concurrent bulk downloads would share the access link and blur every comparison
+    one_at_a_time: ClassVar[bool] = True
 
     async def run(self, target: Target, ctx: Any) -> Outcome:
         if not target.input:
@@ -47,13 +36,12 @@ class Throttling(ExperimentBase):
         from agent.experiments.throttling.measure import measure, settings_from
 
         settings = settings_from(ctx)
-        async with _serial_lock():
-            started = time.monotonic()
-            obs = await measure(target.input, ctx, settings)
-            elapsed = time.monotonic() - started
+        started = time.monotonic()
+        obs = await measure(target.input, ctx, settings)
+        elapsed = time.monotonic() - started
         verdict, details = analyze(obs, settings.thresholds)
         keys = obs.to_test_keys()
         keys["benign_rate"] = benign_reference(obs, settings.thresholds)
-        keys["measurement_seconds"] = round(elapsed, 3)  # without the wait for the lock
+        keys["measurement_seconds"] = round(elapsed, 3)
         keys["analysis"] = details
         return Outcome(test_keys=keys, verdict=verdict)

@@ -252,6 +252,32 @@ async def test_measurement_timeout_is_an_error_not_a_hang() -> None:
     assert summary.errors == 1 and summary.measured == 0
 
 
+class OneAtATimeExperiment(FakeExperiment):
+    name: ClassVar[str] = "solo_test"
+    one_at_a_time: ClassVar[bool] = True
+
+
+async def test_one_at_a_time_jobs_never_overlap_and_their_wait_is_not_their_timeout() -> None:
+    # six jobs of 0.1 s each, one at a time: the last waits 0.5 s for its turn, five times
+    # its own timeout of 0.15 s, and still runs; the slots stay free for other work meanwhile
+    exp = OneAtATimeExperiment(delay=0.1)
+    other = FakeExperiment(delay=0.01)
+    urls = [f"https://h{i}.test/" for i in range(6)]
+    sink = MemorySink()
+    jobs = _jobs(exp, urls) + _jobs(other, [f"https://o{i}.test/" for i in range(6)])
+    summary = await Runner(_ctx(), sink, RunLimits(concurrency=2, measurement_timeout=0.15)
+                           ).run(jobs)
+    assert summary.measured == 12 and summary.errors == 0
+    assert exp.max_in_flight == 1 and exp.runs == 6
+    runtimes = [r.test_runtime for r in sink.records if r.test_name == "solo_test"]
+    assert len(runtimes) == 6
+    assert max(runtimes) < 0.15  # each runtime is its own measurement, not the queue
+    # the other experiment's jobs did not wait behind the queue
+    order = [r.input for r in sink.records]
+    assert max(order.index(f"https://o{i}.test/") for i in range(6)) < order.index(
+        "https://h5.test/")
+
+
 async def test_invalid_verdict_is_never_written() -> None:
     exp = FakeExperiment(verdict={"status": "ok"})
     sink = MemorySink()
