@@ -7,9 +7,11 @@
 What it measures, on one store filled with signed, schema-shaped measurements (lab.archive's
 scenarios over many networks and domains, spread over ``--days``):
 
-1. **Fill**: rows per second through ``Store.write_batch`` (the ingest's own write path,
-   rollups included), and the cost of the rollups at ingest: batches written alternately
-   into two fresh stores, one with rollups and one without, median batch time compared.
+1. **Fill**: rows per second through ``Store.write_batch`` (the ingest's own write path)
+   and ``Store.fold_rollups`` (the collector's folder), and the cost of the rollups at
+   ingest: batches written alternately into two fresh stores, one folded every
+   ``FOLD_ROWS`` rows as the folder does, one never folded, time per batch compared (the
+   folds' time spread over the batches they fold).
 2. **Size**: bytes on disk per stored measurement (SQLite: the file after a checkpoint;
    PostgreSQL: pg_total_relation_size of the tables), and the signed payload's mean size.
 3. **Latency** through the real HTTP app (in process, loopback), p50/p95 over varied
@@ -54,6 +56,7 @@ from lab.probes import TestProbe
 
 COUNTRIES = ("IQ", "IR", "PK", "KZ")
 BATCH = 1000
+FOLD_ROWS = 5000  # rows per fold: about one second of ingest, the folder's default interval
 
 
 @dataclass(frozen=True)
@@ -181,24 +184,33 @@ def fill(store: Store, maker: RowMaker, n: int, since: float, until: float) -> d
         t1 = time.perf_counter()
         gen_s += t1 - t
         store.write_batch(IngestBatch(measurements=batch))
+        if (done + len(batch)) // FOLD_ROWS > done // FOLD_ROWS:
+            store.fold_rollups()
         t = time.perf_counter()
         write_s += t - t1
         payload_bytes += sum(len(r.payload) for r in batch)
         done += len(batch)
         if done % 100_000 == 0:
             print(f"  {done} rows ({done / write_s:,.0f} rows/s written)", flush=True)
+    t1 = time.perf_counter()
+    while store.fold_rollups() > 0:
+        pass
+    write_s += time.perf_counter() - t1
     return {"rows": done, "generate_s": round(gen_s, 1), "write_s": round(write_s, 1),
             "rows_per_s": round(done / write_s), "payload_mean_bytes": payload_bytes // done}
 
 
 def rollup_cost(kind: str, maker: RowMaker, batches: int = 40) -> dict[str, Any]:
-    """Median write_batch time with and without the rollups, batches interleaved."""
+    """write_batch alone against write_batch plus a fold every FOLD_ROWS rows, batches
+    interleaved between two fresh stores; each fold's time is spread over the batches it
+    folded (the median batch of each store, plus the mean fold time per batch)."""
+    every = max(1, FOLD_ROWS // BATCH)
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, \
             store_at(kind, Path(a)) as (url_a, _), store_at(kind, Path(b)) as (url_b, _):
         with_rollups, without = open_store(url_a), open_store(url_b)
-        without._apply_rollups = lambda *args, **kw: None  # type: ignore[attr-defined]
         now = time.time()
         times: dict[str, list[float]] = {"with": [], "without": []}
+        fold_s = 0.0
         try:
             gen = maker.rows(batches * BATCH * 2, now - 30 * 86400, now)
             for i, batch in enumerate(gen):
@@ -206,13 +218,20 @@ def rollup_cost(kind: str, maker: RowMaker, batches: int = 40) -> dict[str, Any]
                 t = time.perf_counter()
                 s.write_batch(IngestBatch(measurements=batch))
                 times[name].append(time.perf_counter() - t)
+                if name == "with" and len(times[name]) % every == 0:
+                    t = time.perf_counter()
+                    s.fold_rollups()
+                    fold_s += time.perf_counter() - t
         finally:
             with_rollups.close()
             without.close()
     w, wo = statistics.median(times["with"]), statistics.median(times["without"])
-    return {"batch_rows": BATCH, "median_batch_ms_with": round(w * 1000, 1),
+    fold_per_batch = fold_s / len(times["with"])
+    return {"batch_rows": BATCH, "fold_rows": every * BATCH,
+            "median_batch_ms_with": round(w * 1000, 1),
             "median_batch_ms_without": round(wo * 1000, 1),
-            "rollup_overhead_pct": round(100 * (w - wo) / wo, 1)}
+            "fold_ms_per_batch": round(fold_per_batch * 1000, 1),
+            "rollup_overhead_pct": round(100 * (w + fold_per_batch - wo) / wo, 1)}
 
 
 def day(ts: float) -> str:

@@ -420,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify-workers", type=int, default=None)
     ap.add_argument("--verify-processes", type=int, default=None,
                     help="verification processes per collector (-1: the config default, auto)")
+    ap.add_argument("--max-inflight-bytes", type=int, default=None,
+                    help="the collectors' [ingest] max_inflight_bytes (memory bound in flight)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--profile", type=Path, default=None,
                     help="directory for py-spy stacks of the throughput runs (pip install py-spy)")
@@ -432,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["verify_workers"] = args.verify_workers
     if args.verify_processes is not None:
         extra["verify_processes"] = args.verify_processes
+    if args.max_inflight_bytes is not None:
+        extra["max_inflight_bytes"] = args.max_inflight_bytes
     stores = [s for s in args.stores.split(",") if s]
     if "postgres" in stores and (reason := pg_unavailable()):
         print(f"skipping PostgreSQL: {reason}")

@@ -90,6 +90,10 @@ class IngestConfig:
     retry_max_s: float = 30.0
     stats_interval_s: float = 30.0  # log a line of counters this often (0: never)
     drain_timeout_s: float = 30.0  # on shutdown, wait this long to store what is in flight
+    # Fold the stored measurements into the aggregation rollups this often, off the ingest's
+    # transactions (collector.store.rollups); answers count the rows not folded yet anyway.
+    # 0: never (another collector on the same store folds).
+    fold_interval_s: float = 1.0
     max_message_bytes: int = _POLICY.max_bytes
     # Memory bound of what the broker may have in flight to this process (unacknowledged QoS 1
     # messages): the Receive Maximum asked for is lowered to fit (collector.ingest.intake).
@@ -182,6 +186,8 @@ class CollectorConfig:
                 f"receive_maximum {b.receive_maximum} is below batch_size {i.batch_size}: "
                 f"batches could never fill (use at least {needed})"
             )
+        if not 0 <= i.fold_interval_s <= 3600:
+            raise ConfigError("fold_interval_s must be between 0 and 3600")
         if i.max_inflight_bytes < i.max_message_bytes:
             raise ConfigError("max_inflight_bytes must be at least max_message_bytes")
         if not b.client_id or len(b.client_id) > 128:

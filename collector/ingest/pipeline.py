@@ -96,6 +96,7 @@ log = logging.getLogger("vigil.collector.ingest")
 
 UNKNOWN_RECHECK_S = 30.0
 GROUP_COMMIT_BATCHES = 4  # at most this many queued batches share one transaction
+FOLD_STEPS_PER_TICK = 20  # bounded folds back to back while catching up a backlog
 
 
 NO_REQUEST = receipts.Request(None, None, None)  # a message without our user properties
@@ -134,6 +135,7 @@ class IngestStats:
     statuses: int = 0
     acked: int = 0
     batches: int = 0
+    folds: int = 0  # rollup folds committed (collector.store.rollups)
     store_retries: int = 0
     connections: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -224,13 +226,14 @@ class Ingest:
         writer = asyncio.create_task(self._writer(), name="vigil-ingest-writer")
         refresher = asyncio.create_task(self._refresh_keys(stop), name="vigil-key-refresh")
         reporter = asyncio.create_task(self._report(stop), name="vigil-ingest-stats")
+        folder = asyncio.create_task(self._fold(stop), name="vigil-rollup-folder")
         try:
             await self._connections(stop, writer)
         finally:
             await self._finish(writer)  # no-op when done while still connected
-            for task in (refresher, reporter, writer):
+            for task in (refresher, reporter, folder, writer):
                 task.cancel()
-            await asyncio.gather(refresher, reporter, writer, return_exceptions=True)
+            await asyncio.gather(refresher, reporter, folder, writer, return_exceptions=True)
             if self._verify_pool is not None:
                 self._verify_pool.shutdown(wait=True)
             if self._verify_procs is not None:
@@ -656,6 +659,34 @@ class Ingest:
             if m.qos > 0:
                 client.ack(m.mid, m.qos)
         self.stats.acked += len(pending.messages)
+
+    async def _fold(self, stop: asyncio.Event) -> None:
+        """Fold what was stored into the aggregation rollups every ``fold_interval_s``.
+
+        The ingest's transactions only store measurements; this adds them to the rollups in
+        larger batches, in SQL, each fold one transaction with its watermark
+        (``Store.fold_rollups``), on the store thread between two batches.  A backlog (a
+        restart, another collector's rows) is folded in bounded steps, batches in between.
+        A failed fold is retried at the next tick: the rows wait after the watermark, and
+        answers count them from there meanwhile.
+        """
+        interval = self.cfg.fold_interval_s
+        if interval <= 0:
+            return
+        store = self.store.store
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            for _ in range(FOLD_STEPS_PER_TICK):
+                try:
+                    left = await self.store.call(store.fold_rollups)
+                except StoreError as exc:
+                    log.warning("folding into the rollups failed (%s); retrying in %.1fs",
+                                exc, interval)
+                    break
+                self.stats.folds += 1
+                if left == 0:
+                    break
 
     async def _report(self, stop: asyncio.Event) -> None:
         interval = self.cfg.stats_interval_s

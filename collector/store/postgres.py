@@ -13,7 +13,7 @@ the ingest keeps its batch unacknowledged and retries, so a database restart los
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -159,6 +159,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             *backfill_statements(_PG_BUCKETS),
         ),
     ),
+    Migration(
+        4,
+        "rollups folded after the ingest, by a sequence number, up to a watermark "
+        "(rollup_state)",
+        (
+            # Not a serial or identity column: the sequence stands on its own, so the table
+            # can be recreated around it (docs/scaling.md's partitioning keeps the numbers).
+            "CREATE SEQUENCE measurements_seq_seq",
+            # Rows stored so far keep NULL (no table rewrite): they are in the rollups already.
+            "ALTER TABLE measurements ADD COLUMN seq bigint",
+            "ALTER TABLE measurements ALTER COLUMN seq SET DEFAULT nextval('measurements_seq_seq')",
+            "CREATE INDEX measurements_seq ON measurements (seq)",
+            """CREATE TABLE rollup_state (
+                id     integer PRIMARY KEY CHECK (id = 1),
+                folded bigint NOT NULL
+            )""",
+            "INSERT INTO rollup_state (id, folded) VALUES (1, 0)",
+        ),
+    ),
 )
 
 
@@ -187,6 +206,22 @@ RETURNING measurement_id
 """
 
 
+# Where the folder may fold up to, and who could still commit rows numbered below it: the
+# highest committed sequence number, and the transactions (virtual ids) writing to the
+# measurements at that moment.  A writer locks the table before it draws a number, so a
+# transaction holding a number below the highest committed one is in that list until it ends.
+_FOLD_CANDIDATE = """
+SELECT (SELECT max(seq) FROM measurements),
+       ARRAY(SELECT DISTINCT virtualtransaction FROM pg_locks
+             WHERE locktype = 'relation' AND mode = 'RowExclusiveLock'
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND relation = 'measurements'::regclass AND pid <> pg_backend_pid())
+"""
+_STILL_RUNNING = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY(%s)"
+)
+
+
 def _unavailable(exc: Exception) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
@@ -194,10 +229,15 @@ def _unavailable(exc: Exception) -> bool:
 class PostgresStore(SqlStore):
     """Store in a PostgreSQL database.  Open with :func:`collector.store.open_store`."""
 
+    _seq = "seq"
+    _bucket_sql = _PG_BUCKETS
+
     def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        # The last fold candidate: (highest committed number, writers then in flight).
+        self._fold_candidate: tuple[int, list[str]] | None = None
         try:
             self._migrate()
         except BaseException:
@@ -278,6 +318,54 @@ class PostgresStore(SqlStore):
                 yield _Cursor(cur)
         except psycopg.Error as exc:
             raise self._fail(exc) from exc
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]]:
+        """A REPEATABLE READ, READ ONLY transaction (it works on a hot standby too)."""
+        conn = self._connection()
+
+        def query(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+            return conn.execute(self._sql(sql).encode(), tuple(params)).fetchall()
+
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield query
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    def _fold_state(self, cur: Any, wait: bool) -> int | None:
+        """The watermark row, locked: folders and prune take turns; a folder that finds it
+        taken skips this round (SKIP LOCKED) instead of waiting behind another collector."""
+        cur.execute("SELECT folded FROM rollup_state WHERE id = 1 FOR UPDATE"
+                    + ("" if wait else " SKIP LOCKED"))
+        row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    def _fold_horizon(self, cur: Any) -> int | None:
+        """Several collectors commit in any order, so the highest committed number is not a
+        horizon by itself: rows below it may still be in flight.  Each call notes the
+        highest committed number with the writers then in flight; a later call folds up to
+        it once those writers have ended (at once when none was writing)."""
+        ready = None
+        if self._fold_candidate is not None:
+            top, writers = self._fold_candidate
+            running = 0
+            if writers:
+                cur.execute(_STILL_RUNNING, (writers,))
+                running = int(cur.fetchone()[0])
+            if running == 0:
+                ready = top
+        cur.execute(_FOLD_CANDIDATE)
+        top_now, writers_now = cur.fetchone()
+        if top_now is None:
+            self._fold_candidate = None
+            return ready
+        if not writers_now:
+            self._fold_candidate = None
+            return int(top_now)
+        self._fold_candidate = (int(top_now), [str(w) for w in writers_now])
+        return ready
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         conn = self._connection()

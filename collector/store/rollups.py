@@ -1,9 +1,14 @@
 """Aggregates kept beside the measurements, so "how much was blocked, where, since when"
 answers in milliseconds however large the archive grows.
 
-Three rollup tables count measurements per time bucket and group; every ingest batch folds
-its new rows into them in the same transaction that stores the rows (so they are never ahead
-of or behind the archive), and ``prune`` subtracts what it deletes:
+Three rollup tables count measurements per time bucket and group.  The ingest only stores
+measurements; each gets a sequence number that only grows (``seq`` on PostgreSQL, the rowid
+on SQLite), and the ingest's folder (``Store.fold_rollups``, a task of the collector's ingest)
+adds the rows numbered after the watermark ``rollup_state.folded`` to the rollups in larger
+batches, in SQL, moving the watermark in the same transaction: a crash never counts a row
+twice or loses one.  Questions read the rollups plus the rows after the watermark (the
+not-yet-folded tail, a few seconds of ingest) in one snapshot, so answers are exact at any
+moment, and ``prune`` subtracts the folded rows it deletes:
 
     rollup_hour          hour  x country, network, test, blocking, status
     rollup_day           day   x country, network, test, blocking, status
@@ -156,8 +161,8 @@ RollupDelta = dict[str, Counter[tuple[object, ...]]]
 
 def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
     """Per table, ``(bucket, *group values) -> count`` for these measurements (``sign`` -1
-    to subtract pruned ones).  Runs on the ingest's store thread for every batch, so it is
-    written for speed: the key orders are those of ROLLUP_HOUR/DAY/MONTH_DOMAIN.columns."""
+    to subtract pruned ones): what ``prune`` takes off the rollups for the folded rows it
+    deletes.  The key orders are those of ROLLUP_HOUR/DAY/MONTH_DOMAIN.columns."""
     hour: Counter[tuple[object, ...]] = Counter()
     day: Counter[tuple[object, ...]] = Counter()
     month: Counter[tuple[object, ...]] = Counter()
@@ -191,18 +196,36 @@ def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> li
     return out
 
 
+def _counted(t: RollupTable, bucket_sql: Mapping[Grain, str], where: str) -> str:
+    """SELECT of ``t``'s rows (bucket, group columns, count) from the measurements ``where``."""
+    values = [f"COALESCE({c}, '')" if c in NULLABLE else c for c in t.columns]
+    groups = ", ".join(str(i + 1) for i in range(len(t.columns) + 1))
+    return (f"SELECT {bucket_sql[t.grain]}, {', '.join(values)}, COUNT(*) FROM measurements "
+            f"WHERE {where} GROUP BY {groups}")
+
+
 def backfill_statements(bucket_sql: Mapping[Grain, str]) -> list[str]:
     """Fill the rollups from measurements already stored (the migration that adds them)."""
-    out = []
-    for t in TABLES:
-        values = [f"COALESCE({c}, '')" if c in NULLABLE else c for c in t.columns]
-        groups = ", ".join(str(i + 1) for i in range(len(t.columns) + 1))
-        out.append(
-            f"INSERT INTO {t.name} (bucket, {', '.join(t.columns)}, n) "
-            f"SELECT {bucket_sql[t.grain]}, {', '.join(values)}, COUNT(*) FROM measurements "
-            f"GROUP BY {groups}"
-        )
-    return out
+    return [f"INSERT INTO {t.name} (bucket, {', '.join(t.columns)}, n) "
+            f"{_counted(t, bucket_sql, 'true')}" for t in TABLES]
+
+
+def fold_statements(bucket_sql: Mapping[Grain, str], seq: str) -> list[str]:
+    """Add the measurements numbered ``lo < seq <= hi`` (parameters ``lo, hi``) to every
+    rollup: one INSERT ... SELECT ... GROUP BY per table, so the database counts and no row
+    crosses into Python; the groups are distinct, so no rollup row is updated twice."""
+    return [f"INSERT INTO {t.name} (bucket, {', '.join(t.columns)}, n) "
+            f"{_counted(t, bucket_sql, f'{seq} > ? AND {seq} <= ?')} "
+            f"ON CONFLICT ({', '.join(t.key)}) DO UPDATE SET n = {t.name}.n + excluded.n"
+            for t in TABLES]
+
+
+def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str) -> str:
+    """The measurements numbered after ``?`` (the watermark) shaped as rows of ``t``
+    (bucket, group columns, ``n`` = 1): what a question adds to the rollup's counts."""
+    values = [f"COALESCE({c}, '') AS {c}" if c in NULLABLE else c for c in t.columns]
+    return (f"SELECT {bucket_sql[t.grain]} AS bucket, {', '.join(values)}, 1 AS n "
+            f"FROM measurements WHERE {seq} > ?")
 
 
 def upsert_sql(t: RollupTable) -> str:

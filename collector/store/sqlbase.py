@@ -63,8 +63,10 @@ from collector.store.rollups import (
     collect,
     delta_params,
     fold,
+    fold_statements,
     pivot_columns,
     plan,
+    tail_select,
     upsert_sql,
 )
 
@@ -77,6 +79,9 @@ DIMENSION_COLUMNS: Mapping[Dimension, str] = {
     Dimension.PROBE: "probe_id",
     Dimension.TEST: "test_name",
 }
+
+# Sequence numbers folded into the rollups per transaction, at most (fold_rollups).
+FOLD_MAX_SPAN = 50_000
 
 # measurement_id as the schema writes it: lower-case UUID (pages are keyed on it).
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -165,11 +170,6 @@ def fold_activity(rows: Sequence[MeasurementRow]) -> list[Activity]:
     return list(acc.values())
 
 
-def fact_of(r: MeasurementRow) -> Fact:
-    return Fact(r.start_ts, r.probe_cc, r.probe_asn, r.domain, r.category_code, r.test_name,
-                r.blocking, r.status)
-
-
 def split_batch_duplicates(
     rows: Sequence[MeasurementRow],
 ) -> tuple[list[MeasurementRow], list[str], list[str]]:
@@ -220,6 +220,10 @@ class SqlStore(abc.ABC):
 
     url: str
     quarantine_limits: QuarantineLimits = QuarantineLimits()
+    # The measurements' sequence number (rollups.fold_statements) and the SQL of each grain's
+    # time bucket of start_time, as Unix seconds.
+    _seq: str
+    _bucket_sql: Mapping[Grain, str]
 
     # ---- backend hooks ------------------------------------------------------------------
     @abc.abstractmethod
@@ -284,6 +288,22 @@ class SqlStore(abc.ABC):
 
     @abc.abstractmethod
     def _blob(self, value: Any) -> bytes: ...
+
+    @abc.abstractmethod
+    def _fold_state(self, cur: Any, wait: bool) -> int | None:
+        """Inside a write transaction: the watermark (``rollup_state.folded``), locked until
+        the transaction ends so one folder or prune at a time moves it; None when ``wait``
+        is false and another transaction holds it."""
+
+    @abc.abstractmethod
+    def _fold_horizon(self, cur: Any) -> int | None:
+        """Inside the folder's transaction: the highest sequence number up to which every
+        measurement is committed (or never will be), None if there is none yet."""
+
+    @abc.abstractmethod
+    def _snapshot(self) -> AbstractContextManager[Any]:
+        """A read-only transaction whose queries all see one snapshot; yields a function
+        like ``_query``."""
 
     # ---- probes -------------------------------------------------------------------------
     def _probe(self, row: tuple[Any, ...]) -> ProbeRecord:
@@ -383,9 +403,8 @@ class SqlStore(abc.ABC):
                 )
                 already = set(stored.duplicates)
                 fresh = [r for r in unique if r.measurement_id not in already]
-                if fresh:
+                if fresh:  # the rollups are folded later, off the ingest (fold_rollups)
                     self._upsert_activity(cur, fold_activity(fresh))
-                    self._apply_rollups(cur, [fact_of(r) for r in fresh])
                 if result.conflicts:
                     by_id = {r.measurement_id: r for r in rows}
                     for mid in dict.fromkeys(result.conflicts):
@@ -715,8 +734,28 @@ class SqlStore(abc.ABC):
         return Overview(measurements, probes, quarantined, self.rejection_counts())
 
     # ---- rollups, aggregation, retention ---------------------------------------------------
+    def fold_rollups(self, max_span: int = FOLD_MAX_SPAN) -> int:
+        """Add the measurements stored since the last fold to the rollups, in one transaction
+        that also moves the watermark (a crash folds all of them or none).  At most
+        ``max_span`` sequence numbers per call, so a long backlog is folded in bounded
+        transactions.  Returns how many sequence numbers are left to fold up to the horizon
+        (0: caught up).  Another collector folding (PostgreSQL) makes this one return 0."""
+        with self._transaction() as cur:
+            folded = self._fold_state(cur, wait=False)
+            if folded is None:
+                return 0
+            horizon = self._fold_horizon(cur)
+            if horizon is None or horizon <= folded:
+                return 0
+            hi = min(horizon, folded + max(1, int(max_span)))
+            for statement in fold_statements(self._bucket_sql, self._seq):
+                cur.execute(statement, (folded, hi))
+            cur.execute("UPDATE rollup_state SET folded = ? WHERE id = 1", (hi,))
+        return horizon - hi
+
     def _apply_rollups(self, cur: Any, facts: Sequence[Fact], sign: int = 1) -> None:
-        """Fold measurements into the rollup tables (inside the caller's transaction)."""
+        """Add (or, ``sign`` -1, subtract) measurements to the rollup tables (inside the
+        caller's transaction)."""
         delta = fold(facts, sign)
         for t in TABLES:
             params = delta_params(delta, t)
@@ -738,6 +777,7 @@ class SqlStore(abc.ABC):
                 col = DIMENSION_COLUMN[d]
                 select.append(f"COALESCE({col}, '')" if p.source == RAW and col in NULLABLE
                               else col)
+        source = p.source
         if p.source == RAW:
             clause, params = self._where(Filter(
                 since=where.since, until=where.until, probe_cc=where.probe_cc,
@@ -745,6 +785,7 @@ class SqlStore(abc.ABC):
                 category_code=where.category_code, test_name=where.test_name,
                 blocking=where.blocking))
             count = "COUNT(*)"
+            tail_params: list[Any] = []
         else:
             clauses: list[str] = []
             params = []
@@ -761,6 +802,15 @@ class SqlStore(abc.ABC):
                     params.append(value)
             clause = (" WHERE " + " AND ".join(clauses)) if clauses else ""
             count = "SUM(n)"
+            # The rollup's rows plus the measurements not folded into it yet, shaped alike
+            # and filtered alike (the filter written into both, not left to be pushed down).
+            table = next(t for t in TABLES if t.name == p.source)
+            columns = ", ".join(("bucket", *table.columns, "n"))
+            tail = tail_select(table, self._bucket_sql, self._seq)
+            source = (f"(SELECT {columns} FROM {p.source}{clause} UNION ALL "
+                      f"SELECT {columns} FROM ({tail}) AS tail{clause}) AS src")
+            tail_params = [*params]
+            clause = ""
         keys = ", ".join(f"k{i}" for i in range(len(select)))
         cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(select))
         pivot = ", ".join(pivot_columns("1" if p.source == RAW else "n"))
@@ -770,11 +820,14 @@ class SqlStore(abc.ABC):
         # were and how many measurements they hold, in the same pass.
         # Largest groups first (the total is the column after the keys), ties by key.
         order = ", ".join([f"{len(select) + 1} DESC", *(str(i + 1) for i in range(len(select)))])
-        rows = self._query(
-            f"SELECT {cols}, {pivot}, COUNT(*) OVER (), SUM({count}) OVER () "
-            f"FROM {p.source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?",
-            [*params, int(limit)],
-        )
+        sql = (f"SELECT {cols}, {pivot}, COUNT(*) OVER (), SUM({count}) OVER () "
+               f"FROM {source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?")
+        if p.source == RAW:
+            rows = self._query(sql, [*params, int(limit)])
+        else:
+            with self._snapshot() as query:  # the watermark and the rows of one moment
+                folded = int(query("SELECT folded FROM rollup_state WHERE id = 1")[0][0])
+                rows = query(sql, [*params, folded, *tail_params, int(limit)])
         groups = collect(dims, rows)
         n_groups = int(rows[0][-2]) if rows else 0
         total = int(rows[0][-1]) if rows else 0
@@ -813,18 +866,22 @@ class SqlStore(abc.ABC):
         deleted = 0
         for _ in range(max_batches):
             with self._transaction() as cur:
+                # The watermark, locked: no fold moves it while this batch is deleted.  Rows
+                # after it were never counted, so only the ones up to it are subtracted.
+                folded = self._fold_state(cur, wait=True)
                 cur.execute(
                     "SELECT measurement_id, start_time, probe_cc, probe_asn, domain, "
-                    "category_code, test_name, blocking, status FROM measurements "
-                    "WHERE start_time < ? LIMIT ?",
+                    f"category_code, test_name, blocking, status, {self._seq} "
+                    "FROM measurements WHERE start_time < ? LIMIT ?",
                     (cutoff, int(batch)),
                 )
                 found = cur.fetchall()
                 if not found:
                     break
                 facts = [Fact(self._epoch_value(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
-                         for r in found]
-                self._apply_rollups(cur, facts, sign=-1)
+                         for r in found if r[9] is None or folded is None or r[9] <= folded]
+                if facts:
+                    self._apply_rollups(cur, facts, sign=-1)
                 ids = [str(r[0]) for r in found]
                 self._delete_measurements(cur, ids)
                 deleted += len(ids)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,14 +151,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             *backfill_statements(_SQLITE_BUCKETS),
         ),
     ),
+    Migration(
+        4,
+        "rollups folded after the ingest, by rowid, up to a watermark (rollup_state)",
+        (
+            """CREATE TABLE rollup_state (
+                id     INTEGER PRIMARY KEY CHECK (id = 1),
+                folded INTEGER NOT NULL
+            )""",
+            # Every row stored so far is in the rollups (kept at ingest until now).
+            "INSERT INTO rollup_state (id, folded) "
+            "SELECT 1, COALESCE(MAX(rowid), 0) FROM measurements",
+        ),
+    ),
 )
 
 
 _INSERT_MEASUREMENT = (
-    "INSERT OR IGNORE INTO measurements (measurement_id, probe_id, test_name, input, domain, "
-    "category_code, probe_cc, probe_asn, probe_network_name, status, blocking, reason, "
+    "INSERT OR IGNORE INTO measurements (rowid, measurement_id, probe_id, test_name, input, "
+    "domain, category_code, probe_cc, probe_asn, probe_network_name, status, blocking, reason, "
     "confirmed, start_time, received_at, payload_type, payload, signature, probe_seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The rowid after which a batch numbers its rows: past every stored row and past the rollups'
+# watermark.  SQLite alone would give the highest rowid + 1, which reuses the numbers of the
+# newest rows once prune deleted them, numbers the folder has already passed.
+_NEXT_ROWID = (
+    "SELECT MAX(COALESCE((SELECT MAX(rowid) FROM measurements), 0), "
+    "(SELECT folded FROM rollup_state WHERE id = 1))"
 )
 
 
@@ -177,6 +197,9 @@ def path_from_url(url: str) -> Path:
 
 class SqliteStore(SqlStore):
     """Store in one SQLite file.  Open with :func:`collector.store.open_store`."""
+
+    _seq = "rowid"  # one writer at a time: rowids are committed in the order they are given
+    _bucket_sql = _SQLITE_BUCKETS
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
@@ -297,6 +320,29 @@ class SqliteStore(SqlStore):
         finally:
             cur.close()
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]]:
+        """A read transaction: in WAL mode its reads see the database as of its first one."""
+        try:
+            self._db.execute("BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+        try:
+            yield self._query
+        finally:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")  # read only: nothing to keep
+
+    def _fold_state(self, cur: Any, wait: bool) -> int:
+        # The transaction holds SQLite's one write lock already (BEGIN IMMEDIATE).
+        cur.execute("SELECT folded FROM rollup_state WHERE id = 1")
+        return int(cur.fetchone()[0])
+
+    def _fold_horizon(self, cur: Any) -> int | None:
+        cur.execute("SELECT MAX(rowid) FROM measurements")
+        top = cur.fetchone()[0]
+        return None if top is None else int(top)
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, tuple(params)).fetchall()
@@ -353,9 +399,12 @@ class SqliteStore(SqlStore):
             stored.update((mid, bytes(p)) for mid, p in cur.fetchall())
         fresh = [r for r in rows if r.measurement_id not in stored]
         if fresh:
+            cur.execute(_NEXT_ROWID)
+            last = int(cur.fetchone()[0])
             cur.executemany(
                 _INSERT_MEASUREMENT,
-                [r.column_values(confirmed_as_int=True) for r in fresh],
+                [(last + i, *r.column_values(confirmed_as_int=True))
+                 for i, r in enumerate(fresh, 1)],
             )
         dups = tuple(r.measurement_id for r in rows if r.measurement_id in stored)
         conflicts = tuple(

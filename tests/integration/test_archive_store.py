@@ -209,7 +209,7 @@ def test_rollups_are_built_for_an_archive_stored_before_they_existed(
     want = s.aggregate((D.MONTH, D.DOMAIN), limit=10_000)
     s.close()
     db = sqlite3.connect(path)
-    for table in ("rollup_hour", "rollup_day", "rollup_month_domain"):
+    for table in ("rollup_hour", "rollup_day", "rollup_month_domain", "rollup_state"):
         db.execute(f"DROP TABLE {table}")
     db.execute("DROP INDEX measurements_cc_id")
     db.execute("DROP INDEX measurements_asn_id")
