@@ -183,7 +183,8 @@ def paths() -> dict[str, Any]:
         "/api/v1/aggregation": _op(
             "aggregation",
             "Counts and blocked/throttled/down shares grouped by one or two dimensions "
-            "(at most one of hour, day, month), answered from rollups kept at ingest.",
+            "(at most one of hour, day, month), answered from rollups plus the measurements "
+            "stored since their last fold (exact counts).",
             [_p("by", {"type": "string",
                        "pattern": "^(" + "|".join(DIMENSIONS) + ")(,(" + "|".join(DIMENSIONS)
                        + "))?$"},

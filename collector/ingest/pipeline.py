@@ -135,7 +135,6 @@ class IngestStats:
     statuses: int = 0
     acked: int = 0
     batches: int = 0
-    folds: int = 0  # rollup folds committed (collector.store.rollups)
     store_retries: int = 0
     connections: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -684,7 +683,6 @@ class Ingest:
                     log.warning("folding into the rollups failed (%s); retrying in %.1fs",
                                 exc, interval)
                     break
-                self.stats.folds += 1
                 if left == 0:
                     break
 

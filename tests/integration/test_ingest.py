@@ -71,6 +71,16 @@ def stored_ids(url: str) -> set[str]:
         store.close()
 
 
+def folded(url: str) -> dict[str, int]:
+    """How many measurements each rollup table counts (what the ingest's folder added)."""
+    store = open_store(url)
+    try:
+        return {t: int(store._query(f"SELECT COALESCE(SUM(n), 0) FROM {t}")[0][0])  # type: ignore[attr-defined]
+                for t in ("rollup_hour", "rollup_day", "rollup_month_domain")}
+    finally:
+        store.close()
+
+
 def rejections(url: str) -> dict[str, int]:
     store = open_store(url)
     try:
@@ -223,7 +233,8 @@ async def test_exactly_once_across_collector_kill_and_restart(
     expected = {_mid(e) for e in envelopes}
     assert len(expected) == 1500
 
-    async with collector_proc(tmp_path, broker.info, url, "c1") as c:
+    # Folding often: the kill may well land inside a fold's transaction.
+    async with collector_proc(tmp_path, broker.info, url, "c1", fold_interval_s=0.05) as c:
         c.start()
         await c.wait_connected()  # the persistent session (and subscription) now exists
         pub = asyncio.create_task(
@@ -240,10 +251,13 @@ async def test_exactly_once_across_collector_kill_and_restart(
         await c.wait_connected()
         assert await asyncio.wait_for(pub, WAIT) == 1500
         await wait_for(lambda: count(url) >= 1500, "all 1500 measurements")
+        await wait_for(lambda: folded(url)["rollup_day"] >= 1500, "all folded into rollups")
         await asyncio.sleep(1.0)  # nothing more may arrive
         assert c.terminate() == 0, c.log_text()
     assert 300 <= after_kill < 1500
     assert count(url) == 1500
+    assert folded(url) == dict.fromkeys(("rollup_hour", "rollup_day", "rollup_month_domain"),
+                                        1500)  # each once, across the kill
     assert stored_ids(url) == expected
     rej = rejections(url)
     assert set(rej) <= {"duplicate"}, rej  # redeliveries after the kill, nothing else
@@ -436,15 +450,20 @@ async def test_two_collectors_share_the_load_exactly_once(
     envelopes = {p.probe_id: [p.envelope() for _ in range(100)] for p in probes}
     # c1 verifies on the event loop, c2 with a thread pool: both paths are covered (the
     # verification-process default is covered below).
-    async with in_process(broker.info, url, "c1", verify_processes=0) as a, \
-            in_process(broker.info, url, "c2", verify_workers=2) as b:
+    # Both fold the rollups, often, into one store.
+    async with in_process(broker.info, url, "c1", verify_processes=0,
+                          fold_interval_s=0.05) as a, \
+            in_process(broker.info, url, "c2", verify_workers=2, fold_interval_s=0.05) as b:
         await asyncio.gather(*(
             publish(broker.info, p.probe_id, [(p.topic, e) for e in envelopes[p.probe_id]])
             for p in probes
         ))
         await wait_for(lambda: count(url) == 400, "400 measurements")
+        await wait_for(lambda: folded(url)["rollup_day"] >= 400, "all folded into rollups")
         split = (a.stats.stored, b.stats.stored)
     assert sum(split) == 400 and min(split) > 0, split
+    assert folded(url) == dict.fromkeys(("rollup_hour", "rollup_day", "rollup_month_domain"),
+                                        400)
     assert stored_ids(url) == {_mid(e) for es in envelopes.values() for e in es}
     assert rejections(url) == {}
 
