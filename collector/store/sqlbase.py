@@ -748,10 +748,15 @@ class SqlStore(abc.ABC):
             if horizon is None or horizon <= folded:
                 return 0
             hi = min(horizon, folded + max(1, int(max_span)))
-            for statement in fold_statements(self._bucket_sql, self._seq):
-                cur.execute(statement, (folded, hi))
+            self._fold_range(cur, folded, hi)
             cur.execute("UPDATE rollup_state SET folded = ? WHERE id = 1", (hi,))
         return horizon - hi
+
+    def _fold_range(self, cur: Any, lo: int, hi: int) -> None:
+        """Add the measurements numbered ``lo < seq <= hi`` to the rollups (inside the
+        caller's transaction)."""
+        for statement in fold_statements(self._bucket_sql, self._seq):
+            cur.execute(statement, (lo, hi))
 
     def _apply_rollups(self, cur: Any, facts: Sequence[Fact], sign: int = 1) -> None:
         """Add (or, ``sign`` -1, subtract) measurements to the rollup tables (inside the
