@@ -40,10 +40,11 @@ and two other causes are excluded:
 **Two flows at once** (reference: the address's own second flow).  When the single address
 transfers all ran that long at under ``shared_max_iw`` (2) initial windows per RTT, where the
 first bound cannot tell a cap from a long or lossy path, measure() downloads from the address
-twice at the same time (``address_parallel``).  A cap on the address is shared by the flows:
-together they get no more than ``shared_cap_ratio`` (1.25) times the slower single transfer.
-What a round trip or loss does to TCP, it does to each flow on its own: two get about twice
-one.  A shared cap still has to pass the same two exclusions.
+twice at the same time (``address_parallel``, requests sent together).  A cap on the address
+is shared by the flows: together they get no more than ``shared_cap_ratio`` (1.25) times the
+slower single transfer, each side taken over the second half of its time (slow start weighs
+alike).  What a round trip or loss does to TCP, it does to each flow on its own: two get
+about twice one.  A shared cap still has to pass the same two exclusions.
 
 A rate of another server is never the reference: those two exclusions only rule out causes.
 """
