@@ -1,18 +1,23 @@
 """Aggregates kept beside the measurements, so "how much was blocked, where, since when"
 answers in milliseconds however large the archive grows.
 
-Three rollup tables count measurements per time bucket and group; every ingest batch folds
-its new rows into them in the same transaction that stores the rows (so they are never ahead
-of or behind the archive), and ``prune`` subtracts what it deletes:
+Four rollup tables count measurements per group; every ingest batch folds its new rows into
+them in the same transaction that stores the rows (so they are never ahead of or behind the
+archive), and ``prune`` subtracts what it deletes:
 
     rollup_hour          hour  x country, network, test, blocking, status
     rollup_day           day   x country, network, test, blocking, status
     rollup_month_domain  month x country, network, domain, category, test, blocking, status
+    rollup_domain        all time: domain, network, country, category, test; one column per
+                         status and per technique
 
 Domain and category multiply the number of groups by the size of the test lists, so they are
 kept per calendar month: a time series for *one* domain is read from the measurements
-themselves (the ``domain`` index makes that a small range scan).  :func:`plan` picks the
-source for a question, or says why none fits.
+themselves (the ``domain`` index makes that a small range scan).  Questions about domains
+over the whole archive (the domain x network matrix, a country's domains) read
+``rollup_domain``: one row per group, already pivoted, so the answer is a scan of as many
+rows as it has groups, with no statuses or months to add up.  :func:`plan` picks the source
+for a question, or says why none fits.
 
 Everything here is pure (no database): the folding, the bucket arithmetic and the planning;
 the stores run the SQL it writes.
@@ -99,6 +104,27 @@ ROLLUP_MONTH_DOMAIN = RollupTable(
 )
 TABLES: tuple[RollupTable, ...] = (ROLLUP_HOUR, ROLLUP_DAY, ROLLUP_MONTH_DOMAIN)
 RAW = "measurements"
+TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
+
+
+@dataclass(frozen=True, slots=True)
+class PivotTable:
+    """A rollup without time whose rows hold one count per verdict status and, of the
+    blocked or throttled measurements, one per technique (``counts``, after the total ``n``).
+    Its primary key is ``columns`` in that order."""
+
+    name: str
+    columns: tuple[str, ...]
+    counts: tuple[str, ...]
+
+
+PIVOT_COUNTS = ("n", *(f"n_{s}" for s in STATUSES),
+                *(f"t_{t.replace('-', '_')}" for t in TECHNIQUES))
+# Keyed domain then network: the matrix groups (domain, network) in key order, without a
+# sort (a country's matrix reads the whole table, a few rows per domain and network).
+ROLLUP_DOMAIN = PivotTable(
+    "rollup_domain", ("domain", "probe_asn", "probe_cc", "category_code", "test_name"),
+    PIVOT_COUNTS)
 
 
 # ---- time buckets ---------------------------------------------------------------------------
@@ -152,6 +178,9 @@ class Fact:
 
 
 RollupDelta = dict[str, Counter[tuple[object, ...]]]
+PivotDelta = dict[tuple[str, ...], list[int]]
+_STATUS_SLOT = {s: 1 + i for i, s in enumerate(STATUSES)}
+_TECHNIQUE_SLOT = {t: 1 + len(STATUSES) + i for i, t in enumerate(TECHNIQUES)}
 
 
 def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
@@ -173,6 +202,60 @@ def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
             m = month_of_day[d] = bucket_start(ts, Grain.MONTH)
         month[(m, f.probe_cc, f.probe_asn, f.domain or "", f.category_code or "", *tail)] += sign
     return {ROLLUP_HOUR.name: hour, ROLLUP_DAY.name: day, ROLLUP_MONTH_DOMAIN.name: month}
+
+
+def pivot(delta: RollupDelta) -> PivotDelta:
+    """The ``rollup_domain`` rows of a folded batch: its monthly domain counts summed over
+    months and spread into one column per status and technique."""
+    out: PivotDelta = {}
+    width = len(PIVOT_COUNTS)
+    monthly = delta[ROLLUP_MONTH_DOMAIN.name]
+    for (_, cc, asn, dom, cat, test, blocking, status), n in monthly.items():
+        key = (str(dom), str(asn), str(cc), str(cat), str(test))
+        row = out.get(key)
+        if row is None:
+            row = out[key] = [0] * width
+        row[0] += n
+        slot = _STATUS_SLOT.get(str(status))
+        if slot is not None:
+            row[slot] += n
+        if status in ("blocked", "throttled"):
+            tslot = _TECHNIQUE_SLOT.get(str(blocking))
+            if tslot is not None:
+                row[tslot] += n
+    return out
+
+
+def pivot_params(delta: PivotDelta) -> list[tuple[object, ...]]:
+    """Rows for :func:`pivot_upsert_sql` in key order (a fixed lock order), empty ones left
+    out."""
+    return [(*key, *row) for key, row in sorted(delta.items()) if any(row)]
+
+
+def pivot_create_statement(count_type: str, suffix: str = "") -> str:
+    t = ROLLUP_DOMAIN
+    cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
+    counts = ", ".join(f"{c} {count_type} NOT NULL" for c in t.counts)
+    return (f"CREATE TABLE {t.name} ({cols}, {counts}, "
+            f"PRIMARY KEY ({', '.join(t.columns)})){suffix}")
+
+
+def pivot_backfill_statement() -> str:
+    """Fill ``rollup_domain`` from ``rollup_month_domain`` (which counts the same rows per
+    month, status and technique): a pass over the monthly rollup, not the measurements."""
+    t = ROLLUP_DOMAIN
+    sums = pivot_columns("n")
+    return (f"INSERT INTO {t.name} ({', '.join((*t.columns, *t.counts))}) "
+            f"SELECT {', '.join(t.columns)}, {', '.join(sums)} FROM {ROLLUP_MONTH_DOMAIN.name} "
+            f"GROUP BY {', '.join(t.columns)}")
+
+
+def pivot_upsert_sql() -> str:
+    t = ROLLUP_DOMAIN
+    cols = (*t.columns, *t.counts)
+    adds = ", ".join(f"{c} = {t.name}.{c} + excluded.{c}" for c in t.counts)
+    return (f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT ({', '.join(t.columns)}) DO UPDATE SET {adds}")
 
 
 def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
@@ -265,6 +348,11 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
     grain = Grain(times[0].value) if times else None
     wants_domain = (AggDimension.DOMAIN in dims or AggDimension.CATEGORY in dims
                     or where.category_code is not None)
+    if ((wants_domain or where.domain is not None) and grain is None and where.since is None
+            and where.until is None and where.blocking is None
+            and AggDimension.BLOCKING not in dims):
+        # Domains over the whole archive: one pivoted row per group.
+        return Plan(ROLLUP_DOMAIN.name, None, None, None)
     if where.domain is not None:
         # One domain: a small range scan of the measurements' domain index, exact bounds.
         return Plan(RAW, grain, where.since, where.until)
@@ -322,9 +410,6 @@ class AggRow:
         total = self.total
         hit = sum(self.counts.get(s, 0) for s in statuses)
         return 0.0 if total == 0 else round(hit / total, 6)
-
-
-TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
 
 
 def pivot_columns(count: str) -> list[str]:

@@ -23,6 +23,7 @@ from collector.store.rollups import (
     PlanError,
     bucket_start,
 )
+from collector.store.sqlbase import page_index_statements
 from lab.archive import Archive, generate
 
 D = AggDimension
@@ -200,7 +201,7 @@ def test_prune_keeps_rollups_exact(store: Store, archive: Archive) -> None:
 
 def test_rollups_are_built_for_an_archive_stored_before_they_existed(
         tmp_path: Path, archive: Archive) -> None:
-    """Opening a store of schema version 1 fills the rollups from the stored rows."""
+    """Opening a store of schema version 2 fills the rollups from the stored rows."""
     import sqlite3
 
     path = tmp_path / "old.db"
@@ -209,8 +210,10 @@ def test_rollups_are_built_for_an_archive_stored_before_they_existed(
     want = s.aggregate((D.MONTH, D.DOMAIN), limit=10_000)
     s.close()
     db = sqlite3.connect(path)
-    for table in ("rollup_hour", "rollup_day", "rollup_month_domain"):
+    for table in ("rollup_hour", "rollup_day", "rollup_month_domain", "rollup_domain"):
         db.execute(f"DROP TABLE {table}")
+    for statement in page_index_statements("confirmed = 1"):
+        db.execute(f"DROP INDEX {statement.split()[2]}")
     db.execute("DROP INDEX measurements_cc_id")
     db.execute("DROP INDEX measurements_asn_id")
     db.execute("CREATE INDEX measurements_cc_time ON measurements (probe_cc, start_time)")
