@@ -32,6 +32,7 @@ import random
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,8 +161,8 @@ class RowMaker:
                 rec["measurement_start_time"].encode(),
                 when.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode(), 1)
             v = rec["verdict"]
-            yield (mid, probe.probe_id, rec["test_name"], url, domain_of(url), cat, net.cc,
-                   net.asn, net.name, v["status"], v["blocking"], v["reason"],
+            yield (uuid.UUID(mid), probe.probe_id, rec["test_name"], url, domain_of(url), cat,
+                   net.cc, net.asn, net.name, v["status"], v["blocking"], v["reason"],
                    v["confirmed"], when, datetime.fromtimestamp(start + 3.0, UTC),
                    wire.PAYLOAD_TYPE, payload, sig)
 

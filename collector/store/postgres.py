@@ -29,11 +29,13 @@ from collector.store.base import (
     StoreUnavailable,
 )
 from collector.store.rollups import (
+    DERIVED,
     ROLLUP_DOMAIN,
     Grain,
     RollupTable,
     backfill_statements,
     create_statements,
+    derived_backfill_statements,
     pivot_backfill_statement,
     pivot_create_statement,
 )
@@ -166,10 +168,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4,
         "all-time rollup of domains by country, network, category and test (the domain x "
-        "network matrix); indexes for pages filtered on rare verdicts, failures, blocking "
-        "and category",
+        "network matrix); monthly rollup without domains; indexes for pages filtered on "
+        "rare verdicts, failures, blocking and category",
         (
             pivot_create_statement("bigint"),
+            *create_statements("bigint", "bigint", tables=DERIVED),
+            *derived_backfill_statements(),
             pivot_backfill_statement(),
             *page_index_statements("confirmed"),
         ),

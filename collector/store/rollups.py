@@ -1,13 +1,14 @@
 """Aggregates kept beside the measurements, so "how much was blocked, where, since when"
 answers in milliseconds however large the archive grows.
 
-Four rollup tables count measurements per group; every ingest batch folds its new rows into
+Five rollup tables count measurements per group; every ingest batch folds its new rows into
 them in the same transaction that stores the rows (so they are never ahead of or behind the
 archive), and ``prune`` subtracts what it deletes:
 
     rollup_hour          hour  x country, network, test, blocking, status
     rollup_day           day   x country, network, test, blocking, status
     rollup_month_domain  month x country, network, domain, category, test, blocking, status
+    rollup_month         month x country, network, category, test, blocking, status
     rollup_domain        all time: domain, network, country, category, test; one column per
                          status and per technique
 
@@ -103,6 +104,13 @@ ROLLUP_MONTH_DOMAIN = RollupTable(
     leading=2,
 )
 TABLES: tuple[RollupTable, ...] = (ROLLUP_HOUR, ROLLUP_DAY, ROLLUP_MONTH_DOMAIN)
+# rollup_month_domain without the domain (a hundredth of its rows with a thousand domains):
+# months and categories by country or network.  Its rows are derived from the monthly domain
+# counts of a batch (derive), not counted from the facts again.
+ROLLUP_MONTH = RollupTable(
+    "rollup_month", Grain.MONTH,
+    ("probe_cc", "probe_asn", "category_code", "test_name", "blocking", "status"), leading=1)
+DERIVED: tuple[RollupTable, ...] = (ROLLUP_MONTH,)
 RAW = "measurements"
 TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
 
@@ -204,6 +212,24 @@ def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
     return {ROLLUP_HOUR.name: hour, ROLLUP_DAY.name: day, ROLLUP_MONTH_DOMAIN.name: month}
 
 
+def derive(delta: RollupDelta) -> RollupDelta:
+    """The rows of the DERIVED tables for a folded batch: rollup_month summed from the
+    monthly domain counts."""
+    month: Counter[tuple[object, ...]] = Counter()
+    for (m, cc, asn, _, cat, test, blocking, status), n in \
+            delta[ROLLUP_MONTH_DOMAIN.name].items():
+        month[(m, cc, asn, cat, test, blocking, status)] += n
+    return {ROLLUP_MONTH.name: month}
+
+
+def derived_backfill_statements() -> list[str]:
+    """Fill the DERIVED tables from rollup_month_domain (a pass over it, not the rows)."""
+    t = ROLLUP_MONTH
+    cols = ", ".join(("bucket", *t.columns))
+    return [f"INSERT INTO {t.name} ({cols}, n) SELECT {cols}, SUM(n) "
+            f"FROM {ROLLUP_MONTH_DOMAIN.name} GROUP BY {cols}"]
+
+
 def pivot(delta: RollupDelta) -> PivotDelta:
     """The ``rollup_domain`` rows of a folded batch: its monthly domain counts summed over
     months and spread into one column per status and technique."""
@@ -258,13 +284,14 @@ def pivot_upsert_sql() -> str:
             f"ON CONFLICT ({', '.join(t.columns)}) DO UPDATE SET {adds}")
 
 
-def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
+def create_statements(bucket_type: str, count_type: str, suffix: str = "",
+                      tables: Sequence[RollupTable] = TABLES) -> list[str]:
     """DDL for the rollup tables (types differ a little between backends; SQLite adds
     ``WITHOUT ROWID`` so each table is one B-tree).  The primary key is the only index: it
     leads with the bucket (or country and network, then bucket: RollupTable.leading), so a
     question is one range scan, and every write at ingest touches one tree per table."""
     out: list[str] = []
-    for t in TABLES:
+    for t in tables:
         cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
         key = ", ".join(t.key)
         out.append(
@@ -356,6 +383,7 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
     if where.domain is not None:
         # One domain: a small range scan of the measurements' domain index, exact bounds.
         return Plan(RAW, grain, where.since, where.until)
+    monthly = ROLLUP_MONTH_DOMAIN if AggDimension.DOMAIN in dims else ROLLUP_MONTH
     if wants_domain:
         if grain in (Grain.HOUR, Grain.DAY):
             raise PlanError(
@@ -364,10 +392,10 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
                 "domain (domain=...) for an hourly or daily series",
             )
         since, until = widen(where.since, where.until, Grain.MONTH)
-        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+        return Plan(monthly.name, grain, since, until)
     if grain is Grain.MONTH:
         since, until = widen(where.since, where.until, Grain.MONTH)
-        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+        return Plan(monthly.name, grain, since, until)
     if grain is Grain.HOUR:
         if where.since is None:
             raise PlanError("since", "an hourly series needs since (and spans 31 days at most)")

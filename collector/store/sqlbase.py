@@ -48,6 +48,7 @@ from collector.store.base import (
 from collector.store.rollups import (
     AGG_FILTER_COLUMNS,
     DAY,
+    DERIVED,
     DIMENSION_COLUMN,
     HOUR,
     NULLABLE,
@@ -64,6 +65,7 @@ from collector.store.rollups import (
     RollupTable,
     collect,
     delta_params,
+    derive,
     fold,
     pivot,
     pivot_columns,
@@ -779,7 +781,8 @@ class SqlStore(abc.ABC):
     def _apply_rollups(self, cur: Any, facts: Sequence[Fact], sign: int = 1) -> None:
         """Fold measurements into the rollup tables (inside the caller's transaction)."""
         delta = fold(facts, sign)
-        for t in TABLES:
+        delta.update(derive(delta))
+        for t in (*TABLES, *DERIVED):
             params = delta_params(delta, t)
             if params:
                 self._upsert_rollup(cur, t, params)
@@ -835,19 +838,45 @@ class SqlStore(abc.ABC):
             sums = ", ".join(pivot_columns("1" if p.source == RAW else "n"))
         if p.source == RAW:
             sums = sums.replace("blocking = ", "COALESCE(blocking, '') = ")
-        # The window functions run after GROUP BY and before LIMIT: how many groups there
-        # were and how many measurements they hold, in the same pass.
-        # Largest groups first (the total is the column after the keys), ties by key.
-        order = ", ".join([f"{len(select) + 1} DESC", *(str(i + 1) for i in range(len(select)))])
-        rows = self._query(
-            f"SELECT {cols}, {sums}, COUNT(*) OVER (), SUM({count}) OVER () "
-            f"FROM {p.source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?",
+        if AggDimension.DOMAIN not in dims and p.grain is not Grain.HOUR:
+            # Few groups (at most hundreds per country, network, category or day): one pass.
+            # The window functions run after GROUP BY and before LIMIT: how many groups
+            # there were and how many measurements they hold, in the same pass.  Largest
+            # groups first (the total is the column after the keys), ties by key.
+            order = ", ".join([f"{len(select) + 1} DESC",
+                               *(str(i + 1) for i in range(len(select)))])
+            rows = self._query(
+                f"SELECT {cols}, {sums}, COUNT(*) OVER (), SUM({count}) OVER () "
+                f"FROM {p.source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?",
+                [*params, int(limit)],
+            )
+            return Aggregation(plan=p, rows=collect(dims, rows),
+                               groups=int(rows[0][-2]) if rows else 0,
+                               total=int(rows[0][-1]) if rows else 0)
+        # Domains or hours: tens of thousands of groups (the domain x network matrix has
+        # 40,000), so two passes.  First the keys and totals only, through the window
+        # functions and the sort; then the counts per status and technique of the groups
+        # kept.  Carrying every count through the window and the sort cost twice as much.
+        top = self._query(
+            f"SELECT {keys}, t, COUNT(*) OVER (), SUM(t) OVER () FROM ("
+            f"SELECT {cols}, {count} AS t FROM {p.source}{clause} GROUP BY {keys}) AS g "
+            f"ORDER BY t DESC, {keys} LIMIT ?",
             [*params, int(limit)],
         )
-        groups = collect(dims, rows)
-        n_groups = int(rows[0][-2]) if rows else 0
-        total = int(rows[0][-1]) if rows else 0
-        return Aggregation(plan=p, rows=groups, groups=n_groups, total=total)
+        if not top:
+            return Aggregation(plan=p, rows=[], groups=0, total=0)
+        nk = len(select)
+        chosen = [tuple(r[:nk]) for r in top]
+        marks = ", ".join(["(" + ", ".join("?" * nk) + ")"] * len(chosen))
+        counted = self._query(
+            f"SELECT {cols}, {sums} FROM {p.source}{clause}"
+            f"{' AND ' if clause else ' WHERE '}({', '.join(select)}) IN (VALUES {marks}) "
+            f"GROUP BY {keys}",
+            [*params, *(v for k in chosen for v in k)],
+        )
+        by_key = {tuple(r[:nk]): r[nk:] for r in counted}
+        return Aggregation(plan=p, rows=collect(dims, [(*k, *by_key[k]) for k in chosen]),
+                           groups=int(top[0][-2]), total=int(top[0][-1]))
 
     def _upsert_rollup(self, cur: Any, t: RollupTable, params: Sequence[tuple[object, ...]]
                        ) -> None:

@@ -28,9 +28,11 @@ from collector.store.base import (
     StoreUnavailable,
 )
 from collector.store.rollups import (
+    DERIVED,
     Grain,
     backfill_statements,
     create_statements,
+    derived_backfill_statements,
     pivot_backfill_statement,
     pivot_create_statement,
 )
@@ -161,10 +163,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4,
         "all-time rollup of domains by country, network, category and test (the domain x "
-        "network matrix); indexes for pages filtered on rare verdicts, failures, blocking "
-        "and category",
+        "network matrix); monthly rollup without domains; indexes for pages filtered on "
+        "rare verdicts, failures, blocking and category",
         (
             pivot_create_statement("INTEGER", " WITHOUT ROWID"),
+            *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID", tables=DERIVED),
+            *derived_backfill_statements(),
             pivot_backfill_statement(),
             *page_index_statements("confirmed = 1"),
         ),
