@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from collector.store.base import (
+    Filter,
     InsertResult,
     MeasurementRow,
     QuarantineItem,
@@ -341,6 +342,17 @@ class PostgresStore(SqlStore):
 
     def _not_indexed(self, column: str) -> str:
         return column  # the planner's statistics choose
+
+    def _window_first(self, where: Filter | None, descending: bool) -> bool:
+        """A window that ends before the newest rows (or, oldest first, starts after the
+        oldest), with a filter whose index leads with it and the time: the planner, taking
+        matches to be spread evenly over the ids, walks the primary key from the newest id
+        and reads every row after the window first (seconds at 10 million rows; the ids
+        follow time).  Fenced (OFFSET 0), it reads the window's matches from the filter's
+        index and sorts them."""
+        if where is None or (where.until if descending else where.since) is None:
+            return False
+        return bool(where.category_code is not None or where.blocking or where.domain)
 
     def _delete_measurements(self, cur: Any, ids: Sequence[str]) -> None:
         cur.execute("DELETE FROM measurements WHERE measurement_id = ANY(?::uuid[])",

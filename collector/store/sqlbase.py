@@ -645,13 +645,20 @@ class SqlStore(abc.ABC):
         # The ids first, then their rows: the inner query reads only an index when one holds
         # every filtered column (the page indexes do), so rows skipped by the filter are never
         # read from the table; the outer one reads the page's rows by id.
+        ids = f"SELECT measurement_id FROM measurements{clause}"
+        if self._window_first(where, descending):
+            ids = f"SELECT measurement_id FROM ({ids} OFFSET 0) AS w"
         rows = self._query(
             f"SELECT {SUMMARY_COLUMNS} FROM measurements WHERE measurement_id IN ("
-            f"SELECT measurement_id FROM measurements{clause} "
-            f"ORDER BY measurement_id {order} LIMIT ?) ORDER BY measurement_id {order}",
+            f"{ids} ORDER BY measurement_id {order} LIMIT ?) ORDER BY measurement_id {order}",
             [*params, int(limit)],
         )
         return [self._summary(r) for r in rows]
+
+    def _window_first(self, where: Filter | None, descending: bool) -> bool:
+        """Whether to read a page's matches through the index of its filter and time window
+        and sort them, rather than walk the ids in order (PostgreSQL: see there)."""
+        return False
 
     def export_page(
         self, where: Filter | None = None, limit: int = 500, after: str | None = None
