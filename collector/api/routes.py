@@ -493,17 +493,24 @@ STATS_FROM_ROLLUP: dict[Dimension, AggDimension] = {
 ROLLUP_MAX_GROUPS = 100_000
 
 
-def _rollup_counts(store: Store, d: Dimension, where: Filter, top: int
+def _rollup_counts(store: Store, d: Dimension, where: Filter, top: int,
+                   seen: dict[AggDimension, Aggregation] | None = None
                    ) -> tuple[list[tuple[str, int]], int] | None:
     """``count_by`` from the rollups when they count exactly what was asked (the filters are
-    ones they keep and the time bounds fall on their buckets); None otherwise."""
+    ones they keep and the time bounds fall on their buckets); None otherwise.  ``seen``
+    keeps the answers already read for the same filter (verdicts and tests share one)."""
     if any(getattr(where, f) is not None for f in (
             "status", "probe_id", "input", "confirmed", "probe_network_name", "failure")):
         return None
-    try:
-        result = store.aggregate((STATS_FROM_ROLLUP[d],), agg_filter(where), ROLLUP_MAX_GROUPS)
-    except PlanError:
-        return None
+    dim = STATS_FROM_ROLLUP[d]
+    result = None if seen is None else seen.get(dim)
+    if result is None:
+        try:
+            result = store.aggregate((dim,), agg_filter(where), ROLLUP_MAX_GROUPS)
+        except PlanError:
+            return None
+        if seen is not None:
+            seen[dim] = result
     if result.plan.since != where.since or result.plan.until != where.until:
         return None
     if d is Dimension.VERDICT:
@@ -533,8 +540,9 @@ def _total(store: Store, where: Filter, count: bool) -> tuple[int | None, bool]:
 def _stats(store: Store, where: Filter, top: int) -> dict[str, Any]:
     counts: dict[str, list[dict[str, Any]]] = {}
     total: int | None = None
+    seen: dict[AggDimension, Aggregation] = {}
     for d in STATS_DIMENSIONS:
-        fast = _rollup_counts(store, d, where, top)
+        fast = _rollup_counts(store, d, where, top, seen)
         if fast is None:
             pairs = store.count_by(d, where, top)
         else:

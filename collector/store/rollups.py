@@ -1,18 +1,24 @@
 """Aggregates kept beside the measurements, so "how much was blocked, where, since when"
 answers in milliseconds however large the archive grows.
 
-Three rollup tables count measurements per time bucket and group; every ingest batch folds
-its new rows into them in the same transaction that stores the rows (so they are never ahead
-of or behind the archive), and ``prune`` subtracts what it deletes:
+Five rollup tables count measurements per group; every ingest batch folds its new rows into
+them in the same transaction that stores the rows (so they are never ahead of or behind the
+archive), and ``prune`` subtracts what it deletes:
 
     rollup_hour          hour  x country, network, test, blocking, status
     rollup_day           day   x country, network, test, blocking, status
     rollup_month_domain  month x country, network, domain, category, test, blocking, status
+    rollup_month         month x country, network, category, test, blocking, status
+    rollup_domain        all time: domain, network, country, category, test; one column per
+                         status and per technique
 
 Domain and category multiply the number of groups by the size of the test lists, so they are
 kept per calendar month: a time series for *one* domain is read from the measurements
-themselves (the ``domain`` index makes that a small range scan).  :func:`plan` picks the
-source for a question, or says why none fits.
+themselves (the ``domain`` index makes that a small range scan).  Questions about domains
+over the whole archive (the domain x network matrix, a country's domains) read
+``rollup_domain``: one row per group, already pivoted, so the answer is a scan of as many
+rows as it has groups, with no statuses or months to add up.  :func:`plan` picks the source
+for a question, or says why none fits.
 
 Everything here is pure (no database): the folding, the bucket arithmetic and the planning;
 the stores run the SQL it writes.
@@ -98,7 +104,35 @@ ROLLUP_MONTH_DOMAIN = RollupTable(
     leading=2,
 )
 TABLES: tuple[RollupTable, ...] = (ROLLUP_HOUR, ROLLUP_DAY, ROLLUP_MONTH_DOMAIN)
+# rollup_month_domain without the domain (a hundredth of its rows with a thousand domains):
+# months and categories by country or network.  Its rows are derived from the monthly domain
+# counts of a batch (derive), not counted from the facts again.
+ROLLUP_MONTH = RollupTable(
+    "rollup_month", Grain.MONTH,
+    ("probe_cc", "probe_asn", "category_code", "test_name", "blocking", "status"), leading=1)
+DERIVED: tuple[RollupTable, ...] = (ROLLUP_MONTH,)
 RAW = "measurements"
+TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
+
+
+@dataclass(frozen=True, slots=True)
+class PivotTable:
+    """A rollup without time whose rows hold one count per verdict status and, of the
+    blocked or throttled measurements, one per technique (``counts``, after the total ``n``).
+    Its primary key is ``columns`` in that order."""
+
+    name: str
+    columns: tuple[str, ...]
+    counts: tuple[str, ...]
+
+
+PIVOT_COUNTS = ("n", *(f"n_{s}" for s in STATUSES),
+                *(f"t_{t.replace('-', '_')}" for t in TECHNIQUES))
+# Keyed domain then network: the matrix groups (domain, network) in key order, without a
+# sort (a country's matrix reads the whole table, a few rows per domain and network).
+ROLLUP_DOMAIN = PivotTable(
+    "rollup_domain", ("domain", "probe_asn", "probe_cc", "category_code", "test_name"),
+    PIVOT_COUNTS)
 
 
 # ---- time buckets ---------------------------------------------------------------------------
@@ -152,6 +186,9 @@ class Fact:
 
 
 RollupDelta = dict[str, Counter[tuple[object, ...]]]
+PivotDelta = dict[tuple[str, ...], list[int]]
+_STATUS_SLOT = {s: 1 + i for i, s in enumerate(STATUSES)}
+_TECHNIQUE_SLOT = {t: 1 + len(STATUSES) + i for i, t in enumerate(TECHNIQUES)}
 
 
 def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
@@ -175,13 +212,86 @@ def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
     return {ROLLUP_HOUR.name: hour, ROLLUP_DAY.name: day, ROLLUP_MONTH_DOMAIN.name: month}
 
 
-def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
+def derive(delta: RollupDelta) -> RollupDelta:
+    """The rows of the DERIVED tables for a folded batch: rollup_month summed from the
+    monthly domain counts."""
+    month: Counter[tuple[object, ...]] = Counter()
+    for (m, cc, asn, _, cat, test, blocking, status), n in \
+            delta[ROLLUP_MONTH_DOMAIN.name].items():
+        month[(m, cc, asn, cat, test, blocking, status)] += n
+    return {ROLLUP_MONTH.name: month}
+
+
+def derived_backfill_statements() -> list[str]:
+    """Fill the DERIVED tables from rollup_month_domain (a pass over it, not the rows)."""
+    t = ROLLUP_MONTH
+    cols = ", ".join(("bucket", *t.columns))
+    return [f"INSERT INTO {t.name} ({cols}, n) SELECT {cols}, SUM(n) "
+            f"FROM {ROLLUP_MONTH_DOMAIN.name} GROUP BY {cols}"]
+
+
+def pivot(delta: RollupDelta) -> PivotDelta:
+    """The ``rollup_domain`` rows of a folded batch: its monthly domain counts summed over
+    months and spread into one column per status and technique."""
+    out: PivotDelta = {}
+    width = len(PIVOT_COUNTS)
+    monthly = delta[ROLLUP_MONTH_DOMAIN.name]
+    for (_, cc, asn, dom, cat, test, blocking, status), n in monthly.items():
+        key = (str(dom), str(asn), str(cc), str(cat), str(test))
+        row = out.get(key)
+        if row is None:
+            row = out[key] = [0] * width
+        row[0] += n
+        slot = _STATUS_SLOT.get(str(status))
+        if slot is not None:
+            row[slot] += n
+        if status in ("blocked", "throttled"):
+            tslot = _TECHNIQUE_SLOT.get(str(blocking))
+            if tslot is not None:
+                row[tslot] += n
+    return out
+
+
+def pivot_params(delta: PivotDelta) -> list[tuple[object, ...]]:
+    """Rows for :func:`pivot_upsert_sql` in key order (a fixed lock order), empty ones left
+    out."""
+    return [(*key, *row) for key, row in sorted(delta.items()) if any(row)]
+
+
+def pivot_create_statement(count_type: str, suffix: str = "") -> str:
+    t = ROLLUP_DOMAIN
+    cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
+    counts = ", ".join(f"{c} {count_type} NOT NULL" for c in t.counts)
+    return (f"CREATE TABLE {t.name} ({cols}, {counts}, "
+            f"PRIMARY KEY ({', '.join(t.columns)})){suffix}")
+
+
+def pivot_backfill_statement() -> str:
+    """Fill ``rollup_domain`` from ``rollup_month_domain`` (which counts the same rows per
+    month, status and technique): a pass over the monthly rollup, not the measurements."""
+    t = ROLLUP_DOMAIN
+    sums = pivot_columns("n")
+    return (f"INSERT INTO {t.name} ({', '.join((*t.columns, *t.counts))}) "
+            f"SELECT {', '.join(t.columns)}, {', '.join(sums)} FROM {ROLLUP_MONTH_DOMAIN.name} "
+            f"GROUP BY {', '.join(t.columns)}")
+
+
+def pivot_upsert_sql() -> str:
+    t = ROLLUP_DOMAIN
+    cols = (*t.columns, *t.counts)
+    adds = ", ".join(f"{c} = {t.name}.{c} + excluded.{c}" for c in t.counts)
+    return (f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT ({', '.join(t.columns)}) DO UPDATE SET {adds}")
+
+
+def create_statements(bucket_type: str, count_type: str, suffix: str = "",
+                      tables: Sequence[RollupTable] = TABLES) -> list[str]:
     """DDL for the rollup tables (types differ a little between backends; SQLite adds
     ``WITHOUT ROWID`` so each table is one B-tree).  The primary key is the only index: it
     leads with the bucket (or country and network, then bucket: RollupTable.leading), so a
     question is one range scan, and every write at ingest touches one tree per table."""
     out: list[str] = []
-    for t in TABLES:
+    for t in tables:
         cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
         key = ", ".join(t.key)
         out.append(
@@ -265,9 +375,15 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
     grain = Grain(times[0].value) if times else None
     wants_domain = (AggDimension.DOMAIN in dims or AggDimension.CATEGORY in dims
                     or where.category_code is not None)
+    if ((wants_domain or where.domain is not None) and grain is None and where.since is None
+            and where.until is None and where.blocking is None
+            and AggDimension.BLOCKING not in dims):
+        # Domains over the whole archive: one pivoted row per group.
+        return Plan(ROLLUP_DOMAIN.name, None, None, None)
     if where.domain is not None:
         # One domain: a small range scan of the measurements' domain index, exact bounds.
         return Plan(RAW, grain, where.since, where.until)
+    monthly = ROLLUP_MONTH_DOMAIN if AggDimension.DOMAIN in dims else ROLLUP_MONTH
     if wants_domain:
         if grain in (Grain.HOUR, Grain.DAY):
             raise PlanError(
@@ -276,10 +392,10 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
                 "domain (domain=...) for an hourly or daily series",
             )
         since, until = widen(where.since, where.until, Grain.MONTH)
-        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+        return Plan(monthly.name, grain, since, until)
     if grain is Grain.MONTH:
         since, until = widen(where.since, where.until, Grain.MONTH)
-        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+        return Plan(monthly.name, grain, since, until)
     if grain is Grain.HOUR:
         if where.since is None:
             raise PlanError("since", "an hourly series needs since (and spans 31 days at most)")
@@ -322,9 +438,6 @@ class AggRow:
         total = self.total
         hit = sum(self.counts.get(s, 0) for s in statuses)
         return 0.0 if total == 0 else round(hit / total, 6)
-
-
-TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
 
 
 def pivot_columns(count: str) -> list[str]:

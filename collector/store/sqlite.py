@@ -27,12 +27,21 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
-from collector.store.rollups import Grain, backfill_statements, create_statements
+from collector.store.rollups import (
+    DERIVED,
+    Grain,
+    backfill_statements,
+    create_statements,
+    derived_backfill_statements,
+    pivot_backfill_statement,
+    pivot_create_statement,
+)
 from collector.store.sqlbase import (
     Activity,
     Migration,
     SqlStore,
     chunks,
+    page_index_statements,
     pending_migrations,
     quarantine_params,
     sighting_kinds,
@@ -149,6 +158,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX measurements_asn_id ON measurements (probe_asn, measurement_id)",
             *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID"),
             *backfill_statements(_SQLITE_BUCKETS),
+        ),
+    ),
+    Migration(
+        4,
+        "all-time rollup of domains by country, network, category and test (the domain x "
+        "network matrix); monthly rollup without domains; indexes for pages filtered on "
+        "rare verdicts, failures, blocking and category",
+        (
+            pivot_create_statement("INTEGER", " WITHOUT ROWID"),
+            *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID", tables=DERIVED),
+            *derived_backfill_statements(),
+            pivot_backfill_statement(),
+            *page_index_statements("confirmed = 1"),
         ),
     ),
 )
