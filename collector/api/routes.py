@@ -635,7 +635,7 @@ async def outages(request: web.Request) -> web.Response:
     ongoing = p.boolean("ongoing", False)
     limit = p.integer("limit", 100, 1, 1000)
     es = await events_store(request.app)
-    events = await query(request, es.list, since.timestamp() if since else None, group,
+    events = await query(request, es.events, since.timestamp() if since else None, group,
                          ongoing, limit)
     rt = request.app[RUNTIME]
     out = []

@@ -164,7 +164,7 @@ def list_(store_url: str | None, config_path: Path | None, since: str | None,
             raise UsageError(f"--since {since!r} is not an ISO 8601 time") from None
     store = open_command_store(store_url, config_path)
     try:
-        events = OutageEventStore(store).list(since=since_ts, group=group, ongoing=ongoing)
+        events = OutageEventStore(store).events(since=since_ts, group=group, ongoing=ongoing)
     finally:
         store.close()
     _print(events, as_json)

@@ -95,7 +95,7 @@ async def test_shutdown_found_saved_and_notified(store: Any) -> None:
         types = sorted((r["type"], r["event"]["group"]) for r in received)
         assert types == [("outage.closed", "asn:AS64500"), ("outage.closed", "cc:IR"),
                          ("outage.opened", "asn:AS64500"), ("outage.opened", "cc:IR")]
-        saved = OutageEventStore(store).list()
+        saved = OutageEventStore(store).events()
         assert {e.event_id for e in saved} == {e.event_id for e in after}
         assert OutageEventStore(store).notified(closed.event_id) == {"opened", "closed"}
     finally:
