@@ -28,7 +28,7 @@ from pathlib import Path
 from collector.helper.ipdb import IPDB
 from collector.helper.ranges import (
     LoadReport,
-    RangeTable,
+    RangeMap,
     RangeTableBuilder,
     load_files,
     parse_ip,
@@ -38,28 +38,14 @@ from collector.helper.ranges import (
 UNKNOWN_CC = frozenset({"", "-", "ZZ", "XX", "--"})
 
 
-class GeoDB:
+class GeoDB(RangeMap[str]):
     """Immutable once built; share it freely, replace it whole on reload."""
 
-    __slots__ = ("_ccs", "_ranges", "sources")
-
-    def __init__(self, ranges: RangeTable, ccs: Sequence[str],
-                 sources: tuple[str, ...] = ()) -> None:
-        self._ranges = ranges
-        self._ccs = tuple(ccs)
-        self.sources = sources
-
-    @classmethod
-    def empty(cls) -> GeoDB:
-        return cls(RangeTable.empty(), ())
-
-    def __len__(self) -> int:
-        return len(self._ranges)
+    __slots__ = ()
 
     def country(self, addr: str | IPv4Address | IPv6Address) -> str | None:
         """ISO country where the address is used; None when the database does not know."""
-        i = self._ranges.find(addr)
-        return None if i is None else self._ccs[i]
+        return self.value(addr)
 
 
 def client_info(ipdb: IPDB, geo: GeoDB, address: str) -> dict[str, str]:

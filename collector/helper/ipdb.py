@@ -29,7 +29,7 @@ from pathlib import Path
 from collector.helper.ranges import IPDBError as IPDBError
 from collector.helper.ranges import LoadReport as LoadReport
 from collector.helper.ranges import (
-    RangeTable,
+    RangeMap,
     RangeTableBuilder,
     load_files,
     parse_ip,
@@ -53,28 +53,15 @@ class NetworkInfo:
 UNKNOWN = NetworkInfo(0, "ZZ", "")
 
 
-class IPDB:
+class IPDB(RangeMap[NetworkInfo]):
     """Immutable once built; share it freely, replace it whole on reload."""
 
-    __slots__ = ("_infos", "_ranges", "sources")
-
-    def __init__(self, ranges: RangeTable, infos: Sequence[NetworkInfo],
-                 sources: tuple[str, ...] = ()) -> None:
-        self._ranges = ranges
-        self._infos = tuple(infos)
-        self.sources = sources
-
-    @classmethod
-    def empty(cls) -> IPDB:
-        return cls(RangeTable.empty(), ())
-
-    def __len__(self) -> int:
-        return len(self._ranges)
+    __slots__ = ()
 
     def lookup(self, addr: str | IPv4Address | IPv6Address) -> NetworkInfo:
         """Network of an address; ``UNKNOWN`` when absent, unrouted or not an address."""
-        i = self._ranges.find(addr)
-        return UNKNOWN if i is None else self._infos[i]
+        info = self.value(addr)
+        return UNKNOWN if info is None else info
 
 
 def parse_lines(lines: Iterable[str], source: str, report: LoadReport | None = None) -> IPDB:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import IO, Protocol, TypeAlias, TypeVar
+from typing import IO, Generic, Protocol, Self, TypeAlias, TypeVar
 
 MAX_REPORTED_ERRORS = 20
 
@@ -149,6 +149,34 @@ class RangeTable:
         if i >= 0 and value <= ends[i]:
             return index[i]
         return None
+
+
+V = TypeVar("V")
+
+
+class RangeMap(Generic[V]):
+    """Address ranges to values (a network, a country), with the files they came from.
+    Immutable once built; share it freely, replace it whole on reload."""
+
+    __slots__ = ("_ranges", "_values", "sources")
+
+    def __init__(self, ranges: RangeTable, values: Sequence[V],
+                 sources: tuple[str, ...] = ()) -> None:
+        self._ranges = ranges
+        self._values = tuple(values)
+        self.sources = sources
+
+    @classmethod
+    def empty(cls) -> Self:
+        return cls(RangeTable.empty(), ())
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def value(self, addr: str | IPv4Address | IPv6Address) -> V | None:
+        """The value of the range holding ``addr``; None when there is none."""
+        i = self._ranges.find(addr)
+        return None if i is None else self._values[i]
 
 
 class RangeTableBuilder:
