@@ -10,26 +10,21 @@ outbox would deliver them, so the test needs no waiting for intervals to pass.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from agent.wire import envelope as wire
 from collector.config import (
     ApiConfig,
-    BrokerConfig,
     CollectorConfig,
     IngestConfig,
     OutagesConfig,
@@ -44,6 +39,8 @@ from collector.slowdowns.watch import SlowdownWatchConfig, SlowdownWatcher
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow
 from lab.probes import TestProbe, iso
+from tests.support.collector import broker_config, publish, wait_json
+from tests.support.webhooks import WebhookReceiver
 
 INTERVAL = 20.0  # simulated measurement interval, seconds
 BINS = 40  # history length, intervals
@@ -141,34 +138,6 @@ def row(rec: dict[str, Any], received: float) -> MeasurementRow:
     )
 
 
-class Hook:
-    """A local webhook receiver (loopback)."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> Hook:
-        async def hook(request: web.Request) -> web.Response:
-            self.received.append(await request.json())
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -203,7 +172,7 @@ async def test_slowdown_found_saved_notified_and_listed(store_url: str) -> None:
     try:
         rows = [row(r, now) for recs in records(plan).values() for r in recs]
         store.write_batch(IngestBatch(measurements=rows))
-        async with Hook() as hook:
+        async with WebhookReceiver() as hook:
             watcher = SlowdownWatcher(store, SlowdownWatchConfig(CFG, (hook.url,)))
             async with aiohttp.ClientSession() as session:
                 first = await watcher.check(now, session)
@@ -313,12 +282,9 @@ async def test_slowdown_end_to_end_over_the_broker(broker: Any, tmp_path: Path) 
         store.close()
     creds = {p.probe_id: broker.add_probe(p.probe_id) for p in all_probes}
     info = broker.info
-    async with Hook() as hook:
+    async with WebhookReceiver() as hook:
         config = CollectorConfig(
-            broker=BrokerConfig(host=info.host, port=info.collector_port, tls=True,
-                                ca_file=str(info.ca_file), username=info.collector.username,
-                                password=info.collector.password, client_id="slowdown-e2e",
-                                keepalive_s=5),
+            broker=broker_config(info, "slowdown-e2e"),
             store=StoreConfig(url=url),
             ingest=IngestConfig(batch_size=50, retry_initial_s=0.1, retry_max_s=1.0,
                                 key_refresh_s=0.5),
@@ -328,52 +294,27 @@ async def test_slowdown_end_to_end_over_the_broker(broker: Any, tmp_path: Path) 
         ).validate()
         app = create_app(ServeSettings(config=config, outages=False))
         async with TestClient(TestServer(app)) as client:
-            await _wait(client, "/healthz", lambda b: b["ingest"].get("connected") is True,
-                        "the ingest to connect")
+            await wait_json(client, "/healthz", lambda b: b["ingest"].get("connected") is True,
+                            "the ingest to connect", timeout=WAIT)
             sent = 0
             for p, recs in records(plan).items():
-                async with aiomqtt.Client(
-                    info.host, info.probe_port, username=p.probe_id,
-                    password=creds[p.probe_id].password, identifier=p.probe_id,
-                    protocol=aiomqtt.ProtocolVersion.V5, tls_context=info.tls_context(),
-                ) as mqtt:
-                    for rec in recs:
-                        await mqtt.publish(p.topic, p.envelope(rec), qos=1)
-                        sent += 1
-            await _wait(client, f"{API}/stats", lambda b: b["total"] == sent,
-                        "every record stored")
-            body = await _wait(
+                sent += await publish(info, p, creds[p.probe_id].password,
+                                      [p.envelope(rec) for rec in recs])
+            await wait_json(client, f"{API}/stats", lambda b: b["total"] == sent,
+                            "every record stored", timeout=WAIT)
+            body = await wait_json(
                 client, f"{API}/slowdowns",
                 lambda b: any(e["group"] == "asn:AS64500" and not e["ongoing"]
                               for e in b["slowdowns"]),
-                "the slowdown in the API")
+                "the slowdown in the API", timeout=WAIT)
             e = check_event(body["slowdowns"], plan)
             assert body["detector"]["running"] is True
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline and not any(
-                    r["type"] == "slowdown.closed" and r["event"]["event_id"] == e["event_id"]
-                    for r in hook.received):
-                await asyncio.sleep(0.2)
-            types = {(r["type"], r["event"]["event_id"]) for r in hook.received}
-            assert {("slowdown.opened", e["event_id"]),
-                    ("slowdown.closed", e["event_id"])} <= types
+            await hook.wait_for("slowdown.closed", e["event_id"], timeout=WAIT)
+            assert ("slowdown.opened", e["event_id"]) in hook.notified()
             metrics = await (await client.get("/metrics")).text()
             assert "vigil_slowdown_detector_enabled 1.0" in metrics
             assert "vigil_slowdown_detector_passes_total" in metrics
             assert "vigil_outage_detector_enabled 0.0" in metrics
-
-
-async def _wait(client: TestClient[Any, Any], path: str, pred: Callable[[Any], bool],
-                what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    last: Any = None
-    while time.monotonic() < deadline:
-        resp = await client.get(path)
-        last = await resp.json()
-        if pred(last):
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last answer {last!r}")
 
 
 def test_samples_are_read_once_across_pages_and_ties(store_url: str,
