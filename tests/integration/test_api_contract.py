@@ -30,7 +30,7 @@ from collector.runtime import METRICS, ServeSettings
 from collector.service import create_app
 from collector.store.rollups import Grain, bucket_start
 from lab.archive import Archive, generate
-from tests.support.collector import fill_store
+from tests.support.collector import archive_store
 
 API = "/api/v1"
 UNTIL = datetime(2026, 5, 20, 6, 0, tzinfo=UTC).timestamp()
@@ -43,14 +43,12 @@ def archive() -> Archive:
 
 
 @pytest.fixture
-def store_url(tmp_path: Path, archive: Archive) -> Iterator[str]:
-    url = f"sqlite://{tmp_path}/collector.db"
-    fill_store(url, archive, [
+def store_url(tmp_path: Path, archive: Archive) -> str:
+    return archive_store(tmp_path, archive, [
         OutageEvent("ev-iq", "cc:IQ", UNTIL - 5 * 86400, UNTIL - 5 * 86400 + 300,
                     UNTIL - 5 * 86400 + 600, UNTIL - 4 * 86400, ("p1", "p2", "p3"), 0.9, 0.1,
                     {"agent_outages": [{"probe_id": "p1", "start": UNTIL - 5 * 86400,
                                         "end": UNTIL - 4 * 86400}]}, ())])
-    yield url
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from collector.outages.detector import OutageEvent
 from collector.runtime import ServeSettings
 from collector.service import create_app
 from lab.archive import Archive, generate
-from tests.support.collector import fill_store
+from tests.support.collector import archive_store
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,7 @@ def archive() -> Archive:
 
 @pytest.fixture
 async def base_url(tmp_path: Path, archive: Archive) -> AsyncIterator[str]:
-    url = f"sqlite://{tmp_path}/collector.db"
-    fill_store(url, archive, [OutageEvent(
+    url = archive_store(tmp_path, archive, [OutageEvent(
         "iq-cut", "cc:IQ", NOW - 6 * 86400, NOW - 6 * 86400 + 120, NOW - 6 * 86400 + 300,
         NOW - 5 * 86400, ("a", "b", "c"), 0.9, 0.0, {}, ())])
     config = CollectorConfig(store=StoreConfig(url=url), api=ApiConfig(stats_cache_s=0.0),

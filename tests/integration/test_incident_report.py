@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from collector.outages.detector import OutageEvent
 from collector.report.pdf import chromium
 from collector.store.base import MeasurementRow
 from lab.archive import Archive, generate
-from tests.support.collector import fill_store
+from tests.support.collector import archive_store
 
 UNTIL = datetime(2026, 6, 30, tzinfo=UTC).timestamp()
 SINCE = "2026-06-05"
@@ -31,15 +30,13 @@ def archive() -> Archive:
 
 
 @pytest.fixture
-def store_url(tmp_path: Path, archive: Archive) -> Iterator[str]:
-    url = f"sqlite://{tmp_path}/collector.db"
-    fill_store(url, archive, [
+def store_url(tmp_path: Path, archive: Archive) -> str:
+    return archive_store(tmp_path, archive, [
         OutageEvent("iq-shutdown", "cc:IQ", UNTIL - 10 * 86400, UNTIL - 10 * 86400 + 60,
                     UNTIL - 10 * 86400 + 300, UNTIL - 9.5 * 86400, ("a", "b"), 0.9, 0.0, {}, ()),
         OutageEvent("ir-cut", "cc:IR", UNTIL - 10 * 86400, UNTIL - 10 * 86400 + 60,
                     UNTIL - 10 * 86400 + 300, None, ("c",), 0.9, 0.0, {}, ()),
     ])
-    yield url
 
 
 def in_scope(archive: Archive, cc: str, asn: str | None = None) -> list[MeasurementRow]:

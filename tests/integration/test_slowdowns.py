@@ -26,7 +26,6 @@ from agent.wire import envelope as wire
 from collector.config import (
     ApiConfig,
     CollectorConfig,
-    IngestConfig,
     OutagesConfig,
     SlowdownsConfig,
     StoreConfig,
@@ -39,7 +38,7 @@ from collector.slowdowns.watch import SlowdownWatchConfig, SlowdownWatcher
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow
 from lab.probes import TestProbe, iso
-from tests.support.collector import broker_config, publish, wait_json
+from tests.support.collector import enrol, publish, serve_config, wait_ingest_connected, wait_json
 from tests.support.webhooks import WebhookReceiver
 
 INTERVAL = 20.0  # simulated measurement interval, seconds
@@ -138,6 +137,11 @@ def row(rec: dict[str, Any], received: float) -> MeasurementRow:
     )
 
 
+def plan_batch(plan: Plan, now: float) -> IngestBatch:
+    """Every record of the plan, as received at ``now``."""
+    return IngestBatch(measurements=[row(r, now) for recs in records(plan).values() for r in recs])
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -170,8 +174,7 @@ async def test_slowdown_found_saved_notified_and_listed(store_url: str) -> None:
     plan = make_plan(now)
     store = open_store(store_url)
     try:
-        rows = [row(r, now) for recs in records(plan).values() for r in recs]
-        store.write_batch(IngestBatch(measurements=rows))
+        store.write_batch(plan_batch(plan, now))
         async with WebhookReceiver() as hook:
             watcher = SlowdownWatcher(store, SlowdownWatchConfig(CFG, (hook.url,)))
             async with aiohttp.ClientSession() as session:
@@ -199,8 +202,7 @@ async def test_api_lists_slowdowns_and_the_signal(store_url: str) -> None:
     plan = make_plan(now)
     store = open_store(store_url)
     try:
-        store.write_batch(IngestBatch(
-            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        store.write_batch(plan_batch(plan, now))
         await SlowdownWatcher(store, SlowdownWatchConfig(CFG)).check(now)
     finally:
         store.close()
@@ -241,8 +243,7 @@ def test_cli_check_list_and_signal(tmp_path: Path) -> None:
     plan = make_plan(now)
     store = open_store(url)
     try:
-        store.write_batch(IngestBatch(
-            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        store.write_batch(plan_batch(plan, now))
     finally:
         store.close()
     runner = CliRunner()
@@ -274,28 +275,17 @@ async def test_slowdown_end_to_end_over_the_broker(broker: Any, tmp_path: Path) 
     plan = make_plan(now)
     all_probes = [*plan.probes, plan.slow_line, plan.other_isp]
     url = f"sqlite://{tmp_path}/e2e.db"
-    store = open_store(url)
-    try:
-        for p in all_probes:
-            store.add_probe(p.probe_id, p.public_raw)
-    finally:
-        store.close()
+    enrol(url, all_probes)
     creds = {p.probe_id: broker.add_probe(p.probe_id) for p in all_probes}
     info = broker.info
     async with WebhookReceiver() as hook:
-        config = CollectorConfig(
-            broker=broker_config(info, "slowdown-e2e"),
-            store=StoreConfig(url=url),
-            ingest=IngestConfig(batch_size=50, retry_initial_s=0.1, retry_max_s=1.0,
-                                key_refresh_s=0.5),
-            outages=OutagesConfig(enabled=False),
+        config = serve_config(
+            info, url, "slowdown-e2e", batch_size=50, outages=OutagesConfig(enabled=False),
             slowdowns=SlowdownsConfig(interval_s=INTERVAL, window_s=20 * INTERVAL,
-                                      webhooks=(hook.url,)),
-        ).validate()
+                                      webhooks=(hook.url,)))
         app = create_app(ServeSettings(config=config, outages=False))
         async with TestClient(TestServer(app)) as client:
-            await wait_json(client, "/healthz", lambda b: b["ingest"].get("connected") is True,
-                            "the ingest to connect", timeout=WAIT)
+            await wait_ingest_connected(client, timeout=WAIT)
             sent = 0
             for p, recs in records(plan).items():
                 sent += await publish(info, p, creds[p.probe_id].password,
@@ -351,8 +341,7 @@ async def test_an_event_the_data_no_longer_shows_is_retracted(store_url: str) ->
     plan = make_plan(now)
     store = open_store(store_url)
     try:
-        store.write_batch(IngestBatch(
-            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        store.write_batch(plan_batch(plan, now))
         st = SlowdownStore(store)
         ghost = SlowdownEvent("ghost0000000000", "asn:AS64501", plan.t0 + 15 * INTERVAL,
                               plan.t0 + 14 * INTERVAL, plan.t0 + 16 * INTERVAL, None,

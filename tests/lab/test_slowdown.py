@@ -30,7 +30,6 @@ from lab import nsctl
 from lab.preflight import agent_unavailable
 from lab.probes import TestProbe, iso
 from tests.lab.conftest import add_report, skip_or_fail
-from tests.support.collector import broker_config, publish, wait_json
 from tests.support.webhooks import WebhookReceiver
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -76,18 +75,18 @@ def as_probe(record: dict[str, Any], probe: TestProbe, t: float) -> bytes:
 async def test_whole_isp_slowdown_found_by_the_collector(lab: Any, tmp_path: Path) -> None:
     if why := agent_unavailable():
         skip_or_fail(why)
-    from collector.config import (
-        CollectorConfig,
-        IngestConfig,
-        OutagesConfig,
-        SlowdownsConfig,
-        StoreConfig,
-    )
+    from collector.config import OutagesConfig, SlowdownsConfig
     from collector.runtime import ServeSettings
     from collector.service import create_app
     from collector.slowdowns.rates import benign_rate_bps
-    from collector.store import open_store
     from lab.broker import MosquittoBroker, mosquitto_available
+    from tests.support.collector import (
+        enrol,
+        publish,
+        serve_config,
+        wait_ingest_connected,
+        wait_json,
+    )
 
     if why := mosquitto_available():
         skip_or_fail(why)
@@ -120,25 +119,14 @@ async def test_whole_isp_slowdown_found_by_the_collector(lab: Any, tmp_path: Pat
         try:
             info = broker.start()
             url = f"sqlite://{tmp_path}/collector.db"
-            store = open_store(url)
-            try:
-                for p in probes:
-                    store.add_probe(p.probe_id, p.public_raw)
-            finally:
-                store.close()
-            config = CollectorConfig(
-                broker=broker_config(info, "lab-slowdown"),
-                store=StoreConfig(url=url),
-                ingest=IngestConfig(batch_size=20, retry_initial_s=0.1, retry_max_s=1.0,
-                                    key_refresh_s=0.5),
-                outages=OutagesConfig(enabled=False),
+            enrol(url, probes)
+            config = serve_config(
+                info, url, "lab-slowdown", batch_size=20, outages=OutagesConfig(enabled=False),
                 slowdowns=SlowdownsConfig(interval_s=INTERVAL, window_s=10 * INTERVAL,
-                                          webhooks=(hook.url,)),
-            ).validate()
+                                          webhooks=(hook.url,)))
             async with TestClient(TestServer(create_app(ServeSettings(config=config,
                                                                       outages=False)))) as client:
-                await wait_json(client, "/healthz", lambda b: b["ingest"].get("connected") is True,
-                                "the ingest to connect", timeout=WAIT, interval=0.25)
+                await wait_ingest_connected(client, timeout=WAIT, interval=0.25)
                 for p in probes:
                     await publish(info, p, info.probes[p.probe_id].password,
                                   [env for who, env in envelopes if who is p])

@@ -4,12 +4,13 @@ polled until it answers what the test waits for, and a store filled from a synth
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiomqtt
 from aiohttp.test_utils import TestClient
 
-from collector.config import BrokerConfig
+from collector.config import BrokerConfig, CollectorConfig, IngestConfig, StoreConfig
 from collector.outages.detector import OutageEvent
 from collector.outages.store import OutageEventStore
 from collector.store import open_store
@@ -20,11 +21,38 @@ from lab.probes import TestProbe
 from tests.support.waiting import wait_until
 
 
-def broker_config(info: BrokerInfo, client_id: str) -> BrokerConfig:
-    """The collector's connection to the test broker (TLS, its own account)."""
-    return BrokerConfig(host=info.host, port=info.collector_port, tls=True,
-                        ca_file=str(info.ca_file), username=info.collector.username,
-                        password=info.collector.password, client_id=client_id, keepalive_s=5)
+class Enrollable(Protocol):
+    @property
+    def probe_id(self) -> str: ...
+
+    @property
+    def public_raw(self) -> bytes: ...
+
+
+def enrol(url: str, probes: Iterable[Enrollable]) -> None:
+    """The probes' keys in the store at ``url``, as enrolment leaves them."""
+    s = open_store(url)
+    try:
+        for p in probes:
+            s.add_probe(p.probe_id, p.public_raw)
+    finally:
+        s.close()
+
+
+def serve_config(info: BrokerInfo, url: str, client_id: str, *, batch_size: int,
+                 **sections: Any) -> CollectorConfig:
+    """A collector on the test broker (TLS, its own account) and the store at ``url``, with a
+    quick ingest; ``sections`` the rest (``outages=``, ``slowdowns=``...)."""
+    return CollectorConfig(
+        broker=BrokerConfig(host=info.host, port=info.collector_port, tls=True,
+                            ca_file=str(info.ca_file), username=info.collector.username,
+                            password=info.collector.password, client_id=client_id,
+                            keepalive_s=5),
+        store=StoreConfig(url=url),
+        ingest=IngestConfig(batch_size=batch_size, retry_initial_s=0.1, retry_max_s=1.0,
+                            key_refresh_s=0.5),
+        **sections,
+    ).validate()
 
 
 async def publish(info: BrokerInfo, probe: TestProbe, password: str,
@@ -57,15 +85,23 @@ async def wait_json(client: TestClient[Any, Any], path: str, pred: Callable[[Any
     return last
 
 
-def fill_store(url: str, archive: Archive, outages: Iterable[OutageEvent] = ()) -> None:
-    """The archive's probes and measurements in the store at ``url``, with outage events."""
+async def wait_ingest_connected(client: TestClient[Any, Any], *, timeout: float,
+                                interval: float = 0.2) -> None:
+    await wait_json(client, "/healthz", lambda b: b["ingest"].get("connected") is True,
+                    "the ingest to connect", timeout=timeout, interval=interval)
+
+
+def archive_store(folder: Path, archive: Archive, outages: Iterable[OutageEvent] = ()) -> str:
+    """A SQLite store in ``folder`` with the archive's probes and measurements and the outage
+    events; its URL."""
+    url = f"sqlite://{folder}/collector.db"
+    enrol(url, archive.probes.values())
     s = open_store(url)
     try:
-        for p in archive.probes.values():
-            s.add_probe(p.probe_id, p.public_raw)
         s.write_batch(IngestBatch(measurements=archive.rows))
         es = OutageEventStore(s)
         for e in outages:
             es.save(e)
     finally:
         s.close()
+    return url
