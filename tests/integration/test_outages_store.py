@@ -154,3 +154,27 @@ def main_cmd() -> Any:
     from collector.cli.outages import outages
 
     return outages
+
+
+async def test_serve_runs_the_outage_detector_in_the_background(tmp_path: Path) -> None:
+    """``serve`` with [outages] enabled: passes every quarter heartbeat on a store connection
+    of its own, counted in /metrics and the API, and a clean stop with the app."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
+    from collector.runtime import RUNTIME, ServeSettings
+    from collector.service import create_app
+    from tests.support.waiting import wait_until
+
+    config = CollectorConfig(store=StoreConfig(url=f"sqlite:///{tmp_path / 'serve.db'}"),
+                             api=ApiConfig(), outages=OutagesConfig(heartbeat_s=1.0)).validate()
+    app = create_app(ServeSettings(config=config, ingest=False, slowdowns=False))
+    async with TestClient(TestServer(app)) as client:
+        rt = app[RUNTIME]
+        await wait_until(lambda: rt.outages.passes >= 2, "two outage detection passes")
+        body = await (await client.get("/api/v1/outages")).json()
+        assert body["detector"]["running"] is True and body["detector"]["last_success"]
+        metrics = await (await client.get("/metrics")).text()
+        assert "vigil_outage_detector_enabled 1.0" in metrics
+        assert "vigil_slowdown_detector_enabled 0.0" in metrics
+    assert rt.failure is None and rt.outages.failures == 0
