@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -55,6 +55,7 @@ from collector.api.params import (
     parse_filter,
     query_string,
 )
+from collector.events.table import EventTable, Stored
 from collector.metrics import StoreSnapshot, store_snapshot
 from collector.runtime import METRICS, RUNTIME, SETTINGS, STORE, events_store
 from collector.store.base import (
@@ -636,15 +637,26 @@ async def probes(request: web.Request) -> web.Response:
     })
 
 
-async def outages(request: web.Request) -> web.Response:
+E = TypeVar("E", bound=Stored)
+
+
+async def listed_events(request: web.Request,
+                        table: Callable[[web.Application], Awaitable[EventTable[E]]]
+                        ) -> list[E]:
+    """The stored events an event listing asks for (since, group, ongoing, limit)."""
     p = Params(request.query.items(), ("since", "group", "ongoing", "limit"))
     since = p.time("since")
     group = outage_group(p.get("group"))
     ongoing = p.boolean("ongoing", False)
     limit = p.integer("limit", 100, 1, 1000)
-    es = await events_store(request.app)
-    events = await query(request, es.list, since.timestamp() if since else None, group,
-                         ongoing, limit)
+    es = await table(request.app)
+    events: list[E] = await query(request, es.events, since.timestamp() if since else None,
+                                  group, ongoing, limit)
+    return events
+
+
+async def outages(request: web.Request) -> web.Response:
+    events = await listed_events(request, events_store)
     rt = request.app[RUNTIME]
     out = []
     for e in events:
