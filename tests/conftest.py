@@ -3,9 +3,14 @@
 ``make_run``
     ``make run`` (scripts/run_demo.py) run once per session as a user runs it: a whole
     deployment in its own lab and the lab's full scenario campaign.  The make-run test
-    (tests/integration/test_run_demo.py) checks its delivery and teardown, the scenario table
+    (tests/lab/test_run_demo.py) checks its delivery and teardown, the scenario table
     (tests/lab/test_scenarios.py) the agent's verdicts in the same campaign, so the
     campaign is measured once, not twice.
+
+Under pytest-xdist (``make test``: ``-n 2``) every test under tests/lab/ is one unit of work, so
+one worker runs them all, one at a time, in file order: they share the session's lab and
+``make_run``, and the lab's shaped links must not time transfers while another lab test loads
+them.  The other worker takes the other test modules, one module at a time.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.support.reports import REPORTS
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_RUN_TIMEOUT_S = 240.0  # the demo itself takes ~95 s here; its own waits are all bounded
@@ -51,3 +59,40 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
         stdin=subprocess.DEVNULL,
     )
     return MakeRun(proc.returncode, proc.stdout + proc.stderr, base)
+
+
+LAB_NODES = "tests/lab/"
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist: every test under tests/lab/ is one unit of work, run by one worker
+    in file order; every other test module is a unit of its own (as ``--dist loadscope``)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(LAB_NODES):
+                return LAB_NODES
+            return nodeid.split("::", 1)[0]
+
+    return LabTogether(config, log)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands the lab's reports to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["vigil_lab_reports"] = list(REPORTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    REPORTS.extend(getattr(node, "workeroutput", {}).get("vigil_lab_reports", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for text in REPORTS:
+        terminalreporter.write_sep("=", "vigil lab: agent vs scenario table")
+        for line in text.splitlines():
+            terminalreporter.write_line(line)
