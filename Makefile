@@ -22,7 +22,7 @@ deps:
 
 # Two workers (pytest-xdist): every test under tests/lab/ on one of them, one at a time, in
 # file order (they share the session's lab, and its shaped links time transfers); the other
-# test modules on the other worker, and on both once the lab is done (tests/conftest.py).
+# test modules, and the path lab that shapes nothing, on the other worker (tests/conftest.py).
 test: deps venv
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2

@@ -10,7 +10,8 @@
 Under pytest-xdist (``make test``: ``-n 2``) every test under tests/lab/ is one unit of work, so
 one worker runs them all, one at a time, in file order: they share the session's lab and
 ``make_run``, and the lab's shaped links must not time transfers while another lab test loads
-them.  The other worker takes the other test modules, one module at a time.
+them.  The other worker takes the other test modules, one module at a time, and the path lab
+(tests/lab/test_packet_evidence.py: a lab of its own, no shaped link, no rate measured).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> MakeRun:
 
 
 LAB_NODES = "tests/lab/"
+# lab modules that build a lab of their own and shape no link (the path lab: hops, TTLs and
+# injected packets, no rates): a unit of their own, beside the shared lab's tests
+OWN_LAB_MODULES = ("tests/lab/test_packet_evidence.py",)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's
@@ -72,9 +76,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class LabTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist is untyped
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(LAB_NODES):
+            module = nodeid.split("::", 1)[0]
+            if module.startswith(LAB_NODES) and module not in OWN_LAB_MODULES:
                 return LAB_NODES
-            return nodeid.split("::", 1)[0]
+            return module
 
     return LabTogether(config, log)
 
