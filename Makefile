@@ -20,9 +20,12 @@ venv: $(STAMP)
 deps:
 	bash scripts/install-deps.sh
 
+# Two workers (pytest-xdist): every test under tests/lab/ on one of them, one at a time, in
+# file order (they share the session's lab, and its shaped links time transfers); the other
+# test modules, and the path lab that shapes nothing, on the other worker (tests/conftest.py).
 test: deps venv
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not lab and not slow"

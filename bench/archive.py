@@ -34,6 +34,7 @@ import random
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,11 +98,13 @@ class RowMaker:
             self._templates[key] = t
         return t
 
-    def rows(self, n: int, since: float, until: float) -> Iterator[list[MeasurementRow]]:
+    def plan(self, n: int, since: float, until: float
+             ) -> Iterator[tuple[TestProbe, Network, str, str, float, str]]:
+        """What each row is: probe, network, url, category, start time and scenario (the
+        censored sites blocked after the first third of the span, 90 % of the time)."""
         step = (until - since) / max(1, n)
         onset = since + (until - since) / 3
         probes, sites = self.sh.probes, self.sh.sites
-        batch: list[MeasurementRow] = []
         for i in range(n):
             probe, net = probes[i % len(probes)]
             url, cat = sites[(i // len(probes) + i) % len(sites)]
@@ -112,6 +115,11 @@ class RowMaker:
                 scenario = rule
             else:
                 scenario = "down" if roll > 0.97 else "inconclusive" if roll > 0.95 else "ok"
+            yield probe, net, url, cat, start, scenario
+
+    def rows(self, n: int, since: float, until: float) -> Iterator[list[MeasurementRow]]:
+        batch: list[MeasurementRow] = []
+        for probe, net, url, cat, start, scenario in self.plan(n, since, until):
             rec = dict(self.template(probe, net, url, cat, scenario))
             rec["measurement_id"] = wire.uuid7(int(start * 1000))
             rec["measurement_start_time"] = datetime.fromtimestamp(start, UTC).strftime(
@@ -134,6 +142,33 @@ class RowMaker:
         if batch:
             yield batch
 
+    def copy_rows(self, n: int, since: float, until: float) -> Iterator[tuple[object, ...]]:
+        """Rows for a bulk COPY, cheaply: each (network, site, scenario) record is encoded and
+        signed once; a row gets the template's bytes with its own id, start time and probe id
+        written in (same lengths), and the template's signature, which therefore does not
+        verify.  Only for benchmarks that read (pages, aggregations, sizes)."""
+        encoded: dict[tuple[str, str, str, str], tuple[bytes, bytes, dict[str, Any]]] = {}
+        for probe, net, url, cat, start, scenario in self.plan(n, since, until):
+            key = (probe.probe_id, net.asn, url, scenario)
+            hit = encoded.get(key)
+            if hit is None:
+                rec = dict(self.template(probe, net, url, cat, scenario))
+                rec["probe_id"] = probe.probe_id
+                payload = wire.encode_record(rec)
+                hit = encoded[key] = (payload, probe.key.sign(
+                    wire.pae(wire.PAYLOAD_TYPE, payload)), rec)
+            payload, sig, rec = hit
+            mid = wire.uuid7(int(start * 1000))
+            when = datetime.fromtimestamp(start, UTC)
+            payload = payload.replace(rec["measurement_id"].encode(), mid.encode(), 1).replace(
+                rec["measurement_start_time"].encode(),
+                when.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode(), 1)
+            v = rec["verdict"]
+            yield (uuid.UUID(mid), probe.probe_id, rec["test_name"], url, domain_of(url), cat,
+                   net.cc, net.asn, net.name, v["status"], v["blocking"], v["reason"],
+                   v["confirmed"], when, datetime.fromtimestamp(start + 3.0, UTC),
+                   wire.PAYLOAD_TYPE, payload, sig)
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -146,8 +181,10 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 
 @contextmanager
-def store_at(kind: str, tmp: Path) -> Iterator[tuple[str, Callable[[], int]]]:
-    """A fresh store URL and a function giving its size on disk in bytes."""
+def store_at(kind: str, tmp: Path, keep_db: str | None = None, prefix: str = "vigil_bench"
+             ) -> Iterator[tuple[str, Callable[[], int]]]:
+    """A fresh store URL (or, for ``keep_db``, that database kept) and a function giving its
+    size on disk in bytes."""
     if kind == "sqlite":
         path = tmp / "archive.db"
 
@@ -156,12 +193,13 @@ def store_at(kind: str, tmp: Path) -> Iterator[tuple[str, Callable[[], int]]]:
 
         yield f"sqlite://{path}", size
         return
-    from lab.pg import temporary_database
+    import psycopg
+    from psycopg import sql
 
-    with temporary_database("vigil_bench") as url:
+    from lab.pg import admin_dsn, temporary_database, with_database
+
+    def pg_size_of(url: str) -> Callable[[], int]:
         def pg_size() -> int:
-            import psycopg
-
             with psycopg.connect(url) as conn:
                 row = conn.execute(
                     "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
@@ -169,7 +207,18 @@ def store_at(kind: str, tmp: Path) -> Iterator[tuple[str, Callable[[], int]]]:
                     "WHERE n.nspname = 'public' AND c.relkind = 'r'").fetchone()
             return int(row[0]) if row and row[0] else 0
 
-        yield url, pg_size
+        return pg_size
+
+    if keep_db is not None:
+        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                (keep_db,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(keep_db)))
+        url = with_database(admin_dsn(), keep_db)
+        yield url, pg_size_of(url)
+        return
+    with temporary_database(prefix) as url:
+        yield url, pg_size_of(url)
 
 
 def fill(store: Store, maker: RowMaker, n: int, since: float, until: float) -> dict[str, Any]:
@@ -200,13 +249,93 @@ def fill(store: Store, maker: RowMaker, n: int, since: float, until: float) -> d
             "rows_per_s": round(done / write_s), "payload_mean_bytes": payload_bytes // done}
 
 
-def rollup_cost(kind: str, maker: RowMaker, batches: int = 40) -> dict[str, Any]:
+COPY_COLUMNS = ("measurement_id, probe_id, test_name, input, domain, category_code, probe_cc, "
+                "probe_asn, probe_network_name, status, blocking, reason, confirmed, start_time, "
+                "received_at, payload_type, payload, signature")
+COPY_TYPES = ["uuid", *["text"] * 11, "bool", "timestamptz", "timestamptz", "text", "bytea",
+              "bytea"]
+
+
+def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: float
+                       ) -> dict[str, Any]:
+    """Fill an empty PostgreSQL store fast, for read benchmarks at 10 million rows: the
+    measurements' secondary indexes are dropped, the rows COPYed in (templated payloads, see
+    RowMaker.copy_rows), the indexes rebuilt, then the rollups and probe activity computed
+    from the rows with the migrations' own backfill statements, and the table vacuumed."""
+    import psycopg
+
+    from collector.store.postgres import _PG_BUCKETS
+    from collector.store.rollups import (
+        FOLDED,
+        ROLLUP_DOMAIN,
+        backfill_statements,
+        derived_backfill_statements,
+        pivot_backfill_statement,
+    )
+
+    store = open_store(url)
+    try:
+        for p, _ in maker.sh.probes:
+            store.add_probe(p.probe_id, p.public_raw)
+    finally:
+        store.close()
+    out: dict[str, Any] = {"rows": n, "bulk": True}
+    with psycopg.connect(url, autocommit=True) as conn:
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'measurements' "
+            "AND indexname <> 'measurements_pkey'").fetchall()
+        for name, _ in indexes:
+            conn.execute(f"DROP INDEX {name}".encode())
+        t = time.perf_counter()
+        done = 0
+        rows = maker.copy_rows(n, since, until)
+        while done < n:
+            part = min(1_000_000, n - done)
+            with conn.transaction(), conn.cursor() as cur, cur.copy(
+                    f"COPY measurements ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)".encode()
+            ) as copy:
+                copy.set_types(COPY_TYPES)
+                for _ in range(part):
+                    copy.write_row(next(rows))
+            done += part
+            print(f"  {done} rows copied ({done / (time.perf_counter() - t):,.0f} rows/s)",
+                  flush=True)
+        out["copy_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        for _, definition in indexes:
+            conn.execute(definition.encode())
+        out["index_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        for table in (*(r.name for r in FOLDED), ROLLUP_DOMAIN.name, "probe_activity"):
+            conn.execute(f"TRUNCATE {table}".encode())
+        for statement in (*backfill_statements(_PG_BUCKETS), *derived_backfill_statements(),
+                          pivot_backfill_statement()):
+            conn.execute(statement.encode())
+        # Every row copied is in the rollups now: the folder starts after them.
+        conn.execute("UPDATE rollup_state SET folded = "
+                     "(SELECT COALESCE(MAX(seq), 0) FROM measurements) WHERE id = 1")
+        conn.execute(
+            "INSERT INTO probe_activity (probe_id, last_start, last_received, measurements, "
+            "probe_cc, probe_asn) SELECT DISTINCT ON (probe_id) probe_id, start_time, "
+            "received_at, COUNT(*) OVER (PARTITION BY probe_id), probe_cc, probe_asn "
+            "FROM measurements ORDER BY probe_id, start_time DESC")
+        out["rollups_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        conn.execute("VACUUM ANALYZE")
+        out["vacuum_s"] = round(time.perf_counter() - t, 1)
+    return out
+
+
+def rollup_cost(kind: str, maker: RowMaker, batches: int = 40, prefix: str = "vigil_bench"
+                ) -> dict[str, Any]:
     """write_batch alone against write_batch plus a fold every FOLD_ROWS rows, batches
     interleaved between two fresh stores; each fold's time is spread over the batches it
     folded (the median batch of each store, plus the mean fold time per batch)."""
     every = max(1, FOLD_ROWS // BATCH)
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, \
-            store_at(kind, Path(a)) as (url_a, _), store_at(kind, Path(b)) as (url_b, _):
+            store_at(kind, Path(a), prefix=prefix) as (url_a, _), \
+            store_at(kind, Path(b), prefix=prefix) as (url_b, _):
         with_rollups, without = open_store(url_a), open_store(url_b)
         now = time.time()
         times: dict[str, list[float]] = {"with": [], "without": []}
@@ -347,7 +476,17 @@ def main() -> None:
                     help="SQLite: keep the store in this folder and reuse it when filled "
                          "(retention is then measured only with --retention)")
     ap.add_argument("--retention", action="store_true", help="measure prune and backup")
+    ap.add_argument("--bulk", action="store_true",
+                    help="PostgreSQL: fill with COPY and templated payloads whose signatures "
+                         "do not verify (10 million rows in minutes; reads only)")
+    ap.add_argument("--keep-db", default=None,
+                    help="PostgreSQL: use (and keep) this database on the test server, "
+                         "created if missing; reused when it has rows")
+    ap.add_argument("--pg-prefix", default="vigil_bench",
+                    help="PostgreSQL: name prefix of the temporary databases")
     args = ap.parse_args()
+    if args.bulk and args.store != "postgres":
+        ap.error("--bulk is for --store postgres")
     sh = shape(args.networks, args.domains, args.probes_per_network, seed=1)
     maker = RowMaker(sh, seed=2)
     until = time.time()
@@ -359,9 +498,10 @@ def main() -> None:
                                   "probes": len(sh.probes)}}
     if not args.skip_rollup_cost:
         print("rollup cost at ingest (interleaved batches)...", flush=True)
-        result["rollup_cost"] = rollup_cost(args.store, maker)
+        result["rollup_cost"] = rollup_cost(args.store, maker, prefix=args.pg_prefix)
         print(f"  {result['rollup_cost']}", flush=True)
-    with workdir(args.reuse) as tmp, store_at(args.store, Path(tmp)) as (url, size):
+    with workdir(args.reuse) as tmp, store_at(args.store, Path(tmp), args.keep_db,
+                                              args.pg_prefix) as (url, size):
         t = time.perf_counter()
         store = open_store(url)  # migrates a reused store first
         result["open_s"] = round(time.perf_counter() - t, 1)
@@ -373,6 +513,12 @@ def main() -> None:
                 newest = store.measurements_page(limit=1)
                 until = newest[0].start_time.timestamp() if newest else until
                 since = until - args.days * 86400
+            elif args.bulk:
+                store.close()
+                print(f"bulk loading {args.rows} rows...", flush=True)
+                result["fill"] = bulk_load_postgres(url, maker, args.rows, since, until)
+                print(f"  {result['fill']}", flush=True)
+                store = open_store(url)
             else:
                 print(f"filling {args.rows} rows...", flush=True)
                 result["fill"] = fill(store, maker, args.rows, since, until)
@@ -388,7 +534,7 @@ def main() -> None:
             latencies(url, sh, since, until, args.repeat, some))
         store = open_store(url)
         try:
-            if args.reuse is not None and not args.retention:
+            if (args.reuse is not None or args.keep_db) and not args.retention:
                 return finish(result, args.json)
             cut = datetime.fromtimestamp(since, UTC) + timedelta(days=args.days / 10)
             t = time.perf_counter()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -62,6 +64,26 @@ class ServeSettings:
         )
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class ApiTable(Generic[T]):
+    """Tables beside the store's own (``make(store)`` opens them, creating them when absent),
+    opened on the API's store connection at their first use."""
+
+    make: Callable[[Any], T]
+    _opened: T | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def get(self, app: web.Application) -> T:
+        async with self._lock:
+            if self._opened is None:
+                store = app[STORE]
+                self._opened = await store.call(self.make, store.store)
+            return self._opened
+
+
 @dataclass
 class Runtime:
     """Mutable state of a running app: background work and how it is doing."""
@@ -70,12 +92,13 @@ class Runtime:
     ingest: Ingest | None = None
     outages: OutageLoopStats = field(default_factory=OutageLoopStats)
     slowdowns: OutageLoopStats = field(default_factory=OutageLoopStats)  # same counters
-    events: OutageEventStore | None = None  # outage events, on the API's store connection
+    # outage events, on the API's store connection
+    events: ApiTable[OutageEventStore] = field(
+        default_factory=lambda: ApiTable(OutageEventStore))
     stops: list[asyncio.Event] = field(default_factory=list)
     failure: str | None = None  # why a background task died
     error: BaseException | None = None  # and the exception, if it raised one
     failed: asyncio.Event = field(default_factory=asyncio.Event)
-    events_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def fail(self, what: str, exc: BaseException | None) -> None:
         detail = f"{type(exc).__name__}: {exc}" if exc is not None else "stopped unexpectedly"
@@ -103,11 +126,6 @@ SLOWDOWN_TASK = web.AppKey("vigil_slowdown_task", asyncio.Task[None])
 
 async def events_store(app: web.Application) -> OutageEventStore:
     """The outage events table on the API's connection (created on first use)."""
-    rt = app[RUNTIME]
-    async with rt.events_lock:
-        if rt.events is None:
-            store = app[STORE]
-            rt.events = await store.call(OutageEventStore, store.store)
-        return rt.events
+    return await app[RUNTIME].events.get(app)
 
 

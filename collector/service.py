@@ -23,8 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +32,7 @@ from aiohttp import web
 from collector.api import pages
 from collector.api import routes as api
 from collector.config import CollectorConfig
+from collector.events.watch import EventWatcher
 from collector.ingest.pipeline import Ingest
 from collector.metrics import Metrics, OutageLoopStats
 from collector.outages.watch import WatchConfig, Watcher
@@ -118,26 +119,11 @@ async def _outage_detector(app: web.Application) -> AsyncIterator[None]:
     if not (settings.outages and settings.config.outages.enabled):
         yield
         return
-    config = settings.config
-    store = await open_store(config)
-    watch = WatchConfig(detector=settings.detector, webhooks=config.outages.webhooks)
-    watcher = await store.call(Watcher, store.store, watch)
-    stop = asyncio.Event()
-    rt.outages.enabled = True
-    task = asyncio.create_task(
-        _detect(watcher, watcher.config.detector.step, "outage detection", rt.outages, stop),
-        name="vigil-outages")
-    task.add_done_callback(lambda t: _task_done(rt, "outage detector", stop, t))
-    app[OUTAGE_TASK] = task
-    rt.stops.append(stop)
-    app[METRICS].sources.outages = lambda: rt.outages
-    try:
+    watch = WatchConfig(detector=settings.detector, webhooks=settings.config.outages.webhooks)
+    async with _detector(app, Watcher, watch, rt.outages) as task:
+        app[OUTAGE_TASK] = task
+        app[METRICS].sources.outages = lambda: rt.outages
         yield
-    finally:
-        stop.set()
-        finished = await _finish(task, 30.0, "outage detector")
-        if finished:  # else a pass is still running on a worker thread with this store
-            await store.close()
 
 
 async def _slowdown_detector(app: web.Application) -> AsyncIterator[None]:
@@ -146,25 +132,38 @@ async def _slowdown_detector(app: web.Application) -> AsyncIterator[None]:
     if not (settings.slowdowns and settings.config.slowdowns.enabled):
         yield
         return
-    config = settings.config
-    store = await open_store(config)
     watch = SlowdownWatchConfig(detector=settings.slowdown_detector,
-                                webhooks=config.slowdowns.webhooks)
-    watcher = await store.call(SlowdownWatcher, store.store, watch)
-    stop = asyncio.Event()
-    rt.slowdowns.enabled = True
-    task = asyncio.create_task(
-        _detect(watcher, watcher.config.step, "slowdown detection", rt.slowdowns, stop),
-        name="vigil-slowdowns")
-    task.add_done_callback(lambda t: _task_done(rt, "slowdown detector", stop, t))
-    app[SLOWDOWN_TASK] = task
-    rt.stops.append(stop)
-    app[METRICS].sources.slowdowns = lambda: rt.slowdowns
-    try:
+                                webhooks=settings.config.slowdowns.webhooks)
+    async with _detector(app, SlowdownWatcher, watch, rt.slowdowns) as task:
+        app[SLOWDOWN_TASK] = task
+        app[METRICS].sources.slowdowns = lambda: rt.slowdowns
         yield
+
+
+C = TypeVar("C")
+
+
+@contextlib.asynccontextmanager
+async def _detector(app: web.Application,
+                    watcher_type: Callable[[Any, C], EventWatcher[Any, Any]], config: C,
+                    stats: OutageLoopStats) -> AsyncIterator[asyncio.Task[None]]:
+    """A detector's passes in the background, on a store connection of its own, until the
+    app stops; yields the task."""
+    rt = app[RUNTIME]
+    store = await open_store(app[SETTINGS].config)
+    watcher = await store.call(watcher_type, store.store, config)
+    what = f"{watcher.kind} detector"
+    stop = asyncio.Event()
+    stats.enabled = True
+    task = asyncio.create_task(_detect(watcher, f"{watcher.kind} detection", stats, stop),
+                               name=f"vigil-{watcher.kind}s")
+    task.add_done_callback(lambda t: _task_done(rt, what, stop, t))
+    rt.stops.append(stop)
+    try:
+        yield task
     finally:
         stop.set()
-        finished = await _finish(task, 30.0, "slowdown detector")
+        finished = await _finish(task, 30.0, what)
         if finished:  # else a pass is still running on a worker thread with this store
             await store.close()
 
@@ -199,13 +198,7 @@ async def _finish(task: asyncio.Task[None], timeout: float, what: str) -> bool:
     return True
 
 
-class _Checker(Protocol):
-    """A detector's background pass (outages or slowdowns): check, notify, return events."""
-
-    async def check(self, now: float, session: aiohttp.ClientSession) -> Sequence[Any]: ...
-
-
-async def _detect(checker: _Checker, step: float, what: str, stats: OutageLoopStats,
+async def _detect(checker: EventWatcher[Any, Any], what: str, stats: OutageLoopStats,
                   stop: asyncio.Event) -> None:
     """A detector (outages every quarter heartbeat, slowdowns every quarter interval) every
     ``step`` seconds until ``stop``; a failed pass (database away) is counted, never fatal."""
@@ -223,4 +216,4 @@ async def _detect(checker: _Checker, step: float, what: str, stats: OutageLoopSt
                 stats.ongoing = sum(1 for e in events if e.ongoing)
                 stats.last_error = ""
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), step)
+                await asyncio.wait_for(stop.wait(), checker.config.step)

@@ -87,6 +87,35 @@ class Report:
     def wrong(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.right]
 
+    def to_json(self) -> dict[str, Any]:
+        """Everything the report holds, as JSON (``make run`` keeps it in its run directory)."""
+        return {
+            "runs": [{"argv": r.argv, "scenarios": r.scenarios, "returncode": r.returncode,
+                      "seconds": r.seconds, "stderr_tail": r.stderr_tail,
+                      "output": str(r.output)} for r in self.runs],
+            "outcomes": [{"scenario": o.scenario.id, "status": o.status,
+                          "blocking": o.blocking, "reason": o.reason,
+                          "confirmed": o.confirmed, "record": o.record, "problem": o.problem}
+                         for o in self.outcomes],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], scenarios: Sequence[Scenario]) -> Report:
+        """The report :meth:`to_json` wrote, its rows matched to ``scenarios`` by id (the
+        expectations come from the scenario files, never from the JSON)."""
+        by_id = {s.id: s for s in scenarios}
+        report = cls()
+        for r in data["runs"]:
+            report.runs.append(AgentRun(argv=list(r["argv"]), scenarios=list(r["scenarios"]),
+                                        returncode=r["returncode"], seconds=r["seconds"],
+                                        stderr_tail=r["stderr_tail"], output=Path(r["output"])))
+        for o in data["outcomes"]:
+            report.outcomes.append(Outcome(
+                by_id[o["scenario"]], status=o["status"], blocking=o["blocking"],
+                reason=o["reason"], confirmed=o["confirmed"], record=o["record"],
+                problem=o["problem"]))
+        return report
+
     def render(self) -> str:
         lines = [f"lab scenarios: {self.right}/{self.total} right"]
         for run in self.runs:

@@ -203,6 +203,7 @@ class Demo:
         self.store_url = f"sqlite://{run_dir / 'collector.db'}"  # run_dir is absolute
         self.db_path = run_dir / "collector.db"
         self.results = run_dir / "measurements.jsonl"
+        self.verdicts = run_dir / "scenarios.json"  # each row's lab truth and agent verdict
         self.broker_dir = run_dir / "broker"
         self.collector_config = run_dir / "collector.toml"
         self.api_url: str | None = None
@@ -360,6 +361,7 @@ class Demo:
             for run in self.report.runs:
                 if run.output.exists():
                     out.write(run.output.read_text("utf-8"))
+        self.verdicts.write_text(json.dumps(self.report.to_json()), "utf-8")
         for run in self.report.runs:
             control = " (control unreachable)" if DEAD_CONTROL_URL in run.argv else ""
             say(f"  agent run: {len(run.scenarios)} URLs{control}, exit {run.returncode}, "
@@ -507,6 +509,7 @@ def where_text(demo: Demo) -> str:
         f"  run directory   {_rel(demo.run_dir)}",
         f"  SQLite store    {_rel(demo.db_path)}",
         f"  agent JSONL     {_rel(demo.results)}  (the agent's records, one per URL)",
+        f"  lab verdicts    {_rel(demo.verdicts)}  (each scenario: lab truth and verdict)",
         f"  broker          {_rel(demo.broker_dir / 'mosquitto.conf')}, "
         f"log {_rel(demo.broker_dir / 'mosquitto.log')}",
         f"  collector       {_rel(demo.collector_config)}, log {_rel(demo.run_dir)}/collector.log",

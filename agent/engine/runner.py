@@ -499,7 +499,7 @@ class Runner:
             await asyncio.gather(*list(tasks), return_exceptions=True)
         if failure:
             raise failure[0]
-        summary.skipped = len(self._pending)
+        summary.skipped += len(self._pending)
         summary.stopped = self._stop
         summary.elapsed = loop.time() - self._started
         summary.bytes_used = self.ctx.budget.used
@@ -532,6 +532,9 @@ class Runner:
                 await self.sink.put(record)  # a sink failure ends the run: nothing is dropped
                 summary.measured += 1
                 summary.by_status[str(record.verdict.status)] += 1
+            elif error is None:
+                summary.skipped += 1
+                return
             else:
                 summary.errors += 1
             if self.observer is not None:
@@ -577,7 +580,8 @@ class Runner:
             self._cond.notify_all()
 
     async def measure(self, job: Job) -> tuple[MeasurementRecord | None, str | None]:
-        """One job → (record, None), or (None, why it could not run)."""
+        """One job → (record, None), (None, why it could not run), or (None, None) when a
+        budget ran out before its turn came (not measured, like the jobs never started)."""
         loop = asyncio.get_running_loop()
         started = datetime.now(UTC)
         t0 = loop.time()
@@ -589,6 +593,10 @@ class Runner:
             slot_binding.release_slot()
             turn = self._turns.setdefault(name, asyncio.Lock())
             await turn.acquire()
+            self._check_budgets()
+            if self._stop is not None:  # a budget ran out while it waited: not measured
+                turn.release()
+                return None, None
             started = datetime.now(UTC)
             t0 = loop.time()
         try:

@@ -109,6 +109,19 @@ def _limit(default: int, high: int, example: int = 5) -> dict[str, Any]:
               "Most items in the answer.", example)
 
 
+
+def _event_filters(group_example: str) -> list[dict[str, Any]]:
+    """The parameters of an event listing (outages, slowdowns)."""
+    return [
+        _p("since", {"type": "string", "format": "date-time"},
+           "Events still going on or ended after since.", "2020-01-01T00:00:00Z"),
+        _p("group", {"type": "string", "pattern": "^(asn:AS[0-9]{1,10}|cc:[A-Z]{2})$"},
+           "One network or country.", group_example),
+        _p("ongoing", {"type": "boolean"}, "Only events still going on.", False),
+        _limit(100, 1000),
+    ]
+
+
 AGG_ROW = {
     "type": "object",
     "required": ["total", "counts", "blocked_share", "throttled_share", "down_share"],
@@ -213,25 +226,14 @@ def paths() -> dict[str, Any]:
             _ok({"type": "object", "required": ["probes", "count", "total"],
                  "properties": {"probes": {"type": "array", "items": PROBE}}})),
         "/api/v1/outages": _op(
-            "outages", "Outage events found by the detector.",
-            [_p("since", {"type": "string", "format": "date-time"},
-                "Events still going on or ended after since.", "2020-01-01T00:00:00Z"),
-             _p("group", {"type": "string", "pattern": "^(asn:AS[0-9]{1,10}|cc:[A-Z]{2})$"},
-                "One network or country.", "cc:IQ"),
-             _p("ongoing", {"type": "boolean"}, "Only events still going on.", False),
-             _limit(100, 1000)],
+            "outages", "Outage events found by the detector.", _event_filters("cc:IQ"),
             _ok({"type": "object", "required": ["outages", "count", "detector"],
                  "properties": {"outages": {"type": "array", "items": OUTAGE}}})),
         "/api/v1/slowdowns": _op(
             "slowdowns",
             "Whole-network slowdown events: most probes of a network or country far below "
             "their own baseline throughput.",
-            [_p("since", {"type": "string", "format": "date-time"},
-                "Events still going on or ended after since.", "2020-01-01T00:00:00Z"),
-             _p("group", {"type": "string", "pattern": "^(asn:AS[0-9]{1,10}|cc:[A-Z]{2})$"},
-                "One network or country.", "asn:AS44244"),
-             _p("ongoing", {"type": "boolean"}, "Only events still going on.", False),
-             _limit(100, 1000)],
+            _event_filters("asn:AS44244"),
             _ok({"type": "object", "required": ["slowdowns", "count", "detector"],
                  "properties": {"slowdowns": {"type": "array", "items": {"type": "object"}},
                                 "count": {"type": "integer"}}})),

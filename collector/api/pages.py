@@ -88,7 +88,7 @@ async def share_svg(request: web.Request) -> web.Response:
 async def _events(request: web.Request, by: str, groups: set[str], since: datetime,
                   until: datetime) -> list[Event]:
     es = await events_store(request.app)
-    found = await query(request, es.list, since.timestamp(), None, False, 1000)
+    found = await query(request, es.events, since.timestamp(), None, False, 1000)
     prefix = "cc:" if by == "country" else "asn:"
     out = []
     for e in found:

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -55,6 +55,7 @@ from collector.api.params import (
     parse_filter,
     query_string,
 )
+from collector.events.table import EventTable, Stored
 from collector.metrics import StoreSnapshot, store_snapshot
 from collector.runtime import METRICS, RUNTIME, SETTINGS, STORE, events_store
 from collector.store.base import (
@@ -493,17 +494,24 @@ STATS_FROM_ROLLUP: dict[Dimension, AggDimension] = {
 ROLLUP_MAX_GROUPS = 100_000
 
 
-def _rollup_counts(store: Store, d: Dimension, where: Filter, top: int
+def _rollup_counts(store: Store, d: Dimension, where: Filter, top: int,
+                   seen: dict[AggDimension, Aggregation] | None = None
                    ) -> tuple[list[tuple[str, int]], int] | None:
     """``count_by`` from the rollups when they count exactly what was asked (the filters are
-    ones they keep and the time bounds fall on their buckets); None otherwise."""
+    ones they keep and the time bounds fall on their buckets); None otherwise.  ``seen``
+    keeps the answers already read for the same filter (verdicts and tests share one)."""
     if any(getattr(where, f) is not None for f in (
             "status", "probe_id", "input", "confirmed", "probe_network_name", "failure")):
         return None
-    try:
-        result = store.aggregate((STATS_FROM_ROLLUP[d],), agg_filter(where), ROLLUP_MAX_GROUPS)
-    except PlanError:
-        return None
+    dim = STATS_FROM_ROLLUP[d]
+    result = None if seen is None else seen.get(dim)
+    if result is None:
+        try:
+            result = store.aggregate((dim,), agg_filter(where), ROLLUP_MAX_GROUPS)
+        except PlanError:
+            return None
+        if seen is not None:
+            seen[dim] = result
     if result.plan.since != where.since or result.plan.until != where.until:
         return None
     if d is Dimension.VERDICT:
@@ -533,8 +541,9 @@ def _total(store: Store, where: Filter, count: bool) -> tuple[int | None, bool]:
 def _stats(store: Store, where: Filter, top: int) -> dict[str, Any]:
     counts: dict[str, list[dict[str, Any]]] = {}
     total: int | None = None
+    seen: dict[AggDimension, Aggregation] = {}
     for d in STATS_DIMENSIONS:
-        fast = _rollup_counts(store, d, where, top)
+        fast = _rollup_counts(store, d, where, top, seen)
         if fast is None:
             pairs = store.count_by(d, where, top)
         else:
@@ -628,15 +637,26 @@ async def probes(request: web.Request) -> web.Response:
     })
 
 
-async def outages(request: web.Request) -> web.Response:
+E = TypeVar("E", bound=Stored)
+
+
+async def listed_events(request: web.Request,
+                        table: Callable[[web.Application], Awaitable[EventTable[E]]]
+                        ) -> list[E]:
+    """The stored events an event listing asks for (since, group, ongoing, limit)."""
     p = Params(request.query.items(), ("since", "group", "ongoing", "limit"))
     since = p.time("since")
     group = outage_group(p.get("group"))
     ongoing = p.boolean("ongoing", False)
     limit = p.integer("limit", 100, 1, 1000)
-    es = await events_store(request.app)
-    events = await query(request, es.list, since.timestamp() if since else None, group,
-                         ongoing, limit)
+    es = await table(request.app)
+    events: list[E] = await query(request, es.events, since.timestamp() if since else None,
+                                  group, ongoing, limit)
+    return events
+
+
+async def outages(request: web.Request) -> web.Response:
+    events = await listed_events(request, events_store)
     rt = request.app[RUNTIME]
     out = []
     for e in events:

@@ -12,29 +12,20 @@ detector of ``serve`` or ``vigil-collector throttling-events``), over at most
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from collector.api.params import BadRequest, Params, iso, outage_group
-from collector.api.routes import API, json_ok, query
-from collector.runtime import RUNTIME, SETTINGS, STORE
+from collector.api.routes import API, json_ok, listed_events, query
+from collector.runtime import RUNTIME, SETTINGS, ApiTable
 from collector.slowdowns.detector import SignalPoint, SlowdownConfig, SlowdownEvent
 from collector.slowdowns.store import SlowdownStore
 from collector.slowdowns.watch import MAX_SIGNAL_BINS, group_signal
 
-
-@dataclass
-class _Tables:
-    store: SlowdownStore | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-TABLES = web.AppKey("vigil_slowdown_tables", _Tables)
+TABLES = web.AppKey("vigil_slowdown_tables", ApiTable[SlowdownStore])
 
 
 def _iso(ts: float | None) -> str | None:
@@ -58,12 +49,7 @@ def point_json(p: SignalPoint) -> dict[str, Any]:
 
 async def tables(app: web.Application) -> SlowdownStore:
     """The slowdown tables on the API's connection (created on first use)."""
-    t = app[TABLES]
-    async with t.lock:
-        if t.store is None:
-            store = app[STORE]
-            t.store = await store.call(SlowdownStore, store.store)
-        return t.store
+    return await app[TABLES].get(app)
 
 
 def detector_config(app: web.Application) -> SlowdownConfig:
@@ -71,14 +57,7 @@ def detector_config(app: web.Application) -> SlowdownConfig:
 
 
 async def slowdowns(request: web.Request) -> web.Response:
-    p = Params(request.query.items(), ("since", "group", "ongoing", "limit"))
-    since = p.time("since")
-    group = outage_group(p.get("group"))
-    ongoing = p.boolean("ongoing", False)
-    limit = p.integer("limit", 100, 1, 1000)
-    st = await tables(request.app)
-    events = await query(request, st.events, since.timestamp() if since else None, group,
-                         ongoing, limit)
+    events = await listed_events(request, tables)
     loop = request.app[RUNTIME].slowdowns
     cfg = request.app[SETTINGS].config.slowdowns
     return json_ok({
@@ -123,6 +102,6 @@ async def signal(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app[TABLES] = _Tables()
+    app[TABLES] = ApiTable(SlowdownStore)
     app.router.add_get(f"{API}/slowdowns", slowdowns, name="slowdowns")
     app.router.add_get(f"{API}/slowdowns/signal", signal, name="slowdowns_signal")

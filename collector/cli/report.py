@@ -56,7 +56,7 @@ def report(store_url: str | None, config_path: Path | None, cc: str, since: str,
         raise UsageError("--since must be earlier than --until")
     store = open_command_store(store_url, config_path)
     try:
-        events = OutageEventStore(store).list(since=lo.timestamp(), limit=100_000)
+        events = OutageEventStore(store).events(since=lo.timestamp(), limit=100_000)
         result = write_report(store, events, Scope(cc.upper(), lo, hi, network), out_dir,
                               pdf=pdf)
     finally:

@@ -20,55 +20,32 @@ the helper down); a file without a single usable range is an error.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gzip
-from array import array
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import IO
 
-from collector.helper.ipdb import IPDB, IPDBError, LoadReport, _parse_ip, _Table, _TableBuilder
+from collector.helper.ipdb import IPDB
+from collector.helper.ranges import (
+    LoadReport,
+    RangeMap,
+    RangeTableBuilder,
+    load_files,
+    parse_ip,
+    range_error,
+)
 
 UNKNOWN_CC = frozenset({"", "-", "ZZ", "XX", "--"})
 
 
-class GeoDB:
+class GeoDB(RangeMap[str]):
     """Immutable once built; share it freely, replace it whole on reload."""
 
-    __slots__ = ("_ccs", "_v4", "_v6", "sources")
-
-    def __init__(
-        self, v4: _Table, v6: _Table, ccs: Sequence[str], sources: tuple[str, ...] = ()
-    ) -> None:
-        self._v4 = v4
-        self._v6 = v6
-        self._ccs = tuple(ccs)
-        self.sources = sources
-
-    @classmethod
-    def empty(cls) -> GeoDB:
-        return cls((array("I"), array("I"), array("I")), ([], [], array("I")), ())
-
-    def __len__(self) -> int:
-        return len(self._v4[0]) + len(self._v6[0])
+    __slots__ = ()
 
     def country(self, addr: str | IPv4Address | IPv6Address) -> str | None:
         """ISO country where the address is used; None when the database does not know."""
-        try:
-            parsed = ip_address(addr) if isinstance(addr, str) else addr
-        except ValueError:
-            return None
-        if isinstance(parsed, IPv6Address) and parsed.ipv4_mapped is not None:
-            parsed = parsed.ipv4_mapped
-        starts, ends, index = self._v4 if parsed.version == 4 else self._v6
-        value = int(parsed)
-        i = bisect_right(starts, value) - 1
-        if i >= 0 and value <= ends[i]:
-            return self._ccs[index[i]]
-        return None
+        return self.value(addr)
 
 
 def client_info(ipdb: IPDB, geo: GeoDB, address: str) -> dict[str, str]:
@@ -93,38 +70,13 @@ def parse_rows(rows: Iterable[Sequence[str]], source: str, report: LoadReport) -
 
 def load(paths: Sequence[Path]) -> tuple[GeoDB, LoadReport]:
     """Load one or more location files into one database; raises IPDBError when unusable."""
-    report = LoadReport()
-    with contextlib.ExitStack() as stack:
-        sources: list[tuple[str, Iterable[Sequence[str]]]] = []
-        for path in paths:
-            try:
-                fh = stack.enter_context(_open_text(path))
-            except OSError as exc:
-                raise IPDBError(
-                    f"cannot read location database {path}: {exc.strerror or exc}"
-                ) from None
-            sources.append((str(path), csv.reader(fh)))
-        try:
-            db = _build(sources, report)
-        except (OSError, EOFError, gzip.BadGzipFile, csv.Error) as exc:
-            raise IPDBError(f"cannot read location database: {exc}") from None
-    if len(db) == 0:
-        detail = "; ".join(report.errors[:3]) or "no rows"
-        names = ", ".join(map(str, paths))
-        raise IPDBError(f"location database {names} has no usable range ({detail})")
-    return db, report
-
-
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    return path.open("r", encoding="utf-8", errors="replace", newline="")
+    return load_files(paths, "location database", csv.reader, _build, "no rows")
 
 
 def _build(sources: Sequence[tuple[str, Iterable[Sequence[str]]]], report: LoadReport) -> GeoDB:
     ccs: list[str] = []
     cc_index: dict[str, int] = {}
-    v4, v6 = _TableBuilder(v4=True), _TableBuilder(v4=False)
+    table = RangeTableBuilder()
     for source_no, (source, rows) in enumerate(sources):
         for lineno, row in enumerate(rows, 1):
             if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
@@ -134,18 +86,15 @@ def _build(sources: Sequence[tuple[str, Iterable[Sequence[str]]]], report: LoadR
                 report.add_error(where, f"expected 3 comma-separated fields, got {len(row)}")
                 continue
             try:
-                v_start, start = _parse_ip(row[0].strip())
-                v_end, end = _parse_ip(row[1].strip())
+                v_start, start = parse_ip(row[0].strip())
+                v_end, end = parse_ip(row[1].strip())
             except ValueError as exc:
                 if lineno == 1:
                     continue  # a header row
                 report.add_error(where, str(exc))
                 continue
-            if v_start != v_end:
-                report.add_error(where, "range start and end are of different families")
-                continue
-            if end < start:
-                report.add_error(where, "range end is before its start")
+            if why := range_error(v_start, v_end, start, end):
+                report.add_error(where, why)
                 continue
             cc = row[2].strip().upper()
             if cc in UNKNOWN_CC:
@@ -158,9 +107,6 @@ def _build(sources: Sequence[tuple[str, Iterable[Sequence[str]]]], report: LoadR
             if idx is None:
                 idx = cc_index[cc] = len(ccs)
                 ccs.append(cc)
-            (v4 if v_start == 4 else v6).add(start, end, idx, source_no, lineno)
+            table.add(v_start, start, end, idx, source_no, lineno)
     names = [s for s, _ in sources]
-    t4 = v4.build(report, names)
-    t6 = v6.build(report, names)
-    report.ranges_v4, report.ranges_v6 = len(t4[0]), len(t6[0])
-    return GeoDB(t4, t6, ccs, tuple(names))
+    return GeoDB(table.build(report, names), ccs, tuple(names))

@@ -25,11 +25,12 @@ Everything here is pure: the command (``collector.cli.outages``) feeds it from t
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from collector.events.record import EventLog, EventRecord, Transition, group_names, stable_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +69,7 @@ class Probe:
         return self.enrolled_at <= t and (self.revoked_at is None or self.revoked_at > t)
 
     def groups(self) -> list[str]:
-        out = []
-        if self.asn and self.asn != "AS0":
-            out.append(f"asn:{self.asn}")
-        if self.cc and self.cc != "ZZ":
-            out.append(f"cc:{self.cc}")
-        return out
+        return group_names(self.asn, self.cc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +95,9 @@ class SignalPoint:
 
 
 @dataclass(frozen=True, slots=True)
-class OutageEvent:
+class OutageEvent(EventRecord):
+    """An outage of one group; its JSON is ``EventRecord``'s, field by field."""
+
     event_id: str
     group: str  # "asn:AS1234" / "cc:IR"
     start: float  # best estimate of the cut: the latest last-heard time of the affected probes
@@ -111,45 +109,6 @@ class OutageEvent:
     min_share: float
     evidence: dict[str, Any] = field(default_factory=dict)
     confirmed_by: tuple[str, ...] = ()
-
-    @property
-    def ongoing(self) -> bool:
-        return self.end is None
-
-    def to_json(self) -> dict[str, Any]:
-        kind, _, key = self.group.partition(":")
-        return {
-            "event_id": self.event_id,
-            "group": self.group,
-            "group_kind": kind,
-            "group_key": key,
-            "start": self.start,
-            "start_upper": self.start_upper,
-            "detected_at": self.detected_at,
-            "end": self.end,
-            "ongoing": self.ongoing,
-            "affected": list(self.affected),
-            "baseline_share": self.baseline_share,
-            "min_share": self.min_share,
-            "evidence": dict(self.evidence),
-            "confirmed_by": list(self.confirmed_by),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> OutageEvent:
-        return cls(
-            event_id=str(d["event_id"]),
-            group=str(d["group"]),
-            start=float(d["start"]),
-            start_upper=float(d["start_upper"]),
-            detected_at=float(d["detected_at"]),
-            end=None if d.get("end") is None else float(d["end"]),
-            affected=tuple(str(p) for p in d.get("affected", [])),
-            baseline_share=float(d["baseline_share"]),
-            min_share=float(d["min_share"]),
-            evidence=dict(d.get("evidence", {})),
-            confirmed_by=tuple(str(p) for p in d.get("confirmed_by", [])),
-        )
 
 
 # ---- presence ----------------------------------------------------------------------------------
@@ -259,7 +218,7 @@ def baseline(history: Sequence[SignalPoint], t: float, cfg: DetectorConfig) -> f
 
 
 def _event_id(group: str, start: float) -> str:
-    return hashlib.sha256(f"{group}|{start:.3f}".encode()).hexdigest()[:16]
+    return stable_id(group, f"{start:.3f}")
 
 
 def step(
@@ -268,7 +227,7 @@ def step(
     history: Sequence[SignalPoint],
     presence: Presence,
     cfg: DetectorConfig,
-) -> tuple[GroupState, OutageEvent | None, str | None]:
+) -> tuple[GroupState, OutageEvent | None, Transition | None]:
     """Advance one group by one point.  Returns (state, event, transition) where transition is
     "opened", "updated", "closed" or None.  ``history`` holds earlier points of the group."""
     if state.open_event is None:
@@ -341,17 +300,14 @@ def detect(
     cfg: DetectorConfig,
 ) -> list[OutageEvent]:
     """Run the detector over whole series (batch mode, used by tests and re-analysis)."""
-    events: list[OutageEvent] = []
+    log: EventLog[OutageEvent] = EventLog()
     for points in series.values():
         state = GroupState()
         for i, point in enumerate(points):
             state, event, transition = step(state, point, points[:i], presence, cfg)
-            if transition == "closed" and event is not None:
-                events.append(event)
-        if state.open_event is not None:
-            events.append(state.open_event)
-    events.sort(key=lambda e: (e.start, e.group))
-    return events
+            log.step(transition, event)
+        log.end_of_group(state.open_event)
+    return log.events()
 
 
 # ---- confirmation by the agents' own records ---------------------------------------------------

@@ -11,26 +11,20 @@ timeout finds a shutdown within two heartbeat intervals.
 Webhook: ``POST <url>`` with ``Content-Type: application/json`` and the body
 ``{"type": "outage.opened" | "outage.closed", "event": {...OutageEvent.to_json()...}}``;
 a 2xx answer counts as delivered, anything else is retried at the next pass (bounded: the
-delivery is attempted at most ``max_attempts`` times per notification).
+delivery is attempted at most ``max_attempts`` times per notification); see
+``collector.events.watch``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
-
+from collector.events.watch import EventWatcher
 from collector.outages import detector as det
 from collector.outages.store import OutageEventStore
-
-log = logging.getLogger("vigil.outages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +33,10 @@ class WatchConfig:
     webhooks: tuple[str, ...] = ()
     webhook_timeout: float = 10.0
     max_attempts: int = 5
+
+    @property
+    def step(self) -> float:
+        return self.detector.step
 
 
 def probes_from_store(store: Any) -> list[det.Probe]:
@@ -102,72 +100,16 @@ def detect_now(store: Any, now: float, cfg: det.DetectorConfig) -> list[det.Outa
     return events
 
 
-async def post_webhook(session: aiohttp.ClientSession, url: str, payload: dict[str, Any],
-                       timeout: float) -> bool:
-    try:
-        async with session.post(url, json=payload,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            await resp.read()
-            return 200 <= resp.status < 300
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        # The host only: webhook URLs often carry their secret token in the path or userinfo.
-        log.warning("webhook to %s failed: %s", urlsplit(url).hostname, type(exc).__name__)
-        return False
+class Watcher(EventWatcher[det.OutageEvent, WatchConfig]):
+    kind = "outage"
 
-
-class Watcher:
     def __init__(self, store: Any, config: WatchConfig,
                  events_store: OutageEventStore | None = None) -> None:
+        super().__init__(config, events_store or OutageEventStore(store))
         self.store = store
-        self.config = config
-        self.events_store = events_store or OutageEventStore(store)
-        self.attempts: dict[tuple[str, str], int] = {}
 
-    async def check(self, now: float, session: aiohttp.ClientSession | None = None
-                    ) -> list[det.OutageEvent]:
-        cfg = self.config.detector
-        events = await asyncio.to_thread(detect_now, self.store, now, cfg)
-        es = self.events_store
+    def detect(self, now: float) -> list[det.OutageEvent]:
+        events = detect_now(self.store, now, self.config.detector)
         for e in events:
-            await asyncio.to_thread(es.save, e)
-        if self.config.webhooks and session is not None:
-            await self._notify(events, session)
+            self.events_store.save(e)
         return events
-
-    async def _notify(self, events: Sequence[det.OutageEvent],
-                      session: aiohttp.ClientSession) -> None:
-        es = self.events_store
-        for e in events:
-            kinds = ["opened"] + ([] if e.ongoing else ["closed"])
-            done = await asyncio.to_thread(es.notified, e.event_id)
-            for what in kinds:
-                if what in done:
-                    continue
-                key = (e.event_id, what)
-                if self.attempts.get(key, 0) >= self.config.max_attempts:
-                    continue
-                self.attempts[key] = self.attempts.get(key, 0) + 1
-                payload = {"type": f"outage.{what}", "event": e.to_json()}
-                results = [await post_webhook(session, url, payload,
-                                              self.config.webhook_timeout)
-                           for url in self.config.webhooks]
-                if all(results):
-                    await asyncio.to_thread(es.mark_notified, e.event_id, what)
-
-    async def watch(self, *, max_passes: int, stop: asyncio.Event | None = None) -> None:
-        """Check every ``step`` seconds, ``max_passes`` times at most (or until ``stop``)."""
-        import time
-
-        async with aiohttp.ClientSession() as session:
-            for _ in range(max_passes):
-                try:
-                    await self.check(time.time(), session)
-                except Exception:  # one bad pass must not end the watch
-                    log.exception("outage detection pass failed")
-                if stop is not None:
-                    try:
-                        await asyncio.wait_for(stop.wait(), self.config.detector.step)
-                        return
-                    except TimeoutError:
-                        continue
-                await asyncio.sleep(self.config.detector.step)

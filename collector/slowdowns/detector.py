@@ -44,12 +44,13 @@ Everything here is pure; ``collector.slowdowns.watch`` feeds it from the store.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from collector.events.record import EventLog, EventRecord, Transition, group_names, stable_id
 
 DAY = 86400.0
 
@@ -103,12 +104,7 @@ class Observation:
     rate_bps: float
 
     def groups(self) -> list[str]:
-        out = []
-        if self.asn and self.asn != "AS0":
-            out.append(f"asn:{self.asn}")
-        if self.cc and self.cc != "ZZ":
-            out.append(f"cc:{self.cc}")
-        return out
+        return group_names(self.asn, self.cc)
 
     @property
     def series(self) -> str:
@@ -184,7 +180,9 @@ class SignalPoint:
 
 
 @dataclass(frozen=True, slots=True)
-class SlowdownEvent:
+class SlowdownEvent(EventRecord):
+    """A slowdown of one group; its JSON is ``EventRecord``'s, field by field."""
+
     event_id: str
     group: str  # "asn:AS1234" / "cc:IR"
     start: float  # the first slow observations of the affected probes
@@ -195,43 +193,6 @@ class SlowdownEvent:
     active: int  # active probes in the opening bin
     median_ratio: float  # lowest median ratio (observed / own baseline) of the group so far
     evidence: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ongoing(self) -> bool:
-        return self.end is None
-
-    def to_json(self) -> dict[str, Any]:
-        kind, _, key = self.group.partition(":")
-        return {
-            "event_id": self.event_id,
-            "group": self.group,
-            "group_kind": kind,
-            "group_key": key,
-            "start": self.start,
-            "start_lower": self.start_lower,
-            "detected_at": self.detected_at,
-            "end": self.end,
-            "ongoing": self.ongoing,
-            "affected": list(self.affected),
-            "active": self.active,
-            "median_ratio": self.median_ratio,
-            "evidence": dict(self.evidence),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> SlowdownEvent:
-        return cls(
-            event_id=str(d["event_id"]),
-            group=str(d["group"]),
-            start=float(d["start"]),
-            start_lower=float(d["start_lower"]),
-            detected_at=float(d["detected_at"]),
-            end=None if d.get("end") is None else float(d["end"]),
-            affected=tuple(str(p) for p in d.get("affected", [])),
-            active=int(d.get("active", 0)),
-            median_ratio=float(d["median_ratio"]),
-            evidence=dict(d.get("evidence", {})),
-        )
 
 
 # ---- bins and baselines --------------------------------------------------------------------
@@ -331,7 +292,7 @@ class GroupState:
 
 
 def event_id(group: str, open_bin_start: float) -> str:
-    return hashlib.sha256(f"slowdown|{group}|{open_bin_start:.3f}".encode()).hexdigest()[:16]
+    return stable_id("slowdown", group, f"{open_bin_start:.3f}")
 
 
 def robust_first(times: Sequence[float], interval: float) -> float:
@@ -441,7 +402,7 @@ def _close(history: History, state: GroupState, point: SignalPoint, b: int) -> S
 
 
 def step(history: History, state: GroupState, group: str, b: int
-         ) -> tuple[GroupState, SlowdownEvent | None, str | None, SignalPoint]:
+         ) -> tuple[GroupState, SlowdownEvent | None, Transition | None, SignalPoint]:
     """Judge one group's bin ``b``: (state, event, "opened"/"updated"/"closed"/None, point)."""
     cfg = history.cfg
     if state.open_event is None:
@@ -488,7 +449,7 @@ def detect(
     first, last = bin_of(since, cfg.interval), last_judged_bin(now, cfg)
     if last - first > 1_000_000:
         raise ValueError("too many bins: widen the interval or shorten the range")
-    events: list[SlowdownEvent] = []
+    log: EventLog[SlowdownEvent] = EventLog()
     series: dict[str, list[SignalPoint]] = {}
     for group in sorted(history.by_group):
         state = _seed(group, first, known, cfg)
@@ -496,13 +457,10 @@ def detect(
         for b in range(first, last + 1):
             state, event, transition, point = step(history, state, group, b)
             points.append(point)
-            if transition == "closed" and event is not None:
-                events.append(event)
-        if state.open_event is not None:
-            events.append(state.open_event)
+            log.step(transition, event)
+        log.end_of_group(state.open_event)
         series[group] = points
-    events.sort(key=lambda e: (e.start, e.group))
-    return events, series
+    return log.events(), series
 
 
 def _seed(group: str, first: int, known: Sequence[SlowdownEvent], cfg: SlowdownConfig

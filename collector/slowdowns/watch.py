@@ -7,25 +7,19 @@ each newly opened or closed one to the webhooks.  ``watch`` repeats it every qua
 
 Webhook: ``POST <url>`` with ``Content-Type: application/json`` and the body
 ``{"type": "slowdown.opened" | "slowdown.closed", "event": {...SlowdownEvent.to_json()...}}``;
-the same delivery rules as the outage notifications (2xx = delivered, at most ``max_attempts``
-tries per notification, remembered in the store so a restart does not notify twice).
+the same delivery rules as the outage notifications (``collector.events.watch``: 2xx =
+delivered, at most ``max_attempts`` tries per notification, remembered in the store so a
+restart does not notify twice).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from collector.outages.watch import post_webhook
+from collector.events.watch import EventWatcher
 from collector.slowdowns import detector as det
 from collector.slowdowns.store import SlowdownStore
-
-log = logging.getLogger("vigil.slowdowns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,56 +61,16 @@ def detect_now(store: SlowdownStore, now: float, cfg: SlowdownWatchConfig) -> Pa
     return PassResult(events, signal)
 
 
-class SlowdownWatcher:
+class SlowdownWatcher(EventWatcher[det.SlowdownEvent, SlowdownWatchConfig]):
+    kind = "slowdown"
+    events_store: SlowdownStore
+
     def __init__(self, store: Any, config: SlowdownWatchConfig,
                  events_store: SlowdownStore | None = None) -> None:
-        self.config = config
-        self.events_store = events_store or SlowdownStore(store)
-        self.attempts: dict[tuple[str, str], int] = {}
+        super().__init__(config, events_store or SlowdownStore(store))
 
-    async def check(self, now: float, session: aiohttp.ClientSession | None = None
-                    ) -> list[det.SlowdownEvent]:
-        result = await asyncio.to_thread(detect_now, self.events_store, now, self.config)
-        if self.config.webhooks and session is not None:
-            await self._notify(result.events, session)
-        return result.events
-
-    async def _notify(self, events: Sequence[det.SlowdownEvent],
-                      session: aiohttp.ClientSession) -> None:
-        es = self.events_store
-        for e in events:
-            kinds = ["opened"] + ([] if e.ongoing else ["closed"])
-            done = await asyncio.to_thread(es.notified, e.event_id)
-            for what in kinds:
-                key = (e.event_id, what)
-                if what in done or self.attempts.get(key, 0) >= self.config.max_attempts:
-                    continue
-                self.attempts[key] = self.attempts.get(key, 0) + 1
-                payload = {"type": f"slowdown.{what}", "event": e.to_json()}
-                results = [await post_webhook(session, url, payload,
-                                              self.config.webhook_timeout)
-                           for url in self.config.webhooks]
-                if all(results):
-                    await asyncio.to_thread(es.mark_notified, e.event_id, what)
-
-    async def watch(self, *, max_passes: int, stop: asyncio.Event | None = None) -> None:
-        """Check every ``step`` seconds, ``max_passes`` times at most (or until ``stop``)."""
-        import time
-
-        stop = stop or asyncio.Event()
-        async with aiohttp.ClientSession() as session:
-            for n in range(max_passes):
-                try:
-                    await self.check(time.time(), session)
-                except Exception:  # one bad pass must not end the watch
-                    log.exception("slowdown detection pass failed")
-                if n == max_passes - 1:
-                    return
-                try:
-                    await asyncio.wait_for(stop.wait(), self.config.step)
-                    return
-                except TimeoutError:
-                    continue
+    def detect(self, now: float) -> list[det.SlowdownEvent]:
+        return detect_now(self.events_store, now, self.config).events
 
 
 MAX_SIGNAL_BINS = 10_000

@@ -1,23 +1,29 @@
 """Aggregates kept beside the measurements, so "how much was blocked, where, since when"
 answers in milliseconds however large the archive grows.
 
-Three rollup tables count measurements per time bucket and group.  The ingest only stores
-measurements; each gets a sequence number that only grows (``seq`` on PostgreSQL, the rowid
-on SQLite), and the ingest's folder (``Store.fold_rollups``, a task of the collector's ingest)
-adds the rows numbered after the watermark ``rollup_state.folded`` to the rollups in larger
-batches, in SQL, moving the watermark in the same transaction: a crash never counts a row
-twice or loses one.  Questions read the rollups plus the rows after the watermark (the
-not-yet-folded tail, a few seconds of ingest) in one snapshot, so answers are exact at any
-moment, and ``prune`` subtracts the folded rows it deletes:
+Five rollup tables count measurements per group.  The ingest only stores measurements; each
+gets a sequence number that only grows (``seq`` on PostgreSQL, the rowid on SQLite), and the
+ingest's folder (``Store.fold_rollups``, a task of the collector's ingest) adds the rows
+numbered after the watermark ``rollup_state.folded`` to every rollup (FOLDED and
+ROLLUP_DOMAIN) in larger batches, in SQL, moving the watermark in the same transaction: a
+crash never counts a row twice or loses one.  Questions read the rollups plus the rows after
+the watermark (the not-yet-folded tail, a few seconds of ingest) in one snapshot, so answers
+are exact at any moment, and ``prune`` subtracts the folded rows it deletes:
 
     rollup_hour          hour  x country, network, test, blocking, status
     rollup_day           day   x country, network, test, blocking, status
     rollup_month_domain  month x country, network, domain, category, test, blocking, status
+    rollup_month         month x country, network, category, test, blocking, status
+    rollup_domain        all time: domain, network, country, category, test; one column per
+                         status and per technique
 
 Domain and category multiply the number of groups by the size of the test lists, so they are
 kept per calendar month: a time series for *one* domain is read from the measurements
-themselves (the ``domain`` index makes that a small range scan).  :func:`plan` picks the
-source for a question, or says why none fits.
+themselves (the ``domain`` index makes that a small range scan).  Questions about domains
+over the whole archive (the domain x network matrix, a country's domains) read
+``rollup_domain``: one row per group, already pivoted, so the answer is a scan of as many
+rows as it has groups, with no statuses or months to add up.  :func:`plan` picks the source
+for a question, or says why none fits.
 
 Everything here is pure (no database): the folding, the bucket arithmetic and the planning;
 the stores run the SQL it writes.
@@ -103,7 +109,38 @@ ROLLUP_MONTH_DOMAIN = RollupTable(
     leading=2,
 )
 TABLES: tuple[RollupTable, ...] = (ROLLUP_HOUR, ROLLUP_DAY, ROLLUP_MONTH_DOMAIN)
+# rollup_month_domain without the domain (a hundredth of its rows with a thousand domains):
+# months and categories by country or network.  Its rows are derived from the monthly domain
+# counts of a batch (derive), not counted from the facts again.
+ROLLUP_MONTH = RollupTable(
+    "rollup_month", Grain.MONTH,
+    ("probe_cc", "probe_asn", "category_code", "test_name", "blocking", "status"), leading=1)
+DERIVED: tuple[RollupTable, ...] = (ROLLUP_MONTH,)
 RAW = "measurements"
+TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
+
+
+@dataclass(frozen=True, slots=True)
+class PivotTable:
+    """A rollup without time whose rows hold one count per verdict status and, of the
+    blocked or throttled measurements, one per technique (``counts``, after the total ``n``).
+    Its primary key is ``columns`` in that order."""
+
+    name: str
+    columns: tuple[str, ...]
+    counts: tuple[str, ...]
+
+
+PIVOT_COUNTS = ("n", *(f"n_{s}" for s in STATUSES),
+                *(f"t_{t.replace('-', '_')}" for t in TECHNIQUES))
+# Keyed domain then network: the matrix groups (domain, network) in key order, without a
+# sort (a country's matrix reads the whole table, a few rows per domain and network).
+ROLLUP_DOMAIN = PivotTable(
+    "rollup_domain", ("domain", "probe_asn", "probe_cc", "category_code", "test_name"),
+    PIVOT_COUNTS)
+# The rollups with a time bucket that the folder counts from the measurements, every one
+# from the rows themselves (rollup_month too: derive() is prune's way, from a delta).
+FOLDED: tuple[RollupTable, ...] = (*TABLES, *DERIVED)
 
 
 # ---- time buckets ---------------------------------------------------------------------------
@@ -157,6 +194,9 @@ class Fact:
 
 
 RollupDelta = dict[str, Counter[tuple[object, ...]]]
+PivotDelta = dict[tuple[str, ...], list[int]]
+_STATUS_SLOT = {s: 1 + i for i, s in enumerate(STATUSES)}
+_TECHNIQUE_SLOT = {t: 1 + len(STATUSES) + i for i, t in enumerate(TECHNIQUES)}
 
 
 def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
@@ -180,13 +220,86 @@ def fold(facts: Iterable[Fact], sign: int = 1) -> RollupDelta:
     return {ROLLUP_HOUR.name: hour, ROLLUP_DAY.name: day, ROLLUP_MONTH_DOMAIN.name: month}
 
 
-def create_statements(bucket_type: str, count_type: str, suffix: str = "") -> list[str]:
+def derive(delta: RollupDelta) -> RollupDelta:
+    """The rows of the DERIVED tables for a folded batch: rollup_month summed from the
+    monthly domain counts."""
+    month: Counter[tuple[object, ...]] = Counter()
+    for (m, cc, asn, _, cat, test, blocking, status), n in \
+            delta[ROLLUP_MONTH_DOMAIN.name].items():
+        month[(m, cc, asn, cat, test, blocking, status)] += n
+    return {ROLLUP_MONTH.name: month}
+
+
+def derived_backfill_statements() -> list[str]:
+    """Fill the DERIVED tables from rollup_month_domain (a pass over it, not the rows)."""
+    t = ROLLUP_MONTH
+    cols = ", ".join(("bucket", *t.columns))
+    return [f"INSERT INTO {t.name} ({cols}, n) SELECT {cols}, SUM(n) "
+            f"FROM {ROLLUP_MONTH_DOMAIN.name} GROUP BY {cols}"]
+
+
+def pivot(delta: RollupDelta) -> PivotDelta:
+    """The ``rollup_domain`` rows of a folded batch: its monthly domain counts summed over
+    months and spread into one column per status and technique."""
+    out: PivotDelta = {}
+    width = len(PIVOT_COUNTS)
+    monthly = delta[ROLLUP_MONTH_DOMAIN.name]
+    for (_, cc, asn, dom, cat, test, blocking, status), n in monthly.items():
+        key = (str(dom), str(asn), str(cc), str(cat), str(test))
+        row = out.get(key)
+        if row is None:
+            row = out[key] = [0] * width
+        row[0] += n
+        slot = _STATUS_SLOT.get(str(status))
+        if slot is not None:
+            row[slot] += n
+        if status in ("blocked", "throttled"):
+            tslot = _TECHNIQUE_SLOT.get(str(blocking))
+            if tslot is not None:
+                row[tslot] += n
+    return out
+
+
+def pivot_params(delta: PivotDelta) -> list[tuple[object, ...]]:
+    """Rows for :func:`pivot_upsert_sql` in key order (a fixed lock order), empty ones left
+    out."""
+    return [(*key, *row) for key, row in sorted(delta.items()) if any(row)]
+
+
+def pivot_create_statement(count_type: str, suffix: str = "") -> str:
+    t = ROLLUP_DOMAIN
+    cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
+    counts = ", ".join(f"{c} {count_type} NOT NULL" for c in t.counts)
+    return (f"CREATE TABLE {t.name} ({cols}, {counts}, "
+            f"PRIMARY KEY ({', '.join(t.columns)})){suffix}")
+
+
+def pivot_backfill_statement() -> str:
+    """Fill ``rollup_domain`` from ``rollup_month_domain`` (which counts the same rows per
+    month, status and technique): a pass over the monthly rollup, not the measurements."""
+    t = ROLLUP_DOMAIN
+    sums = pivot_columns("n")
+    return (f"INSERT INTO {t.name} ({', '.join((*t.columns, *t.counts))}) "
+            f"SELECT {', '.join(t.columns)}, {', '.join(sums)} FROM {ROLLUP_MONTH_DOMAIN.name} "
+            f"GROUP BY {', '.join(t.columns)}")
+
+
+def pivot_upsert_sql() -> str:
+    t = ROLLUP_DOMAIN
+    cols = (*t.columns, *t.counts)
+    adds = ", ".join(f"{c} = {t.name}.{c} + excluded.{c}" for c in t.counts)
+    return (f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT ({', '.join(t.columns)}) DO UPDATE SET {adds}")
+
+
+def create_statements(bucket_type: str, count_type: str, suffix: str = "",
+                      tables: Sequence[RollupTable] = TABLES) -> list[str]:
     """DDL for the rollup tables (types differ a little between backends; SQLite adds
     ``WITHOUT ROWID`` so each table is one B-tree).  The primary key is the only index: it
     leads with the bucket (or country and network, then bucket: RollupTable.leading), so a
     question is one range scan, and every write at ingest touches one tree per table."""
     out: list[str] = []
-    for t in TABLES:
+    for t in tables:
         cols = ", ".join(f"{c} text NOT NULL" for c in t.columns)
         key = ", ".join(t.key)
         out.append(
@@ -216,12 +329,36 @@ def backfill_statements(bucket_sql: Mapping[Grain, str]) -> list[str]:
             f"{_counted(t, bucket_sql, 'true')}" for t in TABLES]
 
 
+def _pivot_values() -> list[str]:
+    """The measurements' columns as ``rollup_domain``'s key (NULL as '')."""
+    return [f"COALESCE({c}, '')" if c in NULLABLE else c for c in ROLLUP_DOMAIN.columns]
+
+
+def _pivot_counted(where: str, source: str = "measurements") -> str:
+    """SELECT of ``rollup_domain``'s rows (key, counts) from ``source`` ``where``: the same
+    counts :func:`pivot` makes of a delta, per status and, of the blocked or throttled, per
+    technique."""
+    sums = [c.replace("blocking = ", "COALESCE(blocking, '') = ") for c in pivot_columns("1")]
+    groups = ", ".join(str(i + 1) for i in range(len(ROLLUP_DOMAIN.columns)))
+    return (f"SELECT {', '.join(_pivot_values())}, {', '.join(sums)} FROM {source} "
+            f"WHERE {where} GROUP BY {groups}")
+
+
+def _upsert_pivot_counted(select: str) -> str:
+    t = ROLLUP_DOMAIN
+    adds = ", ".join(f"{c} = {t.name}.{c} + excluded.{c}" for c in t.counts)
+    return (f"INSERT INTO {t.name} ({', '.join((*t.columns, *t.counts))}) {select} "
+            f"ON CONFLICT ({', '.join(t.columns)}) DO UPDATE SET {adds}")
+
+
 def fold_statements(bucket_sql: Mapping[Grain, str], seq: str) -> list[str]:
     """Add the measurements numbered ``lo < seq <= hi`` (parameters ``lo, hi``) to every
-    rollup: one INSERT ... SELECT ... GROUP BY per table, so the database counts and no row
-    crosses into Python; the groups are distinct, so no rollup row is updated twice."""
-    return [_upsert_counted(t, _counted(t, bucket_sql, f"{seq} > ? AND {seq} <= ?"))
-            for t in TABLES]
+    rollup (FOLDED, then ROLLUP_DOMAIN): one INSERT ... SELECT ... GROUP BY per table, so the
+    database counts and no row crosses into Python; the groups are distinct, so no rollup row
+    is updated twice."""
+    where = f"{seq} > ? AND {seq} <= ?"
+    return [*(_upsert_counted(t, _counted(t, bucket_sql, where)) for t in FOLDED),
+            _upsert_pivot_counted(_pivot_counted(where))]
 
 
 # The columns the rollups count, as staged for a fold (staged_fold_statements).
@@ -238,8 +375,9 @@ def staged_fold_statements(bucket_sql: Mapping[Grain, str], seq: str, staging: s
     cols = ", ".join(FACT_COLUMNS)
     stage = (f"INSERT INTO {staging} ({cols}) SELECT {cols} FROM measurements "
              f"WHERE {seq} > ? AND {seq} <= ?")
-    return stage, [_upsert_counted(t, _counted(t, bucket_sql, "true", staging))
-                   for t in TABLES]
+    return stage, [*(_upsert_counted(t, _counted(t, bucket_sql, "true", staging))
+                     for t in FOLDED),
+                   _upsert_pivot_counted(_pivot_counted("true", staging))]
 
 
 def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str) -> str:
@@ -248,6 +386,19 @@ def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str) -> st
     values = [f"COALESCE({c}, '') AS {c}" if c in NULLABLE else c for c in t.columns]
     return (f"SELECT {bucket_sql[t.grain]} AS bucket, {', '.join(values)}, 1 AS n "
             f"FROM measurements WHERE {seq} > ?")
+
+
+def pivot_tail_select(seq: str) -> str:
+    """The measurements numbered after ``?`` (the watermark) shaped as rows of
+    ``rollup_domain`` (key columns, then its counts: 1 or 0 each)."""
+    counts = ["1 AS n"]
+    counts += [f"CASE WHEN status = '{s}' THEN 1 ELSE 0 END AS {c}"
+               for s, c in zip(STATUSES, PIVOT_COUNTS[1:1 + len(STATUSES)], strict=True)]
+    counts += [f"CASE WHEN status IN ('blocked', 'throttled') AND blocking = '{t}' "
+               f"THEN 1 ELSE 0 END AS {c}"
+               for t, c in zip(TECHNIQUES, PIVOT_COUNTS[1 + len(STATUSES):], strict=True)]
+    keys = [f"{v} AS {c}" for v, c in zip(_pivot_values(), ROLLUP_DOMAIN.columns, strict=True)]
+    return f"SELECT {', '.join((*keys, *counts))} FROM measurements WHERE {seq} > ?"
 
 
 def upsert_sql(t: RollupTable) -> str:
@@ -310,9 +461,15 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
     grain = Grain(times[0].value) if times else None
     wants_domain = (AggDimension.DOMAIN in dims or AggDimension.CATEGORY in dims
                     or where.category_code is not None)
+    if ((wants_domain or where.domain is not None) and grain is None and where.since is None
+            and where.until is None and where.blocking is None
+            and AggDimension.BLOCKING not in dims):
+        # Domains over the whole archive: one pivoted row per group.
+        return Plan(ROLLUP_DOMAIN.name, None, None, None)
     if where.domain is not None:
         # One domain: a small range scan of the measurements' domain index, exact bounds.
         return Plan(RAW, grain, where.since, where.until)
+    monthly = ROLLUP_MONTH_DOMAIN if AggDimension.DOMAIN in dims else ROLLUP_MONTH
     if wants_domain:
         if grain in (Grain.HOUR, Grain.DAY):
             raise PlanError(
@@ -321,10 +478,10 @@ def plan(dims: Sequence[AggDimension], where: AggFilter) -> Plan:
                 "domain (domain=...) for an hourly or daily series",
             )
         since, until = widen(where.since, where.until, Grain.MONTH)
-        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+        return Plan(monthly.name, grain, since, until)
     if grain is Grain.MONTH:
         since, until = widen(where.since, where.until, Grain.MONTH)
-        return Plan(ROLLUP_MONTH_DOMAIN.name, grain, since, until)
+        return Plan(monthly.name, grain, since, until)
     if grain is Grain.HOUR:
         if where.since is None:
             raise PlanError("since", "an hourly series needs since (and spans 31 days at most)")
@@ -367,9 +524,6 @@ class AggRow:
         total = self.total
         hit = sum(self.counts.get(s, 0) for s in statuses)
         return 0.0 if total == 0 else round(hit / total, 6)
-
-
-TECHNIQUES = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "throttling")
 
 
 def pivot_columns(count: str) -> list[str]:

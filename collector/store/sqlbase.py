@@ -13,7 +13,7 @@ import abc
 import hashlib
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,10 +49,12 @@ from collector.store.rollups import (
     AGG_FILTER_COLUMNS,
     DAY,
     DIMENSION_COLUMN,
+    FOLDED,
     HOUR,
     NULLABLE,
+    PIVOT_COUNTS,
     RAW,
-    TABLES,
+    ROLLUP_DOMAIN,
     AggDimension,
     AggFilter,
     Aggregation,
@@ -62,9 +64,14 @@ from collector.store.rollups import (
     RollupTable,
     collect,
     delta_params,
+    derive,
     fold,
     fold_statements,
+    pivot,
     pivot_columns,
+    pivot_params,
+    pivot_tail_select,
+    pivot_upsert_sql,
     plan,
     tail_select,
     upsert_sql,
@@ -111,6 +118,43 @@ MEASUREMENT_COLUMNS = (
     "payload",
     "signature",
 )
+
+
+def page_index_statements(true: str) -> tuple[str, ...]:
+    """Indexes that keep a filtered page of measurements from scanning (``true``: how the
+    backend writes "confirmed is true" in a partial index's condition).
+
+    A page is read newest id first and stops when full, so a filter matching few rows of the
+    index it walks used to read every row of the country or network looking for them.  The
+    rare rows get partial indexes (they cost nothing when an ok measurement is written):
+    verdicts other than ok by status, country or network; blocking by technique and time;
+    failures by reason; confirmed blocking.  Category is common, so its index is a full one,
+    leading with the category then the time, for a page of one category in a time window.
+    Each ends with the columns a window checks, so the walk never reads the table.  The
+    domain's index is replaced by a covering one.
+    """
+    return (
+        "CREATE INDEX measurements_status_id ON measurements "
+        "(status, measurement_id, start_time) WHERE status <> 'ok'",
+        "CREATE INDEX measurements_cc_status_id ON measurements "
+        "(probe_cc, status, measurement_id, start_time) WHERE status <> 'ok'",
+        "CREATE INDEX measurements_asn_status_id ON measurements "
+        "(probe_asn, status, measurement_id, start_time) WHERE status <> 'ok'",
+        "CREATE INDEX measurements_blocking_time ON measurements "
+        "(blocking, start_time, measurement_id, probe_cc) WHERE blocking IS NOT NULL",
+        "CREATE INDEX measurements_reason_id ON measurements "
+        "(reason, probe_cc, measurement_id, start_time) WHERE reason <> ''",
+        "CREATE INDEX measurements_confirmed_id ON measurements "
+        f"(measurement_id, probe_cc, start_time) WHERE {true}",
+        "CREATE INDEX measurements_category_time ON measurements "
+        "(category_code, start_time, measurement_id)",
+        # One domain's page and its series (day x blocking) read only this index: it holds
+        # the id to order by and the verdict to count, where (domain, start_time) sent
+        # every row of the domain to the table (random reads of 4 kB rows).
+        "DROP INDEX measurements_domain",
+        "CREATE INDEX measurements_domain_time ON measurements "
+        "(domain, start_time, measurement_id, status, blocking)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,13 +526,25 @@ class SqlStore(abc.ABC):
         elif where.blocking is not None:
             clauses.append("blocking = ?")
             params.append(where.blocking)
-        if where.confirmed is not None:
+        if where.confirmed:
+            # A constant, so the partial index over confirmed rows serves it.
+            clauses.append(self._is_true("confirmed"))
+        elif where.confirmed is not None:
             clauses.append("confirmed = ?")
-            params.append(self._bool_param(where.confirmed))
+            params.append(self._bool_param(False))
         if where.failure is not None:
-            # "tls" matches tls and tls.*: a range, so no LIKE wildcard can sneak in.
-            clauses.append("(reason = ? OR (reason >= ? AND reason < ?))")
-            params += [where.failure, where.failure + ".", where.failure + "/"]
+            # "tls" matches tls and tls.*: a range, so no LIKE wildcard can sneak in; the
+            # range first, so an index on reason is searched, not scanned.
+            clauses.append("reason >= ? AND reason < ? AND (reason = ? OR reason >= ?)")
+            params += [where.failure, where.failure + "/", where.failure, where.failure + "."]
+            if where.failure:
+                clauses.append("reason <> ''")  # implied: the partial index over failures
+        if where.status is not None and where.status != "ok":
+            clauses.append("status <> 'ok'")  # implied: the partial indexes over verdicts
+        # A page walks an index in id order; when a filter has a partial index over its rare
+        # rows, that one must be walked, not the country's or network's (SQLite would pick
+        # those for their order and read every row of the country to find a few).
+        rare = bool(where.confirmed or where.failure or where.blocking)
         for column, value in (
             ("probe_cc", where.probe_cc),
             ("probe_asn", where.probe_asn),
@@ -501,9 +557,19 @@ class SqlStore(abc.ABC):
             ("probe_network_name", where.probe_network_name),
         ):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                name = self._not_indexed(column) if rare and column in (
+                    "probe_cc", "probe_asn") else column
+                clauses.append(f"{name} = ?")
                 params.append(value)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def _not_indexed(self, column: str) -> str:
+        """The column in a term no index should serve (SQLite: a unary plus)."""
+        return f"+{column}"
+
+    def _is_true(self, column: str) -> str:
+        """SQL true when a boolean column is (SQLite keeps booleans as 0 and 1)."""
+        return f"{column} = 1"
 
     def _summary(self, r: tuple[Any, ...]) -> MeasurementSummary:
         return MeasurementSummary(
@@ -595,12 +661,23 @@ class SqlStore(abc.ABC):
         strictly after the cursor ``after`` (the last id of the previous page)."""
         clause, params = self._keyset(where, after, descending)
         order = "DESC" if descending else "ASC"
+        # The ids first, then their rows: the inner query reads only an index when one holds
+        # every filtered column (the page indexes do), so rows skipped by the filter are never
+        # read from the table; the outer one reads the page's rows by id.
+        ids = f"SELECT measurement_id FROM measurements{clause}"
+        if self._window_first(where, descending):
+            ids = f"SELECT measurement_id FROM ({ids} OFFSET 0) AS w"
         rows = self._query(
-            f"SELECT {SUMMARY_COLUMNS} FROM measurements{clause} "
-            f"ORDER BY measurement_id {order} LIMIT ?",
+            f"SELECT {SUMMARY_COLUMNS} FROM measurements WHERE measurement_id IN ("
+            f"{ids} ORDER BY measurement_id {order} LIMIT ?) ORDER BY measurement_id {order}",
             [*params, int(limit)],
         )
         return [self._summary(r) for r in rows]
+
+    def _window_first(self, where: Filter | None, descending: bool) -> bool:
+        """Whether to read a page's matches through the index of its filter and time window
+        and sort them, rather than walk the ids in order (PostgreSQL: see there)."""
+        return False
 
     def export_page(
         self, where: Filter | None = None, limit: int = 500, after: str | None = None
@@ -762,12 +839,18 @@ class SqlStore(abc.ABC):
         """Add (or, ``sign`` -1, subtract) measurements to the rollup tables (inside the
         caller's transaction)."""
         delta = fold(facts, sign)
-        for t in TABLES:
+        delta.update(derive(delta))
+        for t in FOLDED:
             params = delta_params(delta, t)
             if params:
                 self._upsert_rollup(cur, t, params)
             if sign < 0:
                 cur.execute(f"DELETE FROM {t.name} WHERE n <= 0")
+        rows = pivot_params(pivot(delta))
+        if rows:
+            self._upsert_pivot(cur, rows)
+        if sign < 0:
+            cur.execute(f"DELETE FROM {ROLLUP_DOMAIN.name} WHERE n <= 0")
 
     def aggregate(self, dims: Sequence[AggDimension], where: AggFilter | None = None,
                   limit: int = 1000) -> Aggregation:
@@ -790,7 +873,6 @@ class SqlStore(abc.ABC):
                 category_code=where.category_code, test_name=where.test_name,
                 blocking=where.blocking))
             count = "COUNT(*)"
-            tail_params: list[Any] = []
         else:
             clauses: list[str] = []
             params = []
@@ -809,39 +891,84 @@ class SqlStore(abc.ABC):
             count = "SUM(n)"
             # The rollup's rows plus the measurements not folded into it yet, shaped alike
             # and filtered alike (the filter written into both, not left to be pushed down).
-            table = next(t for t in TABLES if t.name == p.source)
-            columns = ", ".join(("bucket", *table.columns, "n"))
-            tail = tail_select(table, self._bucket_sql, self._seq)
+            if p.source == ROLLUP_DOMAIN.name:
+                columns = ", ".join((*ROLLUP_DOMAIN.columns, *ROLLUP_DOMAIN.counts))
+                tail = pivot_tail_select(self._seq)
+            else:
+                table = next(t for t in FOLDED if t.name == p.source)
+                columns = ", ".join(("bucket", *table.columns, "n"))
+                tail = tail_select(table, self._bucket_sql, self._seq)
             source = (f"(SELECT {columns} FROM {p.source}{clause} UNION ALL "
                       f"SELECT {columns} FROM ({tail}) AS tail{clause}) AS src")
-            tail_params = [*params]
-            clause = ""
+        if p.source == ROLLUP_DOMAIN.name:
+            sums = ", ".join(f"SUM({c})" for c in PIVOT_COUNTS)
+        else:
+            sums = ", ".join(pivot_columns("1" if p.source == RAW else "n"))
+        if p.source == RAW:
+            sums = sums.replace("blocking = ", "COALESCE(blocking, '') = ")
+            return self._aggregate_rows(dims, p, select, sums, count, source, clause, params,
+                                        self._query, limit)
+        with self._snapshot() as query:  # the watermark and the rows of one moment
+            folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
+            return self._aggregate_rows(dims, p, select, sums, count, source, "",
+                                        [*params, folded, *params], query, limit)
+
+    def _aggregate_rows(self, dims: Sequence[AggDimension], p: Plan, select: Sequence[str],
+                        sums: str, count: str, source: str, clause: str, params: Sequence[Any],
+                        query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
+                        limit: int) -> Aggregation:
+        """The groups of ``source`` (``clause``, ``params``) by the ``select`` expressions,
+        largest first, through ``query``."""
         keys = ", ".join(f"k{i}" for i in range(len(select)))
         cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(select))
-        pivot = ", ".join(pivot_columns("1" if p.source == RAW else "n"))
-        if p.source == RAW:
-            pivot = pivot.replace("blocking = ", "COALESCE(blocking, '') = ")
-        # The window functions run after GROUP BY and before LIMIT: how many groups there
-        # were and how many measurements they hold, in the same pass.
-        # Largest groups first (the total is the column after the keys), ties by key.
-        order = ", ".join([f"{len(select) + 1} DESC", *(str(i + 1) for i in range(len(select)))])
-        sql = (f"SELECT {cols}, {pivot}, COUNT(*) OVER (), SUM({count}) OVER () "
-               f"FROM {source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?")
-        if p.source == RAW:
-            rows = self._query(sql, [*params, int(limit)])
-        else:
-            with self._snapshot() as query:  # the watermark and the rows of one moment
-                folded = int(query("SELECT folded FROM rollup_state WHERE id = 1")[0][0])
-                rows = query(sql, [*params, folded, *tail_params, int(limit)])
-        groups = collect(dims, rows)
-        n_groups = int(rows[0][-2]) if rows else 0
-        total = int(rows[0][-1]) if rows else 0
-        return Aggregation(plan=p, rows=groups, groups=n_groups, total=total)
+        if AggDimension.DOMAIN not in dims and p.grain is not Grain.HOUR:
+            # Few groups (at most hundreds per country, network, category or day): one pass.
+            # The window functions run after GROUP BY and before LIMIT: how many groups
+            # there were and how many measurements they hold, in the same pass.  Largest
+            # groups first (the total is the column after the keys), ties by key.
+            order = ", ".join([f"{len(select) + 1} DESC",
+                               *(str(i + 1) for i in range(len(select)))])
+            rows = query(
+                f"SELECT {cols}, {sums}, COUNT(*) OVER (), SUM({count}) OVER () "
+                f"FROM {source}{clause} GROUP BY {keys} ORDER BY {order} LIMIT ?",
+                [*params, int(limit)],
+            )
+            return Aggregation(plan=p, rows=collect(dims, rows),
+                               groups=int(rows[0][-2]) if rows else 0,
+                               total=int(rows[0][-1]) if rows else 0)
+        # Domains or hours: tens of thousands of groups (the domain x network matrix has
+        # 40,000), so two passes.  First the keys and totals only, through the window
+        # functions and the sort; then the counts per status and technique of the groups
+        # kept.  Carrying every count through the window and the sort cost twice as much.
+        top = query(
+            f"SELECT {keys}, t, COUNT(*) OVER (), SUM(t) OVER () FROM ("
+            f"SELECT {cols}, {count} AS t FROM {source}{clause} GROUP BY {keys}) AS g "
+            f"ORDER BY t DESC, {keys} LIMIT ?",
+            [*params, int(limit)],
+        )
+        if not top:
+            return Aggregation(plan=p, rows=[], groups=0, total=0)
+        nk = len(select)
+        chosen = [tuple(r[:nk]) for r in top]
+        marks = ", ".join(["(" + ", ".join("?" * nk) + ")"] * len(chosen))
+        counted = query(
+            f"SELECT {cols}, {sums} FROM {source}{clause}"
+            f"{' AND ' if clause else ' WHERE '}({', '.join(select)}) IN (VALUES {marks}) "
+            f"GROUP BY {keys}",
+            [*params, *(v for k in chosen for v in k)],
+        )
+        by_key = {tuple(r[:nk]): r[nk:] for r in counted}
+        return Aggregation(plan=p, rows=collect(dims, [(*k, *by_key[k]) for k in chosen]),
+                           groups=int(top[0][-2]), total=int(top[0][-1]))
 
     def _upsert_rollup(self, cur: Any, t: RollupTable, params: Sequence[tuple[object, ...]]
                        ) -> None:
         """Add counts to a rollup table (PostgreSQL overrides this with one statement)."""
         cur.executemany(upsert_sql(t), params)
+
+    def _upsert_pivot(self, cur: Any, params: Sequence[tuple[object, ...]]) -> None:
+        """Add counts to rollup_domain (PostgreSQL overrides this with one statement)."""
+        cur.executemany(pivot_upsert_sql(), params)
 
     def _time_group(self, p: Plan, grain: Grain) -> str:
         if p.source != RAW:

@@ -28,9 +28,13 @@ from collector.store.base import (
     StoreUnavailable,
 )
 from collector.store.rollups import (
+    DERIVED,
     Grain,
     backfill_statements,
     create_statements,
+    derived_backfill_statements,
+    pivot_backfill_statement,
+    pivot_create_statement,
     staged_fold_statements,
 )
 from collector.store.sqlbase import (
@@ -38,6 +42,7 @@ from collector.store.sqlbase import (
     Migration,
     SqlStore,
     chunks,
+    page_index_statements,
     pending_migrations,
     quarantine_params,
     sighting_kinds,
@@ -158,6 +163,19 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "all-time rollup of domains by country, network, category and test (the domain x "
+        "network matrix); monthly rollup without domains; indexes for pages filtered on "
+        "rare verdicts, failures, blocking and category",
+        (
+            pivot_create_statement("INTEGER", " WITHOUT ROWID"),
+            *create_statements("INTEGER", "INTEGER", " WITHOUT ROWID", tables=DERIVED),
+            *derived_backfill_statements(),
+            pivot_backfill_statement(),
+            *page_index_statements("confirmed = 1"),
+        ),
+    ),
+    Migration(
+        5,
         "rollups folded after the ingest, by rowid, up to a watermark (rollup_state)",
         (
             """CREATE TABLE rollup_state (

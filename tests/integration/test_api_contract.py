@@ -26,13 +26,11 @@ from jsonschema import Draft202012Validator
 
 from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
 from collector.outages.detector import OutageEvent
-from collector.outages.store import OutageEventStore
 from collector.runtime import METRICS, ServeSettings
 from collector.service import create_app
-from collector.store import open_store
-from collector.store.base import IngestBatch
 from collector.store.rollups import Grain, bucket_start
 from lab.archive import Archive, generate
+from tests.support.collector import archive_store
 
 API = "/api/v1"
 UNTIL = datetime(2026, 5, 20, 6, 0, tzinfo=UTC).timestamp()
@@ -45,22 +43,12 @@ def archive() -> Archive:
 
 
 @pytest.fixture
-def store_url(tmp_path: Path, archive: Archive) -> Iterator[str]:
-    url = f"sqlite://{tmp_path}/collector.db"
-    s = open_store(url)
-    try:
-        for p in archive.probes.values():
-            s.add_probe(p.probe_id, p.public_raw)
-        s.write_batch(IngestBatch(measurements=archive.rows))
-        es = OutageEventStore(s)
-        es.save(OutageEvent("ev-iq", "cc:IQ", UNTIL - 5 * 86400, UNTIL - 5 * 86400 + 300,
-                            UNTIL - 5 * 86400 + 600, UNTIL - 4 * 86400,
-                            ("p1", "p2", "p3"), 0.9, 0.1,
-                            {"agent_outages": [{"probe_id": "p1", "start": UNTIL - 5 * 86400,
-                                                "end": UNTIL - 4 * 86400}]}, ()))
-    finally:
-        s.close()
-    yield url
+def store_url(tmp_path: Path, archive: Archive) -> str:
+    return archive_store(tmp_path, archive, [
+        OutageEvent("ev-iq", "cc:IQ", UNTIL - 5 * 86400, UNTIL - 5 * 86400 + 300,
+                    UNTIL - 5 * 86400 + 600, UNTIL - 4 * 86400, ("p1", "p2", "p3"), 0.9, 0.1,
+                    {"agent_outages": [{"probe_id": "p1", "start": UNTIL - 5 * 86400,
+                                        "end": UNTIL - 4 * 86400}]}, ())])
 
 
 @pytest.fixture

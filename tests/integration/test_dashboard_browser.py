@@ -24,12 +24,10 @@ from aiohttp.test_utils import TestServer
 
 from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
 from collector.outages.detector import OutageEvent
-from collector.outages.store import OutageEventStore
 from collector.runtime import ServeSettings
 from collector.service import create_app
-from collector.store import open_store
-from collector.store.base import IngestBatch
 from lab.archive import Archive, generate
+from tests.support.collector import archive_store
 
 pytestmark = pytest.mark.slow
 
@@ -56,17 +54,9 @@ def archive() -> Archive:
 
 @pytest.fixture
 async def base_url(tmp_path: Path, archive: Archive) -> AsyncIterator[str]:
-    url = f"sqlite://{tmp_path}/collector.db"
-    s = open_store(url)
-    try:
-        for p in archive.probes.values():
-            s.add_probe(p.probe_id, p.public_raw)
-        s.write_batch(IngestBatch(measurements=archive.rows))
-        OutageEventStore(s).save(OutageEvent(
-            "iq-cut", "cc:IQ", NOW - 6 * 86400, NOW - 6 * 86400 + 120, NOW - 6 * 86400 + 300,
-            NOW - 5 * 86400, ("a", "b", "c"), 0.9, 0.0, {}, ()))
-    finally:
-        s.close()
+    url = archive_store(tmp_path, archive, [OutageEvent(
+        "iq-cut", "cc:IQ", NOW - 6 * 86400, NOW - 6 * 86400 + 120, NOW - 6 * 86400 + 300,
+        NOW - 5 * 86400, ("a", "b", "c"), 0.9, 0.0, {}, ())])
     config = CollectorConfig(store=StoreConfig(url=url), api=ApiConfig(stats_cache_s=0.0),
                              outages=OutagesConfig(enabled=False))
     app = create_app(ServeSettings(config=config.validate(), ingest=False, outages=False))

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import pytest
 
 from collector.cli.main import main
 from collector.outages.detector import OutageEvent
-from collector.outages.store import OutageEventStore
 from collector.report.pdf import chromium
-from collector.store import open_store
-from collector.store.base import IngestBatch, MeasurementRow
+from collector.store.base import MeasurementRow
 from lab.archive import Archive, generate
+from tests.support.collector import archive_store
 
 UNTIL = datetime(2026, 6, 30, tzinfo=UTC).timestamp()
 SINCE = "2026-06-05"
@@ -32,22 +30,13 @@ def archive() -> Archive:
 
 
 @pytest.fixture
-def store_url(tmp_path: Path, archive: Archive) -> Iterator[str]:
-    url = f"sqlite://{tmp_path}/collector.db"
-    s = open_store(url)
-    try:
-        for p in archive.probes.values():
-            s.add_probe(p.probe_id, p.public_raw)
-        s.write_batch(IngestBatch(measurements=archive.rows))
-        es = OutageEventStore(s)
-        es.save(OutageEvent("iq-shutdown", "cc:IQ", UNTIL - 10 * 86400, UNTIL - 10 * 86400 + 60,
-                            UNTIL - 10 * 86400 + 300, UNTIL - 9.5 * 86400, ("a", "b"), 0.9,
-                            0.0, {}, ()))
-        es.save(OutageEvent("ir-cut", "cc:IR", UNTIL - 10 * 86400, UNTIL - 10 * 86400 + 60,
-                            UNTIL - 10 * 86400 + 300, None, ("c",), 0.9, 0.0, {}, ()))
-    finally:
-        s.close()
-    yield url
+def store_url(tmp_path: Path, archive: Archive) -> str:
+    return archive_store(tmp_path, archive, [
+        OutageEvent("iq-shutdown", "cc:IQ", UNTIL - 10 * 86400, UNTIL - 10 * 86400 + 60,
+                    UNTIL - 10 * 86400 + 300, UNTIL - 9.5 * 86400, ("a", "b"), 0.9, 0.0, {}, ()),
+        OutageEvent("ir-cut", "cc:IR", UNTIL - 10 * 86400, UNTIL - 10 * 86400 + 60,
+                    UNTIL - 10 * 86400 + 300, None, ("c",), 0.9, 0.0, {}, ()),
+    ])
 
 
 def in_scope(archive: Archive, cc: str, asn: str | None = None) -> list[MeasurementRow]:

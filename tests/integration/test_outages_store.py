@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 
 from collector.outages.detector import DetectorConfig
@@ -16,6 +15,7 @@ from collector.outages.store import OutageEventStore
 from collector.outages.watch import WatchConfig, Watcher
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow, StatusUpdate
+from tests.support.webhooks import WebhookReceiver
 
 HB = 10.0
 CFG = DetectorConfig(heartbeat_interval=HB, baseline_window=600.0)
@@ -60,25 +60,12 @@ def store(tmp_path: Path) -> Any:
 
 
 async def test_shutdown_found_saved_and_notified(store: Any) -> None:
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with WebhookReceiver() as hook:
         probes = ["pa", "pb", "pc", "pd"]
         t0 = time.time() + 5.0  # probes are enrolled just before
         cut, back = t0 + 300.0, t0 + 420.0
         populate(store, probes, t0, cut, back, t0 + 500.0)
-        watcher = Watcher(store, WatchConfig(CFG, (f"http://127.0.0.1:{port}/hook",)))
+        watcher = Watcher(store, WatchConfig(CFG, (hook.url,)))
         import aiohttp
 
         async with aiohttp.ClientSession() as session:
@@ -92,14 +79,12 @@ async def test_shutdown_found_saved_and_notified(store: Any) -> None:
         assert closed.end is not None and back <= closed.end <= back + HB
         assert set(closed.affected) == set(probes)
         assert len(again) == len(after)
-        types = sorted((r["type"], r["event"]["group"]) for r in received)
+        types = sorted((r["type"], r["event"]["group"]) for r in hook.received)
         assert types == [("outage.closed", "asn:AS64500"), ("outage.closed", "cc:IR"),
                          ("outage.opened", "asn:AS64500"), ("outage.opened", "cc:IR")]
-        saved = OutageEventStore(store).list()
+        saved = OutageEventStore(store).events()
         assert {e.event_id for e in saved} == {e.event_id for e in after}
         assert OutageEventStore(store).notified(closed.event_id) == {"opened", "closed"}
-    finally:
-        await runner.cleanup()
 
 
 async def test_failed_webhook_is_retried_later(store: Any) -> None:
@@ -169,3 +154,27 @@ def main_cmd() -> Any:
     from collector.cli.outages import outages
 
     return outages
+
+
+async def test_serve_runs_the_outage_detector_in_the_background(tmp_path: Path) -> None:
+    """``serve`` with [outages] enabled: passes every quarter heartbeat on a store connection
+    of its own, counted in /metrics and the API, and a clean stop with the app."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from collector.config import ApiConfig, CollectorConfig, OutagesConfig, StoreConfig
+    from collector.runtime import RUNTIME, ServeSettings
+    from collector.service import create_app
+    from tests.support.waiting import wait_until
+
+    config = CollectorConfig(store=StoreConfig(url=f"sqlite:///{tmp_path / 'serve.db'}"),
+                             api=ApiConfig(), outages=OutagesConfig(heartbeat_s=1.0)).validate()
+    app = create_app(ServeSettings(config=config, ingest=False, slowdowns=False))
+    async with TestClient(TestServer(app)) as client:
+        rt = app[RUNTIME]
+        await wait_until(lambda: rt.outages.passes >= 2, "two outage detection passes")
+        body = await (await client.get("/api/v1/outages")).json()
+        assert body["detector"]["running"] is True and body["detector"]["last_success"]
+        metrics = await (await client.get("/metrics")).text()
+        assert "vigil_outage_detector_enabled 1.0" in metrics
+        assert "vigil_slowdown_detector_enabled 0.0" in metrics
+    assert rt.failure is None and rt.outages.failures == 0

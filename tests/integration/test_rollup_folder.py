@@ -23,7 +23,18 @@ import pytest
 
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow, Store
-from collector.store.rollups import TABLES, AggFilter
+from collector.store.rollups import (
+    FOLDED,
+    ROLLUP_DOMAIN,
+    ROLLUP_MONTH,
+    AggFilter,
+    Fact,
+    delta_params,
+    derive,
+    fold,
+    pivot,
+    pivot_params,
+)
 from lab.archive import Archive, generate
 from tests.integration.test_archive_store import CASES, UNTIL, expected
 
@@ -77,9 +88,32 @@ def _unfolded(s: Store) -> int:
                      "(SELECT folded FROM rollup_state WHERE id = 1)"))
 
 
+# Every rollup table the folder fills (rollup_domain's ``n`` is its total too).
+ROLLUPS = (*(t.name for t in FOLDED), ROLLUP_DOMAIN.name)
+
+
 def folded_counts(s: Store) -> dict[str, int]:
     """How many measurements each rollup table counts (without the unfolded tail)."""
-    return {t.name: int(_q(s, f"SELECT COALESCE(SUM(n), 0) FROM {t.name}")) for t in TABLES}
+    return {t: int(_q(s, f"SELECT COALESCE(SUM(n), 0) FROM {t}")) for t in ROLLUPS}
+
+
+def assert_derived_rollups(s: Store, rows: list[MeasurementRow]) -> None:
+    """rollup_month and rollup_domain, row by row and column by column, are what prune's
+    subtraction (rollups.derive, rollups.pivot) takes them to hold for these rows."""
+    unique = list({r.measurement_id: r for r in rows}.values())
+    delta = fold(Fact(r.start_ts, r.probe_cc, r.probe_asn, r.domain, r.category_code,
+                      r.test_name, r.blocking, r.status) for r in unique)
+    t = ROLLUP_MONTH
+    month = s._query(  # type: ignore[attr-defined]
+        f"SELECT bucket, {', '.join(t.columns)}, n FROM {t.name} "
+        f"ORDER BY bucket, {', '.join(t.columns)}")
+    assert sorted(tuple(int(x) if i in (0, len(r) - 1) else x for i, x in enumerate(r))
+                  for r in month) == delta_params(derive(delta), t)
+    d = ROLLUP_DOMAIN
+    domain = s._query(  # type: ignore[attr-defined]
+        f"SELECT {', '.join((*d.columns, *d.counts))} FROM {d.name}")
+    assert sorted((*r[:len(d.columns)], *(int(x) for x in r[len(d.columns):]))
+                  for r in domain) == pivot_params(pivot(delta))
 
 
 def assert_answers(s: Store, rows: list[MeasurementRow]) -> None:
@@ -93,7 +127,7 @@ def assert_answers(s: Store, rows: list[MeasurementRow]) -> None:
 def test_answers_count_the_unfolded_tail(store: Store, archive: Archive) -> None:
     rows = archive.rows
     write(store, rows)
-    assert folded_counts(store) == {t.name: 0 for t in TABLES}  # nothing folded yet
+    assert folded_counts(store) == {t: 0 for t in ROLLUPS}  # nothing folded yet
     assert _unfolded(store) == len(rows)
     assert_answers(store, rows)  # all from the tail
     assert store.fold_rollups(max_span=250) > 0  # part folded, part in the tail
@@ -102,10 +136,11 @@ def test_answers_count_the_unfolded_tail(store: Store, archive: Archive) -> None
     assert set(part.values()) == {part["rollup_day"]}
     assert_answers(store, rows)
     fold_all(store)
-    assert folded_counts(store) == {t.name: len(rows) for t in TABLES}
+    assert folded_counts(store) == {t: len(rows) for t in ROLLUPS}
+    assert_derived_rollups(store, rows)
     assert_answers(store, rows)  # all from the rollups
     assert store.fold_rollups() == 0
-    assert folded_counts(store) == {t.name: len(rows) for t in TABLES}  # nothing twice
+    assert folded_counts(store) == {t: len(rows) for t in ROLLUPS}  # nothing twice
 
 
 def test_duplicates_are_folded_once(store: Store, archive: Archive) -> None:
@@ -115,7 +150,7 @@ def test_duplicates_are_folded_once(store: Store, archive: Archive) -> None:
     write(store, [*rows[:50], *rows[:50], *rows[250:]])  # replays, folded and not
     write(store, rows[250:])
     fold_all(store)
-    assert folded_counts(store) == {t.name: 300 for t in TABLES}
+    assert folded_counts(store) == {t: 300 for t in ROLLUPS}
     assert_answers(store, rows)
 
 
@@ -161,11 +196,11 @@ def test_a_fold_killed_half_way_counts_nothing_and_the_next_counts_once(
     assert proc.returncode == 9, proc.stderr.decode()
     s = open_store(store_url)
     try:
-        assert folded_counts(s) == before == {t.name: 200 for t in TABLES}
+        assert folded_counts(s) == before == {t: 200 for t in ROLLUPS}
         assert _unfolded(s) == len(rows) - 200
         assert_answers(s, rows)
         fold_all(s)
-        assert folded_counts(s) == {t.name: len(rows) for t in TABLES}
+        assert folded_counts(s) == {t: len(rows) for t in ROLLUPS}
         assert_answers(s, rows)
     finally:
         s.close()
@@ -183,7 +218,8 @@ def test_prune_of_folded_and_unfolded_rows_keeps_answers_exact(
     assert store.prune(cutoff, batch=37) == len(rows) - len(kept)
     assert_answers(store, kept)
     fold_all(store)
-    assert folded_counts(store) == {t.name: len(kept) for t in TABLES}
+    assert folded_counts(store) == {t: len(kept) for t in ROLLUPS}
+    assert_derived_rollups(store, kept)
     assert_answers(store, kept)
 
 
@@ -200,7 +236,7 @@ def test_rows_stored_after_the_newest_were_pruned_are_still_folded(
     more = rows[200:300]
     write(store, more)
     fold_all(store)
-    assert folded_counts(store) == {t.name: len(recent) + len(more) for t in TABLES}
+    assert folded_counts(store) == {t: len(recent) + len(more) for t in ROLLUPS}
     assert_answers(store, recent + more)
 
 
@@ -225,7 +261,7 @@ def test_collectors_committing_out_of_order_are_folded_once(
             assert_answers(b, rows[:100] + rows[200:300])  # what is committed, exactly
         assert_answers(b, rows[:300])
         fold_all(b)
-        assert folded_counts(b) == {t.name: 300 for t in TABLES}
+        assert folded_counts(b) == {t: 300 for t in ROLLUPS}
         assert_answers(a, rows[:300])
     finally:
         a.close()
@@ -269,7 +305,7 @@ def test_concurrent_collectors_writing_and_folding(pg_url: str, archive: Archive
         fold_all(setup)
         kept = [r for r in rows if r.start_ts >= cutoff.timestamp()]
         assert setup.measurement_count() == len(kept)
-        assert folded_counts(setup) == {t.name: len(kept) for t in TABLES}
+        assert folded_counts(setup) == {t: len(kept) for t in ROLLUPS}
         assert_answers(setup, kept)
     finally:
         setup.close()
@@ -284,7 +320,7 @@ def test_the_watermark_survives_reopening(store: Store, store_url: str,
     s = open_store(store_url)
     try:
         assert s.fold_rollups() == 0
-        assert folded_counts(s) == {t.name: 250 for t in TABLES}
+        assert folded_counts(s) == {t: 250 for t in ROLLUPS}
         got = s.aggregate(CASES[0][0], AggFilter(), limit=10_000)
         assert got.total == 250
     finally:

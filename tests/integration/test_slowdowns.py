@@ -10,28 +10,22 @@ outbox would deliver them, so the test needs no waiting for intervals to pass.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from agent.wire import envelope as wire
 from collector.config import (
     ApiConfig,
-    BrokerConfig,
     CollectorConfig,
-    IngestConfig,
     OutagesConfig,
     SlowdownsConfig,
     StoreConfig,
@@ -44,6 +38,8 @@ from collector.slowdowns.watch import SlowdownWatchConfig, SlowdownWatcher
 from collector.store import open_store
 from collector.store.base import IngestBatch, MeasurementRow
 from lab.probes import TestProbe, iso
+from tests.support.collector import enrol, publish, serve_config, wait_ingest_connected, wait_json
+from tests.support.webhooks import WebhookReceiver
 
 INTERVAL = 20.0  # simulated measurement interval, seconds
 BINS = 40  # history length, intervals
@@ -141,32 +137,9 @@ def row(rec: dict[str, Any], received: float) -> MeasurementRow:
     )
 
 
-class Hook:
-    """A local webhook receiver (loopback)."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> Hook:
-        async def hook(request: web.Request) -> web.Response:
-            self.received.append(await request.json())
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
+def plan_batch(plan: Plan, now: float) -> IngestBatch:
+    """Every record of the plan, as received at ``now``."""
+    return IngestBatch(measurements=[row(r, now) for recs in records(plan).values() for r in recs])
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -201,9 +174,8 @@ async def test_slowdown_found_saved_notified_and_listed(store_url: str) -> None:
     plan = make_plan(now)
     store = open_store(store_url)
     try:
-        rows = [row(r, now) for recs in records(plan).values() for r in recs]
-        store.write_batch(IngestBatch(measurements=rows))
-        async with Hook() as hook:
+        store.write_batch(plan_batch(plan, now))
+        async with WebhookReceiver() as hook:
             watcher = SlowdownWatcher(store, SlowdownWatchConfig(CFG, (hook.url,)))
             async with aiohttp.ClientSession() as session:
                 first = await watcher.check(now, session)
@@ -230,8 +202,7 @@ async def test_api_lists_slowdowns_and_the_signal(store_url: str) -> None:
     plan = make_plan(now)
     store = open_store(store_url)
     try:
-        store.write_batch(IngestBatch(
-            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        store.write_batch(plan_batch(plan, now))
         await SlowdownWatcher(store, SlowdownWatchConfig(CFG)).check(now)
     finally:
         store.close()
@@ -272,8 +243,7 @@ def test_cli_check_list_and_signal(tmp_path: Path) -> None:
     plan = make_plan(now)
     store = open_store(url)
     try:
-        store.write_batch(IngestBatch(
-            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        store.write_batch(plan_batch(plan, now))
     finally:
         store.close()
     runner = CliRunner()
@@ -305,75 +275,36 @@ async def test_slowdown_end_to_end_over_the_broker(broker: Any, tmp_path: Path) 
     plan = make_plan(now)
     all_probes = [*plan.probes, plan.slow_line, plan.other_isp]
     url = f"sqlite://{tmp_path}/e2e.db"
-    store = open_store(url)
-    try:
-        for p in all_probes:
-            store.add_probe(p.probe_id, p.public_raw)
-    finally:
-        store.close()
+    enrol(url, all_probes)
     creds = {p.probe_id: broker.add_probe(p.probe_id) for p in all_probes}
     info = broker.info
-    async with Hook() as hook:
-        config = CollectorConfig(
-            broker=BrokerConfig(host=info.host, port=info.collector_port, tls=True,
-                                ca_file=str(info.ca_file), username=info.collector.username,
-                                password=info.collector.password, client_id="slowdown-e2e",
-                                keepalive_s=5),
-            store=StoreConfig(url=url),
-            ingest=IngestConfig(batch_size=50, retry_initial_s=0.1, retry_max_s=1.0,
-                                key_refresh_s=0.5),
-            outages=OutagesConfig(enabled=False),
+    async with WebhookReceiver() as hook:
+        config = serve_config(
+            info, url, "slowdown-e2e", batch_size=50, outages=OutagesConfig(enabled=False),
             slowdowns=SlowdownsConfig(interval_s=INTERVAL, window_s=20 * INTERVAL,
-                                      webhooks=(hook.url,)),
-        ).validate()
+                                      webhooks=(hook.url,)))
         app = create_app(ServeSettings(config=config, outages=False))
         async with TestClient(TestServer(app)) as client:
-            await _wait(client, "/healthz", lambda b: b["ingest"].get("connected") is True,
-                        "the ingest to connect")
+            await wait_ingest_connected(client, timeout=WAIT)
             sent = 0
             for p, recs in records(plan).items():
-                async with aiomqtt.Client(
-                    info.host, info.probe_port, username=p.probe_id,
-                    password=creds[p.probe_id].password, identifier=p.probe_id,
-                    protocol=aiomqtt.ProtocolVersion.V5, tls_context=info.tls_context(),
-                ) as mqtt:
-                    for rec in recs:
-                        await mqtt.publish(p.topic, p.envelope(rec), qos=1)
-                        sent += 1
-            await _wait(client, f"{API}/stats", lambda b: b["total"] == sent,
-                        "every record stored")
-            body = await _wait(
+                sent += await publish(info, p, creds[p.probe_id].password,
+                                      [p.envelope(rec) for rec in recs])
+            await wait_json(client, f"{API}/stats", lambda b: b["total"] == sent,
+                            "every record stored", timeout=WAIT)
+            body = await wait_json(
                 client, f"{API}/slowdowns",
                 lambda b: any(e["group"] == "asn:AS64500" and not e["ongoing"]
                               for e in b["slowdowns"]),
-                "the slowdown in the API")
+                "the slowdown in the API", timeout=WAIT)
             e = check_event(body["slowdowns"], plan)
             assert body["detector"]["running"] is True
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline and not any(
-                    r["type"] == "slowdown.closed" and r["event"]["event_id"] == e["event_id"]
-                    for r in hook.received):
-                await asyncio.sleep(0.2)
-            types = {(r["type"], r["event"]["event_id"]) for r in hook.received}
-            assert {("slowdown.opened", e["event_id"]),
-                    ("slowdown.closed", e["event_id"])} <= types
+            await hook.wait_for("slowdown.closed", e["event_id"], timeout=WAIT)
+            assert ("slowdown.opened", e["event_id"]) in hook.notified()
             metrics = await (await client.get("/metrics")).text()
             assert "vigil_slowdown_detector_enabled 1.0" in metrics
             assert "vigil_slowdown_detector_passes_total" in metrics
             assert "vigil_outage_detector_enabled 0.0" in metrics
-
-
-async def _wait(client: TestClient[Any, Any], path: str, pred: Callable[[Any], bool],
-                what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    last: Any = None
-    while time.monotonic() < deadline:
-        resp = await client.get(path)
-        last = await resp.json()
-        if pred(last):
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last answer {last!r}")
 
 
 def test_samples_are_read_once_across_pages_and_ties(store_url: str,
@@ -410,8 +341,7 @@ async def test_an_event_the_data_no_longer_shows_is_retracted(store_url: str) ->
     plan = make_plan(now)
     store = open_store(store_url)
     try:
-        store.write_batch(IngestBatch(
-            measurements=[row(r, now) for recs in records(plan).values() for r in recs]))
+        store.write_batch(plan_batch(plan, now))
         st = SlowdownStore(store)
         ghost = SlowdownEvent("ghost0000000000", "asn:AS64501", plan.t0 + 15 * INTERVAL,
                               plan.t0 + 14 * INTERVAL, plan.t0 + 16 * INTERVAL, None,

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from lab.preflight import lab_unavailable
-
-_REPORTS: list[str] = []
+from tests.support.reports import REPORTS
 
 
 def skip_or_fail(reason: str) -> None:
@@ -42,11 +41,5 @@ def lab() -> Iterator[Any]:
 
 
 def add_report(text: str) -> None:
-    _REPORTS.append(text)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for text in _REPORTS:
-        terminalreporter.write_sep("=", "vigil lab: agent vs scenario table")
-        for line in text.splitlines():
-            terminalreporter.write_line(line)
+    """Printed at the end of the session (tests/conftest.py), also under pytest-xdist."""
+    REPORTS.append(text)

@@ -1,20 +1,24 @@
 """The scenario table, measured by the real agent against the real control helper.
 
-One agent invocation measures every scenario (plus a short one for the rows whose control
-must fail); each row is then its own test, so a wrong verdict names the scenario and what the
-agent recorded.  The confusion table is printed at the end of the session.
+The campaign is ``make run``'s (the session's ``make_run``, tests/conftest.py): its agent
+measures every scenario (plus a short run for the rows whose control must fail) in a lab of
+its own, and the demo keeps each row's verdict in its run directory (``scenarios.json``).
+Each row is then its own test, so a wrong verdict names the scenario and what the agent
+recorded; the expectations come from the scenario files, never from the demo.  The confusion
+table is printed at the end of the session.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from lab.lab import default_scenario_files
-from lab.preflight import agent_unavailable
 from lab.scenarios import load_files
-from tests.lab.conftest import add_report, skip_or_fail
+from tests.conftest import MakeRun
+from tests.lab.conftest import add_report
 
 pytestmark = pytest.mark.lab
 
@@ -22,15 +26,14 @@ MEASURED = load_files(default_scenario_files()).measured
 
 
 @pytest.fixture(scope="module")
-def report(lab: Any) -> Any:
-    why = agent_unavailable()
-    if why:
-        skip_or_fail(why)
-    if not lab.helper_running:
-        skip_or_fail(f"the control helper did not start:\n{lab.log_tail('helper')}")
-    from lab.runner import run_scenarios
+def report(make_run: MakeRun) -> Any:
+    from lab.runner import Report
 
-    result = run_scenarios(lab)
+    path = make_run.run_dir / "scenarios.json"
+    if not path.exists():
+        pytest.fail(f"make run kept no verdicts (exit {make_run.returncode}):\n"
+                    f"{make_run.output[-6000:]}")
+    result = Report.from_json(json.loads(path.read_text("utf-8")), MEASURED)
     add_report(result.render())
     return result
 

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 HEARTBEAT_S = 5.0
 CONNECTIVITY_S = 10.0
-CUT_S = 40.0
+CUT_S = 20.0  # four heartbeat intervals and two connectivity checks inside the cut
 PROBE_PORT, COLLECTOR_PORT = 8883, 8885
 
 

@@ -29,10 +29,11 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MATRIX = Path(__file__).resolve().parents[2] / "lab" / "throttling_matrix.toml"
 CELLS = load_files([MATRIX]).measured
 ACCESS_PREFIX = "access-"
-# a cap by address that one flow cannot fill on a long path (a shaper with a short queue
-# 300 ms away) is, by design, not told apart from a loss-limited path
-# (docs/throttling-apps-outages.md, "cannot")
-OUTSIDE_THE_BOUND = {"throttle-ip-256k-r300"}
+# caps by address 300 ms away behind a short queue: one flow fills about 60 % of the cap in
+# the time the test gives it, so two flows at once get more than one, as two would on a lossy
+# path without a cap; found in about half the runs (docs/throttling-apps-outages.md,
+# "cannot"), never a false accusation elsewhere
+AT_THE_BOUND = {"throttle-ip-256k-r300", "throttle-ip-1m-r300"}
 
 
 def test_matrix_covers_every_class() -> None:
@@ -106,8 +107,9 @@ def test_cell(records: dict[str, dict[str, Any]], cell: Scenario) -> None:
     elif exp.status == "blocked":
         assert (verdict["status"], verdict["blocking"]) in (
             ("blocked", exp.blocking), ("inconclusive", None)), f"{cell.id}: {got}"
-    elif cell.id in OUTSIDE_THE_BOUND:
-        assert verdict["status"] in ("throttled", "ok"), f"{cell.id}: {got}"
+    elif cell.id in AT_THE_BOUND:
+        assert (verdict["status"], verdict["reason"]) in (
+            (exp.status, exp.reason), ("ok", "")), f"{cell.id}: {got}"
     else:
         assert (verdict["status"], verdict["reason"]) == (exp.status, exp.reason), (
             f"{cell.id} ({cell.description}): {got}; analysis {keys['analysis']}")

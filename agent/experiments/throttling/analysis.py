@@ -40,10 +40,11 @@ and two other causes are excluded:
 **Two flows at once** (reference: the address's own second flow).  When the single address
 transfers all ran that long at under ``shared_max_iw`` (2) initial windows per RTT, where the
 first bound cannot tell a cap from a long or lossy path, measure() downloads from the address
-twice at the same time (``address_parallel``).  A cap on the address is shared by the flows:
-together they get no more than ``shared_cap_ratio`` (1.25) times the slower single transfer.
-What a round trip or loss does to TCP, it does to each flow on its own: two get about twice
-one.  A shared cap still has to pass the same two exclusions.
+twice at the same time (``address_parallel``, requests sent together).  A cap on the address
+is shared by the flows: together they get no more than ``shared_cap_ratio`` (1.25) times the
+slower single transfer, each side taken over the second half of its time (slow start weighs
+alike).  What a round trip or loss does to TCP, it does to each flow on its own: two get
+about twice one.  A shared cap still has to pass the same two exclusions.
 
 A rate of another server is never the reference: those two exclusions only rule out causes.
 """
@@ -314,67 +315,99 @@ def wants_parallel(singles: list[Transfer] | tuple[Transfer, ...],
                and _long_enough(f, rtt, th) for f in figures)
 
 
-def shared_cap(obs: ThrottlingObservations, singles: list[RateFigure], rtt_s: float,
+def shared_cap(obs: ThrottlingObservations, singles: list[Transfer], rtt_s: float,
                th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[bool, dict[str, Any]]:
     """Whether two flows at once from the address got together no more than one alone: a cap
     on the address, which flows share, rather than a limit of the round trip or loss, which
-    applies to each flow on its own (``shared_cap_ratio``).  With the details."""
+    applies to each flow on its own (``shared_cap_ratio``).  With the details.
+
+    Like is compared with like: the second half of the time both flows ran against the second
+    half of each single transfer, so that slow start (longer on a long path) weighs alike on
+    both sides; the slower single transfer is the reference."""
     pair = obs.of_kind("address_parallel")
     figures = [transfer_figure(t) for t in pair]
     info: dict[str, Any] = {"reference": "parallel_flows", "flows": len(pair),
                             "figures": [f.to_json() for f in figures]}
-    rates = [f.sustained_bps for f in figures]
-    single = min((f.sustained_bps for f in singles if f.sustained_bps is not None), default=None)
-    if len(figures) < 2 or single is None or not single:
+    late_singles = [late_rate(t) for t in singles]
+    if len(figures) < 2 or not late_singles or any(r is None for r in late_singles):
         info["why"] = "not_measured"
         return False, info
+    single = min(r for r in late_singles if r is not None)
     unusable = next((f.why for f in figures if not f.usable), None)
     if unusable is not None:
         info["why"] = f"no_rate:{unusable}"
         return False, info
-    if any(r is None or not _long_enough(f, rtt_s, th)
-           for r, f in zip(rates, figures, strict=True)):
+    if any(f.sustained_bps is None or not _long_enough(f, rtt_s, th) for f in figures):
         info["why"] = "too_short"
         return False, info
     measured = together_rate(pair)
-    if measured is None:
+    if measured is None or not single:
         info["why"] = "no_rate"
         return False, info
-    together, overlap = measured
+    together, overlap, late = measured
     info["overlap_s"] = round(overlap, 6)
-    if overlap < max(th.pace_min_rtts * rtt_s, th.pace_min_seconds):
+    info["together_bps"] = round(together, 1)
+    if overlap < max(th.pace_min_rtts * rtt_s, th.pace_min_seconds) or late is None:
         info["why"] = "too_short"
         return False, info
-    info["single_bps"] = round(single, 1)
-    info["together_bps"] = round(together, 1)
-    info["ratio"] = round(together / single, 4)
-    return together <= th.shared_cap_ratio * single, info
+    info["single_late_bps"] = round(single, 1)
+    info["together_late_bps"] = round(late, 1)
+    info["ratio"] = round(late / single, 4)
+    return late <= th.shared_cap_ratio * single, info
 
 
-def together_rate(pair: tuple[Transfer, ...] | list[Transfer]) -> tuple[float, float] | None:
-    """What flows run at the same time moved together (bit/s) while all of them ran, and how
-    long that was (s): from the latest first answer byte to the earliest last byte, each
-    flow's wire bytes read off its sampled byte counts.  Over the span from the first start to
-    the last end instead, one flow unlucky with loss would make a path without a cap look
-    shared: the time the other ran alone would count as if both were capped together."""
-    curves: list[list[tuple[float, int]]] = []
-    starts: list[float] = []
-    for tr in pair:
-        first = tr.answer_wire_t if tr.answer_wire_t is not None else tr.response_t
-        points = [(tr.t0 + s.t, s.bytes) for s in tr.samples]
-        if first is None or len(points) < 2:
-            return None
-        starts.append(tr.t0 + first)
-        curves.append(points)
-    lo = max(starts)
-    hi = min(points[-1][0] for points in curves)
+Curve = list[tuple[float, int]]
+
+
+def _curve(tr: Transfer) -> tuple[float, Curve] | None:
+    """When a transfer's answer began (absolute time) and its sampled wire byte counts."""
+    first = tr.answer_wire_t if tr.answer_wire_t is not None else tr.response_t
+    points = [(tr.t0 + s.t, s.bytes) for s in tr.samples]
+    if first is None or len(points) < 2:
+        return None
+    return tr.t0 + first, points
+
+
+def _window_rate(points: Curve, lo: float, hi: float) -> float | None:
+    moved = _bytes_at(points, hi) - _bytes_at(points, lo)
+    return moved * 8.0 / (hi - lo) if hi > lo and moved > 0 else None
+
+
+def late_rate(tr: Transfer) -> float | None:
+    """A transfer's rate over the second half of its answer (bit/s), from its samples."""
+    curve = _curve(tr)
+    if curve is None:
+        return None
+    start, points = curve
+    end = points[-1][0]
+    return _window_rate(points, (start + end) / 2.0, end) if end > start else None
+
+
+def together_rate(pair: tuple[Transfer, ...] | list[Transfer]
+                  ) -> tuple[float, float, float | None] | None:
+    """What flows run at the same time moved together (bit/s) while all of them ran, how
+    long that was (s), and what they moved together in its second half (bit/s): from the
+    latest first answer byte to the earliest last byte, each flow's wire bytes read off its
+    sampled byte counts.  Over the span from the first start to the last end instead, one
+    flow unlucky with loss would make a path without a cap look shared: the time the other
+    ran alone would count as if both were capped together."""
+    curves = [_curve(tr) for tr in pair]
+    if not curves or any(c is None for c in curves):
+        return None
+    known = [c for c in curves if c is not None]
+    lo = max(start for start, _ in known)
+    hi = min(points[-1][0] for _, points in known)
     if hi <= lo:
         return None
-    moved = sum(_bytes_at(points, hi) - _bytes_at(points, lo) for points in curves)
-    return (moved * 8.0 / (hi - lo), hi - lo) if moved > 0 else None
+    mid = (lo + hi) / 2.0
+    moved = sum(_bytes_at(points, hi) - _bytes_at(points, lo) for _, points in known)
+    late = sum(_bytes_at(points, hi) - _bytes_at(points, mid) for _, points in known)
+    if moved <= 0:
+        return None
+    return moved * 8.0 / (hi - lo), hi - lo, (late * 8.0 / (hi - mid) if late > 0 else None)
 
 
-def _bytes_at(points: list[tuple[float, int]], t: float) -> float:
+def _bytes_at(points: Curve, t: float) -> float:
     """A flow's cumulative byte count at ``t``, linear between its samples."""
     if t <= points[0][0]:
         return float(points[0][1])
@@ -405,7 +438,7 @@ def address_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLD
     if "unpaced" in kinds:
         if rtt is None or not obs.of_kind("address_parallel"):
             return TestResult("not_throttled", detail)
-        capped, info = shared_cap(obs, figures, rtt, th)
+        capped, info = shared_cap(obs, transfers, rtt, th)
         detail["parallel"] = info
         if not capped:
             if info.get("why"):

@@ -381,9 +381,10 @@ async def _address_transfers(
                                                                           st.thresholds):
         return None
     rnd = st.max_rounds + st.address_transfers
+    together = asyncio.Barrier(2)
     pair = await asyncio.gather(*(
         download(spec("address_parallel", rnd, cap), origin=origin, on_bytes=ctx.on_bytes,
-                 note_local=note) for _ in range(2)))
+                 note_local=note, start_together=together) for _ in range(2)))
     transfers.extend(tr for tr, _ in pair)
     return None
 

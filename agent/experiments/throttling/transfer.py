@@ -243,8 +243,14 @@ async def download(
     on_bytes: Callable[[int], None] | None = None,
     note_local: Callable[[str | None], None] | None = None,
     rng: random.Random | None = None,
+    start_together: asyncio.Barrier | None = None,
 ) -> tuple[Transfer, int | None]:
-    """Run one transfer; returns the observation and the HTTP status (None if none)."""
+    """Run one transfer; returns the observation and the HTTP status (None if none).
+
+    ``start_together``: transfers sharing it send their requests at the same moment, once
+    every one has its connection and handshake (a flow that fails before that breaks the
+    barrier and the others go on), so flows meant to run at once really overlap: on a capped
+    path the handshake of a late one would otherwise queue behind the data of the first."""
     loop = asyncio.get_running_loop()
     rnd = rng or random.Random()
     p = _Progress(t0=loop.time())
@@ -265,6 +271,11 @@ async def download(
             raise _Done
         channel = await _open_channel(spec, conn.sock, on_bytes, p)
         channel.on_wire = p.on_wire
+        if start_together is not None:
+            with contextlib.suppress(asyncio.BrokenBarrierError, TimeoutError):
+                async with asyncio.timeout(spec.connect_timeout + spec.tls_timeout):
+                    await start_together.wait()
+            start_together = None
         deadline = loop.time() + spec.max_seconds
         wire0 = channel.wire_in
         try:
@@ -284,6 +295,8 @@ async def download(
     except _Done:
         pass
     finally:
+        if start_together is not None:  # ended before its turn: the others need not wait
+            await start_together.abort()
         if sampler is not None:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -278,6 +278,16 @@ async def test_one_at_a_time_jobs_never_overlap_and_their_wait_is_not_their_time
         "https://h5.test/")
 
 
+async def test_one_at_a_time_jobs_still_waiting_when_the_runtime_budget_ends_are_skipped(
+) -> None:
+    exp = OneAtATimeExperiment(delay=0.1)
+    summary = await Runner(_ctx(), MemorySink(), RunLimits(concurrency=4, max_runtime=0.25)
+                           ).run(_jobs(exp, [f"https://h{i}.test/" for i in range(8)]))
+    assert summary.errors == 0
+    assert 2 <= summary.measured <= 4 and summary.measured + summary.skipped == 8
+    assert summary.stopped is not None and "runtime budget" in summary.stopped
+
+
 async def test_invalid_verdict_is_never_written() -> None:
     exp = FakeExperiment(verdict={"status": "ok"})
     sink = MemorySink()

@@ -246,6 +246,9 @@ DAY = 86400.0
         (NOW + 2 * DAY, None, NOW, "arrival"),  # no age told (older agent, rebooted)
         (NOW - 5 * DAY, None, NOW - 5 * DAY, None),  # backlog without an age: as claimed
     ],
+    # ids without NOW: pytest-xdist's workers must collect the same test names
+    ids=["right-clock", "half-an-hour-off", "two-days-ahead", "years-behind",
+         "queued-20-days", "queued-40-days", "no-age-ahead", "no-age-backlog"],
 )
 def test_start_time_placement(
     verifier: Verifier, claimed: float, age: float | None, placed_at: float, how: str | None

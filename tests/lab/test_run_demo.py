@@ -3,55 +3,39 @@
 The demo builds the lab, the broker, the collector and an enrolled agent, runs the lab's
 campaign and must end with every produced measurement stored (exit 0 and the
 ``produced N, stored N: produced == stored`` line), the store holding exactly those N, and
-nothing of its lab left behind.
+nothing of its lab left behind.  The run is the session's ``make_run`` (tests/conftest.py),
+whose campaign the scenario table (tests/lab/test_scenarios.py) checks verdict by verdict.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from lab.preflight import agent_unavailable, lab_unavailable
-from tests.lab.conftest import skip_or_fail
+from tests.conftest import MakeRun
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_TIMEOUT_S = 240.0  # the demo itself takes ~80 s here; its own waits are all bounded
 DELIVERY = re.compile(r"measurements: produced (\d+), stored (\d+): produced == stored")
 
 
 @pytest.mark.lab
 @pytest.mark.slow
-def test_make_run_stores_every_measurement(tmp_path: Path) -> None:
-    why = lab_unavailable() or agent_unavailable()
-    if why:
-        skip_or_fail(why)
-    from lab.broker import mosquitto_available
-
-    if reason := mosquitto_available():
-        skip_or_fail(reason)
+def test_make_run_stores_every_measurement(make_run: MakeRun) -> None:
     from lab.lab import default_scenario_files
     from lab.scenarios import load_files
 
     expected = sum(s.expect is not None for s in load_files(default_scenario_files()).measured)
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.run_demo", "--run-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    out = make_run.output
+    assert make_run.returncode == 0, out[-6000:]
     m = DELIVERY.search(out)
     assert m, out[-6000:]
     produced, stored = int(m.group(1)), int(m.group(2))
     assert produced == stored == expected, out[-6000:]
 
     # the run directory outlives the lab, and its store holds exactly what was produced
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
+    run_dir = make_run.run_dir
     assert (run_dir / "summary.txt").read_text("utf-8").startswith(m.group(0))
     results = (run_dir / "measurements.jsonl").read_text("utf-8").splitlines()
     assert len(results) == produced
