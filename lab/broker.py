@@ -76,6 +76,13 @@ def mosquitto_available() -> str | None:
     return None
 
 
+_PORT_ATTEMPTS = 5  # first starts that found a chosen port taken by then
+
+
+class _PortTaken(RuntimeError):
+    """Mosquitto could not bind a port chosen as free: someone took it in between."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -227,6 +234,7 @@ class MosquittoBroker:
             max_inflight_messages=max_inflight_messages,
             message_size_limit=message_size_limit,
         )
+        self._started_once = False
         self._write_passwords()
         self.conf_file.write_text(render(self._settings), "utf-8")
 
@@ -322,8 +330,26 @@ class MosquittoBroker:
 
     # ---- process --------------------------------------------------------------------------
     def start(self) -> BrokerInfo:
+        """Start the broker.  Its ports were free when chosen, but another process (a parallel
+        test worker) may bind one first: the first start then takes new free ports, a bounded
+        number of times; a restart keeps the ports clients already know."""
         if self.running:
             return self.info
+        for attempt in range(_PORT_ATTEMPTS):
+            self._spawn()
+            try:
+                self._wait_ready()
+            except _PortTaken:
+                if self._started_once or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                self.with_settings(probe_port=free_port(), probe_cert_port=free_port(),
+                                   collector_port=free_port())
+                continue
+            break
+        self._started_once = True
+        return self.info
+
+    def _spawn(self) -> None:
         log = (self.workdir / "mosquitto.stdout").open("ab")
         try:
             self._proc = subprocess.Popen(
@@ -335,8 +361,6 @@ class MosquittoBroker:
             )
         finally:
             log.close()
-        self._wait_ready()
-        return self.info
 
     def _wait_ready(self) -> None:
         ctx = self.info.tls_context()
@@ -347,7 +371,9 @@ class MosquittoBroker:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 out = (self.workdir / "mosquitto.stdout").read_text("utf-8", errors="replace")
-                raise RuntimeError(
+                said = out + self.log_text()
+                error = _PortTaken if "Address already in use" in said else RuntimeError
+                raise error(
                     f"mosquitto exited with {self._proc.returncode}:\n{out}\n{self.log_text()}"
                 )
             try:
