@@ -24,6 +24,7 @@ measure an older version of the method on the same matrix.  Nothing leaves the n
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import statistics
@@ -77,6 +78,7 @@ def run_pass(lab: Any, scenarios: list[Any], workdir: Path, tag: str,
         v, tk = rec["verdict"], rec.get("test_keys") or {}
         benign = tk.get("benign_rate") or {}
         address = (tk.get("analysis") or {}).get("address") or {}
+        sni = (tk.get("analysis") or {}).get("sni") or {}
         paces = [f["pace_ratio"] for f in address.get("figures", [])
                  if f.get("pace_ratio") is not None]
         rows.append({
@@ -89,6 +91,11 @@ def run_pass(lab: Any, scenarios: list[Any], workdir: Path, tag: str,
             # how close the address transfers came to "paced" (sustained / (IW per RTT))
             "pace_ratio_min": min(paces) if paces else None,
             "address_why": address.get("why"),
+            "parallel_ratio": (address.get("parallel") or {}).get("ratio"),
+            "sni_decision": sni.get("decision"),
+            "sni_why": sni.get("why"),
+            "sni_ratio": sni.get("ratio"),
+            "sni_round_ratios": sni.get("round_ratios"),
         })
     tally: dict[str, int] = {}
     for r in rows:
@@ -208,6 +215,9 @@ def main() -> int:
     ap.add_argument("--agent-path", default=None,
                     help="import the agent from this checkout instead (an older method)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--cells", default=None,
+                    help="only the cells whose id matches one of these shell patterns "
+                         "(fnmatch, comma-separated)")
     ap.add_argument("--rows", type=Path, default=None,
                     help="append every run's row (JSON lines) here as the benchmark goes")
     args = ap.parse_args()
@@ -223,7 +233,11 @@ def main() -> int:
     passes = 0
     stopped_early = False
     try:
-        measured = list(lab.scenarios.measured)
+        measured = [s for s in lab.scenarios.measured
+                    if args.cells is None or any(fnmatch.fnmatchcase(s.id, p)
+                                                 for p in args.cells.split(","))]
+        if not measured:
+            raise SystemExit(f"no cell matches {args.cells!r}")
         normal = [s for s in measured if not s.id.startswith(ACCESS_PREFIX)]
         access = [s for s in measured if s.id.startswith(ACCESS_PREFIX)]
         wanted = {"benign": args.benign_runs, "throttled": args.throttled_runs,

@@ -18,6 +18,7 @@ ISP_RESOLVER_DELAY_MS = 20
 AUTH_DNS_DELAY_MS = 10
 SNI_THROTTLE_KBIT = 130  # Russia's Twitter throttling, March 2021
 IP_THROTTLE_KBIT = 256
+DEFAULT_QUEUE_MS = 200  # a throttle's queue: about 200 ms of its rate
 SCALE_DOMAIN = "scale.lab.test"
 SCALE_SERVERS = 8  # scale-mode names are spread over this many addresses
 FLOW_TIMEOUT_S = 300  # how long a flow stays in the censor's drop/reset/throttle sets
@@ -42,6 +43,9 @@ class SitePlan:
 class ShapingClass:
     classid: str  # "1:10" (hex minor, as tc and nft write it)
     rate_kbit: int
+    # how much the shaper buffers, in ms of its rate: censors' shapers buffer little; 0 is a
+    # policer (a queue of two packets: what does not fit the rate is dropped, not delayed)
+    queue_ms: int = 200
 
 
 @dataclass
@@ -251,10 +255,12 @@ def _add_rule(  # noqa: C901 - one branch per censor kind, each read in one plac
         plan.inject_tls.append({"sni": name, "action": "drop",
                                 "family": params.get("family", "both")})
     elif kind == "sni_throttle":
-        cls = _new_class(plan, 0x100, int(params.get("rate_kbit", SNI_THROTTLE_KBIT)))
+        cls = _new_class(plan, 0x100, int(params.get("rate_kbit", SNI_THROTTLE_KBIT)),
+                         int(params.get("queue_ms", DEFAULT_QUEUE_MS)))
         plan.inject_tls.append({"sni": name, "action": "throttle", "classid": cls.classid})
     elif kind == "ip_throttle":
-        cls = _new_class(plan, 0x10, int(params.get("rate_kbit", IP_THROTTLE_KBIT)))
+        cls = _new_class(plan, 0x10, int(params.get("rate_kbit", IP_THROTTLE_KBIT)),
+                         int(params.get("queue_ms", DEFAULT_QUEUE_MS)))
         plan.ip_throttle[addr] = cls.classid
     elif kind == "http_blockpage":
         plan.inject_http.append({"host": name, "action": "blockpage",
@@ -273,12 +279,15 @@ def _add_rule(  # noqa: C901 - one branch per censor kind, each read in one plac
         raise ValueError(f"{s.source}: unknown censor kind {kind}")
 
 
-def _new_class(plan: LabPlan, base: int, rate_kbit: int) -> ShapingClass:
+def _new_class(plan: LabPlan, base: int, rate_kbit: int,
+               queue_ms: int = 200) -> ShapingClass:
     used = {int(c.classid.split(":")[1], 16) for c in plan.shaping}
     minor = base
     while minor in used:
         minor += 1
-    cls = ShapingClass(classid=f"1:{minor:x}", rate_kbit=rate_kbit)
+    if not 0 <= queue_ms <= 10_000:
+        raise ValueError(f"queue_ms must be 0..10000, not {queue_ms}")
+    cls = ShapingClass(classid=f"1:{minor:x}", rate_kbit=rate_kbit, queue_ms=queue_ms)
     plan.shaping.append(cls)
     return cls
 
@@ -419,6 +428,14 @@ def render_site_nft(plan: LabPlan) -> str:
     )
 
 
+def shaper_queue_packets(c: ShapingClass) -> int:
+    """The pfifo limit of a shaping class: ``queue_ms`` of its rate in 1,500-byte packets, at
+    least 5; two for a policer (``queue_ms`` 0)."""
+    if c.queue_ms == 0:
+        return 2
+    return max(5, c.rate_kbit * c.queue_ms // 8 // 1500)
+
+
 def tc_commands(plan: LabPlan, dev: str = A.ISP_PROBE_IF) -> list[list[str]]:
     """HTB on the ISP's probe-facing interface (downloads).  Unclassified traffic goes out
     directly at full speed; nft picks a class by setting ``meta priority``."""
@@ -429,10 +446,10 @@ def tc_commands(plan: LabPlan, dev: str = A.ISP_PROBE_IF) -> list[list[str]]:
                      "htb", "rate", f"{c.rate_kbit}kbit", "ceil", f"{c.rate_kbit}kbit",
                      "burst", str(burst), "cburst", str(burst)])
         minor = c.classid.split(":")[1]
-        # a censor's shaper buffers little (a policer nothing): about 200 ms of its rate, so
-        # an abandoned throttled download does not hold the next connection's handshake for
-        # seconds behind a thousand queued packets
-        limit = max(5, c.rate_kbit * 1000 // 8 // 5 // 1500)
+        # a censor's shaper buffers little (by default about 200 ms of its rate, so an
+        # abandoned throttled download does not hold the next connection's handshake for
+        # seconds behind a thousand queued packets); a policer buffers nothing
+        limit = shaper_queue_packets(c)
         cmds.append(["tc", "qdisc", "replace", "dev", dev, "parent", c.classid,
                      "handle", f"{minor}:", "pfifo", "limit", str(limit)])
     return cmds

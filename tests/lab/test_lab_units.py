@@ -213,8 +213,11 @@ def test_throttling_matrix_plans_delays_loss_and_small_shaper_queues() -> None:
         in nft
     assert plan.site("benign-slow-server-r5.tm.lab.test").rate_kbit == 2000
     limits = {c[c.index("parent") + 1]: int(c[-1]) for c in tc_commands(plan) if "pfifo" in c}
-    by_rate = {cls.rate_kbit: limits[cls.classid] for cls in plan.shaping}
+    by_rate = {cls.rate_kbit: limits[cls.classid] for cls in plan.shaping if cls.queue_ms == 200}
     assert by_rate[64] == 5 and by_rate[1000] == 16
+    # other censors' throttles: a policer keeps two packets, a deep queue a second of its rate
+    queues = {cls.queue_ms: limits[cls.classid] for cls in plan.shaping if cls.queue_ms != 200}
+    assert queues == {0: 2, 1000: 83}
 
 
 def test_field_rows_plan_answers_certificates_and_the_proxy() -> None:
