@@ -38,7 +38,8 @@ and two other causes are excluded:
   ``exclude_margin`` times faster over a comparable amount of data.
 
 **Two flows at once** (reference: the address's own second flow).  When the single address
-transfers all ran that long at under ``shared_max_iw`` (2) initial windows per RTT, where the
+transfers all ran that long at under ``shared_max_iw`` (2) initial windows per RTT and under
+``shared_max_bps`` (10 Mbit/s), where the
 first bound cannot tell a cap from a long or lossy path, measure() downloads from the address
 twice at the same time (``address_parallel``, requests sent together).  A cap on the address
 is shared by the flows: together they get no more than ``shared_cap_ratio`` (1.25) times the
@@ -82,6 +83,7 @@ class Thresholds:
     pace_min_seconds: float = 0.25  # ... and at least this long
     exclude_margin: float = 4.0  # access link / server must be this much faster
     shared_max_iw: float = 2.0  # the parallel test: single rate under this many IW per RTT
+    shared_max_bps: float = 10e6  # ... and under this rate (see wants_parallel)
     shared_cap_ratio: float = 1.25  # ... and two flows at once together at most this much
     control_min_bytes: int = 32_768  # the helper's transfer must be at least this long
 
@@ -223,6 +225,18 @@ def sni_test(obs: ThrottlingObservations, th: Thresholds = DEFAULT_THRESHOLDS) -
     return TestResult("unknown", detail)
 
 
+def sni_leans_throttled(sni: TestResult, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """An SNI comparison left undecided (too few rounds, not significant) whose every usable
+    round and pooled ratio were nevertheless under the thresholds: not evidence enough on its
+    own, but it says which of the target's name and address a cap seen on the address follows
+    (the bulk endpoint is another address, so only the name can slow it)."""
+    d = sni.detail
+    ratios = d.get("round_ratios") or []
+    ratio = d.get("ratio")
+    return (sni.decision == "unknown" and bool(ratios) and ratio is not None
+            and ratio <= th.max_ratio and all(q <= th.max_round_ratio for q in ratios))
+
+
 def _ratio(r: Round) -> float | None:
     if r.rt.rate_bps is None or r.rb.rate_bps is None or r.rb.rate_bps <= 0:
         return None
@@ -304,13 +318,20 @@ def wants_parallel(singles: list[Transfer] | tuple[Transfer, ...],
                    th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
     """True when the single address transfers all ran long enough at a rate low enough
     (under ``shared_max_iw`` initial windows per RTT) for two flows at once to tell a cap on
-    the address from a limit of the path's round trip or loss."""
+    the address from a limit of the path's round trip or loss.
+
+    Also under ``shared_max_bps``: on a short path with loss, flows limited by loss alone run at
+    tens of Mbit/s and vary from run to run by as much as two flows sharing a cap would differ
+    from two flows each on its own (a retransmission timeout of 200 ms is dozens of round
+    trips there), so two flows at once say nothing about a cap that high.  Censors' throttles
+    by address are far lower (64 kbit/s to a few Mbit/s); the SNI comparison has no such
+    limit."""
     figures = [transfer_figure(t) for t in singles]
     rtts = [f.rtt_s for f in figures if f.rtt_s is not None and f.rtt_s > 0]
     if not figures or not rtts:
         return False
     rtt = min(rtts)
-    bound = th.shared_max_iw * initial_window_rate(rtt)
+    bound = min(th.shared_max_iw * initial_window_rate(rtt), th.shared_max_bps)
     return all(f.usable and f.sustained_bps is not None and f.sustained_bps <= bound
                and _long_enough(f, rtt, th) for f in figures)
 
@@ -331,6 +352,9 @@ def shared_cap(obs: ThrottlingObservations, singles: list[Transfer], rtt_s: floa
     late_singles = [late_rate(t) for t in singles]
     if len(figures) < 2 or not late_singles or any(r is None for r in late_singles):
         info["why"] = "not_measured"
+        return False, info
+    if not wants_parallel(singles, th):
+        info["why"] = "singles_too_fast"
         return False, info
     single = min(r for r in late_singles if r is not None)
     unusable = next((f.why for f in figures if not f.usable), None)
@@ -575,7 +599,10 @@ def analyze(
     if failed is not None:
         return _failure_verdict(obs, *failed), details
     if addr.decision == "throttled":
-        return Verdict(Status.THROTTLED, Blocking.THROTTLING, "throttling.ip"), details
+        # the address transfers name the target too: when the bulk endpoint (another address)
+        # was also slow with the target's name, in every round it had, the name is the trigger
+        reason = "throttling.sni" if sni_leans_throttled(sni, th) else "throttling.ip"
+        return Verdict(Status.THROTTLED, Blocking.THROTTLING, reason), details
     if "not_throttled" in (sni.decision, addr.decision):
         return Verdict(Status.OK), details
     if obs.bulk_failure is not None and (obs.control is None or obs.control.failure):
