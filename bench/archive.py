@@ -99,9 +99,10 @@ class RowMaker:
         return t
 
     def plan(self, n: int, since: float, until: float
-             ) -> Iterator[tuple[TestProbe, Network, str, str, float, str]]:
-        """What each row is: probe, network, url, category, start time and scenario (the
-        censored sites blocked after the first third of the span, 90 % of the time)."""
+             ) -> Iterator[tuple[TestProbe, Network, str, str, float, str, int]]:
+        """What each row is: probe, network, url, category, start time, scenario (the
+        censored sites blocked after the first third of the span, 90 % of the time) and the
+        probe's sequence number (1, 2, ... per probe, as an agent's outbox numbers them)."""
         step = (until - since) / max(1, n)
         onset = since + (until - since) / 3
         probes, sites = self.sh.probes, self.sh.sites
@@ -115,12 +116,13 @@ class RowMaker:
                 scenario = rule
             else:
                 scenario = "down" if roll > 0.97 else "inconclusive" if roll > 0.95 else "ok"
-            yield probe, net, url, cat, start, scenario
+            yield probe, net, url, cat, start, scenario, i // len(probes) + 1
 
     def rows(self, n: int, since: float, until: float) -> Iterator[list[MeasurementRow]]:
         batch: list[MeasurementRow] = []
-        for probe, net, url, cat, start, scenario in self.plan(n, since, until):
+        for probe, net, url, cat, start, scenario, seq in self.plan(n, since, until):
             rec = dict(self.template(probe, net, url, cat, scenario))
+            rec["probe_seq"] = seq
             rec["measurement_id"] = wire.uuid7(int(start * 1000))
             rec["measurement_start_time"] = datetime.fromtimestamp(start, UTC).strftime(
                 "%Y-%m-%dT%H:%M:%S.%fZ")
@@ -135,6 +137,7 @@ class RowMaker:
                 reason=v["reason"], confirmed=v["confirmed"], start_ts=start,
                 received_ts=start + 3.0, payload_type=wire.PAYLOAD_TYPE, payload=payload,
                 signature=probe.key.sign(wire.pae(wire.PAYLOAD_TYPE, payload)),
+                probe_seq=seq,
             ))
             if len(batch) == BATCH:
                 yield batch
@@ -148,7 +151,7 @@ class RowMaker:
         written in (same lengths), and the template's signature, which therefore does not
         verify.  Only for benchmarks that read (pages, aggregations, sizes)."""
         encoded: dict[tuple[str, str, str, str], tuple[bytes, bytes, dict[str, Any]]] = {}
-        for probe, net, url, cat, start, scenario in self.plan(n, since, until):
+        for probe, net, url, cat, start, scenario, seq in self.plan(n, since, until):
             key = (probe.probe_id, net.asn, url, scenario)
             hit = encoded.get(key)
             if hit is None:
@@ -167,7 +170,7 @@ class RowMaker:
             yield (uuid.UUID(mid), probe.probe_id, rec["test_name"], url, domain_of(url), cat,
                    net.cc, net.asn, net.name, v["status"], v["blocking"], v["reason"],
                    v["confirmed"], when, datetime.fromtimestamp(start + 3.0, UTC),
-                   wire.PAYLOAD_TYPE, payload, sig)
+                   wire.PAYLOAD_TYPE, payload, sig, seq)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -251,9 +254,9 @@ def fill(store: Store, maker: RowMaker, n: int, since: float, until: float) -> d
 
 COPY_COLUMNS = ("measurement_id, probe_id, test_name, input, domain, category_code, probe_cc, "
                 "probe_asn, probe_network_name, status, blocking, reason, confirmed, start_time, "
-                "received_at, payload_type, payload, signature")
+                "received_at, payload_type, payload, signature, probe_seq")
 COPY_TYPES = ["uuid", *["text"] * 11, "bool", "timestamptz", "timestamptz", "text", "bytea",
-              "bytea"]
+              "bytea", "int8"]
 
 
 def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: float
