@@ -267,7 +267,8 @@ def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: f
     from the rows with the migrations' own backfill statements, and the table vacuumed."""
     import psycopg
 
-    from collector.store.postgres import _PG_BUCKETS
+    from collector.store import sequences
+    from collector.store.postgres import _PG_BUCKETS, _folded
     from collector.store.rollups import (
         FOLDED,
         ROLLUP_DOMAIN,
@@ -318,6 +319,9 @@ def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: f
         # Every row copied is in the rollups now: the folder starts after them.
         conn.execute("UPDATE rollup_state SET folded = "
                      "(SELECT COALESCE(MAX(seq), 0) FROM measurements) WHERE id = 1")
+        conn.execute(f"TRUNCATE {sequences.TABLE}".encode())
+        conn.execute(sequences.backfill_statement(
+            _folded, "(SELECT folded FROM rollup_state WHERE id = 1)").encode())
         conn.execute(
             "INSERT INTO probe_activity (probe_id, last_start, last_received, measurements, "
             "probe_cc, probe_asn) SELECT DISTINCT ON (probe_id) probe_id, start_time, "

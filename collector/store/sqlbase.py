@@ -13,6 +13,7 @@ import abc
 import hashlib
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.wire.topics import measurements_topic
+from collector.store import sequences
 from collector.store.base import (
     QUARANTINE_DROPPED,
     QUARANTINE_MAX_RAW,
@@ -268,6 +270,11 @@ class SqlStore(abc.ABC):
     # time bucket of start_time, as Unix seconds.
     _seq: str
     _bucket_sql: Mapping[Grain, str]
+    _greatest = "MAX"  # the larger of two values (SQLite's scalar MAX, PostgreSQL's GREATEST)
+
+    def _folded(self, alias: str, mark: str) -> str:
+        """SQL: the row ``alias`` is folded (numbered up to the watermark ``mark``)."""
+        return f"{alias}.{self._seq} <= {mark}"
 
     # ---- backend hooks ------------------------------------------------------------------
     @abc.abstractmethod
@@ -700,13 +707,22 @@ class SqlStore(abc.ABC):
         ]
 
     def delivery_gaps(self) -> dict[str, DeliveryGaps]:
-        """Sequence numbers per probe (index measurements_probe_seq); probes without any
-        numbered record are left out."""
-        rows = self._query(
-            "SELECT probe_id, MAX(probe_seq), COUNT(DISTINCT probe_seq) FROM measurements "
-            "WHERE probe_seq IS NOT NULL GROUP BY probe_id"
-        )
-        return {str(r[0]): DeliveryGaps(str(r[0]), int(r[1]), int(r[2])) for r in rows}
+        """Sequence numbers per probe (collector.store.sequences): the folded counts in
+        ``probe_sequences`` plus the numbers the rows after the watermark add, read in one
+        snapshot (O(probes + unfolded rows), not O(rows)); probes without any numbered record
+        are left out."""
+        with self._snapshot() as query:
+            folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
+            kept = query(f"SELECT probe_id, last_seq, received FROM {sequences.TABLE}", ())
+            tail = query(sequences.tail_select(self._seq, self._folded), (folded, folded))
+        last: dict[str, int] = {}
+        received: dict[str, int] = {}
+        for probe, top, n in (*kept, *tail):
+            key = str(probe)
+            last[key] = max(last.get(key, 0), int(top))
+            received[key] = received.get(key, 0) + int(n)
+        return {p: DeliveryGaps(p, last[p], received[p]) for p in sorted(last)
+                if received[p] > 0}
 
     def rejection_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._query("SELECT reason, count FROM rejections")}
@@ -826,6 +842,8 @@ class SqlStore(abc.ABC):
                 return 0
             hi = min(horizon, folded + max(1, int(max_span)))
             self._fold_range(cur, folded, hi)
+            cur.execute(sequences.fold_statement(self._seq, self._folded, self._greatest),
+                        (folded, hi, folded))
             cur.execute("UPDATE rollup_state SET folded = ? WHERE id = 1", (hi,))
         return horizon - hi
 
@@ -834,6 +852,21 @@ class SqlStore(abc.ABC):
         caller's transaction)."""
         for statement in fold_statements(self._bucket_sql, self._seq):
             cur.execute(statement, (lo, hi))
+
+    def _unfold_sequences(self, cur: Any, pairs: set[tuple[str, int]], folded: int) -> None:
+        """After ``prune`` deleted folded rows carrying these (probe id, number) pairs: take
+        off ``probe_sequences`` the numbers no folded row carries any more, and set each such
+        probe's highest number again (inside the caller's transaction)."""
+        gone: Counter[str] = Counter()
+        ordered = sorted(pairs)
+        for part in chunks(ordered, 400):
+            cur.execute(sequences.gone_select(len(part), self._folded),
+                        (*(v for pair in part for v in pair), folded))
+            gone.update(str(r[0]) for r in cur.fetchall())
+        for probe, n in sorted(gone.items()):
+            cur.execute(sequences.relast_statement(self._folded), (folded, n, probe))
+        if gone:
+            cur.execute(sequences.DELETE_EMPTY)
 
     def _apply_rollups(self, cur: Any, facts: Sequence[Fact], sign: int = 1) -> None:
         """Add (or, ``sign`` -1, subtract) measurements to the rollup tables (inside the
@@ -1003,8 +1036,8 @@ class SqlStore(abc.ABC):
                 folded = self._fold_state(cur, wait=True)
                 cur.execute(
                     "SELECT measurement_id, start_time, probe_cc, probe_asn, domain, "
-                    f"category_code, test_name, blocking, status, {self._seq} "
-                    "FROM measurements WHERE start_time < ? LIMIT ?",
+                    f"category_code, test_name, blocking, status, {self._seq}, probe_id, "
+                    "probe_seq FROM measurements WHERE start_time < ? LIMIT ?",
                     (cutoff, int(batch)),
                 )
                 found = cur.fetchall()
@@ -1016,6 +1049,10 @@ class SqlStore(abc.ABC):
                     self._apply_rollups(cur, facts, sign=-1)
                 ids = [str(r[0]) for r in found]
                 self._delete_measurements(cur, ids)
+                if folded is not None:
+                    self._unfold_sequences(cur, {
+                        (str(r[10]), int(r[11])) for r in found
+                        if r[11] is not None and (r[9] is None or r[9] <= folded)}, folded)
                 deleted += len(ids)
         with self._transaction() as cur:
             cur.execute("DELETE FROM probe_sightings WHERE t < ?", (cutoff,))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from collector.store import sequences
 from collector.store.base import (
     InsertResult,
     MeasurementRow,
@@ -53,6 +54,13 @@ _SQLITE_BUCKETS = {
     Grain.DAY: "CAST(start_time / 86400 AS INTEGER) * 86400",
     Grain.MONTH: "CAST(strftime('%s', start_time, 'unixepoch', 'start of month') AS INTEGER)",
 }
+
+
+def _folded(alias: str, mark: str) -> str:
+    """SQL: the row ``alias`` is in the rollups (its rowid up to the watermark ``mark``)."""
+    return f"{alias}.rowid <= {mark}"
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -185,6 +193,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Every row stored so far is in the rollups (kept at ingest until now).
             "INSERT INTO rollup_state (id, folded) "
             "SELECT 1, COALESCE(MAX(rowid), 0) FROM measurements",
+        ),
+    ),
+    Migration(
+        6,
+        "delivery gaps per probe kept by the folder (probe_sequences), so /probes does not "
+        "count every numbered row",
+        (
+            sequences.create_statement("INTEGER", " WITHOUT ROWID"),
+            sequences.backfill_statement(
+                _folded, "(SELECT folded FROM rollup_state WHERE id = 1)"),
         ),
     ),
 )
