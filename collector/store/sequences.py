@@ -33,12 +33,14 @@ def create_statement(count_type: str, suffix: str = "") -> str:
             f"received {count_type} NOT NULL){suffix}")
 
 
-def _new_numbers(seq: str, folded: Folded, mark: str, where: str) -> str:
+def _new_numbers(seq: str, folded: Folded, mark: str, where: str, source: str) -> str:
     """Per probe, the highest number and how many distinct numbers of the measurements
-    ``m`` matching ``where`` no folded row carries (so are not counted yet)."""
+    ``m`` matching ``where`` (a range of sequence numbers: ``source`` reads it by them) no
+    folded row carries (so are not counted yet)."""
     return (
-        "SELECT m.probe_id, MAX(m.probe_seq), COUNT(DISTINCT m.probe_seq) FROM measurements m "
-        f"WHERE {where} AND m.probe_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM measurements o "
+        "SELECT m.probe_id, MAX(m.probe_seq), COUNT(DISTINCT m.probe_seq) FROM "
+        f"{source} WHERE {where} AND m.probe_seq IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM measurements o "
         f"WHERE o.probe_id = m.probe_id AND o.probe_seq = m.probe_seq AND {folded('o', mark)}) "
         "GROUP BY m.probe_id"
     )
@@ -51,10 +53,12 @@ def backfill_statement(folded: Folded, mark: str) -> str:
             f"WHERE probe_seq IS NOT NULL AND {folded('m', mark)} GROUP BY probe_id")
 
 
-def fold_statement(seq: str, folded: Folded, greatest: str) -> str:
+def fold_statement(seq: str, folded: Folded, greatest: str, source: str) -> str:
     """Add the rows numbered ``lo < seq <= hi`` (parameters ``lo, hi, lo``): only the numbers
-    no row up to ``lo`` carries, each once."""
-    select = _new_numbers(seq, folded, "?", f"m.{seq} > ? AND m.{seq} <= ?")
+    no row up to ``lo`` carries, each once.  ``source`` is the measurements as ``m``, read
+    by their sequence numbers (SQLite: ``NOT INDEXED``, else it walks the whole index on
+    probe_id and probe_seq to skip the GROUP BY's sort)."""
+    select = _new_numbers(seq, folded, "?", f"m.{seq} > ? AND m.{seq} <= ?", source)
     # The parameters come in the order they appear: lo, hi (the range), then lo (folded).
     return (f"INSERT INTO {TABLE} (probe_id, last_seq, received) {select} "
             f"ON CONFLICT (probe_id) DO UPDATE SET "
@@ -62,9 +66,9 @@ def fold_statement(seq: str, folded: Folded, greatest: str) -> str:
             f"received = {TABLE}.received + excluded.received")
 
 
-def tail_select(seq: str, folded: Folded) -> str:
+def tail_select(seq: str, folded: Folded, source: str) -> str:
     """Per probe, what the rows after the watermark add (parameters: watermark twice)."""
-    return _new_numbers(seq, folded, "?", f"m.{seq} > ?")
+    return _new_numbers(seq, folded, "?", f"m.{seq} > ?", source)
 
 
 def gone_select(pairs: int, folded: Folded) -> str:

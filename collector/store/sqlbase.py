@@ -271,6 +271,7 @@ class SqlStore(abc.ABC):
     _seq: str
     _bucket_sql: Mapping[Grain, str]
     _greatest = "MAX"  # the larger of two values (SQLite's scalar MAX, PostgreSQL's GREATEST)
+    _by_seq = "measurements m"  # the measurements as ``m``, for a range of sequence numbers
 
     def _folded(self, alias: str, mark: str) -> str:
         """SQL: the row ``alias`` is folded (numbered up to the watermark ``mark``)."""
@@ -714,7 +715,8 @@ class SqlStore(abc.ABC):
         with self._snapshot() as query:
             folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
             kept = query(f"SELECT probe_id, last_seq, received FROM {sequences.TABLE}", ())
-            tail = query(sequences.tail_select(self._seq, self._folded), (folded, folded))
+            tail = query(sequences.tail_select(self._seq, self._folded, self._by_seq),
+                         (folded, folded))
         last: dict[str, int] = {}
         received: dict[str, int] = {}
         for probe, top, n in (*kept, *tail):
@@ -842,7 +844,8 @@ class SqlStore(abc.ABC):
                 return 0
             hi = min(horizon, folded + max(1, int(max_span)))
             self._fold_range(cur, folded, hi)
-            cur.execute(sequences.fold_statement(self._seq, self._folded, self._greatest),
+            cur.execute(sequences.fold_statement(self._seq, self._folded, self._greatest,
+                                                  self._by_seq),
                         (folded, hi, folded))
             cur.execute("UPDATE rollup_state SET folded = ? WHERE id = 1", (hi,))
         return horizon - hi
