@@ -380,17 +380,22 @@ def staged_fold_statements(bucket_sql: Mapping[Grain, str], seq: str, staging: s
                    _upsert_pivot_counted(_pivot_counted("true", staging))]
 
 
-def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str) -> str:
+def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str,
+                source: str = "measurements") -> str:
     """The measurements numbered after ``?`` (the watermark) shaped as rows of ``t``
-    (bucket, group columns, ``n`` = 1): what a question adds to the rollup's counts."""
+    (bucket, group columns, ``n`` = 1): what a question adds to the rollup's counts.
+    ``source`` names the measurements read by their sequence numbers (SQLite: ``NOT
+    INDEXED``, else a question's filter pushed into the tail, ``probe_cc = ?``, walks that
+    column's index over every row of the country to find the few after the watermark)."""
     values = [f"COALESCE({c}, '') AS {c}" if c in NULLABLE else c for c in t.columns]
     return (f"SELECT {bucket_sql[t.grain]} AS bucket, {', '.join(values)}, 1 AS n "
-            f"FROM measurements WHERE {seq} > ?")
+            f"FROM {source} WHERE {seq} > ?")
 
 
-def pivot_tail_select(seq: str) -> str:
+def pivot_tail_select(seq: str, source: str = "measurements") -> str:
     """The measurements numbered after ``?`` (the watermark) shaped as rows of
-    ``rollup_domain`` (key columns, then its counts: 1 or 0 each)."""
+    ``rollup_domain`` (key columns, then its counts: 1 or 0 each); ``source`` as for
+    :func:`tail_select`."""
     counts = ["1 AS n"]
     counts += [f"CASE WHEN status = '{s}' THEN 1 ELSE 0 END AS {c}"
                for s, c in zip(STATUSES, PIVOT_COUNTS[1:1 + len(STATUSES)], strict=True)]
@@ -398,7 +403,7 @@ def pivot_tail_select(seq: str) -> str:
                f"THEN 1 ELSE 0 END AS {c}"
                for t, c in zip(TECHNIQUES, PIVOT_COUNTS[1 + len(STATUSES):], strict=True)]
     keys = [f"{v} AS {c}" for v, c in zip(_pivot_values(), ROLLUP_DOMAIN.columns, strict=True)]
-    return f"SELECT {', '.join((*keys, *counts))} FROM measurements WHERE {seq} > ?"
+    return f"SELECT {', '.join((*keys, *counts))} FROM {source} WHERE {seq} > ?"
 
 
 def upsert_sql(t: RollupTable) -> str:

@@ -248,7 +248,7 @@ class SqliteStore(SqlStore):
     """Store in one SQLite file.  Open with :func:`collector.store.open_store`."""
 
     _seq = "rowid"  # one writer at a time: rowids are committed in the order they are given
-    _by_seq = "measurements m NOT INDEXED"  # a rowid range of the table, not an index scan
+    _by_seq = "measurements NOT INDEXED"  # a rowid range of the table, not an index scan
     _bucket_sql = _SQLITE_BUCKETS
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
