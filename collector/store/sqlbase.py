@@ -271,8 +271,10 @@ class SqlStore(abc.ABC):
     _seq: str
     _bucket_sql: Mapping[Grain, str]
     _greatest = "MAX"  # the larger of two values (SQLite's scalar MAX, PostgreSQL's GREATEST)
-    # The measurements, for a range of sequence numbers (the rows after the watermark).
-    _by_seq = "measurements"
+    def _by_seq(self, alias: str = "measurements") -> str:
+        """The measurements (as ``alias``) in a FROM clause, read for a range of sequence
+        numbers (the rows after the watermark)."""
+        return f"measurements AS {alias}"
 
     def _folded(self, alias: str, mark: str) -> str:
         """SQL: the row ``alias`` is folded (numbered up to the watermark ``mark``)."""
@@ -716,7 +718,7 @@ class SqlStore(abc.ABC):
         with self._snapshot() as query:
             folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
             kept = query(f"SELECT probe_id, last_seq, received FROM {sequences.TABLE}", ())
-            tail = query(sequences.tail_select(self._seq, self._folded, f"{self._by_seq} m"),
+            tail = query(sequences.tail_select(self._seq, self._folded, self._by_seq("m")),
                          (folded, folded))
         last: dict[str, int] = {}
         received: dict[str, int] = {}
@@ -846,7 +848,7 @@ class SqlStore(abc.ABC):
             hi = min(horizon, folded + max(1, int(max_span)))
             self._fold_range(cur, folded, hi)
             cur.execute(sequences.fold_statement(self._seq, self._folded, self._greatest,
-                                                  f"{self._by_seq} m"),
+                                                  self._by_seq("m")),
                         (folded, hi, folded))
             cur.execute("UPDATE rollup_state SET folded = ? WHERE id = 1", (hi,))
         return horizon - hi
@@ -930,11 +932,11 @@ class SqlStore(abc.ABC):
             # and filtered alike (the filter written into both, not left to be pushed down).
             if p.source == ROLLUP_DOMAIN.name:
                 columns = ", ".join((*ROLLUP_DOMAIN.columns, *ROLLUP_DOMAIN.counts))
-                tail = pivot_tail_select(self._seq, self._by_seq)
+                tail = pivot_tail_select(self._seq, self._by_seq())
             else:
                 table = next(t for t in FOLDED if t.name == p.source)
                 columns = ", ".join(("bucket", *table.columns, "n"))
-                tail = tail_select(table, self._bucket_sql, self._seq, self._by_seq)
+                tail = tail_select(table, self._bucket_sql, self._seq, self._by_seq())
             source = (f"(SELECT {columns} FROM {p.source}{clause} UNION ALL "
                       f"SELECT {columns} FROM ({tail}) AS tail{clause}) AS src")
         if p.source == ROLLUP_DOMAIN.name:

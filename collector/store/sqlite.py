@@ -248,7 +248,9 @@ class SqliteStore(SqlStore):
     """Store in one SQLite file.  Open with :func:`collector.store.open_store`."""
 
     _seq = "rowid"  # one writer at a time: rowids are committed in the order they are given
-    _by_seq = "measurements NOT INDEXED"  # a rowid range of the table, not an index scan
+
+    def _by_seq(self, alias: str = "measurements") -> str:
+        return f"measurements AS {alias} NOT INDEXED"  # a rowid range, not an index scan
     _bucket_sql = _SQLITE_BUCKETS
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
