@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,34 @@ def test_concurrent_collectors_writing_folding_and_pruning(pg_url: str) -> None:
         assert kept(setup) == {p: (g.last_seq, g.received) for p, g in want.items()}
     finally:
         setup.close()
+
+
+def test_sqlite_reads_the_rows_after_the_watermark_by_rowid(tmp_path: Path) -> None:
+    """The tail of a question (delivery gaps, an aggregation filtered on an indexed column)
+    is a rowid range: SQLite must not walk the probe_seq or the country's index over every
+    row to find the few after the watermark."""
+    from collector.store.rollups import AggDimension, AggFilter
+
+    s = open_store(f"sqlite://{tmp_path}/collector.db")
+    try:
+        write(s, stream(6, n=300), 50)
+        s.fold_rollups(max_span=200)
+        seen: list[tuple[str, tuple[object, ...]]] = []
+        query = s._query  # type: ignore[attr-defined]
+
+        def spy(sql: str, params: Any = ()) -> Any:
+            seen.append((sql, tuple(params)))
+            return query(sql, params)
+
+        s._query = spy  # type: ignore[attr-defined]
+        assert s.delivery_gaps() == from_scratch(s)
+        s.aggregate((AggDimension.DOMAIN, AggDimension.NETWORK), AggFilter(probe_cc="IR"))
+        s.aggregate((AggDimension.DAY, AggDimension.NETWORK), AggFilter(probe_cc="IR"))
+        tails = [(sql, p) for sql, p in seen if "rowid >" in sql]
+        assert len(tails) >= 3
+        for sql, params in tails:
+            plan = " | ".join(str(r[3]) for r in query("EXPLAIN QUERY PLAN " + sql, params))
+            assert "INTEGER PRIMARY KEY (rowid>" in plan, plan
+            assert "measurements_cc_id" not in plan and "SCAN m USING" not in plan, plan
+    finally:
+        s.close()
