@@ -937,8 +937,11 @@ class SqlStore(abc.ABC):
                 table = next(t for t in FOLDED if t.name == p.source)
                 columns = ", ".join(("bucket", *table.columns, "n"))
                 tail = tail_select(table, self._bucket_sql, self._seq, self._by_seq())
-            source = (f"(SELECT {columns} FROM {p.source}{clause} UNION ALL "
-                      f"SELECT {columns} FROM ({tail}) AS tail{clause}) AS src")
+            def union(where_sql: str) -> str:
+                return (f"(SELECT {columns} FROM {p.source}{where_sql} UNION ALL "
+                        f"SELECT {columns} FROM ({tail}) AS tail{where_sql}) AS src")
+
+            source = union(clause)
         if p.source == ROLLUP_DOMAIN.name:
             sums = ", ".join(f"SUM({c})" for c in PIVOT_COUNTS)
         else:
@@ -949,15 +952,26 @@ class SqlStore(abc.ABC):
                                         self._query, limit)
         with self._snapshot() as query:  # the watermark and the rows of one moment
             folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
+
+            def narrowed(condition: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+                """The source with ``condition`` in both its branches, so the rollup's
+                branch reads only the groups asked for (through its primary key when they
+                lead it) instead of all of them through the union."""
+                both = clause + (" AND " if clause else " WHERE ") + condition
+                return union(both), [*params, *values, folded, *params, *values]
+
             return self._aggregate_rows(dims, p, select, sums, count, source, "",
-                                        [*params, folded, *params], query, limit)
+                                        [*params, folded, *params], query, limit, narrowed)
 
     def _aggregate_rows(self, dims: Sequence[AggDimension], p: Plan, select: Sequence[str],
                         sums: str, count: str, source: str, clause: str, params: Sequence[Any],
                         query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
-                        limit: int) -> Aggregation:
+                        limit: int,
+                        narrowed: Callable[[str, Sequence[Any]], tuple[str, list[Any]]]
+                        | None = None) -> Aggregation:
         """The groups of ``source`` (``clause``, ``params``) by the ``select`` expressions,
-        largest first, through ``query``."""
+        largest first, through ``query``; ``narrowed(condition, values)``, when given, is the
+        source and its parameters with a condition of its own columns applied inside it."""
         keys = ", ".join(f"k{i}" for i in range(len(select)))
         cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(select))
         if AggDimension.DOMAIN not in dims and p.grain is not Grain.HOUR:
@@ -990,12 +1004,18 @@ class SqlStore(abc.ABC):
         nk = len(select)
         chosen = [tuple(r[:nk]) for r in top]
         marks = ", ".join(["(" + ", ".join("?" * nk) + ")"] * len(chosen))
-        counted = query(
-            f"SELECT {cols}, {sums} FROM {source}{clause}"
-            f"{' AND ' if clause else ' WHERE '}({', '.join(select)}) IN (VALUES {marks}) "
-            f"GROUP BY {keys}",
-            [*params, *(v for k in chosen for v in k)],
-        )
+        wanted = f"({', '.join(select)}) IN (VALUES {marks})"
+        values = [v for k in chosen for v in k]
+        if narrowed is not None:
+            inner, inner_params = narrowed(wanted, values)
+            counted = query(f"SELECT {cols}, {sums} FROM {inner} GROUP BY {keys}",
+                            inner_params)
+        else:
+            counted = query(
+                f"SELECT {cols}, {sums} FROM {source}{clause}"
+                f"{' AND ' if clause else ' WHERE '}{wanted} GROUP BY {keys}",
+                [*params, *values],
+            )
         by_key = {tuple(r[:nk]): r[nk:] for r in counted}
         return Aggregation(plan=p, rows=collect(dims, [(*k, *by_key[k]) for k in chosen]),
                            groups=int(top[0][-2]), total=int(top[0][-1]))
