@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 HOUR = 3600
 DAY = 86400
@@ -542,20 +543,23 @@ def pivot_columns(count: str) -> list[str]:
     return cols
 
 
-def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[object]]) -> list[AggRow]:
+def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[Any]]) -> list[AggRow]:
     """Rows of ``(key..., total, per status..., per technique...)`` as groups, oldest first
-    when there is a time dimension (the SQL already kept the largest ones)."""
+    when there is a time dimension (the SQL already kept the largest ones).  Counts come as
+    int (SQLite) or Decimal (PostgreSQL's SUM), NULL when a group has none."""
     out = []
     nk = len(dims)
+    is_time = [d.is_time for d in dims]
+    ns = len(STATUSES)
+    lo, hi = nk + 1, nk + 1 + ns + len(TECHNIQUES)
     for r in rows:
         keys = tuple(
-            datetime.fromtimestamp(int(float(str(k))), UTC) if d.is_time
-            else ("" if k is None else str(k))
-            for d, k in zip(dims, r[:nk], strict=True)
+            datetime.fromtimestamp(int(float(k)), UTC) if t else ("" if k is None else str(k))
+            for t, k in zip(is_time, r[:nk], strict=True)
         )
-        numbers = [int(str(x or 0)) for x in r[nk + 1: nk + 1 + len(STATUSES) + len(TECHNIQUES)]]
-        counts = {s: n for s, n in zip(STATUSES, numbers[: len(STATUSES)], strict=True) if n}
-        tech = {t: n for t, n in zip(TECHNIQUES, numbers[len(STATUSES):], strict=True) if n}
+        numbers = [int(x) if x else 0 for x in r[lo:hi]]
+        counts = {s: n for s, n in zip(STATUSES, numbers[:ns], strict=True) if n}
+        tech = {t: n for t, n in zip(TECHNIQUES, numbers[ns:], strict=True) if n}
         other = counts.get("blocked", 0) + counts.get("throttled", 0) - sum(tech.values())
         if other > 0:
             tech["unknown"] = other
