@@ -432,8 +432,12 @@ def first_paint(sh: Shape, rng: random.Random) -> list[str]:
 
 
 async def latencies(url: str, sh: Shape, since: float, until: float, repeat: int,
-                    some_ids: list[str]) -> dict[str, Any]:
-    config = CollectorConfig(store=StoreConfig(url=url), api=ApiConfig(stats_cache_s=0.0),
+                    some_ids: list[str], store_threads: int | None = None,
+                    only: list[str] | None = None) -> dict[str, Any]:
+    api = ApiConfig(stats_cache_s=0.0)
+    if store_threads is not None:
+        api = ApiConfig(stats_cache_s=0.0, store_threads=store_threads)
+    config = CollectorConfig(store=StoreConfig(url=url), api=api,
                              outages=OutagesConfig(enabled=False))
     app = create_app(ServeSettings(config=config.validate(), ingest=False, outages=False))
     server = TestServer(app, host="127.0.0.1")
@@ -451,6 +455,8 @@ async def latencies(url: str, sh: Shape, since: float, until: float, repeat: int
                 return (time.perf_counter() - t) * 1000
 
             for name, make in queries(sh, since, until, rng).items():
+                if only is not None and not any(part in name for part in only):
+                    continue
                 await get(make())  # warm
                 out[name] = summary([await get(make()) for _ in range(repeat)])
                 print(f"  {name}: {out[name]}", flush=True)
@@ -489,6 +495,11 @@ def main() -> None:
     ap.add_argument("--keep-db", default=None,
                     help="PostgreSQL: use (and keep) this database on the test server, "
                          "created if missing; reused when it has rows")
+    ap.add_argument("--store-threads", type=int, default=None,
+                    help="the API's store threads ([api] store_threads; its default if unset)")
+    ap.add_argument("--only", default=None,
+                    help="latency only for the requests whose name contains this text "
+                         "(comma-separated), and the first paint")
     ap.add_argument("--pg-prefix", default="vigil_bench",
                     help="PostgreSQL: name prefix of the temporary databases")
     args = ap.parse_args()
@@ -499,6 +510,7 @@ def main() -> None:
     until = time.time()
     since = until - args.days * 86400
     result: dict[str, Any] = {"store": args.store, "load_before": os.getloadavg(),
+                              "store_threads": args.store_threads,
                               "cpus": os.cpu_count(), "shape": {
                                   "rows": args.rows, "days": args.days,
                                   "networks": args.networks, "domains": args.domains,
@@ -538,7 +550,8 @@ def main() -> None:
             store.close()
         print(f"  {result['bytes_per_measurement']} bytes per measurement on disk")
         result["latency"] = asyncio.run(
-            latencies(url, sh, since, until, args.repeat, some))
+            latencies(url, sh, since, until, args.repeat, some, args.store_threads,
+                      None if args.only is None else args.only.split(",")))
         store = open_store(url)
         try:
             if (args.reuse is not None or args.keep_db) and not args.retention:
