@@ -271,6 +271,12 @@ class SqlStore(abc.ABC):
     _seq: str
     _bucket_sql: Mapping[Grain, str]
     _greatest = "MAX"  # the larger of two values (SQLite's scalar MAX, PostgreSQL's GREATEST)
+    # Whether the second pass of a many-group aggregation writes the groups kept into both
+    # branches of a rollup and its tail (SQLite: its union is a co-routine that otherwise
+    # carries every row of the rollup; PostgreSQL plans the outer filter as well, and the
+    # key list written twice costs it more to send and parse than it saves).
+    _narrow_inside = False
+
     def _by_seq(self, alias: str = "measurements") -> str:
         """The measurements (as ``alias``) in a FROM clause, read for a range of sequence
         numbers (the rows after the watermark)."""
@@ -961,7 +967,8 @@ class SqlStore(abc.ABC):
                 return union(both), [*params, *values, folded, *params, *values]
 
             return self._aggregate_rows(dims, p, select, sums, count, source, "",
-                                        [*params, folded, *params], query, limit, narrowed)
+                                        [*params, folded, *params], query, limit,
+                                        narrowed if self._narrow_inside else None)
 
     def _aggregate_rows(self, dims: Sequence[AggDimension], p: Plan, select: Sequence[str],
                         sums: str, count: str, source: str, clause: str, params: Sequence[Any],

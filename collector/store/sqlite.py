@@ -248,10 +248,11 @@ class SqliteStore(SqlStore):
     """Store in one SQLite file.  Open with :func:`collector.store.open_store`."""
 
     _seq = "rowid"  # one writer at a time: rowids are committed in the order they are given
+    _bucket_sql = _SQLITE_BUCKETS
+    _narrow_inside = True
 
     def _by_seq(self, alias: str = "measurements") -> str:
         return f"measurements AS {alias} NOT INDEXED"  # a rowid range, not an index scan
-    _bucket_sql = _SQLITE_BUCKETS
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
