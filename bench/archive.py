@@ -99,9 +99,10 @@ class RowMaker:
         return t
 
     def plan(self, n: int, since: float, until: float
-             ) -> Iterator[tuple[TestProbe, Network, str, str, float, str]]:
-        """What each row is: probe, network, url, category, start time and scenario (the
-        censored sites blocked after the first third of the span, 90 % of the time)."""
+             ) -> Iterator[tuple[TestProbe, Network, str, str, float, str, int]]:
+        """What each row is: probe, network, url, category, start time, scenario (the
+        censored sites blocked after the first third of the span, 90 % of the time) and the
+        probe's sequence number (1, 2, ... per probe, as an agent's outbox numbers them)."""
         step = (until - since) / max(1, n)
         onset = since + (until - since) / 3
         probes, sites = self.sh.probes, self.sh.sites
@@ -115,12 +116,13 @@ class RowMaker:
                 scenario = rule
             else:
                 scenario = "down" if roll > 0.97 else "inconclusive" if roll > 0.95 else "ok"
-            yield probe, net, url, cat, start, scenario
+            yield probe, net, url, cat, start, scenario, i // len(probes) + 1
 
     def rows(self, n: int, since: float, until: float) -> Iterator[list[MeasurementRow]]:
         batch: list[MeasurementRow] = []
-        for probe, net, url, cat, start, scenario in self.plan(n, since, until):
+        for probe, net, url, cat, start, scenario, seq in self.plan(n, since, until):
             rec = dict(self.template(probe, net, url, cat, scenario))
+            rec["probe_seq"] = seq
             rec["measurement_id"] = wire.uuid7(int(start * 1000))
             rec["measurement_start_time"] = datetime.fromtimestamp(start, UTC).strftime(
                 "%Y-%m-%dT%H:%M:%S.%fZ")
@@ -135,6 +137,7 @@ class RowMaker:
                 reason=v["reason"], confirmed=v["confirmed"], start_ts=start,
                 received_ts=start + 3.0, payload_type=wire.PAYLOAD_TYPE, payload=payload,
                 signature=probe.key.sign(wire.pae(wire.PAYLOAD_TYPE, payload)),
+                probe_seq=seq,
             ))
             if len(batch) == BATCH:
                 yield batch
@@ -148,7 +151,7 @@ class RowMaker:
         written in (same lengths), and the template's signature, which therefore does not
         verify.  Only for benchmarks that read (pages, aggregations, sizes)."""
         encoded: dict[tuple[str, str, str, str], tuple[bytes, bytes, dict[str, Any]]] = {}
-        for probe, net, url, cat, start, scenario in self.plan(n, since, until):
+        for probe, net, url, cat, start, scenario, seq in self.plan(n, since, until):
             key = (probe.probe_id, net.asn, url, scenario)
             hit = encoded.get(key)
             if hit is None:
@@ -167,7 +170,7 @@ class RowMaker:
             yield (uuid.UUID(mid), probe.probe_id, rec["test_name"], url, domain_of(url), cat,
                    net.cc, net.asn, net.name, v["status"], v["blocking"], v["reason"],
                    v["confirmed"], when, datetime.fromtimestamp(start + 3.0, UTC),
-                   wire.PAYLOAD_TYPE, payload, sig)
+                   wire.PAYLOAD_TYPE, payload, sig, seq)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -251,9 +254,9 @@ def fill(store: Store, maker: RowMaker, n: int, since: float, until: float) -> d
 
 COPY_COLUMNS = ("measurement_id, probe_id, test_name, input, domain, category_code, probe_cc, "
                 "probe_asn, probe_network_name, status, blocking, reason, confirmed, start_time, "
-                "received_at, payload_type, payload, signature")
+                "received_at, payload_type, payload, signature, probe_seq")
 COPY_TYPES = ["uuid", *["text"] * 11, "bool", "timestamptz", "timestamptz", "text", "bytea",
-              "bytea"]
+              "bytea", "int8"]
 
 
 def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: float
@@ -264,7 +267,8 @@ def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: f
     from the rows with the migrations' own backfill statements, and the table vacuumed."""
     import psycopg
 
-    from collector.store.postgres import _PG_BUCKETS
+    from collector.store import sequences
+    from collector.store.postgres import _PG_BUCKETS, _folded
     from collector.store.rollups import (
         FOLDED,
         ROLLUP_DOMAIN,
@@ -315,6 +319,9 @@ def bulk_load_postgres(url: str, maker: RowMaker, n: int, since: float, until: f
         # Every row copied is in the rollups now: the folder starts after them.
         conn.execute("UPDATE rollup_state SET folded = "
                      "(SELECT COALESCE(MAX(seq), 0) FROM measurements) WHERE id = 1")
+        conn.execute(f"TRUNCATE {sequences.TABLE}".encode())
+        conn.execute(sequences.backfill_statement(
+            _folded, "(SELECT folded FROM rollup_state WHERE id = 1)").encode())
         conn.execute(
             "INSERT INTO probe_activity (probe_id, last_start, last_received, measurements, "
             "probe_cc, probe_asn) SELECT DISTINCT ON (probe_id) probe_id, start_time, "
@@ -425,8 +432,12 @@ def first_paint(sh: Shape, rng: random.Random) -> list[str]:
 
 
 async def latencies(url: str, sh: Shape, since: float, until: float, repeat: int,
-                    some_ids: list[str]) -> dict[str, Any]:
-    config = CollectorConfig(store=StoreConfig(url=url), api=ApiConfig(stats_cache_s=0.0),
+                    some_ids: list[str], store_threads: int | None = None,
+                    only: list[str] | None = None) -> dict[str, Any]:
+    api = ApiConfig(stats_cache_s=0.0)
+    if store_threads is not None:
+        api = ApiConfig(stats_cache_s=0.0, store_threads=store_threads)
+    config = CollectorConfig(store=StoreConfig(url=url), api=api,
                              outages=OutagesConfig(enabled=False))
     app = create_app(ServeSettings(config=config.validate(), ingest=False, outages=False))
     server = TestServer(app, host="127.0.0.1")
@@ -444,6 +455,8 @@ async def latencies(url: str, sh: Shape, since: float, until: float, repeat: int
                 return (time.perf_counter() - t) * 1000
 
             for name, make in queries(sh, since, until, rng).items():
+                if only is not None and not any(part in name for part in only):
+                    continue
                 await get(make())  # warm
                 out[name] = summary([await get(make()) for _ in range(repeat)])
                 print(f"  {name}: {out[name]}", flush=True)
@@ -482,6 +495,11 @@ def main() -> None:
     ap.add_argument("--keep-db", default=None,
                     help="PostgreSQL: use (and keep) this database on the test server, "
                          "created if missing; reused when it has rows")
+    ap.add_argument("--store-threads", type=int, default=None,
+                    help="the API's store threads ([api] store_threads; its default if unset)")
+    ap.add_argument("--only", default=None,
+                    help="latency only for the requests whose name contains this text "
+                         "(comma-separated), and the first paint")
     ap.add_argument("--pg-prefix", default="vigil_bench",
                     help="PostgreSQL: name prefix of the temporary databases")
     args = ap.parse_args()
@@ -492,6 +510,7 @@ def main() -> None:
     until = time.time()
     since = until - args.days * 86400
     result: dict[str, Any] = {"store": args.store, "load_before": os.getloadavg(),
+                              "store_threads": args.store_threads,
                               "cpus": os.cpu_count(), "shape": {
                                   "rows": args.rows, "days": args.days,
                                   "networks": args.networks, "domains": args.domains,
@@ -531,7 +550,8 @@ def main() -> None:
             store.close()
         print(f"  {result['bytes_per_measurement']} bytes per measurement on disk")
         result["latency"] = asyncio.run(
-            latencies(url, sh, since, until, args.repeat, some))
+            latencies(url, sh, since, until, args.repeat, some, args.store_threads,
+                      None if args.only is None else args.only.split(",")))
         store = open_store(url)
         try:
             if (args.reuse is not None or args.keep_db) and not args.retention:

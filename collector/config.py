@@ -128,6 +128,9 @@ class ApiConfig:
     # with the ingest drain it must fit in the unit's TimeoutStopSec (30 s).
     shutdown_timeout_s: float = 5.0
     stats_cache_s: float = 5.0  # /api/v1/stats answers are reused this long (dashboards poll)
+    # Store connections (one thread each) answering the API's requests side by side: the
+    # dashboard opens with a dozen at once.  1 serialises them all.
+    store_threads: int = 3
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,8 @@ class CollectorConfig:
             raise ConfigError(f"api port {a.port} out of range")
         if a.shutdown_timeout_s < 0 or a.stats_cache_s < 0:
             raise ConfigError("api shutdown_timeout_s and stats_cache_s must be >= 0")
+        if not 1 <= a.store_threads <= 16:
+            raise ConfigError("api store_threads must be 1 to 16")
         if not 1 <= o.heartbeat_s <= 3600:
             raise ConfigError("outages heartbeat_s must be between 1 and 3600")
         if not 60 <= o.window_s <= 30 * 86400:

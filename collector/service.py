@@ -70,9 +70,10 @@ def create_app(settings: ServeSettings) -> web.Application:
     return app
 
 
-async def open_store(config: CollectorConfig) -> AsyncStore:
+async def open_store(config: CollectorConfig, threads: int = 1) -> AsyncStore:
     return await AsyncStore.open(
         config.store.url,
+        threads,
         busy_timeout_ms=config.store.busy_timeout_ms,
         connect_timeout=config.store.connect_timeout_s,
     )
@@ -81,7 +82,7 @@ async def open_store(config: CollectorConfig) -> AsyncStore:
 # ---- cleanup contexts ------------------------------------------------------------------------
 async def _api_store(app: web.Application) -> AsyncIterator[None]:
     config = app[SETTINGS].config
-    store = await open_store(config)
+    store = await open_store(config, config.api.store_threads)
     version = await store.call(store.store.schema_version)
     log.info("store %s (schema v%d)", describe_url(config.store.url), version)
     app[STORE] = store

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar, cast
 
+from collector.store.aio import ThreadStores
 from collector.store.base import StoreError, StoreUnavailable
 from collector.store.sqlbase import SqlStore
 
@@ -52,10 +53,12 @@ E = TypeVar("E", bound=Stored)
 
 
 def sql_store(store: Any, what: str) -> SqlStore:
-    """The store, when it is an SQL one (the only kind that has room for these tables)."""
-    if not isinstance(store, SqlStore):
-        raise StoreError(f"{what} need an SQL store, not {type(store).__name__}")
-    return store
+    """The store, when it is an SQL one (the only kind that has room for these tables); the
+    API's stores per thread (collector.store.aio.ThreadStores) when theirs are."""
+    kind = store.first if isinstance(store, ThreadStores) else store
+    if not isinstance(kind, SqlStore):
+        raise StoreError(f"{what} need an SQL store, not {type(kind).__name__}")
+    return cast(SqlStore, store)
 
 
 def create_tables(store: SqlStore, statements: Sequence[str]) -> None:

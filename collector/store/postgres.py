@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from collector.store import sequences
 from collector.store.base import (
     Filter,
     InsertResult,
@@ -58,6 +59,14 @@ _PG_BUCKETS = {
     Grain.MONTH: "extract(epoch FROM date_trunc('month', start_time AT TIME ZONE 'UTC') "
                  "AT TIME ZONE 'UTC')::bigint",
 }
+
+
+def _folded(alias: str, mark: str) -> str:
+    """SQL: the row ``alias`` is in the rollups: numbered up to the watermark ``mark``, or
+    stored before sequence numbers existed (NULL: folded at ingest then)."""
+    return f"({alias}.seq <= {mark} OR {alias}.seq IS NULL)"
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -198,6 +207,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO rollup_state (id, folded) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        6,
+        "delivery gaps per probe kept by the folder (probe_sequences), so /probes does not "
+        "count every numbered row",
+        (
+            sequences.create_statement("bigint"),
+            sequences.backfill_statement(
+                _folded, "(SELECT folded FROM rollup_state WHERE id = 1)"),
+        ),
+    ),
 )
 
 
@@ -255,6 +274,10 @@ class PostgresStore(SqlStore):
 
     _seq = "seq"
     _bucket_sql = _PG_BUCKETS
+    _greatest = "GREATEST"
+
+    def _folded(self, alias: str, mark: str) -> str:
+        return _folded(alias, mark)
 
     def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
         self.url = url

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 HOUR = 3600
 DAY = 86400
@@ -380,17 +381,22 @@ def staged_fold_statements(bucket_sql: Mapping[Grain, str], seq: str, staging: s
                    _upsert_pivot_counted(_pivot_counted("true", staging))]
 
 
-def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str) -> str:
+def tail_select(t: RollupTable, bucket_sql: Mapping[Grain, str], seq: str,
+                source: str = "measurements") -> str:
     """The measurements numbered after ``?`` (the watermark) shaped as rows of ``t``
-    (bucket, group columns, ``n`` = 1): what a question adds to the rollup's counts."""
+    (bucket, group columns, ``n`` = 1): what a question adds to the rollup's counts.
+    ``source`` names the measurements read by their sequence numbers (SQLite: ``NOT
+    INDEXED``, else a question's filter pushed into the tail, ``probe_cc = ?``, walks that
+    column's index over every row of the country to find the few after the watermark)."""
     values = [f"COALESCE({c}, '') AS {c}" if c in NULLABLE else c for c in t.columns]
     return (f"SELECT {bucket_sql[t.grain]} AS bucket, {', '.join(values)}, 1 AS n "
-            f"FROM measurements WHERE {seq} > ?")
+            f"FROM {source} WHERE {seq} > ?")
 
 
-def pivot_tail_select(seq: str) -> str:
+def pivot_tail_select(seq: str, source: str = "measurements") -> str:
     """The measurements numbered after ``?`` (the watermark) shaped as rows of
-    ``rollup_domain`` (key columns, then its counts: 1 or 0 each)."""
+    ``rollup_domain`` (key columns, then its counts: 1 or 0 each); ``source`` as for
+    :func:`tail_select`."""
     counts = ["1 AS n"]
     counts += [f"CASE WHEN status = '{s}' THEN 1 ELSE 0 END AS {c}"
                for s, c in zip(STATUSES, PIVOT_COUNTS[1:1 + len(STATUSES)], strict=True)]
@@ -398,7 +404,7 @@ def pivot_tail_select(seq: str) -> str:
                f"THEN 1 ELSE 0 END AS {c}"
                for t, c in zip(TECHNIQUES, PIVOT_COUNTS[1 + len(STATUSES):], strict=True)]
     keys = [f"{v} AS {c}" for v, c in zip(_pivot_values(), ROLLUP_DOMAIN.columns, strict=True)]
-    return f"SELECT {', '.join((*keys, *counts))} FROM measurements WHERE {seq} > ?"
+    return f"SELECT {', '.join((*keys, *counts))} FROM {source} WHERE {seq} > ?"
 
 
 def upsert_sql(t: RollupTable) -> str:
@@ -537,20 +543,23 @@ def pivot_columns(count: str) -> list[str]:
     return cols
 
 
-def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[object]]) -> list[AggRow]:
+def collect(dims: Sequence[AggDimension], rows: Iterable[Sequence[Any]]) -> list[AggRow]:
     """Rows of ``(key..., total, per status..., per technique...)`` as groups, oldest first
-    when there is a time dimension (the SQL already kept the largest ones)."""
+    when there is a time dimension (the SQL already kept the largest ones).  Counts come as
+    int (SQLite) or Decimal (PostgreSQL's SUM), NULL when a group has none."""
     out = []
     nk = len(dims)
+    is_time = [d.is_time for d in dims]
+    ns = len(STATUSES)
+    lo, hi = nk + 1, nk + 1 + ns + len(TECHNIQUES)
     for r in rows:
         keys = tuple(
-            datetime.fromtimestamp(int(float(str(k))), UTC) if d.is_time
-            else ("" if k is None else str(k))
-            for d, k in zip(dims, r[:nk], strict=True)
+            datetime.fromtimestamp(int(float(k)), UTC) if t else ("" if k is None else str(k))
+            for t, k in zip(is_time, r[:nk], strict=True)
         )
-        numbers = [int(str(x or 0)) for x in r[nk + 1: nk + 1 + len(STATUSES) + len(TECHNIQUES)]]
-        counts = {s: n for s, n in zip(STATUSES, numbers[: len(STATUSES)], strict=True) if n}
-        tech = {t: n for t, n in zip(TECHNIQUES, numbers[len(STATUSES):], strict=True) if n}
+        numbers = [int(x) if x else 0 for x in r[lo:hi]]
+        counts = {s: n for s, n in zip(STATUSES, numbers[:ns], strict=True) if n}
+        tech = {t: n for t, n in zip(TECHNIQUES, numbers[ns:], strict=True) if n}
         other = counts.get("blocked", 0) + counts.get("throttled", 0) - sum(tech.values())
         if other > 0:
             tech["unknown"] = other

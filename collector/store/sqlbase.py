@@ -13,6 +13,7 @@ import abc
 import hashlib
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.wire.topics import measurements_topic
+from collector.store import sequences
 from collector.store.base import (
     QUARANTINE_DROPPED,
     QUARANTINE_MAX_RAW,
@@ -268,6 +270,21 @@ class SqlStore(abc.ABC):
     # time bucket of start_time, as Unix seconds.
     _seq: str
     _bucket_sql: Mapping[Grain, str]
+    _greatest = "MAX"  # the larger of two values (SQLite's scalar MAX, PostgreSQL's GREATEST)
+    # Whether the second pass of a many-group aggregation writes the groups kept into both
+    # branches of a rollup and its tail (SQLite: its union is a co-routine that otherwise
+    # carries every row of the rollup; PostgreSQL plans the outer filter as well, and the
+    # key list written twice costs it more to send and parse than it saves).
+    _narrow_inside = False
+
+    def _by_seq(self, alias: str = "measurements") -> str:
+        """The measurements (as ``alias``) in a FROM clause, read for a range of sequence
+        numbers (the rows after the watermark)."""
+        return f"measurements AS {alias}"
+
+    def _folded(self, alias: str, mark: str) -> str:
+        """SQL: the row ``alias`` is folded (numbered up to the watermark ``mark``)."""
+        return f"{alias}.{self._seq} <= {mark}"
 
     # ---- backend hooks ------------------------------------------------------------------
     @abc.abstractmethod
@@ -700,13 +717,23 @@ class SqlStore(abc.ABC):
         ]
 
     def delivery_gaps(self) -> dict[str, DeliveryGaps]:
-        """Sequence numbers per probe (index measurements_probe_seq); probes without any
-        numbered record are left out."""
-        rows = self._query(
-            "SELECT probe_id, MAX(probe_seq), COUNT(DISTINCT probe_seq) FROM measurements "
-            "WHERE probe_seq IS NOT NULL GROUP BY probe_id"
-        )
-        return {str(r[0]): DeliveryGaps(str(r[0]), int(r[1]), int(r[2])) for r in rows}
+        """Sequence numbers per probe (collector.store.sequences): the folded counts in
+        ``probe_sequences`` plus the numbers the rows after the watermark add, read in one
+        snapshot (O(probes + unfolded rows), not O(rows)); probes without any numbered record
+        are left out."""
+        with self._snapshot() as query:
+            folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
+            kept = query(f"SELECT probe_id, last_seq, received FROM {sequences.TABLE}", ())
+            tail = query(sequences.tail_select(self._seq, self._folded, self._by_seq("m")),
+                         (folded, folded))
+        last: dict[str, int] = {}
+        received: dict[str, int] = {}
+        for probe, top, n in (*kept, *tail):
+            key = str(probe)
+            last[key] = max(last.get(key, 0), int(top))
+            received[key] = received.get(key, 0) + int(n)
+        return {p: DeliveryGaps(p, last[p], received[p]) for p in sorted(last)
+                if received[p] > 0}
 
     def rejection_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._query("SELECT reason, count FROM rejections")}
@@ -826,6 +853,9 @@ class SqlStore(abc.ABC):
                 return 0
             hi = min(horizon, folded + max(1, int(max_span)))
             self._fold_range(cur, folded, hi)
+            cur.execute(sequences.fold_statement(self._seq, self._folded, self._greatest,
+                                                  self._by_seq("m")),
+                        (folded, hi, folded))
             cur.execute("UPDATE rollup_state SET folded = ? WHERE id = 1", (hi,))
         return horizon - hi
 
@@ -834,6 +864,21 @@ class SqlStore(abc.ABC):
         caller's transaction)."""
         for statement in fold_statements(self._bucket_sql, self._seq):
             cur.execute(statement, (lo, hi))
+
+    def _unfold_sequences(self, cur: Any, pairs: set[tuple[str, int]], folded: int) -> None:
+        """After ``prune`` deleted folded rows carrying these (probe id, number) pairs: take
+        off ``probe_sequences`` the numbers no folded row carries any more, and set each such
+        probe's highest number again (inside the caller's transaction)."""
+        gone: Counter[str] = Counter()
+        ordered = sorted(pairs)
+        for part in chunks(ordered, 400):
+            cur.execute(sequences.gone_select(len(part), self._folded),
+                        (*(v for pair in part for v in pair), folded))
+            gone.update(str(r[0]) for r in cur.fetchall())
+        for probe, n in sorted(gone.items()):
+            cur.execute(sequences.relast_statement(self._folded), (folded, n, probe))
+        if gone:
+            cur.execute(sequences.DELETE_EMPTY)
 
     def _apply_rollups(self, cur: Any, facts: Sequence[Fact], sign: int = 1) -> None:
         """Add (or, ``sign`` -1, subtract) measurements to the rollup tables (inside the
@@ -893,13 +938,16 @@ class SqlStore(abc.ABC):
             # and filtered alike (the filter written into both, not left to be pushed down).
             if p.source == ROLLUP_DOMAIN.name:
                 columns = ", ".join((*ROLLUP_DOMAIN.columns, *ROLLUP_DOMAIN.counts))
-                tail = pivot_tail_select(self._seq)
+                tail = pivot_tail_select(self._seq, self._by_seq())
             else:
                 table = next(t for t in FOLDED if t.name == p.source)
                 columns = ", ".join(("bucket", *table.columns, "n"))
-                tail = tail_select(table, self._bucket_sql, self._seq)
-            source = (f"(SELECT {columns} FROM {p.source}{clause} UNION ALL "
-                      f"SELECT {columns} FROM ({tail}) AS tail{clause}) AS src")
+                tail = tail_select(table, self._bucket_sql, self._seq, self._by_seq())
+            def union(where_sql: str) -> str:
+                return (f"(SELECT {columns} FROM {p.source}{where_sql} UNION ALL "
+                        f"SELECT {columns} FROM ({tail}) AS tail{where_sql}) AS src")
+
+            source = union(clause)
         if p.source == ROLLUP_DOMAIN.name:
             sums = ", ".join(f"SUM({c})" for c in PIVOT_COUNTS)
         else:
@@ -910,15 +958,27 @@ class SqlStore(abc.ABC):
                                         self._query, limit)
         with self._snapshot() as query:  # the watermark and the rows of one moment
             folded = int(query("SELECT folded FROM rollup_state WHERE id = 1", ())[0][0])
+
+            def narrowed(condition: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+                """The source with ``condition`` in both its branches, so the rollup's
+                branch reads only the groups asked for (through its primary key when they
+                lead it) instead of all of them through the union."""
+                both = clause + (" AND " if clause else " WHERE ") + condition
+                return union(both), [*params, *values, folded, *params, *values]
+
             return self._aggregate_rows(dims, p, select, sums, count, source, "",
-                                        [*params, folded, *params], query, limit)
+                                        [*params, folded, *params], query, limit,
+                                        narrowed if self._narrow_inside else None)
 
     def _aggregate_rows(self, dims: Sequence[AggDimension], p: Plan, select: Sequence[str],
                         sums: str, count: str, source: str, clause: str, params: Sequence[Any],
                         query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
-                        limit: int) -> Aggregation:
+                        limit: int,
+                        narrowed: Callable[[str, Sequence[Any]], tuple[str, list[Any]]]
+                        | None = None) -> Aggregation:
         """The groups of ``source`` (``clause``, ``params``) by the ``select`` expressions,
-        largest first, through ``query``."""
+        largest first, through ``query``; ``narrowed(condition, values)``, when given, is the
+        source and its parameters with a condition of its own columns applied inside it."""
         keys = ", ".join(f"k{i}" for i in range(len(select)))
         cols = ", ".join(f"{e} AS k{i}" for i, e in enumerate(select))
         if AggDimension.DOMAIN not in dims and p.grain is not Grain.HOUR:
@@ -951,12 +1011,18 @@ class SqlStore(abc.ABC):
         nk = len(select)
         chosen = [tuple(r[:nk]) for r in top]
         marks = ", ".join(["(" + ", ".join("?" * nk) + ")"] * len(chosen))
-        counted = query(
-            f"SELECT {cols}, {sums} FROM {source}{clause}"
-            f"{' AND ' if clause else ' WHERE '}({', '.join(select)}) IN (VALUES {marks}) "
-            f"GROUP BY {keys}",
-            [*params, *(v for k in chosen for v in k)],
-        )
+        wanted = f"({', '.join(select)}) IN (VALUES {marks})"
+        values = [v for k in chosen for v in k]
+        if narrowed is not None:
+            inner, inner_params = narrowed(wanted, values)
+            counted = query(f"SELECT {cols}, {sums} FROM {inner} GROUP BY {keys}",
+                            inner_params)
+        else:
+            counted = query(
+                f"SELECT {cols}, {sums} FROM {source}{clause}"
+                f"{' AND ' if clause else ' WHERE '}{wanted} GROUP BY {keys}",
+                [*params, *values],
+            )
         by_key = {tuple(r[:nk]): r[nk:] for r in counted}
         return Aggregation(plan=p, rows=collect(dims, [(*k, *by_key[k]) for k in chosen]),
                            groups=int(top[0][-2]), total=int(top[0][-1]))
@@ -1003,8 +1069,8 @@ class SqlStore(abc.ABC):
                 folded = self._fold_state(cur, wait=True)
                 cur.execute(
                     "SELECT measurement_id, start_time, probe_cc, probe_asn, domain, "
-                    f"category_code, test_name, blocking, status, {self._seq} "
-                    "FROM measurements WHERE start_time < ? LIMIT ?",
+                    f"category_code, test_name, blocking, status, {self._seq}, probe_id, "
+                    "probe_seq FROM measurements WHERE start_time < ? LIMIT ?",
                     (cutoff, int(batch)),
                 )
                 found = cur.fetchall()
@@ -1016,6 +1082,10 @@ class SqlStore(abc.ABC):
                     self._apply_rollups(cur, facts, sign=-1)
                 ids = [str(r[0]) for r in found]
                 self._delete_measurements(cur, ids)
+                if folded is not None:
+                    self._unfold_sequences(cur, {
+                        (str(r[10]), int(r[11])) for r in found
+                        if r[11] is not None and (r[9] is None or r[9] <= folded)}, folded)
                 deleted += len(ids)
         with self._transaction() as cur:
             cur.execute("DELETE FROM probe_sightings WHERE t < ?", (cutoff,))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from collector.store import sequences
 from collector.store.base import (
     InsertResult,
     MeasurementRow,
@@ -53,6 +54,13 @@ _SQLITE_BUCKETS = {
     Grain.DAY: "CAST(start_time / 86400 AS INTEGER) * 86400",
     Grain.MONTH: "CAST(strftime('%s', start_time, 'unixepoch', 'start of month') AS INTEGER)",
 }
+
+
+def _folded(alias: str, mark: str) -> str:
+    """SQL: the row ``alias`` is in the rollups (its rowid up to the watermark ``mark``)."""
+    return f"{alias}.rowid <= {mark}"
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -187,6 +195,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "SELECT 1, COALESCE(MAX(rowid), 0) FROM measurements",
         ),
     ),
+    Migration(
+        6,
+        "delivery gaps per probe kept by the folder (probe_sequences), so /probes does not "
+        "count every numbered row",
+        (
+            sequences.create_statement("INTEGER", " WITHOUT ROWID"),
+            sequences.backfill_statement(
+                _folded, "(SELECT folded FROM rollup_state WHERE id = 1)"),
+        ),
+    ),
 )
 
 
@@ -231,6 +249,10 @@ class SqliteStore(SqlStore):
 
     _seq = "rowid"  # one writer at a time: rowids are committed in the order they are given
     _bucket_sql = _SQLITE_BUCKETS
+    _narrow_inside = True
+
+    def _by_seq(self, alias: str = "measurements") -> str:
+        return f"measurements AS {alias} NOT INDEXED"  # a rowid range, not an index scan
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)

@@ -214,7 +214,7 @@ def test_rollups_are_built_for_an_archive_stored_before_they_existed(
     s.close()
     db = sqlite3.connect(path)
     for table in ("rollup_hour", "rollup_day", "rollup_month_domain", "rollup_domain",
-                  "rollup_month", "rollup_state"):
+                  "rollup_month", "rollup_state", "probe_sequences"):
         db.execute(f"DROP TABLE {table}")
     for statement in page_index_statements("confirmed = 1"):
         if statement.startswith("CREATE INDEX"):

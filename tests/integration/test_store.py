@@ -75,10 +75,10 @@ class Rows:
 
 # ---- lifecycle ----------------------------------------------------------------------------------
 def test_migrations_are_versioned_and_idempotent(store_url: str, store: Store) -> None:
-    assert store.schema_version() == 5
+    assert store.schema_version() == 6
     again = open_store(store_url)  # reopening does not re-run or fail
     try:
-        assert again.schema_version() == 5
+        assert again.schema_version() == 6
     finally:
         again.close()
 
