@@ -60,11 +60,6 @@ class ThrottlingSettings:
     transfer_max_seconds: float = 1.0  # shortest time cap of one transfer
     transfer_seconds_cap: float = 4.0  # longest one (slow lines, long round trips)
     address_max_seconds: float = 2.5  # time cap of one download from the target's address
-    # ... which reads for at least this many of its round trips when the page lasts (on a far
-    # path a slow flow needs round trips to settle), up to twice its share of the data budget
-    # and address_seconds_cap
-    address_min_rtts: float = 16.0
-    address_seconds_cap: float = 6.0
     sample_mean_s: float = 0.01
     address_test: bool = True
     address_transfers: int = 2
@@ -111,8 +106,6 @@ class ThrottlingSettings:
             "transfer_max_seconds": self.transfer_max_seconds,
             "transfer_seconds_cap": self.transfer_seconds_cap,
             "address_max_seconds": self.address_max_seconds,
-            "address_min_rtts": self.address_min_rtts,
-            "address_seconds_cap": self.address_seconds_cap,
             "sample_mean_s": self.sample_mean_s,
             "alpha": self.thresholds.alpha,
             "max_round_ratio": self.thresholds.max_round_ratio,
@@ -361,25 +354,21 @@ async def _address_transfers(
     loop = asyncio.get_running_loop()
     used = 0
 
-    def spec(kind: str, rnd: int, cap: int, stretch: int) -> TransferSpec:
+    def spec(kind: str, rnd: int, cap: int) -> TransferSpec:
         return TransferSpec(
             kind=kind, round=rnd, ip=target.ip, port=target.port,
             server_name=target.host, host_header=target.host, path=target.path,
             context=ctx.tls.verify, max_bytes=cap, max_seconds=st.address_max_seconds,
             sample_mean=st.sample_mean_s, connect_timeout=ctx.net.connect_timeout,
             tls_timeout=ctx.net.tls_timeout, tls=target.tls,
-            min_rtts=st.address_min_rtts, stretch_bytes=max(cap, stretch),
-            stretch_seconds=st.address_seconds_cap,
         )
 
     for i in range(st.address_transfers):
         cap = min(share, budget_left - used)
         if cap <= 0 or loop.time() >= deadline:
             return None
-        # the stretch of each single leaves the pair its two shares
-        stretch = min(2 * share, (budget_left - used - 2 * share) // (st.address_transfers - i))
-        tr, status = await download(spec("address", st.max_rounds + i, cap, stretch),
-                                    origin=origin, on_bytes=ctx.on_bytes, note_local=note)
+        tr, status = await download(spec("address", st.max_rounds + i, cap), origin=origin,
+                                    on_bytes=ctx.on_bytes, note_local=note)
         transfers.append(tr)
         used += tr.bytes
         if tr.failure is not None and tr.first_byte_t is None:
@@ -393,11 +382,9 @@ async def _address_transfers(
         return None
     rnd = st.max_rounds + st.address_transfers
     together = asyncio.Barrier(2)
-    stretch = min(2 * share, (budget_left - used) // 2)
     pair = await asyncio.gather(*(
-        download(spec("address_parallel", rnd, cap, stretch), origin=origin,
-                 on_bytes=ctx.on_bytes, note_local=note, start_together=together)
-        for _ in range(2)))
+        download(spec("address_parallel", rnd, cap), origin=origin, on_bytes=ctx.on_bytes,
+                 note_local=note, start_together=together) for _ in range(2)))
     transfers.extend(tr for tr, _ in pair)
     return None
 

@@ -49,52 +49,6 @@ class TransferSpec:
     connect_timeout: float = 10.0
     tls_timeout: float = 10.0
     tls: bool = True  # False: plain HTTP (a URL listed as http://)
-    # read for at least this many round trips (the TCP handshake's) when the page lasts, past
-    # max_bytes and max_seconds, but never past stretch_bytes or stretch_seconds: on a far
-    # path a slow flow needs round trips, not seconds, to settle at what limits it
-    min_rtts: float = 0.0
-    stretch_bytes: int = 0
-    stretch_seconds: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ReadGoal:
-    """When a body read stops (loop times): at ``limit`` bytes or the ``deadline``, but not
-    before ``until``; in any case at ``hard_limit`` bytes or the ``hard_deadline``."""
-
-    limit: int
-    deadline: float
-    until: float
-    hard_limit: int
-    hard_deadline: float
-    most: int  # the test's own byte cap, whatever the page's length
-
-    @classmethod
-    def of(cls, spec: TransferSpec, page: int | None, start: float, rtt_s: float | None
-           ) -> ReadGoal:
-        """The goal of ``spec`` for a page of ``page`` body bytes (its announced length, None
-        when not announced), read from ``start`` on a path whose handshake took ``rtt_s``."""
-        limit = spec.max_bytes if page is None else min(spec.max_bytes, page)
-        deadline = start + spec.max_seconds
-        if not spec.min_rtts or not rtt_s or rtt_s <= 0 or spec.stretch_bytes <= limit:
-            return cls(limit, deadline, start, limit, deadline, spec.max_bytes)
-        until = start + min(spec.min_rtts * rtt_s, max(spec.max_seconds, spec.stretch_seconds))
-        hard = spec.stretch_bytes if page is None else min(spec.stretch_bytes, page)
-        return cls(limit, deadline, until, hard, max(deadline, until), spec.stretch_bytes)
-
-    def stop(self, plain: int, now: float) -> str | None:
-        """"bytes" or "time" when the read should stop now, else None."""
-        if plain >= self.hard_limit or (plain >= self.limit and now >= self.until):
-            return "bytes"
-        if now >= self.hard_deadline:
-            return "time"
-        return None
-
-    def wait(self, plain: int, now: float) -> float:
-        """How long the next read may wait before a stop is due (seconds)."""
-        if plain >= self.limit:
-            return min(self.until, self.hard_deadline) - now
-        return self.hard_deadline - now
 
 
 _TRACK_LIMIT = 1 << 20
@@ -322,7 +276,7 @@ async def download(
                 async with asyncio.timeout(spec.connect_timeout + spec.tls_timeout):
                     await start_together.wait()
             start_together = None
-        started = loop.time()
+        deadline = loop.time() + spec.max_seconds
         wire0 = channel.wire_in
         try:
             async with asyncio.timeout(spec.max_seconds + spec.tls_timeout):
@@ -336,9 +290,8 @@ async def download(
         if channel.first_data_wire is not None:
             p.answer_wire_t = round(channel.first_data_wire[1] - p.t0, 6)
             p.pre_answer_bytes = max(0, channel.first_data_wire[0] - wire0)
-        page = _read_head(spec, head, body, p)
-        rtt = None if conn.failure else conn.t - conn.t0
-        await _read_body(channel, ReadGoal.of(spec, page, started, rtt), page, p)
+        limit = _read_head(spec, head, body, p)
+        await _read_body(channel, limit, deadline, spec.max_bytes, p)
     except _Done:
         pass
     finally:
@@ -387,45 +340,47 @@ async def _response_head(channel: _TLS | _Plain) -> tuple[bytes, bytes]:
     return parts
 
 
-def _read_head(spec: TransferSpec, head: bytes, body: bytes, p: _Progress) -> int | None:
-    """Status, echoed SNI and the page's announced length (None when not announced)."""
+def _read_head(spec: TransferSpec, head: bytes, body: bytes, p: _Progress) -> int:
+    """Status, echoed SNI and how many body bytes to read (the announced length, capped)."""
     p.status, headers = http1.parse_response_head(head)
     p.echoed = headers.get("x-vigil-sni")
-    page = None
+    limit = spec.max_bytes
     length = headers.get("content-length", "")
     if length.isdigit():
-        page = int(length)
-        p.expected = min(spec.max_bytes, page)
+        limit = min(limit, int(length))
+        p.expected = limit
     elif spec.max_bytes <= len(body):
         p.expected = spec.max_bytes
     p.plain = p.head_body = len(body)
     p.stop = "eof"
-    return page
+    return limit
 
 
-async def _read_body(channel: _TLS | _Plain, goal: ReadGoal, page: int | None, p: _Progress
-                     ) -> None:
-    """Read the body until the goal says stop, the end or a failure."""
+async def _read_body(
+    channel: _TLS | _Plain, limit: int, deadline: float, max_bytes: int, p: _Progress
+) -> None:
+    """Read the body until ``limit`` bytes, the end, the deadline or a failure."""
     loop = asyncio.get_running_loop()
     try:
-        while (why := goal.stop(p.plain, loop.time())) is None:
+        while p.plain < limit:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                p.stop = "time"
+                return
             try:
-                async with asyncio.timeout(max(0.0, goal.wait(p.plain, loop.time()))):
+                async with asyncio.timeout(remaining):
                     chunk = await channel.recv()
             except TimeoutError:
-                continue  # a stop is due: the loop's test says which
+                p.stop = "time"
+                return
             if not chunk:
                 p.stop = "eof"
                 if p.expected is None:  # no Content-Length: a clean end is the end
                     p.expected = p.plain
                 return
             p.plain += len(chunk)
-        p.stop = why
-        if why == "bytes":
-            # the whole page is "eof", as when the server ends it; else the test's own limit
-            if page is not None and page < goal.most and p.plain >= page:
-                p.stop = "eof"
-            p.expected = min(p.plain, goal.hard_limit)
+        p.stop = "bytes" if limit == max_bytes else "eof"
+        p.expected = limit
     except (OSError, EOFError, ssl.SSLError) as exc:
         p.failure = failures.classify(exc)
         p.failed_at = "body"
