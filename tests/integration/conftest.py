@@ -85,3 +85,14 @@ def pg_url() -> Iterator[str]:
         pytest.skip(reason)
     with temporary_database() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store on each backend: SQLite in the test's directory, and PostgreSQL (a
+    database of its own, ``pg_url``) for tests marked ``postgres``.  A module may define its
+    own ``store_url`` (a store filled with its data) instead."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/collector.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url

@@ -199,14 +199,6 @@ def fill(url: str, n: int = 84) -> Dataset:
 
 
 # ---- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/collector.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.fixture
 def dataset(store_url: str) -> Dataset:
     return fill(store_url)

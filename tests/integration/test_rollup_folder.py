@@ -46,14 +46,6 @@ def archive() -> Archive:
     return generate(600, days=75, until=UNTIL, seed=11)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/collector.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.fixture
 def store(store_url: str, archive: Archive) -> Iterator[Store]:
     s = open_store(store_url)

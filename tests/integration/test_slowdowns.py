@@ -142,14 +142,6 @@ def plan_batch(plan: Plan, now: float) -> IngestBatch:
     return IngestBatch(measurements=[row(r, now) for recs in records(plan).values() for r in recs])
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/collector.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 def check_event(events: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
     """The ISP's event: found in time, timed within an interval, the right probes."""
     isp = [e for e in events if e["group"] == "asn:AS64500"]

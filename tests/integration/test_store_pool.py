@@ -23,14 +23,6 @@ from collector.store.base import IngestBatch
 from tests.integration.test_probe_sequences import row
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/collector.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 def test_calls_run_side_by_side_on_their_own_connections(store_url: str) -> None:
     """Three calls that each wait for the other two: they finish only if they run at once
     (on one thread the first would wait alone and the barrier break)."""
