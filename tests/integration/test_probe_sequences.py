@@ -12,9 +12,7 @@ PostgreSQL two collectors writing, folding and pruning at once.
 from __future__ import annotations
 
 import random
-import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,17 +21,9 @@ import pytest
 
 from collector.store import open_store, postgres, sqlite
 from collector.store.base import DeliveryGaps, IngestBatch, MeasurementRow, Store
+from tests.support.collector import overlapping_collectors
 
 T0 = 1_780_000_000.0
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def row(i: int, probe: str, seq: int | None, payload: bytes | None = None) -> MeasurementRow:
@@ -259,29 +249,10 @@ def test_rows_from_before_sequence_numbers_count_as_folded(pg_url: str) -> None:
 @pytest.mark.postgres
 def test_concurrent_collectors_writing_folding_and_pruning(pg_url: str) -> None:
     rows = stream(5, n=900)
-    errors: list[BaseException] = []
-
-    def collector(part: list[MeasurementRow]) -> None:
-        s = open_store(pg_url)
-        try:
-            for i in range(0, len(part), 20):
-                s.write_batch(IngestBatch(measurements=part[i : i + 20]))
-                s.fold_rollups(max_span=30)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            s.close()
-
-    third = len(rows) // 3
-    threads = [threading.Thread(target=collector, args=(rows[: 2 * third],)),
-               threading.Thread(target=collector, args=(rows[third:][::-1],))]
     setup = open_store(pg_url)
     try:
-        for t in threads:
-            t.start()
-        setup.prune(datetime.fromtimestamp(T0 + 200, UTC), batch=10)
-        for t in threads:
-            t.join(120)
+        errors = overlapping_collectors(
+            pg_url, rows, lambda: setup.prune(datetime.fromtimestamp(T0 + 200, UTC), batch=10))
         assert not errors, errors
         assert setup.delivery_gaps() == from_scratch(setup)
         fold_all(setup)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from collector.store.rollups import (
 )
 from lab.archive import Archive, generate
 from tests.integration.test_archive_store import CASES, UNTIL, expected
+from tests.support.collector import overlapping_collectors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -268,30 +268,9 @@ def test_concurrent_collectors_writing_and_folding(pg_url: str, archive: Archive
     for p in archive.probes.values():
         setup.add_probe(p.probe_id, p.public_raw)
     rows = archive.rows
-    errors: list[BaseException] = []
-
-    def collector(part: list[MeasurementRow]) -> None:
-        s = open_store(pg_url)
-        try:
-            for i in range(0, len(part), 20):
-                s.write_batch(IngestBatch(measurements=part[i : i + 20]))
-                s.fold_rollups(max_span=30)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            s.close()
-
-    # Each collector gets two thirds of the rows: the middle third arrives at both.
-    third = len(rows) // 3
-    threads = [threading.Thread(target=collector, args=(rows[: 2 * third],)),
-               threading.Thread(target=collector, args=(rows[third:][::-1],))]
     cutoff = datetime.fromtimestamp(UNTIL, UTC) - timedelta(days=60)
     try:
-        for t in threads:
-            t.start()
-        setup.prune(cutoff, batch=10)
-        for t in threads:
-            t.join(120)
+        errors = overlapping_collectors(pg_url, rows, lambda: setup.prune(cutoff, batch=10))
         assert not errors, errors
         setup.prune(cutoff, batch=10)  # what arrived after the first prune
         fold_all(setup)

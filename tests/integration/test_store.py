@@ -7,7 +7,6 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,6 @@ from collector.store.keys import StoreProbeKeys
 from lab.probes import TestProbe
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 class Rows:

@@ -105,3 +105,39 @@ def archive_store(folder: Path, archive: Archive, outages: Iterable[OutageEvent]
     finally:
         s.close()
     return url
+
+
+def overlapping_collectors(url: str, rows: list[Any], during: Callable[[], object],
+                           timeout_s: float = 120.0) -> list[BaseException]:
+    """Two collectors (threads, a store connection each) write ``rows`` in batches of 20,
+    folding the rollups after each: the first the first two thirds in order, the second the
+    last two thirds newest first, so the middle third arrives at both.  ``during`` runs while
+    they write (a prune, say).  Returns what the collectors raised."""
+    import threading
+
+    from collector.store.base import IngestBatch
+
+    errors: list[BaseException] = []
+
+    def collector(part: list[Any]) -> None:
+        s = open_store(url)
+        try:
+            for i in range(0, len(part), 20):
+                s.write_batch(IngestBatch(measurements=part[i : i + 20]))
+                s.fold_rollups(max_span=30)
+        except BaseException as exc:  # returned to the test
+            errors.append(exc)
+        finally:
+            s.close()
+
+    third = len(rows) // 3
+    threads = [threading.Thread(target=collector, args=(rows[: 2 * third],)),
+               threading.Thread(target=collector, args=(rows[third:][::-1],))]
+    for t in threads:
+        t.start()
+    try:
+        during()
+    finally:
+        for t in threads:
+            t.join(timeout_s)
+    return errors
